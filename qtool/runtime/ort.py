@@ -1,0 +1,94 @@
+"""ONNX Runtime backend."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from qtool.errors import QtoolError
+from qtool.runtime.base import Runner
+
+log = logging.getLogger(__name__)
+
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def check_onnx_file(path: Path) -> Path:
+    """Fail with a one-line error for a missing or unreadable ONNX file."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise QtoolError(f"{path} does not exist; export a model first with `qtool export`")
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise QtoolError(f"{path} is not a readable ONNX model ({exc.__class__.__name__}); re-export it") from None
+    return path
+
+
+class OrtRunner(Runner):
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model_path: Path,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        threads: int | None = None,
+        optimization_level: str = "all",
+        optimized_model_path: Path | None = None,
+    ) -> None:
+        super().__init__()
+        if optimization_level not in OPTIMIZATION_LEVELS:
+            raise QtoolError(
+                f"unknown optimization level {optimization_level!r}; choose {', '.join(OPTIMIZATION_LEVELS)}"
+            )
+        self.model_path = Path(model_path)
+        self.providers = list(providers)
+        self.threads = threads
+        self.optimization_level = optimization_level
+        self.optimized_model_path = optimized_model_path
+        self.session = None
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        check_onnx_file(self.model_path)
+        available = ort.get_available_providers()
+        unknown = [p for p in self.providers if p not in available]
+        if unknown:
+            raise QtoolError(
+                f"execution provider(s) {unknown} are not available here; available: {', '.join(available)}"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.optimization_level]
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        if self.optimized_model_path:
+            options.optimized_model_filepath = str(self.optimized_model_path)
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), options, providers=self.providers)
+        except Exception as exc:
+            raise QtoolError(f"ONNX Runtime cannot load {self.model_path}: {str(exc).splitlines()[0]}") from None
+        self._inputs = [i.name for i in self.session.get_inputs()]
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    def input_names(self) -> list[str]:
+        return self._inputs
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.session.run(self._outputs, dict(feeds))
+        return dict(zip(self._outputs, values, strict=True))

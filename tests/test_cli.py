@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from qtool.cli import app
+
+runner = CliRunner()
+COMMANDS = ["finetune", "export", "eval", "reproduce"]
+
+
+def _run(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def _one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.output
+    errors = [line for line in lines if line.startswith("error:")]
+    assert errors == lines[-1:], result.stderr
+    text = errors[0]
+    for fragment in fragments:
+        assert fragment in text
+
+
+def test_top_level_help_lists_commands():
+    result = _run("--help")
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_option_has_help(command):
+    import click
+    import typer.main
+
+    click_command = typer.main.get_command(app).commands[command]
+    assert click_command.help
+    for param in click_command.params:
+        if isinstance(param, click.Option):
+            assert param.help, f"{command} {param.opts} has no help"
+    assert _run(command, "--help").exit_code == 0
+
+
+def test_missing_model_is_a_one_line_error(tiny_data, tmp_path):
+    result = _run("export", "--model", tmp_path / "nope", "--data", tiny_data, "--artifacts", tmp_path / "a")
+    _one_line_error(result, "does not exist")
+    assert not (tmp_path / "a").exists()
+
+
+def test_data_folder_without_dev_tsv(tmp_path):
+    result = _run("export", "--data", tmp_path, "--artifacts", tmp_path / "a")
+    _one_line_error(result, "no dev.tsv")
+
+
+def test_malformed_tsv_row_names_the_line(tmp_path, tiny_classifier):
+    (tmp_path / "dev.tsv").write_text("index\tquestion\tsentence\tlabel\n0\tq?\ts.\tentailment\n1\tbad\n")
+    result = _run("export", "--model", tiny_classifier, "--data", tmp_path, "-o", tmp_path / "m.onnx")
+    _one_line_error(result, "dev.tsv:3", "malformed row")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_corrupt_onnx_given_to_eval(tmp_path, tiny_data):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07this is not a protobuf graph" * 10)
+    _one_line_error(_run("eval", bad, "--data", tiny_data), "not a readable ONNX model")
+    _one_line_error(_run("eval", tmp_path / "missing.onnx", "--data", tiny_data), "does not exist")
+
+
+def test_out_of_range_options(tmp_path, tiny_data, tiny_encoder):
+    _one_line_error(
+        _run("finetune", "--model", tiny_encoder, "--data", tiny_data, "--epochs", "0", "--artifacts", tmp_path),
+        "--epochs",
+    )
+    _one_line_error(
+        _run("finetune", "--model", tiny_encoder, "--data", tiny_data, "--lr", "5", "--artifacts", tmp_path), "--lr"
+    )
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "qtool.cli", "eval", str(tmp_path / "none.onnx"), "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2
+    assert "Traceback" not in completed.stderr
+    assert completed.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_finetune_export_eval_chain_on_a_tiny_encoder(tmp_path, tiny_data, tiny_encoder):
+    artifacts = tmp_path / "artifacts"
+    result = _run(
+        "finetune", "--model", tiny_encoder, "--data", tiny_data, "--max-steps", "3", "--artifacts", artifacts, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    tuned = json.loads(result.stdout)
+    assert 0.0 <= tuned["eval_accuracy"] <= 1.0
+    again = json.loads(
+        _run(
+            "finetune",
+            "--model",
+            tiny_encoder,
+            "--data",
+            tiny_data,
+            "--max-steps",
+            "3",
+            "--artifacts",
+            artifacts,
+            "--json",
+        ).stdout
+    )
+    assert again == tuned
+
+    result = _run("export", "--model", tuned["model_dir"], "--data", tiny_data, "--artifacts", artifacts, "--json")
+    assert result.exit_code == 0, result.output
+    onnx_path = json.loads(result.stdout)["onnx"]
+
+    result = _run("eval", onnx_path, "--data", tiny_data, "--json")
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads(result.stdout)
+    assert {"accuracy", "examples", "model", "data_split"} <= set(evaluation)
+    assert evaluation["examples"] == tuned["eval_examples"]
+    assert evaluation["accuracy"] == pytest.approx(tuned["eval_accuracy"], abs=1.5 / evaluation["examples"])
+
+
+def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
+    artifacts = tmp_path / "artifacts"
+    result = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["results"][0]["configuration"] == "fp32"
+    assert (artifacts / "report" / "results.json").is_file()
+    rerun = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--json")
+    assert json.loads(rerun.stdout)["results"][0]["accuracy"] == summary["results"][0]["accuracy"]

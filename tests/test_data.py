@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
+from qtool.data.qnli import question_position
+from qtool.errors import QtoolError
+from tests.conftest import write_glue_tsv
+
+
+def _questions(rows):
+    return {r.question for r in rows}
+
+
+def test_split_is_deterministic_and_question_grouped(tiny_data):
+    first = load_qnli(DataConfig(source=str(tiny_data)))
+    second = load_qnli(DataConfig(source=str(tiny_data)))
+    assert first.parts == second.parts
+    assert first.fingerprint == second.fingerprint
+    train, calib, evaluation = (_questions(first.parts[p]) for p in ("train", "calibration", "eval"))
+    assert not train & calib and not train & evaluation and not calib & evaluation
+    assert sum(first.sizes.values()) == 240
+    assert first.describe()["sizes"] == first.sizes
+
+
+def test_split_changes_with_seed(tiny_data):
+    assert (
+        load_qnli(DataConfig(source=str(tiny_data), seed=0)).fingerprint
+        != load_qnli(DataConfig(source=str(tiny_data), seed=1)).fingerprint
+    )
+
+
+def test_question_position_is_uniform_enough():
+    positions = np.array([question_position(f"question {i}", 0) for i in range(5000)])
+    assert positions.min() >= 0 and positions.max() < 1
+    assert abs(np.mean(positions < 0.65) - 0.65) < 0.03
+
+
+def test_shared_dev_split_sizes_and_disjointness(shared_qnli):
+    split = load_qnli(DataConfig(source=str(shared_qnli)))
+    sizes = split.sizes
+    assert sum(sizes.values()) == 5463
+    assert 0.60 < sizes["train"] / 5463 < 0.70
+    assert 0.03 < sizes["calibration"] / 5463 < 0.07
+    assert 0.25 < sizes["eval"] / 5463 < 0.35
+    parts = [_questions(split.parts[p]) for p in ("train", "calibration", "eval")]
+    assert sum(len(p) for p in parts) == len(set().union(*parts)) == 4100
+    assert "question-grouped" in split.name
+
+
+def test_train_and_dev_layout_uses_validation_as_eval(tmp_path):
+    write_glue_tsv(tmp_path / "dev.tsv", rows=50, seed=1)
+    write_glue_tsv(tmp_path / "train.tsv", rows=400, seed=2)
+    split = load_qnli(DataConfig(source=str(tmp_path), train_calibration_fraction=0.1))
+    assert split.sizes["eval"] == 50
+    assert split.sizes["train"] + split.sizes["calibration"] == 400
+    assert not _questions(split.parts["train"]) & _questions(split.parts["calibration"])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("index\tquestion\tsentence\tlabel\n0\tq?\ts.\tentailment\n1\tq?\tbroken row\n", "malformed row"),
+        ("index\tquestion\tsentence\tlabel\n0\tq?\ts.\tmaybe\n", "unknown label"),
+        ("index\tquestion\tlabel\n0\tq?\tentailment\n", "lacks sentence"),
+        ("", "is empty"),
+    ],
+)
+def test_bad_tsv_is_a_user_error(tmp_path, content, message):
+    (tmp_path / "dev.tsv").write_text(content, encoding="utf-8")
+    with pytest.raises(QtoolError, match=message):
+        load_qnli(DataConfig(source=str(tmp_path)))
+
+
+def test_missing_dev_tsv(tmp_path):
+    with pytest.raises(QtoolError, match="no dev.tsv"):
+        load_qnli(DataConfig(source=str(tmp_path)))
+
+
+def test_eval_batches_are_length_sorted_with_minimal_padding(tiny_data, embedded_tokenizer):
+    split = load_qnli(DataConfig(source=str(tiny_data)))
+    part = tokenize_part(embedded_tokenizer, split.parts["eval"], max_length=24)
+    batches = make_batches(part, 8)
+    seen = np.concatenate([b.indices for b in batches])
+    assert sorted(seen.tolist()) == list(range(len(part)))
+    widths = [b.feeds["input_ids"].shape[1] for b in batches]
+    assert widths == sorted(widths)
+    lengths = part.lengths
+    for batch in batches:
+        assert batch.feeds["input_ids"].shape[1] == lengths[batch.indices].max() <= 24
+        mask = batch.feeds["attention_mask"]
+        assert (mask.sum(1) == lengths[batch.indices]).all()
+        assert (batch.feeds["input_ids"][mask == 0] == part.pad_token_id).all()
+        assert set(batch.feeds) == {"input_ids", "attention_mask", "token_type_ids"}
+        assert all(v.dtype == np.int64 for v in batch.feeds.values())
+
+
+def test_training_batches_are_seeded_and_cover_everything(tiny_data, embedded_tokenizer):
+    split = load_qnli(DataConfig(source=str(tiny_data)))
+    part = tokenize_part(embedded_tokenizer, split.parts["train"])
+    first = [b.indices.tolist() for b in make_batches(part, 8, shuffle_seed=3, bucket_batches=2)]
+    again = [b.indices.tolist() for b in make_batches(part, 8, shuffle_seed=3, bucket_batches=2)]
+    other = [b.indices.tolist() for b in make_batches(part, 8, shuffle_seed=4, bucket_batches=2)]
+    assert first == again and first != other
+    assert sorted(i for b in first for i in b) == list(range(len(part)))
