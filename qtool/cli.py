@@ -17,6 +17,8 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from qtool import __version__
+from qtool.analysis.collect import CollectConfig
+from qtool.analysis.outliers import OutlierConfig
 from qtool.data import DataConfig
 from qtool.errors import QtoolError
 from qtool.exporter.onnx_export import ExportConfig
@@ -320,6 +322,187 @@ def eval_command(
                 ],
             )
         )
+
+
+SamplesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--samples",
+        help=f"Calibration pairs (calibration part, topped up from train). Default: {CollectConfig.samples}.",
+    ),
+]
+StatsOpt = Annotated[
+    Path | None, typer.Option("--stats", help="Statistics file. Default: <model>.stats.npz beside the graph.")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even if a matching cached result exists.")]
+
+
+def _collect_config(samples, batch_size, threads, max_length):
+    return _config(CollectConfig, samples=samples, batch_size=batch_size, threads=threads, max_length=max_length)
+
+
+@app.command()
+@user_errors
+def collect(
+    model_path: Annotated[Path, typer.Argument(help="FP32 ONNX graph written by `qtool export`.", show_default=False)],
+    data: DataOpt = None,
+    seed: SeedOpt = None,
+    samples: SamplesOpt = None,
+    batch_size: BatchOpt = None,
+    threads: ThreadsOpt = None,
+    bins: Annotated[
+        int | None, typer.Option(help=f"Histogram bins of |x| (power of two). Default: {CollectConfig.histogram_bins}.")
+    ] = None,
+    stats: StatsOpt = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stream activation statistics at every quantization point over the calibration pairs.
+
+    Per tensor: count, min, max, four moments (float64); per channel: min, max, energy; a histogram
+    of |x|. Padding is excluded. Every calibrator and `qtool analyze` read this one file.
+    """
+    from qtool.analysis.collect import collect_or_load, default_stats_path
+    from qtool.runtime import check_onnx_file
+    from qtool.runtime.evaluate import tokenizer_for
+
+    check_onnx_file(model_path)
+    data_config, split = _load_split(data, seed)
+    config = _config(_collect_config(samples, batch_size, threads, data_config.max_length), histogram_bins=bins)
+    target = stats or default_stats_path(model_path)
+    result = collect_or_load(model_path, split, tokenizer_for(model_path), config, target, force=force)
+    summary = {
+        "stats": str(target),
+        "points": len(result.points),
+        "samples": result.manifest["samples"],
+        "sample_sources": result.manifest["sample_sources"],
+        "tokens": result.manifest["tokens"],
+        "data_split": result.manifest["data"],
+        "model": result.manifest["model"],
+    }
+    if as_json:
+        _print_json(summary)
+    else:
+        stdout.print(
+            _table(
+                "activation statistics",
+                [
+                    ("file", target),
+                    ("quantization points", summary["points"]),
+                    ("pairs", f"{summary['samples']} ({summary['sample_sources']})"),
+                    ("real tokens", summary["tokens"]),
+                    ("data", split.name),
+                ],
+            )
+        )
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+@app.command()
+@user_errors
+def analyze(
+    model_path: Annotated[Path, typer.Argument(help="FP32 ONNX graph written by `qtool export`.", show_default=False)],
+    data: DataOpt = None,
+    seed: SeedOpt = None,
+    samples: SamplesOpt = None,
+    batch_size: BatchOpt = None,
+    threads: ThreadsOpt = None,
+    stats: StatsOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Folder for analysis.json, analysis.csv and PNG figures. Default: <graph folder>/analysis.",
+        ),
+    ] = None,
+    top: Annotated[int | None, typer.Option("--top", help="Show only the N points with the highest kurtosis.")] = None,
+    sigma: Annotated[
+        float | None,
+        typer.Option(
+            help=f"Outlier rule: channel max |x| above SIGMA standard deviations of the tensor. Default: {OutlierConfig.sigma:g}."
+        ),
+    ] = None,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write PNG figures.")] = True,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure the outliers: kurtosis, top-1 % channel energy and outlier channels at every point.
+
+    Collects statistics first when no matching statistics file exists (see `qtool collect`).
+    """
+    from qtool.analysis import ActivationStats, collect_or_load
+    from qtool.analysis.report import analysis_document, write_analysis
+    from qtool.runtime import check_onnx_file
+    from qtool.runtime.evaluate import tokenizer_for
+
+    check_onnx_file(model_path)
+    if top is not None and top < 1:
+        raise QtoolError(f"--top must be at least 1, got {top}")
+    config = _config(OutlierConfig, sigma=sigma)
+    config.validate()
+    if stats is not None:
+        collected = ActivationStats.load(stats)
+        collected.check_model(model_path)
+    else:
+        data_config, split = _load_split(data, seed)
+        collect_config = _collect_config(samples, batch_size, threads, data_config.max_length)
+        collected = collect_or_load(model_path, split, tokenizer_for(model_path), collect_config, force=force)
+    document = analysis_document(collected, config)
+    paths = write_analysis(collected, document, out or model_path.parent / "analysis", figures=figures)
+    if as_json:
+        _print_json({**document, "outputs": paths})
+        return
+    rows = document["points"]
+    if top:
+        rows = sorted((r for r in rows if r["kurtosis"] is not None), key=lambda r: -r["kurtosis"])[:top]
+    table = Table(title=f"activation outliers: {document['model'].get('source_model')}", title_justify="left")
+    for column in (
+        "point",
+        "kurtosis",
+        "top-1% energy",
+        "max |x|",
+        "p99.99",
+        "max/p99.99",
+        "outlier channels (max |x|)",
+    ):
+        table.add_column(column, justify="left" if column.startswith(("point", "outlier")) else "right")
+    for r in rows:
+        channels = ", ".join(f"{c['channel']} ({c['absmax']:.0f})" for c in r["outlier_channels"][:4])
+        extra = len(r["outlier_channels"]) - 4
+        table.add_row(
+            r["name"],
+            _fmt(r["kurtosis"], ".1f"),
+            _fmt(r["top_energy_share"] and 100 * r["top_energy_share"], ".1f"),
+            f"{r['absmax']:.2f}",
+            f"{r['percentile']:.2f}",
+            _fmt(r["absmax_over_percentile"], ".1f"),
+            channels + (f" +{extra}" if extra > 0 else ""),
+        )
+    stdout.print(table)
+    layers = Table(title="per layer", title_justify="left")
+    for column in ("layer", "max kurtosis", "at", "max top-1% energy", "at", "residual outlier channels"):
+        layers.add_column(column)
+    for s in document["layers"]:
+        layers.add_row(
+            s["layer"],
+            _fmt(s["max_kurtosis"], ".1f"),
+            s["max_kurtosis_point"] or "-",
+            _fmt(s["max_top_energy_share"] and 100 * s["max_top_energy_share"], ".1f"),
+            s["max_top_energy_point"] or "-",
+            " ".join(map(str, s["residual_outlier_channels"])) or "-",
+        )
+    stdout.print(layers)
+    for key, text in document["definitions"].items():
+        stdout.print(f"[dim]{key}: {text}[/]", highlight=False)
+    stdout.print(
+        f"[dim]{document['samples']} pairs {document['sample_sources']} from {document['data']['name']}; "
+        f"outputs in {Path(paths['json']).parent}[/]",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -99,3 +99,24 @@ def shared_qnli() -> Path:
     if not (SHARED_QNLI / "dev.tsv").is_file():
         pytest.skip(f"shared QNLI data not found at {SHARED_QNLI}")
     return SHARED_QNLI
+
+
+@pytest.fixture(scope="session")
+def session_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("qnli-session")
+    write_glue_tsv(folder / "dev.tsv", rows=400, seed=7)
+    return folder
+
+
+def export_tiny(folder: Path, data: Path, out: Path) -> Path:
+    from qtool.data import DataConfig, load_qnli
+    from qtool.exporter import export_onnx
+    from qtool.models import resolve_model
+
+    export_onnx(resolve_model(str(folder)), load_qnli(DataConfig(source=str(data))), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_classifier, session_data) -> Path:
+    return export_tiny(tiny_classifier, session_data, tmp_path_factory.mktemp("tiny-onnx") / "fp32.onnx")
