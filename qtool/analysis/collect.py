@@ -9,8 +9,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +154,11 @@ def _valid_elements(point: QuantPoint, value: np.ndarray, mask: np.ndarray) -> t
     raise AssertionError(point.layout)
 
 
+def _update_point(point: QuantPoint, stats: dict[str, TensorStats], outputs: dict, mask: np.ndarray) -> None:
+    values, rows = _valid_elements(point, outputs[point.tensor], mask)
+    stats[point.name].update(values, rows)
+
+
 def _augmented_model(model: onnx.ModelProto, points: list[QuantPoint]) -> bytes:
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
@@ -180,13 +188,15 @@ def collect(model_path: Path, split: QnliSplit, tokenizer, config: CollectConfig
     stats = {p.name: TensorStats(bins=config.histogram_bins) for p in points}
 
     started = time.perf_counter()
-    with progress_bar("collect statistics", total=len(part)) as bar:
+    with (
+        progress_bar("collect statistics", total=len(part)) as bar,
+        ThreadPoolExecutor(max_workers=config.threads or os.cpu_count() or 1) as workers,
+    ):
         for batch in batches:
             outputs = dict(zip(tensors, session.run(tensors, {n: batch.feeds[n] for n in feed_names}), strict=True))
             mask = batch.feeds["attention_mask"].astype(bool)
-            for point in points:
-                values, rows = _valid_elements(point, outputs[point.tensor], mask)
-                stats[point.name].update(values, rows)
+            # NumPy releases the GIL, so the points update in parallel.
+            list(workers.map(_update_point, points, repeat(stats), repeat(outputs), repeat(mask)))
             bar.advance(batch.size, status=f"{len(points)} points")
     seconds = time.perf_counter() - started
 

@@ -43,11 +43,11 @@ class TensorStats:
     def update(self, values: np.ndarray, channel_rows: np.ndarray | None = None) -> None:
         """Add a batch. `values` is any array of valid elements; `channel_rows` ([N, C]), when given,
         holds the same elements arranged by channel for the per-channel statistics."""
-        flat = np.asarray(values, dtype=np.float64).ravel()
-        if flat.size == 0:
+        values = np.asarray(values)
+        if values.size == 0:
             return
-        self._merge_moments(flat)
-        self._update_histogram(np.abs(flat))
+        self._merge_moments(values.astype(np.float64, copy=False).ravel())
+        self._update_histogram(np.abs(values.ravel()))
         if channel_rows is not None:
             self._update_channels(channel_rows)
 
@@ -57,8 +57,8 @@ class TensorStats:
         deviation = flat - mean_b
         squared = deviation * deviation
         m2_b = float(squared.sum())
-        m3_b = float((squared * deviation).sum())
-        m4_b = float((squared * squared).sum())
+        m3_b = float(np.dot(squared, deviation))
+        m4_b = float(np.dot(squared, squared))
         self.min = min(self.min, float(flat.min()))
         self.max = max(self.max, float(flat.max()))
         n_a = self.count
@@ -88,8 +88,9 @@ class TensorStats:
             merged = self.histogram.reshape(-1, 2).sum(axis=1)
             self.histogram = np.concatenate([merged, np.zeros(self.bins // 2, dtype=np.int64)])
             self.histogram_range *= 2.0
-        index = (magnitudes * (self.bins / self.histogram_range)).astype(np.int64)
-        np.minimum(index, self.bins - 1, out=index)
+        scaled = magnitudes * (self.bins / self.histogram_range)
+        np.minimum(scaled, self.bins - 1, out=scaled)
+        index = scaled.astype(np.intp)
         self.histogram += np.bincount(index, minlength=self.bins)
 
     def _update_channels(self, rows: np.ndarray) -> None:

@@ -31,7 +31,7 @@ MANIFEST_NAME = "qtool-finetune.json"
 class FinetuneConfig:
     epochs: float = 3.0
     batch_size: int = 32
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     seed: int = 0

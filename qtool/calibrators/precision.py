@@ -1,0 +1,79 @@
+"""The precision policy: which quantization points and weights a recipe quantizes.
+
+Scopes:
+- `all`: the study's global W8A8. Every projection weight and embedding table, and every
+  quantization point: embeddings, Q/K/V, attention probabilities and context, dense outputs,
+  residual sums (LayerNorm inputs), LayerNorm outputs, the FFN intermediate and activation,
+  pooler and classifier inputs.
+- `gemm`: the usual TensorRT placement. Projection weights, and the inputs of every MatMul/Gemm
+  and residual Add; residual sums, the GELU input and the embedding sum stay in float.
+
+Overrides keep points in higher precision (float here): glob patterns over point names, or a
+preset: `paper` (the FFN output, the residual sum after it and the LayerNorm that follows, in
+every layer, after Bondarenko et al. 2021) or `outliers` (the points whose max |x| stands at
+least `outlier_ratio` times above their 99.99th percentile, measured by `qtool analyze`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+
+from qtool.analysis.outliers import OutlierConfig, point_reports
+from qtool.errors import QtoolError
+from qtool.exporter.points import ROLES, QuantPoint
+
+SCOPES: dict[str, frozenset[str]] = {
+    "all": frozenset(ROLES),
+    "gemm": frozenset(ROLES) - {"embeddings_sum", "residual_sum", "ffn_intermediate"},
+}
+SCOPES_WITH_EMBEDDING_WEIGHTS = frozenset({"all"})
+PAPER_PATTERNS = ("layer.*.ffn.output", "layer.*.ffn.residual_sum", "layer.*.ffn.layernorm")
+MIXED_PRECISION_PRESETS = ("paper", "outliers")
+DEFAULT_OUTLIER_RATIO = 4.0
+
+
+def check_scope(scope: str) -> frozenset[str]:
+    if scope not in SCOPES:
+        raise QtoolError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    return SCOPES[scope]
+
+
+def match_patterns(points: Iterable[QuantPoint], patterns: Iterable[str]) -> list[str]:
+    names = [p.name for p in points]
+    kept: list[str] = []
+    for pattern in patterns:
+        matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not matched:
+            examples = ", ".join(names[:3] + names[-2:])
+            raise QtoolError(
+                f"--keep-fp {pattern!r} matches no quantization point; names look like {examples} "
+                "(see `qtool analyze --json` for all)"
+            )
+        kept.extend(n for n in matched if n not in kept)
+    return kept
+
+
+def outlier_points(stats, ratio: float = DEFAULT_OUTLIER_RATIO) -> list[str]:
+    if ratio <= 1:
+        raise QtoolError(f"--outlier-ratio must be above 1, got {ratio:g}")
+    reports = point_reports(stats, OutlierConfig())
+    return [r["name"] for r in reports if (r["absmax_over_percentile"] or 0) >= ratio]
+
+
+def kept_in_float(stats, patterns: Iterable[str], preset: str | None, outlier_ratio: float) -> tuple[list[str], str]:
+    """Names of the points kept in higher precision, and a sentence that says why."""
+    patterns = list(patterns)
+    reasons = []
+    kept = match_patterns(stats.points, patterns) if patterns else []
+    if patterns:
+        reasons.append(f"--keep-fp {' '.join(patterns)}")
+    if preset == "paper":
+        kept += [n for n in match_patterns(stats.points, PAPER_PATTERNS) if n not in kept]
+        reasons.append("preset paper: " + ", ".join(PAPER_PATTERNS))
+    elif preset == "outliers":
+        kept += [n for n in outlier_points(stats, outlier_ratio) if n not in kept]
+        reasons.append(f"preset outliers: max|x| >= {outlier_ratio:g} x p99.99")
+    elif preset is not None:
+        raise QtoolError(f"unknown --mixed-precision preset {preset!r}; choose {', '.join(MIXED_PRECISION_PRESETS)}")
+    return kept, "; ".join(reasons)

@@ -1,0 +1,266 @@
+"""Write a QDQ graph: QuantizeLinear/DequantizeLinear pairs at the calibrated points and weights.
+
+Activations are quantized per tensor (symmetric INT8, zero point 0); weights per output channel
+or per tensor. Per-embedding-group (PEG) ranges stay deployable with per-tensor activation
+scales only, as TensorRT requires:
+
+    X --Gather(channels of group k)--> Q(s_k) -> DQ(s_k) --> X_k            for k = 1..K
+    MatMul(X, W)  becomes  Sum_k MatMul(X_k, W[channels of group k, :])      (split GEMM)
+    any other consumer reads  Gather(Concat(X_1..X_K), inverse permutation)  (X rebuilt)
+
+Each group is an ordinary per-tensor Q/DQ pair; the split GEMM adds the partial products of the
+groups, which equals the GEMM of the fake-quantized X. K = 1 is plain per-tensor quantization.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from qtool.calibrators.base import INT8_MAX
+from qtool.exporter.points import QuantPoint
+
+log = logging.getLogger(__name__)
+
+WEIGHT_MODES = ("per-channel", "per-tensor")
+SHAPE_ONLY_OPS = {"Shape", "Size"}
+
+
+@dataclass(frozen=True)
+class QdqPlan:
+    """What to quantize: activation scales per point (groups for PEG) and the weight policy."""
+
+    activations: dict[str, dict]  # point name -> {"scale": s} or {"groups": [{"scale", "channels"}]}
+    weights: str | None = "per-channel"  # None: weights stay float
+    embedding_tables: bool = False
+    points: list[QuantPoint] = field(default_factory=list)
+
+
+def _weight_scales(weight: np.ndarray, axis: int | None) -> np.ndarray:
+    if axis is None:
+        amax = np.abs(weight).max()
+    else:
+        other = tuple(i for i in range(weight.ndim) if i != axis)
+        amax = np.abs(weight).max(axis=other)
+    return (np.maximum(amax, 1e-12) / INT8_MAX).astype(np.float32)
+
+
+def _quantize(weight: np.ndarray, scales: np.ndarray, axis: int | None) -> np.ndarray:
+    if axis is not None:
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        scales = scales.reshape(shape)
+    return np.clip(np.rint(weight / scales), -128, 127).astype(np.int8)
+
+
+class _Writer:
+    def __init__(self, model: onnx.ModelProto, plan: QdqPlan):
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(model)
+        self.graph = self.model.graph
+        self.plan = plan
+        self.initializers = {i.name: i for i in self.graph.initializer}
+        self.new_initializers: list[TensorProto] = []
+        self.after: dict[str, list[onnx.NodeProto]] = {}  # nodes to insert after the producer of a tensor
+        self.replaced_nodes: dict[str, list[onnx.NodeProto]] = {}  # node name -> its replacement nodes
+        self.rewire: dict[tuple[str, int], str] = {}  # (node name, input index) -> new input tensor
+        self.quantized_weights: dict[str, tuple[np.ndarray, np.ndarray, int | None]] = {}
+
+    # -- helpers ------------------------------------------------------------------------------
+    def constant(self, name: str, array: np.ndarray) -> str:
+        self.new_initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def qdq_pair(self, prefix: str, source: str, scale: float) -> tuple[list[onnx.NodeProto], str]:
+        scale_name = self.constant(f"{prefix}/scale", np.array(scale, dtype=np.float32))
+        zero_name = self.constant(f"{prefix}/zero_point", np.array(0, dtype=np.int8))
+        quantized, dequantized = f"{prefix}/quantized", f"{prefix}/dequantized"
+        nodes = [
+            helper.make_node(
+                "QuantizeLinear", [source, scale_name, zero_name], [quantized], name=f"{prefix}/QuantizeLinear"
+            ),
+            helper.make_node(
+                "DequantizeLinear", [quantized, scale_name, zero_name], [dequantized], name=f"{prefix}/DequantizeLinear"
+            ),
+        ]
+        return nodes, dequantized
+
+    def consumers(self, tensor: str) -> list[tuple[onnx.NodeProto, int]]:
+        return [(n, i) for n in self.graph.node for i, name in enumerate(n.input) if name == tensor]
+
+    # -- weights ------------------------------------------------------------------------------
+    def weight_axis(self, node: onnx.NodeProto) -> int | None:
+        if self.plan.weights == "per-tensor":
+            return None
+        if node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            return 0 if trans_b else 1
+        if node.op_type == "Gather":
+            return 1
+        return 1  # MatMul weight [in, out]: output channels on the last axis
+
+    def quantize_weight(self, node: onnx.NodeProto, index: int) -> None:
+        name = node.input[index]
+        if name not in self.initializers:
+            log.debug("weight %s of %s is not an initializer; left in float", name, node.name)
+            return
+        weight = numpy_helper.to_array(self.initializers[name]).astype(np.float32)
+        axis = self.weight_axis(node)
+        scales = _weight_scales(weight, axis)
+        quantized = _quantize(weight, scales, axis)
+        self.quantized_weights[name] = (quantized, scales, axis)
+        q_name = self.constant(f"{name}/int8", quantized)
+        s_name = self.constant(f"{name}/scale", scales if axis is not None else scales.reshape(()))
+        z_name = self.constant(f"{name}/zero_point", np.zeros(scales.shape if axis is not None else (), np.int8))
+        attributes = {"axis": axis} if axis is not None else {}
+        dequantized = f"{name}/dequantized"
+        self.after.setdefault("", []).append(
+            helper.make_node(
+                "DequantizeLinear",
+                [q_name, s_name, z_name],
+                [dequantized],
+                name=f"{name}/DequantizeLinear",
+                **attributes,
+            )
+        )
+        self.rewire[(node.name, index)] = dequantized
+
+    def weight_slice(self, node: onnx.NodeProto, rows: np.ndarray, prefix: str) -> str:
+        """The rows of a MatMul weight that one PEG group multiplies (dequantized if weights are quantized)."""
+        name = node.input[1]
+        if name in self.quantized_weights:
+            quantized, scales, axis = self.quantized_weights[name]
+            q_name = self.constant(f"{prefix}/weight/int8", quantized[rows])
+            s_name = self.constant(f"{prefix}/weight/scale", scales if axis is not None else scales.reshape(()))
+            z_name = self.constant(
+                f"{prefix}/weight/zero_point", np.zeros(scales.shape if axis is not None else (), np.int8)
+            )
+            out = f"{prefix}/weight/dequantized"
+            attributes = {"axis": axis} if axis is not None else {}
+            self.after.setdefault("", []).append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [q_name, s_name, z_name],
+                    [out],
+                    name=f"{prefix}/weight/DequantizeLinear",
+                    **attributes,
+                )
+            )
+            return out
+        weight = numpy_helper.to_array(self.initializers[name])
+        return self.constant(f"{prefix}/weight", weight[rows])
+
+    # -- activations ---------------------------------------------------------------------------
+    def quantize_point(self, point: QuantPoint, spec: dict) -> None:
+        groups = spec.get("groups")
+        consumers = [(n, i) for n, i in self.consumers(point.tensor) if n.op_type not in SHAPE_ONLY_OPS]
+        if not groups or len(groups) == 1:
+            scale = spec["scale"] if not groups else groups[0]["scale"]
+            nodes, dequantized = self.qdq_pair(point.name, point.tensor, scale)
+            self.after.setdefault(point.tensor, []).extend(nodes)
+            for node, index in consumers:
+                self.rewire[(node.name, index)] = dequantized
+            return
+        self.quantize_groups(point, groups, consumers)
+
+    def quantize_groups(self, point: QuantPoint, groups: list[dict], consumers) -> None:
+        nodes: list[onnx.NodeProto] = []
+        parts: list[tuple[np.ndarray, str]] = []
+        for k, group in enumerate(groups):
+            channels = np.asarray(group["channels"], dtype=np.int64)
+            prefix = f"{point.name}/group{k}"
+            indices = self.constant(f"{prefix}/channels", channels)
+            sliced = f"{prefix}/input"
+            nodes.append(
+                helper.make_node("Gather", [point.tensor, indices], [sliced], name=f"{prefix}/Gather", axis=-1)
+            )
+            pair, dequantized = self.qdq_pair(prefix, sliced, group["scale"])
+            nodes.extend(pair)
+            parts.append((channels, dequantized))
+        rebuilt = None
+        for node, index in consumers:
+            if self.is_projection(node, index):
+                self.split_projection(node, point, parts)
+                continue
+            if rebuilt is None:
+                order = np.concatenate([c for c, _ in parts])
+                inverse = self.constant(f"{point.name}/inverse_permutation", np.argsort(order).astype(np.int64))
+                concat = f"{point.name}/groups_concat"
+                rebuilt = f"{point.name}/dequantized"
+                nodes.append(
+                    helper.make_node("Concat", [d for _, d in parts], [concat], name=f"{point.name}/Concat", axis=-1)
+                )
+                nodes.append(
+                    helper.make_node("Gather", [concat, inverse], [rebuilt], name=f"{point.name}/Unpermute", axis=-1)
+                )
+            self.rewire[(node.name, index)] = rebuilt
+        self.after.setdefault(point.tensor, []).extend(nodes)
+
+    def is_projection(self, node: onnx.NodeProto, index: int) -> bool:
+        return node.op_type == "MatMul" and index == 0 and node.input[1] in self.initializers
+
+    def split_projection(self, node: onnx.NodeProto, point: QuantPoint, parts) -> None:
+        replacement = []
+        partials = []
+        for k, (channels, dequantized) in enumerate(parts):
+            prefix = f"{node.name}/group{k}"
+            weight = self.weight_slice(node, channels, prefix)
+            partial = f"{prefix}/partial"
+            replacement.append(helper.make_node("MatMul", [dequantized, weight], [partial], name=f"{prefix}/MatMul"))
+            partials.append(partial)
+        replacement.append(helper.make_node("Sum", partials, [node.output[0]], name=f"{node.name}/SumOfGroups"))
+        self.replaced_nodes[node.name] = replacement
+
+    # -- assembly ------------------------------------------------------------------------------
+    def run(self) -> onnx.ModelProto:
+        by_name = {p.name: p for p in self.plan.points}
+        if self.plan.weights:
+            for node in self.graph.node:
+                if node.op_type in ("MatMul", "Gemm") and node.input[1] in self.initializers:
+                    self.quantize_weight(node, 1)
+                elif self.plan.embedding_tables and node.op_type == "Gather" and node.input[0] in self.initializers:
+                    if self.initializers[node.input[0]].data_type == TensorProto.FLOAT:
+                        self.quantize_weight(node, 0)
+        for name, spec in self.plan.activations.items():
+            self.quantize_point(by_name[name], spec)
+
+        ordered: list[onnx.NodeProto] = list(self.after.pop("", []))
+        for node in self.graph.node:
+            for replacement in self.replaced_nodes.get(node.name, [node]):
+                for index in range(len(replacement.input)):
+                    if (new := self.rewire.get((replacement.name, index))) is not None:
+                        replacement.input[index] = new
+                ordered.append(replacement)
+            for output in node.output:
+                ordered.extend(self.after.get(output, []))
+        ordered = _without_dead_nodes(ordered, {o.name for o in self.graph.output})
+        used = {name for node in ordered for name in node.input}
+        kept_initializers = [i for i in self.graph.initializer if i.name in used]
+        del self.graph.node[:]
+        self.graph.node.extend(ordered)
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(kept_initializers + [i for i in self.new_initializers if i.name in used])
+        return self.model
+
+
+def _without_dead_nodes(nodes: list[onnx.NodeProto], graph_outputs: set[str]) -> list[onnx.NodeProto]:
+    needed = set(graph_outputs)
+    kept = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    return kept[::-1]
+
+
+def write_qdq_model(model: onnx.ModelProto, plan: QdqPlan) -> onnx.ModelProto:
+    """A new model with the plan's Q/DQ nodes; the input model is not changed."""
+    if plan.weights not in (None, *WEIGHT_MODES):
+        raise ValueError(f"weights must be one of {WEIGHT_MODES} or None")
+    result = _Writer(model, plan).run()
+    onnx.checker.check_model(result)
+    return result
