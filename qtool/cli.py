@@ -19,10 +19,15 @@ from rich.table import Table
 from qtool import __version__
 from qtool.analysis.collect import CollectConfig
 from qtool.analysis.outliers import OutlierConfig
+from qtool.calibrators.methods import CALIBRATORS
+from qtool.calibrators.precision import MIXED_PRECISION_PRESETS, SCOPES
+from qtool.calibrators.recipe import CalibrateConfig
 from qtool.data import DataConfig
 from qtool.errors import QtoolError
 from qtool.exporter.onnx_export import ExportConfig
+from qtool.exporter.qdq import WEIGHT_MODES
 from qtool.models.finetune import FinetuneConfig
+from qtool.runtime import check_onnx_file
 from qtool.runtime.evaluate import EvalConfig
 
 app = typer.Typer(
@@ -290,24 +295,15 @@ def eval_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy of an ONNX classifier on a QNLI part, through ONNX Runtime on the CPU."""
-    from qtool.runtime import OrtRunner, check_onnx_file
-    from qtool.runtime.evaluate import EvalConfig, evaluate, logit_to_label, tokenizer_for
+    from qtool.runtime.evaluate import evaluate_graph
 
-    check_onnx_file(model_path)
     config = _config(EvalConfig, part=part, batch_size=batch_size, limit=limit, threads=threads)
     config.validate()
+    check_onnx_file(model_path)
     data_config, split = _load_split(data, seed)
-    with OrtRunner(model_path, threads=config.threads) as runner:
-        result = evaluate(
-            runner,
-            tokenizer_for(model_path, tokenizer),
-            split,
-            config,
-            logit_to_label(model_path),
-            data_config.max_length,
-            description=f"eval {model_path.name}",
-        )
-    result = {"model": str(model_path), **result}
+    result = evaluate_graph(
+        model_path, split, config, data_config.max_length, use_cache=False, tokenizer_path=tokenizer
+    )
     if as_json:
         _print_json(result)
     else:
@@ -503,6 +499,191 @@ def analyze(
         f"outputs in {Path(paths['json']).parent}[/]",
         highlight=False,
     )
+
+
+MethodOpt = Annotated[
+    str | None,
+    typer.Option("--method", help=f"Calibration method: {', '.join(CALIBRATORS)}. Default: {CalibrateConfig.method}."),
+]
+
+
+def _load_stats(model_path: Path, stats: Path | None, data, seed, samples, batch_size, threads):
+    """Statistics for `model_path`: an explicit file (refused if it belongs to another model) or the cache."""
+    from qtool.analysis import ActivationStats, collect_or_load
+    from qtool.runtime.evaluate import tokenizer_for
+
+    data_config, split = _load_split(data, seed)
+    if stats is not None:
+        collected = ActivationStats.load(stats)
+        collected.check_model(model_path)
+        if collected.manifest["data"] != split.describe():
+            raise QtoolError(f"{stats} was collected on another data split; run `qtool collect {model_path}` again")
+    else:
+        config = _collect_config(samples, batch_size, threads, data_config.max_length)
+        collected = collect_or_load(model_path, split, tokenizer_for(model_path), config)
+    return data_config, split, collected
+
+
+@app.command()
+@user_errors
+def calibrate(
+    model_path: Annotated[Path, typer.Argument(help="FP32 ONNX graph written by `qtool export`.", show_default=False)],
+    method: MethodOpt = None,
+    p: Annotated[
+        float | None,
+        typer.Option(
+            "--p", help=f"Percentile of |x| for --method percentile, in (0, 100]. Default: {CalibrateConfig.p:g}."
+        ),
+    ] = None,
+    groups: Annotated[
+        int | None,
+        typer.Option(
+            "--groups", "-k", help=f"Channel groups K for --method peg (K >= 1). Default: {CalibrateConfig.groups}."
+        ),
+    ] = None,
+    permute: Annotated[
+        bool,
+        typer.Option(
+            "--permute/--no-permute",
+            help="PEG: sort channels by range before grouping (Bondarenko et al.), or keep contiguous groups.",
+        ),
+    ] = True,
+    scope: Annotated[
+        str | None,
+        typer.Option(help=f"What is quantized: {', '.join(SCOPES)} (see README). Default: {CalibrateConfig.scope}."),
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help=f"Weight scales: {', '.join(WEIGHT_MODES)}. Default: {CalibrateConfig.weights}.")
+    ] = None,
+    keep_fp: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--keep-fp", help="Keep the points matching this glob (e.g. 'layer.*.ffn.output') in float; repeatable."
+        ),
+    ] = None,
+    mixed_precision: Annotated[
+        str | None,
+        typer.Option(
+            "--mixed-precision", help=f"Preset of points kept in float: {', '.join(MIXED_PRECISION_PRESETS)}."
+        ),
+    ] = None,
+    outlier_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help=f"--mixed-precision outliers keeps points with max|x| >= RATIO x p99.99. Default: {CalibrateConfig.outlier_ratio:g}."
+        ),
+    ] = None,
+    stats: StatsOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder for <recipe>.calib.json and <recipe>.qdq.onnx. Default: the graph's folder."
+        ),
+    ] = None,
+    evaluate_accuracy: Annotated[
+        bool, typer.Option("--eval/--no-eval", help="Evaluate the QDQ graph and FP32 on the eval part.")
+    ] = True,
+    data: DataOpt = None,
+    seed: SeedOpt = None,
+    samples: SamplesOpt = None,
+    batch_size: BatchOpt = None,
+    limit: LimitOpt = None,
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compute activation scales with one method and write the calibration JSON and the QDQ graph.
+
+    Reads the statistics file (collecting it first if needed), so trying another method costs no
+    new pass over the data. Prints the QDQ graph's eval accuracy beside FP32 unless --no-eval.
+    """
+    from qtool.calibrators.recipe import calibrate as run_calibrate
+    from qtool.calibrators.recipe import calibration_paths, write_calibrated_graph, write_calibration
+    from qtool.runtime.evaluate import evaluate_graph
+
+    check_onnx_file(model_path)
+    config = _config(
+        CalibrateConfig,
+        method=method,
+        p=p,
+        groups=groups,
+        permute=permute,
+        scope=scope,
+        weights=weights,
+        keep_fp=tuple(keep_fp or ()),
+        mixed_precision=mixed_precision,
+        outlier_ratio=outlier_ratio,
+    )
+    config.validate()
+    data_config, split, collected = _load_stats(model_path, stats, data, seed, samples, batch_size, threads)
+    document = run_calibrate(collected, config)
+    calibration_file, qdq_file = calibration_paths(out or model_path.parent, document["recipe"])
+    write_calibrated_graph(model_path, document, qdq_file)
+    write_calibration(document, calibration_file)
+    summary = {
+        "recipe": document["recipe"],
+        "method": document["method"],
+        "params": document["params"],
+        "scope": document["scope"],
+        "weights": document["weights"],
+        "quantized_points": document["quantized_points"],
+        "total_points": document["total_points"],
+        "kept_in_float": document["kept_in_float"],
+        "calibration": str(calibration_file),
+        "qdq_graph": str(qdq_file),
+        "data_split": split.describe(),
+    }
+    if evaluate_accuracy:
+        eval_config = _config(EvalConfig, batch_size=batch_size, limit=limit, threads=threads)
+        fp32 = evaluate_graph(model_path, split, eval_config, data_config.max_length)
+        qdq = evaluate_graph(qdq_file, split, eval_config, data_config.max_length)
+        summary |= {
+            "fp32_accuracy": fp32["accuracy"],
+            "qdq_accuracy": qdq["accuracy"],
+            "eval_examples": qdq["examples"],
+        }
+    if as_json:
+        _print_json(summary)
+        return
+    rows = [
+        ("recipe", summary["recipe"]),
+        ("scope", summary["scope"]),
+        ("quantized points", f"{summary['quantized_points']} of {summary['total_points']}"),
+        ("kept in float", ", ".join(summary["kept_in_float"]) or "-"),
+        ("calibration", calibration_file),
+        ("QDQ graph", qdq_file),
+    ]
+    if evaluate_accuracy:
+        rows += [
+            ("FP32 accuracy", f"{summary['fp32_accuracy']:.4f}"),
+            (
+                "QDQ accuracy",
+                f"{summary['qdq_accuracy']:.4f} ({100 * (summary['qdq_accuracy'] - summary['fp32_accuracy']):+.2f} points)",
+            ),
+            ("eval pairs", summary["eval_examples"]),
+        ]
+    stdout.print(_table("calibration", rows))
+
+
+@app.command()
+@user_errors
+def quantize(
+    model_path: Annotated[Path, typer.Argument(help="FP32 ONNX graph written by `qtool export`.", show_default=False)],
+    calibration: Annotated[
+        Path, typer.Argument(help="Calibration JSON written by `qtool calibrate`.", show_default=False)
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="QDQ graph to write. Default: <recipe>.qdq.onnx beside the graph."),
+    ] = None,
+) -> None:
+    """Write the QDQ graph of an existing calibration file (refused if it was made for another model)."""
+    from qtool.calibrators.recipe import calibration_paths, load_calibration, write_calibrated_graph
+
+    check_onnx_file(model_path)
+    document = load_calibration(calibration, model_path)
+    target = output or calibration_paths(model_path.parent, document["recipe"])[1]
+    write_calibrated_graph(model_path, document, target)
+    stdout.print(f"wrote {target}", highlight=False)
 
 
 @app.command()

@@ -4,10 +4,9 @@ QDQ graph. All methods read the one statistics file."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import onnx
 
 from qtool import __version__
 from qtool.analysis.collect import ActivationStats, model_identity
@@ -19,7 +18,8 @@ from qtool.calibrators.precision import (
     kept_in_float,
 )
 from qtool.errors import QtoolError
-from qtool.exporter.onnx_export import METADATA_PREFIX
+from qtool.exporter.onnx_export import METADATA_PREFIX, read_qtool_metadata
+from qtool.exporter.points import load_quant_points
 from qtool.exporter.qdq import WEIGHT_MODES, QdqPlan, write_qdq_model
 from qtool.fileio import atomic_path, read_json, sha256_text, write_json
 
@@ -116,11 +116,14 @@ def load_calibration(path: Path, model_path: Path) -> dict:
     return document
 
 
-def write_calibrated_graph(model_path: Path, stats: ActivationStats, document: dict, output: Path) -> Path:
+def write_calibrated_graph(model_path: Path, document: dict, output: Path) -> Path:
     """The QDQ graph of `document` applied to the FP32 graph at `model_path`."""
     if document["model"] != model_identity(model_path):
         raise QtoolError(f"the calibration is for another model than {model_path}; calibrate this model")
-    model = onnx.load(str(model_path))
+    model, points = load_quant_points(model_path)
+    missing = sorted(set(document["tensors"]) - {p.name for p in points})
+    if missing:
+        raise QtoolError(f"the calibration names points that {model_path} does not have ({', '.join(missing[:3])})")
     activations = {}
     for name, entry in document["tensors"].items():
         activations[name] = {"scale": entry["scale"], "groups": entry.get("groups")}
@@ -128,18 +131,27 @@ def write_calibrated_graph(model_path: Path, stats: ActivationStats, document: d
         activations=activations,
         weights=document["weights"],
         embedding_tables=document["embedding_tables_quantized"],
-        points=stats.points,
+        points=points,
     )
     qdq = write_qdq_model(model, plan)
-    for key, value in {"precision": "int8-qdq", "recipe": document["recipe"], "scope": document["scope"]}.items():
+    metadata = {"precision": "int8-qdq", "recipe": document["recipe"], "scope": document["scope"]}
+    tokenizer = read_qtool_metadata(qdq).get("tokenizer")
+    if tokenizer is not None:  # keep pointing at the FP32 graph's tokenizer from wherever the QDQ graph lands
+        source = Path(model_path).resolve().parent / tokenizer
+        metadata["tokenizer"] = os.path.relpath(source, Path(output).resolve().parent)
+    for key, value in metadata.items():
         entry = next((p for p in qdq.metadata_props if p.key == METADATA_PREFIX + key), None)
         if entry is None:
             entry = qdq.metadata_props.add(key=METADATA_PREFIX + key)
         entry.value = value
     with atomic_path(output) as tmp:
-        onnx.save(qdq, str(tmp))
+        tmp.write_bytes(qdq.SerializeToString())
     return Path(output)
 
 
 def write_calibration(document: dict, path: Path) -> Path:
     return write_json(path, document)
+
+
+def calibration_paths(folder: Path, recipe: str) -> tuple[Path, Path]:
+    return Path(folder) / f"{recipe}.calib.json", Path(folder) / f"{recipe}.qdq.onnx"

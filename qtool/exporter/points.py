@@ -57,6 +57,7 @@ class QuantPoint:
     layer: int | None
     tensor: str
     consumer_inputs: tuple[tuple[str, int], ...]
+    matmul_input: str | None = None  # same values, reshaped, where they enter an attention MatMul
 
     @property
     def layout(self) -> str:
@@ -76,6 +77,7 @@ class QuantPoint:
             layer=data["layer"],
             tensor=data["tensor"],
             consumer_inputs=tuple((node, int(index)) for node, index in data["consumer_inputs"]),
+            matmul_input=data.get("matmul_input"),
         )
 
 
@@ -171,8 +173,8 @@ def find_quant_points(model: onnx.ModelProto, path_hint: str = "the model") -> l
         raise _not_bert(path_hint, "no LayerNormalization node")
     points: list[QuantPoint] = []
 
-    def add(name: str, role: str, layer: int | None, tensor: str) -> None:
-        points.append(QuantPoint(name, role, layer, tensor, graph.consumer_inputs(tensor)))
+    def add(name: str, role: str, layer: int | None, tensor: str, matmul_input: str | None = None) -> None:
+        points.append(QuantPoint(name, role, layer, tensor, graph.consumer_inputs(tensor), matmul_input))
 
     embeddings_ln = layer_norms[0]
     add("embeddings.sum", "embeddings_sum", None, embeddings_ln.input[0])
@@ -182,25 +184,25 @@ def find_quant_points(model: onnx.ModelProto, path_hint: str = "the model") -> l
     layer = 0
     while len(projections := graph.projections_of(hidden)) >= 3:
         prefix = f"layer.{layer}"
-        by_role: dict[str, tuple[onnx.NodeProto, str]] = {}
+        by_role: dict[str, tuple[str, str]] = {}
         score = context = None
         for projection in projections:
             output = graph.biased_output(projection)
             reached = graph.follow_to_matmul(output)
             if reached is None:
                 continue
-            matmul, index, _ = reached
+            matmul, index, edge = reached
             following = graph.consumers[matmul.output[0]]
             is_context = any(n.op_type in ("Transpose", "Reshape") for n, _ in following)
             if is_context and index == 1:
-                by_role["value"], context = (projection, output), matmul
+                by_role["value"], context = (output, edge), matmul
             elif not is_context:
-                by_role["query" if index == 0 else "key"] = (projection, output)
+                by_role["query" if index == 0 else "key"] = (output, edge)
                 score = matmul
         if set(by_role) != {"query", "key", "value"} or score is None or context is None:
             raise _not_bert(path_hint, f"layer {layer}: could not match query, key and value projections")
         for role in ("query", "key", "value"):
-            add(f"{prefix}.attention.{role}", role, layer, by_role[role][1])
+            add(f"{prefix}.attention.{role}", role, layer, *by_role[role])
         add(f"{prefix}.attention.probs", "attention_probs", layer, context.input[0])
 
         out_projection = graph.follow_to_projection(context.output[0], limit=4)

@@ -160,8 +160,13 @@ class _Writer:
         consumers = [(n, i) for n, i in self.consumers(point.tensor) if n.op_type not in SHAPE_ONLY_OPS]
         if not groups or len(groups) == 1:
             scale = spec["scale"] if not groups else groups[0]["scale"]
-            nodes, dequantized = self.qdq_pair(point.name, point.tensor, scale)
-            self.after.setdefault(point.tensor, []).extend(nodes)
+            # Per-tensor Q/DQ goes where the values enter the attention MatMul (after the head
+            # reshape), so that ONNX Runtime and TensorRT see DequantizeLinear feeding the MatMul.
+            tensor = point.matmul_input or point.tensor
+            if point.matmul_input:
+                consumers = self.consumers(tensor)
+            nodes, dequantized = self.qdq_pair(point.name, tensor, scale)
+            self.after.setdefault(tensor, []).extend(nodes)
             for node, index in consumers:
                 self.rewire[(node.name, index)] = dequantized
             return
@@ -225,8 +230,12 @@ class _Writer:
                 elif self.plan.embedding_tables and node.op_type == "Gather" and node.input[0] in self.initializers:
                     if self.initializers[node.input[0]].data_type == TensorProto.FLOAT:
                         self.quantize_weight(node, 0)
-        for name, spec in self.plan.activations.items():
-            self.quantize_point(by_name[name], spec)
+        unknown = set(self.plan.activations) - set(by_name)
+        if unknown:
+            raise ValueError(f"no quantization points named {sorted(unknown)}")
+        for point in self.plan.points:  # graph order, whatever order the plan lists them in
+            if point.name in self.plan.activations:
+                self.quantize_point(point, self.plan.activations[point.name])
 
         ordered: list[onnx.NodeProto] = list(self.after.pop("", []))
         for node in self.graph.node:

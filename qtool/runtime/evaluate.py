@@ -96,3 +96,49 @@ def evaluate(
     }
     log.info("%s: accuracy %.4f on %d examples", description, result["accuracy"], len(part))
     return result
+
+
+def evaluate_graph(
+    model_path: Path,
+    split: QnliSplit,
+    config: EvalConfig = EvalConfig(),
+    max_length: int = 128,
+    use_cache: bool = True,
+    tokenizer_path: Path | None = None,
+) -> dict:
+    """Accuracy of an ONNX graph through ONNX Runtime on the CPU, cached beside the graph.
+
+    The cache entry is keyed by the graph's sha256, the data split and the evaluation options, so
+    a changed graph or split is evaluated again.
+    """
+    from qtool.fileio import read_json, sha256_file, write_json
+    from qtool.runtime.ort import OrtRunner, check_onnx_file
+
+    check_onnx_file(model_path)
+    key = {
+        "graph_sha256": sha256_file(model_path),
+        "data": split.describe(),
+        "part": config.part,
+        "limit": config.limit,
+        "max_length": max_length,
+    }
+    cache = Path(model_path).with_name(Path(model_path).name + f".eval-{config.part}.json")
+    if use_cache and cache.is_file():
+        cached = read_json(cache)
+        if cached.get("key") == key:
+            log.info("reusing the evaluation of %s", model_path)
+            return cached["result"]
+    with OrtRunner(model_path, threads=config.threads) as runner:
+        result = evaluate(
+            runner,
+            tokenizer_for(model_path, tokenizer_path),
+            split,
+            config,
+            logit_to_label(model_path),
+            max_length,
+            description=f"eval {Path(model_path).name}",
+        )
+    result = {"model": str(model_path), **result}
+    if use_cache:
+        write_json(cache, {"key": key, "result": result})
+    return result

@@ -1,0 +1,297 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+from transformers import BertForSequenceClassification
+from typer.testing import CliRunner
+
+from qtool.analysis import CollectConfig, collect, point_reports
+from qtool.calibrators.methods import PEG_ROLES
+from qtool.calibrators.recipe import CalibrateConfig, calibrate, write_calibrated_graph
+from qtool.cli import app
+from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
+from qtool.errors import QtoolError
+from qtool.fileio import dumps_stable
+from qtool.models.resolve import load_tokenizer
+from qtool.runtime import OrtRunner
+from tests.conftest import build_bert_classifier, export_tiny
+from tests.reference_bert import bert_forward
+
+runner = CliRunner()
+HIDDEN = 32
+
+
+@pytest.fixture(scope="module")
+def scaled_model(tmp_path_factory, embedded_tokenizer, session_data):
+    """A tiny classifier with weights large enough that quantization visibly changes its logits."""
+    folder = build_bert_classifier(
+        tmp_path_factory.mktemp("scaled"), embedded_tokenizer, layers=2, hidden=HIDDEN, heads=4, seed=3
+    )
+    model = BertForSequenceClassification.from_pretrained(folder)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("weight") and "LayerNorm" not in name:
+                parameter.mul_(8.0)
+        model.bert.encoder.layer[0].output.dense.bias[5] = 30.0  # an outlier channel in the residual stream
+    model.save_pretrained(folder)
+    graph = export_tiny(folder, session_data, tmp_path_factory.mktemp("scaled-onnx") / "fp32.onnx")
+    split = load_qnli(DataConfig(source=str(session_data)))
+    stats = collect(graph, split, load_tokenizer(graph.parent / "tokenizer"), CollectConfig(samples=40, batch_size=8))
+    state = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    return {"graph": graph, "stats": stats, "split": split, "model": model, "state": state}
+
+
+def _fake_quant(x: np.ndarray, scale, axis_scales=None) -> np.ndarray:
+    scale = np.float32(scale) if axis_scales is None else axis_scales
+    return (np.clip(np.rint(x / scale), -128, 127) * scale).astype(np.float32)
+
+
+def _reference_hooks(document: dict):
+    tensors = document["tensors"]
+
+    def activation(name: str, x: np.ndarray) -> np.ndarray:
+        entry = tensors.get(name)
+        if entry is None:
+            return x
+        if not entry.get("groups"):
+            return _fake_quant(x, entry["scale"])
+        out = np.empty_like(x)
+        for group in entry["groups"]:
+            channels = np.asarray(group["channels"])
+            out[..., channels] = _fake_quant(x[..., channels], group["scale"])
+        return out
+
+    def weight(name: str, w: np.ndarray) -> np.ndarray:
+        if name.startswith("bert.embeddings.") and not document["embedding_tables_quantized"]:
+            return w
+        if document["weights"] == "per-tensor":
+            amax = np.abs(w).max()
+        elif name.startswith("bert.embeddings."):  # tables [rows, hidden]: one scale per hidden channel
+            amax = np.abs(w).max(axis=0, keepdims=True)
+        else:  # torch layout [out, in]: one scale per output channel
+            amax = np.abs(w).max(axis=1, keepdims=True)
+        scales = (np.maximum(amax, 1e-12) / 127).astype(np.float32)
+        return _fake_quant(w, None, scales)
+
+    return activation, weight
+
+
+def _batches(scaled_model, count=3):
+    tokenizer = load_tokenizer(scaled_model["graph"].parent / "tokenizer")
+    part = tokenize_part(tokenizer, scaled_model["split"].parts["eval"][:40], 128)
+    return make_batches(part, 8)[:count]
+
+
+def assert_matches_reference(scaled_model, graph_path, activation, weight):
+    """ONNX Runtime's QDQ graph against the NumPy fake-quantized model, point by point.
+
+    At every quantization point the float tensor ONNX Runtime computed must match NumPy's to float
+    tolerance; NumPy then quantizes ONNX Runtime's tensor, so that a value lying on a rounding
+    boundary (one ulp apart between the two) cannot flip a step and drift the rest of the network.
+    """
+    points = scaled_model["stats"].points
+    model = onnx.load(str(graph_path))
+    for tensor in dict.fromkeys(p.tensor for p in points):
+        model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options)
+    names = [o.name for o in session.get_outputs()]
+    by_name = {p.name: p.tensor for p in points}
+    for batch in _batches(scaled_model):
+        outputs = dict(zip(names, session.run(names, batch.feeds), strict=True))
+
+        def forced(name, x, outputs=outputs):
+            computed = outputs[by_name[name]]
+            np.testing.assert_allclose(computed, x, rtol=1e-4, atol=1e-4 * float(np.abs(x).max()) + 1e-6, err_msg=name)
+            return activation(name, computed)
+
+        expected = bert_forward(scaled_model["state"], scaled_model["model"].config, batch.feeds, forced, weight)
+        np.testing.assert_allclose(outputs["logits"], expected, rtol=1e-4, atol=1e-5)
+    return True
+
+
+RECIPES = {
+    "max": CalibrateConfig(),
+    "percentile": CalibrateConfig(method="percentile", p=99.9),
+    "peg-k3-sorted": CalibrateConfig(method="peg", groups=3),
+    "peg-k3-contiguous": CalibrateConfig(method="peg", groups=3, permute=False),
+    "gemm-scope": CalibrateConfig(scope="gemm"),
+    "per-tensor-weights": CalibrateConfig(weights="per-tensor"),
+    "mixed-paper": CalibrateConfig(mixed_precision="paper"),
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_qdq_graph_equals_numpy_fake_quantization(recipe, scaled_model, tmp_path):
+    document = calibrate(scaled_model["stats"], RECIPES[recipe])
+    graph = write_calibrated_graph(scaled_model["graph"], document, tmp_path / "model.qdq.onnx")
+    activation, weight = _reference_hooks(document)
+    assert_matches_reference(scaled_model, graph, activation, weight)
+    with OrtRunner(graph) as optimized, OrtRunner(scaled_model["graph"]) as fp32:
+        for batch in _batches(scaled_model):
+            quantized, unquantized = optimized.infer(batch.feeds)["logits"], fp32.infer(batch.feeds)["logits"]
+            assert np.abs(quantized - unquantized).max() > 1e-4  # quantization really happened
+
+
+def test_peg_with_k_equal_to_width_is_per_channel_quantization(scaled_model, tmp_path):
+    stats = scaled_model["stats"]
+    document = calibrate(stats, CalibrateConfig(method="peg", groups=HIDDEN))
+    graph = write_calibrated_graph(scaled_model["graph"], document, tmp_path / "peg.qdq.onnx")
+    per_channel = {}
+    for point in stats.points:
+        tensor = stats.stats[point.name]
+        if point.role in PEG_ROLES:
+            per_channel[point.name] = (np.maximum(tensor.channel_absmax, 1e-12) / 127).astype(np.float32)
+        else:
+            per_channel[point.name] = np.float32(max(tensor.absmax, 1e-12) / 127)
+
+    def activation(name, x):
+        return _fake_quant(x, None, per_channel[name]) if name in per_channel else x
+
+    _, weight = _reference_hooks(document)
+    assert_matches_reference(scaled_model, graph, activation, weight)
+
+
+def test_peg_with_one_group_is_per_tensor_max(scaled_model, tmp_path):
+    peg = calibrate(scaled_model["stats"], CalibrateConfig(method="peg", groups=1))
+    plain = calibrate(scaled_model["stats"], CalibrateConfig(method="max"))
+    assert {k: v["scale"] for k, v in peg["tensors"].items()} == {k: v["scale"] for k, v in plain["tensors"].items()}
+    graphs = [
+        write_calibrated_graph(scaled_model["graph"], d, tmp_path / f"{i}.onnx") for i, d in enumerate((peg, plain))
+    ]
+    with OrtRunner(graphs[0]) as first, OrtRunner(graphs[1]) as second:
+        for batch in _batches(scaled_model):
+            np.testing.assert_array_equal(first.infer(batch.feeds)["logits"], second.infer(batch.feeds)["logits"])
+
+
+def _activation_q_scales(graph_path) -> list[np.ndarray]:
+    model = onnx.load(str(graph_path))
+    initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return [initializers[n.input[1]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+
+
+def test_qdq_structure_scope_and_per_tensor_activation_scales(scaled_model, tmp_path):
+    document = calibrate(scaled_model["stats"], CalibrateConfig())
+    graph_path = write_calibrated_graph(scaled_model["graph"], document, tmp_path / "max.qdq.onnx")
+    model = onnx.load(str(graph_path))
+    onnx.checker.check_model(model, full_check=True)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            assert producers[node.input[1]].op_type == "DequantizeLinear", node.name
+            assert producers[node.input[0]].op_type == "DequantizeLinear", node.name
+        if node.op_type == "LayerNormalization":
+            assert producers[node.input[0]].op_type in ("DequantizeLinear", "Gather"), node.name
+    peg = calibrate(scaled_model["stats"], CalibrateConfig(method="peg", groups=4))
+    peg_path = write_calibrated_graph(scaled_model["graph"], peg, tmp_path / "peg.qdq.onnx")
+    onnx.checker.check_model(onnx.load(str(peg_path)), full_check=True)
+    scales = _activation_q_scales(peg_path)
+    assert len(scales) > len(_activation_q_scales(graph_path))  # several groups per PEG point
+    assert all(scale.ndim == 0 for scale in scales)  # TensorRT takes per-tensor activation scales only
+    gemm = calibrate(scaled_model["stats"], CalibrateConfig(scope="gemm"))
+    assert not any(
+        t["role"] in ("residual_sum", "ffn_intermediate", "embeddings_sum") for t in gemm["tensors"].values()
+    )
+    assert gemm["scope"] == "gemm" and document["scope"] == "all"
+
+
+def test_mixed_precision_and_keep_fp(scaled_model):
+    stats = scaled_model["stats"]
+    paper = calibrate(stats, CalibrateConfig(mixed_precision="paper"))
+    assert set(paper["kept_in_float"]) == {
+        f"layer.{i}.ffn.{r}" for i in range(2) for r in ("output", "residual_sum", "layernorm")
+    }
+    ratios = {r["name"]: r["absmax_over_percentile"] or 0 for r in point_reports(stats)}
+    threshold = sorted(ratios.values())[-3]  # the three most extreme points
+    outliers = calibrate(stats, CalibrateConfig(mixed_precision="outliers", outlier_ratio=threshold))
+    assert outliers["kept_in_float"] == [n for n, r in ratios.items() if r >= threshold]
+    assert len(outliers["kept_in_float"]) >= 3 and "preset outliers" in outliers["kept_reason"]
+    kept = calibrate(stats, CalibrateConfig(keep_fp=("layer.1.attention.*",)))
+    assert len(kept["kept_in_float"]) == 8 and not any(n.startswith("layer.1.attention") for n in kept["tensors"])
+    with pytest.raises(QtoolError, match="matches no quantization point"):
+        calibrate(stats, CalibrateConfig(keep_fp=("layer.9.*",)))
+
+
+def test_calibration_file_is_byte_identical_across_runs(scaled_model, session_data, tmp_path):
+    split, graph = scaled_model["split"], scaled_model["graph"]
+    tokenizer = load_tokenizer(graph.parent / "tokenizer")
+    first = calibrate(collect(graph, split, tokenizer, CollectConfig(samples=24)), CalibrateConfig(method="peg"))
+    second = calibrate(collect(graph, split, tokenizer, CollectConfig(samples=24)), CalibrateConfig(method="peg"))
+    assert dumps_stable(first).encode() == dumps_stable(second).encode()
+    outputs = []
+    for run in range(2):
+        out = tmp_path / f"run{run}"
+        args = [
+            "calibrate",
+            str(graph),
+            "--data",
+            str(session_data),
+            "--method",
+            "percentile",
+            "--p",
+            "99.9",
+            "--samples",
+            "24",
+            "--no-eval",
+            "--out",
+            str(out),
+            "--json",
+        ]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        outputs.append((out / "percentile-99.9-all.calib.json").read_bytes())
+    assert outputs[0] == outputs[1]
+    header = json.loads(outputs[0])
+    for key in ("model", "statistics_sha256", "data", "scope", "qtool_version", "method", "params"):
+        assert key in header
+    entry = next(iter(header["tensors"].values()))
+    assert {"scale", "amax", "method", "params"} <= set(entry)
+
+
+def test_calibrate_cli_evaluates_and_refuses_bad_input(scaled_model, session_data, tmp_path, embedded_tokenizer):
+    graph = scaled_model["graph"]
+    common = ["--data", str(session_data), "--samples", "24", "--out", str(tmp_path / "out")]
+    result = runner.invoke(
+        app, ["calibrate", str(graph), "--method", "peg", "-k", "3", "--json", "--limit", "40", *common]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert 0 <= summary["qdq_accuracy"] <= 1 and 0 <= summary["fp32_accuracy"] <= 1
+    assert summary["recipe"] == "peg-k3-all" and summary["eval_examples"] == 40
+
+    for bad, message in (
+        (["--method", "percentile", "--p", "0"], "--p"),
+        (["--method", "percentile", "--p", "101"], "--p"),
+        (["--method", "peg", "--groups", "0"], "--groups"),
+        (["--method", "kmeans"], "unknown calibration method"),
+        (["--scope", "most"], "unknown scope"),
+        (["--keep-fp", "nothing.*"], "matches no quantization point"),
+    ):
+        result = runner.invoke(app, ["calibrate", str(graph), "--no-eval", *bad, *common])
+        assert result.exit_code == 2, (bad, result.output)
+        assert message in result.stderr.strip().splitlines()[-1], (bad, result.stderr)
+
+    other_folder = build_bert_classifier(
+        tmp_path / "other", embedded_tokenizer, layers=2, hidden=HIDDEN, heads=4, seed=9
+    )
+    other = export_tiny(other_folder, session_data, tmp_path / "other-onnx" / "fp32.onnx")
+    stale = scaled_model["stats"].save(tmp_path / "stale.npz")
+    result = runner.invoke(app, ["calibrate", str(other), "--stats", str(stale), "--no-eval", *common])
+    assert result.exit_code == 2 and "another model" in result.stderr
+    calibration = tmp_path / "out" / "peg-k3-all.calib.json"
+    result = runner.invoke(app, ["quantize", str(other), str(calibration), "-o", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 2 and "calibrated for" in result.stderr
+    assert not (tmp_path / "x.onnx").exists()
+    result = runner.invoke(app, ["quantize", str(graph), str(calibration), "-o", str(tmp_path / "y.onnx")])
+    assert result.exit_code == 0, result.output
+    rebuilt, original = (
+        onnx.load(str(p)).graph for p in (tmp_path / "y.onnx", tmp_path / "out" / "peg-k3-all.qdq.onnx")
+    )
+    assert rebuilt.SerializeToString() == original.SerializeToString()
