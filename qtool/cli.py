@@ -692,24 +692,54 @@ def reproduce(
     model: ModelOpt = None,
     data: DataOpt = None,
     seed: SeedOpt = None,
+    configs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Run only this configuration (repeatable), e.g. fp32, max-all, peg-k4-all. Default: all of them.",
+        ),
+    ] = None,
+    samples: SamplesOpt = None,
+    limit: LimitOpt = None,
     artifacts: ArtifactsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the study end to end: fine-tune if needed, export FP32 ONNX, evaluate (growing with each stage)."""
+    """Run the study end to end: fine-tune if needed, export, collect, analyze, then calibrate and
+    evaluate every configuration; writes ARTIFACTS/report/results.json and report.md.
+
+    Configurations: FP32; max (scope all and gemm); percentile 99, 99.9, 99.99, 99.999; PEG K = 1, 2,
+    3, 4, 6, 8; mixed precision paper and outliers. Every stage is cached, so a rerun (or a run after
+    an interruption) only does what is missing.
+    """
     from qtool.pipeline import ReproduceConfig, run_reproduce
 
-    _, split = _load_split(data, seed)
-    result = run_reproduce(model, split, _config(ReproduceConfig, seed=seed), _artifacts(artifacts))
+    data_config, split = _load_split(data, seed)
+    config = _config(ReproduceConfig, seed=seed, configurations=tuple(configs) if configs else None)
+    config = replace(config, collect=_config(CollectConfig, samples=samples), eval=_config(EvalConfig, limit=limit))
+    result = run_reproduce(model, split, config, _artifacts(artifacts))
     if as_json:
         _print_json(result)
         return
     table = Table(title=f"qtool reproduce: {result['model']}", title_justify="left")
-    for column in ("configuration", "accuracy", "pairs", "graph"):
-        table.add_column(column)
+    for column in ("configuration", "scope", "accuracy %", "95 % CI", "vs FP32"):
+        table.add_column(column, justify="left" if column in ("configuration", "scope") else "right")
+    fp32 = result["results"][0]["accuracy"]
     for row in result["results"]:
-        table.add_row(row["configuration"], f"{row['accuracy']:.4f}", str(row["examples"]), row["graph"])
+        low, high = row["accuracy_ci95"]
+        table.add_row(
+            row["configuration"],
+            row["scope"],
+            f"{100 * row['accuracy']:.2f}",
+            f"{100 * low:.1f}-{100 * high:.1f}",
+            f"{100 * (row['accuracy'] - fp32):+.2f}",
+        )
     stdout.print(table)
-    stdout.print(f"data: {split.name} (fingerprint {split.fingerprint})", highlight=False)
+    stdout.print(
+        f"data: {split.name} (fingerprint {split.fingerprint}); report: "
+        f"{_artifacts(artifacts) / 'report' / 'report.md'}",
+        highlight=False,
+    )
 
 
 def main() -> None:

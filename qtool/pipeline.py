@@ -1,7 +1,10 @@
 """`qtool reproduce`: the study as a chain of cached stages.
 
-Today's chain: fine-tune (when the model has no QNLI head), export FP32 ONNX, evaluate it.
-Every stage writes files that the next reads, so a rerun reuses what is already there.
+fine-tune (when the model has no QNLI head) -> export FP32 ONNX -> collect statistics ->
+analyze outliers -> for every configuration: calibrate, write the QDQ graph, evaluate ->
+results.json and report.md. Every stage writes files that the next reads and each is cached by
+content (model hash, data fingerprint, recipe), so a rerun or an interrupted run redoes only
+what is missing.
 """
 
 from __future__ import annotations
@@ -11,24 +14,64 @@ import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import onnxruntime
+import torch
+
 from qtool import __version__
+from qtool.analysis import CollectConfig, collect_or_load
+from qtool.analysis.outliers import OutlierConfig
+from qtool.analysis.report import analysis_document, write_analysis
+from qtool.calibrators.recipe import (
+    CalibrateConfig,
+    calibrate,
+    calibration_paths,
+    write_calibrated_graph,
+    write_calibration,
+)
 from qtool.data import QnliSplit
+from qtool.errors import QtoolError
 from qtool.exporter import ExportConfig, export_onnx
 from qtool.fileio import manifest_path, read_json, sha256_file, write_json
 from qtool.models.finetune import FinetuneConfig, classifier_for
 from qtool.models.resolve import ModelSource, load_tokenizer
-from qtool.runtime import OrtRunner
-from qtool.runtime.evaluate import EvalConfig, evaluate, logit_to_label
+from qtool.progress import progress_bar
+from qtool.report.intervals import wilson_interval
+from qtool.report.markdown import write_markdown_report
+from qtool.runtime.evaluate import EvalConfig, evaluate_graph
 
 log = logging.getLogger(__name__)
+
+FP32 = "fp32"
+
+
+def study_configurations() -> dict[str, CalibrateConfig]:
+    """The study's configurations, keyed by recipe name."""
+    configs = [CalibrateConfig(method="max", scope="all"), CalibrateConfig(method="max", scope="gemm")]
+    configs += [CalibrateConfig(method="percentile", p=p) for p in (99.0, 99.9, 99.99, 99.999)]
+    configs += [CalibrateConfig(method="peg", groups=k) for k in (1, 2, 3, 4, 6, 8)]
+    configs += [CalibrateConfig(mixed_precision="paper"), CalibrateConfig(mixed_precision="outliers")]
+    return {c.recipe_name(): c for c in configs}
 
 
 @dataclass(frozen=True)
 class ReproduceConfig:
     seed: int = 0
+    configurations: tuple[str, ...] | None = None  # None: every study configuration
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def selected(self) -> dict[str, CalibrateConfig]:
+        available = study_configurations()
+        if self.configurations is None:
+            return available
+        unknown = [c for c in self.configurations if c not in available and c != FP32]
+        if unknown:
+            raise QtoolError(
+                f"unknown configuration(s) {', '.join(unknown)}; choose from {FP32}, {', '.join(available)}"
+            )
+        return {name: available[name] for name in self.configurations if name != FP32}
 
 
 def cached_export(source: ModelSource, target: Path, config: ExportConfig) -> dict | None:
@@ -44,41 +87,81 @@ def cached_export(source: ModelSource, target: Path, config: ExportConfig) -> di
     return manifest if fresh else None
 
 
+def _result_row(name: str, graph: Path, evaluation: dict, scope: str, extra: dict) -> dict:
+    low, high = wilson_interval(evaluation["correct"], evaluation["examples"])
+    return {
+        "configuration": name,
+        "graph": str(graph),
+        "scope": scope,
+        "accuracy": evaluation["accuracy"],
+        "accuracy_ci95": [low, high],
+        "correct": evaluation["correct"],
+        "examples": evaluation["examples"],
+        **extra,
+    }
+
+
 def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, artifacts: Path) -> dict:
+    artifacts = Path(artifacts)
+    configurations = config.selected()
     finetune_config = FinetuneConfig(**{**asdict(config.finetune), "seed": config.seed})
-    source, finetune_manifest = classifier_for(
-        model, split, finetune_config, artifacts, config.export.max_length, allow_finetune=True
-    )
-    fp32 = Path(artifacts) / source.slug / "fp32.onnx"
+    max_length = config.export.max_length
+    source, finetune_manifest = classifier_for(model, split, finetune_config, artifacts, max_length)
+    fp32 = artifacts / source.slug / "fp32.onnx"
     export_manifest = cached_export(source, fp32, config.export)
     if export_manifest is None:
         export_manifest = export_onnx(source, split, fp32, config.export)
     else:
         log.info("reusing %s", fp32)
 
-    with OrtRunner(fp32, threads=config.eval.threads) as runner:
-        fp32_result = evaluate(
-            runner,
-            load_tokenizer(source.path),
-            split,
-            config.eval,
-            logit_to_label(fp32),
-            config.export.max_length,
-            description="eval fp32",
-        )
+    stats = collect_or_load(fp32, split, load_tokenizer(source.path), config.collect)
+    analysis = analysis_document(stats, OutlierConfig())
+    analysis_paths = write_analysis(stats, analysis, fp32.parent / "analysis")
+
+    rows = [_result_row(FP32, fp32, evaluate_graph(fp32, split, config.eval, max_length), "none (FP32)", {})]
+    with progress_bar("study configurations", total=len(configurations)) as bar:
+        for name, calibrate_config in configurations.items():
+            document = calibrate(stats, calibrate_config)
+            calibration_file, qdq_file = calibration_paths(fp32.parent, name)
+            write_calibrated_graph(fp32, document, qdq_file)
+            write_calibration(document, calibration_file)
+            evaluation = evaluate_graph(qdq_file, split, config.eval, max_length)
+            extra = {
+                "method": document["method"],
+                "params": document["params"],
+                "weights": document["weights"],
+                "quantized_points": document["quantized_points"],
+                "total_points": document["total_points"],
+                "kept_in_float": document["kept_in_float"],
+                "calibration": str(calibration_file),
+            }
+            rows.append(_result_row(name, qdq_file, evaluation, document["scope"], extra))
+            bar.advance(1, status=f"{name}: {evaluation['accuracy']:.4f}")
+
     result = {
         "model": source.name,
         "model_sha256": source.content_hash,
+        "base_model": (finetune_manifest or {}).get("key", {}).get("base_model", source.name),
         "data_split": split.describe(),
         "finetune": finetune_manifest,
         "export_parity": export_manifest["parity"]["max_abs_logit_diff"],
-        "results": [{"configuration": "fp32", "graph": str(fp32), "scope": "none (FP32)", **fp32_result}],
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "python": platform.python_version(),
+        "statistics": {
+            "samples": stats.manifest["samples"],
+            "sample_sources": stats.manifest["sample_sources"],
+            "tokens": stats.manifest["tokens"],
         },
-        "qtool_version": __version__,
+        "analysis": {"layers": analysis["layers"], "definitions": analysis["definitions"], "files": analysis_paths},
+        "results": rows,
+        "environment": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "qtool": __version__,
+        },
     }
-    write_json(Path(artifacts) / "report" / "results.json", result)
+    report_dir = artifacts / "report"
+    write_json(report_dir / "results.json", result)
+    write_markdown_report(result, report_dir / "report.md")
     return result

@@ -134,10 +134,19 @@ def test_finetune_export_eval_chain_on_a_tiny_encoder(tmp_path, tiny_data, tiny_
 
 def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     artifacts = tmp_path / "artifacts"
-    result = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--json")
+    args = ["reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts,
+            "-c", "fp32", "-c", "max-all", "-c", "peg-k2-all", "--samples", "16", "--json"]
+    result = _run(*args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["results"][0]["configuration"] == "fp32"
-    assert (artifacts / "report" / "results.json").is_file()
-    rerun = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--json")
-    assert json.loads(rerun.stdout)["results"][0]["accuracy"] == summary["results"][0]["accuracy"]
+    assert [r["configuration"] for r in summary["results"]] == ["fp32", "max-all", "peg-k2-all"]
+    for row in summary["results"]:
+        low, high = row["accuracy_ci95"]
+        assert low <= row["accuracy"] <= high
+    report = (artifacts / "report" / "report.md").read_text()
+    assert "peg-k2-all" in report and summary["data_split"]["fingerprint"] in report
+    assert json.loads((artifacts / "report" / "results.json").read_text()) == summary
+    rerun = json.loads(_run(*args).stdout)
+    assert rerun["results"] == summary["results"]
+    unknown = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "-c", "nope")
+    _one_line_error(unknown, "unknown configuration")

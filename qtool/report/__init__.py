@@ -1,1 +1,1 @@
-"""Placeholder package: filled by a later stage."""
+"""Tables, intervals and figures for reports."""

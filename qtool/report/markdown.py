@@ -1,0 +1,95 @@
+"""The study report as Markdown, side by side with the published figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtool.fileio import atomic_path
+
+# The reference study (arXiv 2603.04308): BERT-base fine-tuned on GLUE QNLI, validation accuracy.
+PUBLISHED = {
+    "fp32": 89.66,
+    "max-all": 54.33,
+    "max-all-mp-paper": 89.42,
+    "peg-k3-all": 66.12,
+    "peg-k4-all": 86.18,
+    "percentile-99-all": 50.54,
+    "percentile-99.9-all": 50.54,
+    "percentile-99.99-all": 50.54,
+}
+PUBLISHED_NOTE = (
+    "Published: BERT-base fine-tuned on the full GLUE QNLI training set, accuracy on the official "
+    "validation split (arXiv 2603.04308); percentile is reported there as about 50.54 % for p = 99.0 to 99.99. "
+    "That is another model and another split: compare the shape of the results, not the numbers."
+)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def accuracy_table(result: dict) -> list[str]:
+    fp32 = next(r for r in result["results"] if r["configuration"] == "fp32")["accuracy"]
+    lines = [
+        "| configuration | scope | quantized points | accuracy % | 95 % CI | vs FP32 (points) | published (BERT-base) % |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["results"]:
+        low, high = row["accuracy_ci95"]
+        points = f"{row['quantized_points']}/{row['total_points']}" if "quantized_points" in row else "-"
+        published = PUBLISHED.get(row["configuration"])
+        lines.append(
+            f"| {row['configuration']} | {row['scope']} | {points} | {_pct(row['accuracy'])} | "
+            f"{_pct(low)}-{_pct(high)} | {100 * (row['accuracy'] - fp32):+.2f} | "
+            f"{'-' if published is None else f'{published:.2f}'} |"
+        )
+    return lines
+
+
+def outlier_table(result: dict) -> list[str]:
+    lines = [
+        "| layer | max kurtosis | at | max top-1 % energy | at | residual outlier channels |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for layer in result["analysis"]["layers"]:
+        kurtosis = layer["max_kurtosis"]
+        share = layer["max_top_energy_share"]
+        lines.append(
+            f"| {layer['layer']} | {'-' if kurtosis is None else f'{kurtosis:.1f}'} | {layer['max_kurtosis_point'] or '-'} | "
+            f"{'-' if share is None else f'{100 * share:.1f} %'} | {layer['max_top_energy_point'] or '-'} | "
+            f"{' '.join(map(str, layer['residual_outlier_channels'][:10])) or '-'} |"
+        )
+    return lines
+
+
+def write_markdown_report(result: dict, path: Path) -> Path:
+    split = result["data_split"]
+    environment = result["environment"]
+    lines = [
+        f"# qtool study: {result['model']}",
+        "",
+        f"- model: `{result['model']}` (sha256 {result['model_sha256'][:12]}), base `{result['base_model']}`",
+        f"- data: {split['name']}; sizes {split['sizes']}; fingerprint {split['fingerprint']}",
+        f"- accuracy on the eval part; calibration statistics from {result['statistics']['samples']} pairs "
+        f"{result['statistics']['sample_sources']}",
+        "- quantization: symmetric INT8, zero point 0; activations per tensor (PEG: per channel group), weights per "
+        "output channel; scope `all` = every weight and activation point, `gemm` = inputs of MatMul/Gemm and residual Adds",
+        f"- environment: {environment['processor']}, {environment['platform']}, python {environment['python']}, "
+        f"torch {environment['torch']}, onnxruntime {environment['onnxruntime']}, qtool {environment['qtool']}",
+        "",
+        "## Accuracy",
+        "",
+        *accuracy_table(result),
+        "",
+        PUBLISHED_NOTE,
+        "",
+        "## Activation outliers (FP32)",
+        "",
+        *outlier_table(result),
+        "",
+        *(f"- {key}: {text}" for key, text in result["analysis"]["definitions"].items()),
+        "",
+    ]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines), encoding="utf-8")
+    return path
