@@ -337,6 +337,23 @@ def _collect_config(samples, batch_size, threads, max_length):
     return _config(CollectConfig, samples=samples, batch_size=batch_size, threads=threads, max_length=max_length)
 
 
+def _load_stats(model_path: Path, stats: Path | None, data, seed, samples, batch_size, threads, force=False):
+    """Statistics for `model_path`: an explicit file (refused if it belongs to another model or data
+    split) or the cached file beside the graph, collected when missing or stale."""
+    from qtool.analysis import ActivationStats, collect_or_load
+    from qtool.runtime.evaluate import tokenizer_for
+
+    if stats is not None:
+        collected = ActivationStats.load(stats)
+        collected.check_model(model_path)
+        if data is not None and collected.manifest["data"] != _load_split(data, seed)[1].describe():
+            raise QtoolError(f"{stats} was collected on another data split; run `qtool collect {model_path}` again")
+        return collected
+    data_config, split = _load_split(data, seed)
+    config = _collect_config(samples, batch_size, threads, data_config.max_length)
+    return collect_or_load(model_path, split, tokenizer_for(model_path), config, force=force)
+
+
 @app.command()
 @user_errors
 def collect(
@@ -430,23 +447,15 @@ def analyze(
 
     Collects statistics first when no matching statistics file exists (see `qtool collect`).
     """
-    from qtool.analysis import ActivationStats, collect_or_load
     from qtool.analysis.report import analysis_document, write_analysis
     from qtool.runtime import check_onnx_file
-    from qtool.runtime.evaluate import tokenizer_for
 
     check_onnx_file(model_path)
     if top is not None and top < 1:
         raise QtoolError(f"--top must be at least 1, got {top}")
     config = _config(OutlierConfig, sigma=sigma)
     config.validate()
-    if stats is not None:
-        collected = ActivationStats.load(stats)
-        collected.check_model(model_path)
-    else:
-        data_config, split = _load_split(data, seed)
-        collect_config = _collect_config(samples, batch_size, threads, data_config.max_length)
-        collected = collect_or_load(model_path, split, tokenizer_for(model_path), collect_config, force=force)
+    collected = _load_stats(model_path, stats, data, seed, samples, batch_size, threads, force=force)
     document = analysis_document(collected, config)
     paths = write_analysis(collected, document, out or model_path.parent / "analysis", figures=figures)
     if as_json:
@@ -505,23 +514,6 @@ MethodOpt = Annotated[
     str | None,
     typer.Option("--method", help=f"Calibration method: {', '.join(CALIBRATORS)}. Default: {CalibrateConfig.method}."),
 ]
-
-
-def _load_stats(model_path: Path, stats: Path | None, data, seed, samples, batch_size, threads):
-    """Statistics for `model_path`: an explicit file (refused if it belongs to another model) or the cache."""
-    from qtool.analysis import ActivationStats, collect_or_load
-    from qtool.runtime.evaluate import tokenizer_for
-
-    data_config, split = _load_split(data, seed)
-    if stats is not None:
-        collected = ActivationStats.load(stats)
-        collected.check_model(model_path)
-        if collected.manifest["data"] != split.describe():
-            raise QtoolError(f"{stats} was collected on another data split; run `qtool collect {model_path}` again")
-    else:
-        config = _collect_config(samples, batch_size, threads, data_config.max_length)
-        collected = collect_or_load(model_path, split, tokenizer_for(model_path), config)
-    return data_config, split, collected
 
 
 @app.command()
@@ -614,7 +606,10 @@ def calibrate(
         outlier_ratio=outlier_ratio,
     )
     config.validate()
-    data_config, split, collected = _load_stats(model_path, stats, data, seed, samples, batch_size, threads)
+    collected = _load_stats(model_path, stats, data, seed, samples, batch_size, threads)
+    data_config, split = _load_split(data, seed)
+    if collected.manifest["data"] != split.describe():
+        raise QtoolError(f"the statistics were collected on another data split; run `qtool collect {model_path}` again")
     document = run_calibrate(collected, config)
     calibration_file, qdq_file = calibration_paths(out or model_path.parent, document["recipe"])
     write_calibrated_graph(model_path, document, qdq_file)
