@@ -28,6 +28,7 @@ from qtool.exporter.onnx_export import ExportConfig
 from qtool.exporter.qdq import WEIGHT_MODES
 from qtool.models.finetune import FinetuneConfig
 from qtool.runtime import check_onnx_file
+from qtool.runtime.bench import INPUT_KINDS, BenchConfig
 from qtool.runtime.evaluate import EvalConfig
 
 app = typer.Typer(
@@ -376,7 +377,6 @@ def collect(
     of |x|. Padding is excluded. Every calibrator and `qtool analyze` read this one file.
     """
     from qtool.analysis.collect import collect_or_load, default_stats_path
-    from qtool.runtime import check_onnx_file
     from qtool.runtime.evaluate import tokenizer_for
 
     check_onnx_file(model_path)
@@ -448,7 +448,6 @@ def analyze(
     Collects statistics first when no matching statistics file exists (see `qtool collect`).
     """
     from qtool.analysis.report import analysis_document, write_analysis
-    from qtool.runtime import check_onnx_file
 
     check_onnx_file(model_path)
     if top is not None and top < 1:
@@ -679,6 +678,173 @@ def quantize(
     target = output or calibration_paths(model_path.parent, document["recipe"])[1]
     write_calibrated_graph(model_path, document, target)
     stdout.print(f"wrote {target}", highlight=False)
+
+
+def _int_list(values: list[str] | None, option: str) -> tuple[int, ...] | None:
+    """Repeatable or comma-separated integers: `--batch 1,8` or `--batch 1 --batch 8`."""
+    if not values:
+        return None
+    try:
+        return tuple(int(v) for value in values for v in value.split(",") if v.strip())
+    except ValueError:
+        raise QtoolError(f"{option} takes whole numbers such as 1,8; got {' '.join(values)}") from None
+
+
+def _latency_row(name: str, entry: dict) -> list[str]:
+    latency, memory = entry["latency"], entry.get("memory", {})
+    added = memory.get("rss_runner_added_bytes")
+    return [
+        name,
+        f"{entry['batch']}x{entry['sequence_length']}",
+        f"{latency['p50_ms']:.2f}",
+        f"{latency['mean_ms']:.2f}",
+        f"{latency['p90_ms']:.2f}",
+        f"{latency['p99_ms']:.2f}",
+        f"{latency['min_ms']:.2f}",
+        f"{latency['max_ms']:.2f}",
+        f"{latency['throughput_per_s']:.1f}",
+        "-" if added is None else f"{added / 2**20:.0f}",
+        f"{entry['model_bytes'] / 2**20:.1f}",
+    ]
+
+
+LATENCY_COLUMNS = (
+    "model",
+    "shape",
+    "p50 ms",
+    "mean ms",
+    "p90 ms",
+    "p99 ms",
+    "min ms",
+    "max ms",
+    "seq/s",
+    "runner RSS MB",
+    "size MB",
+)
+
+
+@app.command()
+@user_errors
+def bench(
+    models: Annotated[
+        list[Path],
+        typer.Argument(help="Engines to measure: .onnx (ONNX Runtime) or .plan (TensorRT).", show_default=False),
+    ],
+    compare_models: Annotated[
+        bool,
+        typer.Option("--compare", help="Run the models interleaved on the same inputs and print ratios to the first."),
+    ] = False,
+    batch: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--batch", help=f"Batch size(s); a list makes a sweep (1,8). Default: {BenchConfig.batch_sizes[0]}."
+        ),
+    ] = None,
+    seq_len: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--seq-len", help=f"Sequence length(s); a list makes a sweep. Default: {BenchConfig.sequence_lengths[0]}."
+        ),
+    ] = None,
+    warmup: Annotated[int | None, typer.Option(help=f"Untimed runs first. Default: {BenchConfig.warmup}.")] = None,
+    iterations: Annotated[int | None, typer.Option(help=f"Timed runs. Default: {BenchConfig.iterations}.")] = None,
+    duration: Annotated[float | None, typer.Option(help="Run for this many seconds instead of --iterations.")] = None,
+    threads: ThreadsOpt = None,
+    inputs: Annotated[
+        str | None,
+        typer.Option(help=f"Inputs: {', '.join(INPUT_KINDS)} (real tokenized pairs). Default: {BenchConfig.inputs}."),
+    ] = None,
+    provider: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--provider",
+            help="ONNX Runtime execution provider(s) in priority order, e.g. CUDAExecutionProvider. Default: CPU.",
+        ),
+    ] = None,
+    isolated: Annotated[
+        bool, typer.Option("--isolated", help="Measure peak memory of each model in its own process.")
+    ] = False,
+    with_eval: Annotated[bool, typer.Option("--eval", help="Add eval-part accuracy from the same runner.")] = False,
+    data: DataOpt = None,
+    seed: SeedOpt = None,
+    limit: LimitOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Latency (mean, p50, p90, p99, min, max), throughput, host memory and size of engines.
+
+    With several models and --compare they run interleaved, so machine noise hits all alike.
+    Speed is measured, never assumed: compare candidates in one run on the same machine.
+    """
+    from qtool.data import DataConfig as _DataConfig
+    from qtool.runtime.bench import bench_compare, bench_model, runner_factory, tokenizer_for_model
+    from qtool.runtime.evaluate import evaluate, logit_to_label
+
+    config = _config(
+        BenchConfig,
+        batch_sizes=_int_list(batch, "--batch"),
+        sequence_lengths=_int_list(seq_len, "--seq-len"),
+        warmup=warmup,
+        iterations=iterations,
+        duration_seconds=duration,
+        threads=threads,
+        inputs=inputs,
+        providers=tuple(provider) if provider else None,
+    )
+    config.validate()
+    data_config = _config(_DataConfig, source=data, seed=seed)
+    if compare_models:
+        result = bench_compare(models, config, data_config, isolated_memory=isolated)
+        entries = [
+            (c["name"], {**c, **{k: r[k] for k in ("batch", "sequence_length") if k in r}}, c)
+            for r in result["results"]
+            for c in r["candidates"]
+        ]
+    else:
+        runs = [bench_model(m, config, data_config, isolated=isolated) for m in models]
+        result = {"runs": runs}
+        entries = [(Path(run["model"]).name, entry, None) for run in runs for entry in run["results"]]
+    if with_eval:
+        from qtool.data import load_qnli
+
+        split = load_qnli(data_config)
+        eval_config = _config(EvalConfig, limit=limit, threads=threads)
+        accuracy = {}
+        for model in models:
+            labels = logit_to_label(model) if model.suffix == ".onnx" else None
+            with runner_factory(model, threads, config.providers)() as runner:
+                accuracy[str(model)] = evaluate(
+                    runner,
+                    tokenizer_for_model(model),
+                    split,
+                    eval_config,
+                    labels,
+                    data_config.max_length,
+                    description=f"eval {model.name}",
+                )
+        result["accuracy"] = accuracy
+    if as_json:
+        _print_json(result)
+        return
+    table = Table(title="latency", title_justify="left")
+    for column in LATENCY_COLUMNS + (("speedup vs first",) if compare_models else ()):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, entry, candidate in entries:
+        row = _latency_row(name, entry)
+        if candidate is not None:
+            row.append(f"{candidate['speedup']:.2f}x")
+        table.add_row(*row)
+    stdout.print(table)
+    if with_eval:
+        for model, evaluation in result["accuracy"].items():
+            stdout.print(
+                f"{Path(model).name}: accuracy {evaluation['accuracy']:.4f} on {evaluation['examples']} pairs",
+                highlight=False,
+            )
+    stdout.print(
+        f"[dim]inputs: {config.inputs}; threads: {config.threads or 'default'}; host memory is the RSS added "
+        "by creating the runner (--isolated for per-process peaks)[/]",
+        highlight=False,
+    )
 
 
 @app.command()
