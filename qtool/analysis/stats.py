@@ -43,20 +43,21 @@ class TensorStats:
     def update(self, values: np.ndarray, channel_rows: np.ndarray | None = None) -> None:
         """Add a batch. `values` is any array of valid elements; `channel_rows` ([N, C]), when given,
         holds the same elements arranged by channel for the per-channel statistics."""
-        values = np.asarray(values)
-        if values.size == 0:
+        flat = np.asarray(values).ravel()
+        if flat.size == 0:
             return
-        self._merge_moments(values.astype(np.float64, copy=False).ravel())
-        self._update_histogram(np.abs(values.ravel()))
+        self._merge_moments(flat)
+        self._update_histogram(np.abs(flat))
         if channel_rows is not None:
             self._update_channels(channel_rows)
 
     def _merge_moments(self, flat: np.ndarray) -> None:
+        """Central moments of the batch in float64 (whatever the input dtype), merged into the running ones."""
         n_b = flat.size
-        mean_b = float(flat.mean())
-        deviation = flat - mean_b
+        mean_b = float(flat.mean(dtype=np.float64))
+        deviation = np.subtract(flat, mean_b, dtype=np.float64)
+        m2_b = float(np.dot(deviation, deviation))
         squared = deviation * deviation
-        m2_b = float(squared.sum())
         m3_b = float(np.dot(squared, deviation))
         m4_b = float(np.dot(squared, squared))
         self.min = min(self.min, float(flat.min()))
