@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from qtool import __version__
@@ -30,6 +31,7 @@ from qtool.models.finetune import FinetuneConfig
 from qtool.runtime import check_onnx_file
 from qtool.runtime.bench import INPUT_KINDS, BenchConfig
 from qtool.runtime.evaluate import EvalConfig
+from qtool.runtime.trt import TrtBuildConfig
 
 app = typer.Typer(
     name="qtool",
@@ -117,7 +119,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except QtoolError as exc:
-            stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             stderr.print("interrupted")
@@ -845,6 +847,110 @@ def bench(
         "by creating the runner (--isolated for per-process peaks)[/]",
         highlight=False,
     )
+
+
+BACKENDS = ("ort", "trt")
+
+
+def _triple(value: str | None, option: str) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    parts = _int_list([value], option)
+    if parts is None or len(parts) != 3:
+        raise QtoolError(f"{option} takes MIN,OPT,MAX such as 1,1,32; got {value}")
+    return parts
+
+
+@app.command()
+@user_errors
+def build(
+    model_path: Annotated[
+        Path, typer.Argument(help="QDQ (or FP32) ONNX graph, e.g. <recipe>.qdq.onnx.", show_default=False)
+    ],
+    backend: Annotated[
+        str, typer.Option(help=f"Target: {', '.join(BACKENDS)} (ONNX Runtime CPU graph, or TensorRT engine).")
+    ] = "ort",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="File to write. Default: <graph>.ort.onnx (ort) or <graph>.plan (trt)."),
+    ] = None,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="trt: let layers without Q/DQ run in FP16 (TensorRT 10).")
+    ] = False,
+    batch: Annotated[
+        str | None,
+        typer.Option(
+            "--batch",
+            help=f"trt: batch MIN,OPT,MAX of the optimization profile. Default: {','.join(map(str, TrtBuildConfig.batch))}.",
+        ),
+    ] = None,
+    sequence: Annotated[
+        str | None,
+        typer.Option(
+            "--sequence",
+            help=f"trt: sequence length MIN,OPT,MAX. Default: {','.join(map(str, TrtBuildConfig.sequence))}.",
+        ),
+    ] = None,
+    workspace_mib: Annotated[
+        int | None, typer.Option(help="trt: builder workspace limit in MiB. Default: TensorRT's.")
+    ] = None,
+    timing_cache: Annotated[
+        Path | None, typer.Option(help="trt: timing cache file, read and updated. Default: none.")
+    ] = None,
+    optimization_level: Annotated[
+        int | None,
+        typer.Option(help=f"trt: builder optimization level 0-5. Default: {TrtBuildConfig.optimization_level}."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a deployable artifact from a graph: the ONNX Runtime CPU form or a TensorRT engine.
+
+    ort: rewrites the TensorRT-style QDQ graph into the form ONNX Runtime's CPU kernels run fastest
+    (same quantized values: int8 zero point 0 stored as uint8 zero point 128, fused integer
+    projections) and reports which integer kernels ONNX Runtime fused. trt: builds engine.plan
+    with explicit quantization, one optimization profile and a build manifest (needs TensorRT and
+    an NVIDIA GPU: pip install 'qtool[trt]').
+    """
+    check_onnx_file(model_path)
+    if backend not in BACKENDS:
+        raise QtoolError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "ort":
+        from qtool.runtime.ort_fast import check_fused, rewrite_file_for_ort_cpu
+
+        target = output or model_path.with_name(f"{model_path.stem}.ort.onnx")
+        rewrite_file_for_ort_cpu(model_path, target)
+        report = {"backend": "ort", "graph": str(target), **check_fused(target)}
+        summary = [
+            ("graph", target),
+            (
+                "fused integer kernels",
+                ", ".join(f"{k} {v}" for k, v in sorted(report["integer_ops"].items())) or "none",
+            ),
+            ("float MatMuls fed by two DequantizeLinear", report["float_matmuls_two_dequantized_inputs"]),
+        ]
+    else:
+        from qtool.runtime.trt import build_engine
+
+        config = _config(
+            TrtBuildConfig,
+            fp16=fp16,
+            batch=_triple(batch, "--batch"),
+            sequence=_triple(sequence, "--sequence"),
+            workspace_mib=workspace_mib,
+            timing_cache=timing_cache,
+            optimization_level=optimization_level,
+        )
+        target = output or model_path.with_suffix(".plan")
+        report = {"backend": "trt", "engine": str(target), **build_engine(model_path, target, config)}
+        summary = [
+            ("engine", target),
+            ("TensorRT", report.get("tensorrt_version", "-")),
+            ("GPU", report.get("gpu", "-")),
+        ]
+    if as_json:
+        _print_json(report)
+    else:
+        stdout.print(_table(f"build ({backend})", summary))
 
 
 @app.command()

@@ -10,7 +10,13 @@ from typer.testing import CliRunner
 from qtool.cli import app
 
 runner = CliRunner()
-COMMANDS = ["finetune", "export", "eval", "reproduce"]
+def _registered_commands() -> list[str]:
+    import typer.main
+
+    return sorted(typer.main.get_command(app).commands)
+
+
+COMMANDS = _registered_commands()
 
 
 def _run(*args, env=None):

@@ -54,3 +54,40 @@ def test_bench_refuses_a_plan_that_is_not_an_engine(tmp_path, session_data):
     result = _bench(plan, "--data", session_data)
     assert result.exit_code == 2
     assert "not a TensorRT engine" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def tiny_qdq(tiny_onnx, session_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("qdq")
+    result = runner.invoke(app, ["calibrate", str(tiny_onnx), "--scope", "gemm", "--data", str(session_data),
+                                 "--samples", "16", "--no-eval", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["qdq_graph"]
+
+
+def test_build_ort_fuses_integer_kernels(tiny_qdq, tmp_path):
+    result = runner.invoke(app, ["build", tiny_qdq, "--backend", "ort", "-o", str(tmp_path / "m.ort.onnx"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert sum(report["integer_ops"].values()) > 0
+    assert report["float_matmuls_two_dequantized_inputs"] == 0
+
+
+def test_build_trt_without_tensorrt_says_how_to_install(tiny_qdq, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorrt(name, *args, **kwargs):
+        if name == "tensorrt" or name.startswith("tensorrt."):
+            raise ImportError("No module named 'tensorrt'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorrt)
+    result = runner.invoke(app, ["build", tiny_qdq, "--backend", "trt", "-o", str(tmp_path / "e.plan")])
+    assert result.exit_code == 2
+    assert "pip install 'qtool[trt]'" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "e.plan").exists()
+    for bad, message in ((["--backend", "tpu"], "unknown backend"), (["--backend", "trt", "--batch", "0,1,2"], "--batch")):
+        result = runner.invoke(app, ["build", tiny_qdq, *bad])
+        assert result.exit_code == 2 and message in result.stderr.strip().splitlines()[-1]

@@ -1,0 +1,462 @@
+"""Rewrite a qtool QDQ graph into the form ONNX Runtime's CPU kernels run fastest, values unchanged.
+
+qtool writes TensorRT-style QDQ graphs: symmetric INT8 activations (int8, zero point 0) and INT8
+weights. ONNX Runtime on x86 runs that graph slower than FP32. Its QDQ fusions
+(`QDQSelectorActionTransformer`) refuse int8 activations there (`session.qdqisint8allowed` is 0
+off ARM), and its own int8-to-uint8 conversion (`QDQS8ToU8Transformer`) only converts a
+QuantizeLinear with exactly one consumer. A LayerNorm output that feeds the query, key and value
+projections and the residual Add gets one DequantizeLinear per consumer
+(`EnsureUniqueDQForNodeUnit`), so it stays int8, its projections stay float MatMuls, and their
+weights are dequantized on every run.
+
+The rewrite keeps every quantized value; it changes only how a value is stored, or fuses steps
+whose float result is the same up to rounding:
+
+- activation Q/DQ pairs: int8 with zero point z becomes uint8 with zero point z + 128 and the
+  same scale (q_u8 = q_s8 + 128, so DequantizeLinear returns exactly the same floats). ONNX
+  Runtime then fuses DQ -> MatMul -> Q into QLinearMatMul and DQ -> MatMul into
+  MatMulIntegerToFloat (U8S8 kernels, VNNI where the CPU has it); weights stay int8;
+- a quantized embedding table read by Gather is gathered in int8 and dequantized afterwards
+  (the same per-channel scales on the same elements) instead of dequantizing the whole table on
+  every run;
+- `fuse_bias=True` (default): a projection with a constant bias, DQ(x) -> MatMul(DQ(W)) -> Add(b)
+  or Gemm(DQ(x), DQ(W), b), becomes one com.microsoft MatMulIntegerToFloat(x_q, W_q, scales, zero
+  points, b). ONNX Runtime's QDQ fusion leaves the bias Add outside (and then fuses it into
+  BiasGelu, which is slower than Gelu); here the int32 accumulation is exact, so the result
+  differs from the float graph only by float rounding, as ONNX Runtime's own fusion does;
+- `fuse_bias=False`: Gemm(DQ(x), DQ(W), b) becomes Gemm(DQ(x), DQ(W)) + Add(b), since the QDQ
+  Gemm fusion (QGemm) needs the bias absent or int32-quantized (which would change its values).
+  With `fuse_bias=False` the rewritten graph computes bit-for-bit what the QDQ graph computes
+  when ONNX Runtime runs both without graph optimizations.
+
+Nothing else moves: a Q/DQ pair on a LayerNorm input, a residual sum or a GELU input stays (scope
+`all`), since dropping one would change the values. `check_fused` reports what ONNX Runtime made
+of a graph: the fused integer kernels and any float MatMul still fed by DequantizeLinear.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+log = logging.getLogger(__name__)
+
+MS_DOMAIN = "com.microsoft"
+INTEGER_OPS = frozenset(
+    {
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "QGemm",
+        "QAttention",
+        "QEmbedLayerNormalization",
+        "MatMulNBits",
+        "ConvInteger",
+    }
+)
+FLOAT_MATMUL_OPS = frozenset({"MatMul", "Gemm", "FusedMatMul", "FusedGemm"})
+UINT8_OFFSET = 128  # uint8 code = int8 code + 128 for the same real value
+EIGHT_BIT_TYPES = (np.dtype(np.int8), np.dtype(np.uint8))
+
+
+def is_integer_op(op_type: str) -> bool:
+    return op_type in INTEGER_OPS or op_type.startswith("QLinear")
+
+
+class _Graph:
+    """Producer/consumer maps and initializers of one graph; rebuild after changing the node list."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.graph = model.graph
+        self.initializers = {init.name: init for init in self.graph.initializer}
+        self.producer = {out: node for node in self.graph.node for out in node.output if out}
+        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+        for node in self.graph.node:
+            for index, name in enumerate(node.input):
+                if name:
+                    self.consumers[name].append((node, index))
+        self.graph_outputs = {output.name for output in self.graph.output}
+        self.taken_names = set(self.initializers) | set(self.producer) | {n.name for n in self.graph.node}
+        self.taken_names |= {i.name for i in self.graph.input}
+
+    def array(self, name: str) -> np.ndarray | None:
+        initializer = self.initializers.get(name)
+        return None if initializer is None else numpy_helper.to_array(initializer)
+
+    def constant_source(self, name: str) -> str | None:
+        """The initializer behind `name`, following Identity nodes (exporters share equal biases that way)."""
+        while name not in self.initializers:
+            node = self.producer.get(name)
+            if node is None or node.op_type != "Identity":
+                return None
+            name = node.input[0]
+        return name
+
+    def unique_name(self, base: str) -> str:
+        name, counter = base, 1
+        while name in self.taken_names:
+            name, counter = f"{base}_{counter}", counter + 1
+        self.taken_names.add(name)
+        return name
+
+    def add_initializer(self, base: str, array: np.ndarray) -> str:
+        name = self.unique_name(base)
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+        self.initializers[name] = self.graph.initializer[-1]
+        return name
+
+    def replace_node(self, node: onnx.NodeProto, replacement: list[onnx.NodeProto]) -> None:
+        """Put `replacement` where `node` is (found by its first output: tensor names are unique)."""
+        index = next(i for i, candidate in enumerate(self.graph.node) if candidate.output[0] == node.output[0])
+        del self.graph.node[index]
+        for offset, new_node in enumerate(replacement):
+            self.graph.node.insert(index + offset, new_node)
+
+
+def _attribute(node: onnx.NodeProto, name: str, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _set_attribute(node: onnx.NodeProto, name: str, value) -> None:
+    for index, attribute in enumerate(node.attribute):
+        if attribute.name == name:
+            del node.attribute[index]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _scalar_int8_zero_point(graph: _Graph, node: onnx.NodeProto) -> int | None:
+    """The node's zero point if it is a constant int8 scalar, else None."""
+    if len(node.input) < 3 or not node.input[2]:
+        return None  # no zero point: uint8 already
+    zero_point = graph.array(node.input[2])
+    if zero_point is None or zero_point.dtype != np.int8 or zero_point.size != 1:
+        return None
+    return int(zero_point.reshape(()))
+
+
+# -- step 1: activations in uint8 ------------------------------------------------------------------
+def _activations_to_uint8(graph: _Graph) -> int:
+    """Int8 activation Q/DQ pairs -> uint8 with the zero point moved by 128; returns the pair count."""
+    converted = 0
+    zero_point_names: dict[int, str] = {}
+    for node in list(graph.graph.node):
+        if node.op_type != "QuantizeLinear" or node.input[0] in graph.initializers:
+            continue
+        zero_point = _scalar_int8_zero_point(graph, node)
+        scale = graph.array(node.input[1])
+        if zero_point is None or scale is None or scale.size != 1:
+            continue
+        quantized = node.output[0]
+        readers = graph.consumers[quantized]
+        if quantized in graph.graph_outputs or not readers:
+            continue
+        if any(reader.op_type != "DequantizeLinear" or index != 0 for reader, index in readers):
+            log.debug("QuantizeLinear %s feeds more than DequantizeLinear; left in int8", node.name)
+            continue
+        if any(_scalar_int8_zero_point(graph, reader) != zero_point for reader, _ in readers):
+            continue
+        value = zero_point + UINT8_OFFSET
+        if value not in zero_point_names:
+            zero_point_names[value] = graph.add_initializer(f"ort_cpu/uint8_zero_point_{value}", np.uint8(value))
+        for member in (node, *(reader for reader, _ in readers)):
+            member.input[2] = zero_point_names[value]
+        converted += 1
+    return converted
+
+
+# -- step 2: embedding tables gathered before dequantization ---------------------------------------
+def _gather_before_dequantize(graph: _Graph) -> int:
+    """Gather(DQ(int8 table), ids) -> DQ(Gather(int8 table, ids)); returns the table count."""
+    rewritten = 0
+    for dq in list(graph.graph.node):
+        if dq.op_type != "DequantizeLinear" or dq.input[0] not in graph.initializers:
+            continue
+        readers = graph.consumers[dq.output[0]]
+        if not readers or dq.output[0] in graph.graph_outputs:
+            continue
+        if any(reader.op_type != "Gather" or index != 0 for reader, index in readers):
+            continue
+        table, scale = graph.array(dq.input[0]), graph.array(dq.input[1])
+        if table is None or scale is None:
+            continue
+        rank = table.ndim
+        scale_axis = _attribute(dq, "axis", 1) % rank if scale.size > 1 else None
+        if scale_axis is not None and any(_attribute(r, "axis", 0) % rank == scale_axis for r, _ in readers):
+            continue  # per-row scales would have to be gathered too
+        for reader, _ in readers:
+            gather_axis = _attribute(reader, "axis", 0) % rank
+            gathered = graph.unique_name(f"{reader.output[0]}/quantized")
+            dequantize = helper.make_node(
+                "DequantizeLinear",
+                [gathered, *dq.input[1:]],
+                [reader.output[0]],
+                name=graph.unique_name(f"{reader.name}/DequantizeLinear"),
+            )
+            if scale_axis is not None:
+                # Axes before the gathered one keep their index, axes after it their distance from the end.
+                _set_attribute(dequantize, "axis", scale_axis if scale_axis < gather_axis else scale_axis - rank)
+            reader.input[0] = dq.input[0]
+            reader.output[0] = gathered
+            graph.replace_node(reader, [reader, dequantize])
+        rewritten += 1
+    return rewritten
+
+
+# -- step 3: projections -----------------------------------------------------------------------------
+def _activation_dequantize(graph: _Graph, tensor: str) -> onnx.NodeProto | None:
+    """The DequantizeLinear of an 8-bit activation (scalar scale and zero point) producing `tensor`."""
+    node = graph.producer.get(tensor)
+    if node is None or node.op_type != "DequantizeLinear" or node.input[0] in graph.initializers:
+        return None
+    scale = graph.array(node.input[1])
+    zero_point = graph.array(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if scale is None or scale.size != 1 or zero_point is None or zero_point.dtype not in EIGHT_BIT_TYPES:
+        return None
+    return node
+
+
+def _weight_dequantize(graph: _Graph, tensor: str) -> onnx.NodeProto | None:
+    """The DequantizeLinear of a constant 2-D 8-bit weight producing `tensor` (read by one node only)."""
+    node = graph.producer.get(tensor)
+    if node is None or node.op_type != "DequantizeLinear" or len(graph.consumers[tensor]) != 1:
+        return None
+    weight = graph.array(node.input[0])
+    if weight is None or weight.ndim != 2 or weight.dtype not in EIGHT_BIT_TYPES:
+        return None
+    return node
+
+
+def _biased_projection(graph: _Graph, node: onnx.NodeProto) -> tuple[bool, str, onnx.NodeProto | None, str] | None:
+    """(weight transposed, bias tensor, bias Add or None, output) of MatMul -> Add or Gemm with a bias."""
+    if node.op_type == "MatMul":
+        followers = graph.consumers[node.output[0]]
+        if len(followers) != 1 or node.output[0] in graph.graph_outputs or followers[0][0].op_type != "Add":
+            return None
+        add = followers[0][0]
+        bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
+        return False, bias, add, add.output[0]
+    if node.op_type == "Gemm" and len(node.input) == 3 and node.input[2]:
+        if (
+            _attribute(node, "transA", 0)
+            or _attribute(node, "alpha", 1.0) != 1.0
+            or _attribute(node, "beta", 1.0) != 1.0
+        ):
+            return None
+        return bool(_attribute(node, "transB", 0)), node.input[2], None, node.output[0]
+    return None
+
+
+def _projections_to_matmul_integer_to_float(graph: _Graph) -> int:
+    """DQ(x) -> MatMul(DQ(W)) -> Add(b) and Gemm(DQ(x), DQ(W), b) -> MatMulIntegerToFloat(..., b).
+
+    MatMulIntegerToFloat reads the weight as [K, N] with a per-tensor or per-column (N) scale;
+    a Gemm weight with transB=1 is transposed in int8, its per-row scales becoming per-column.
+    """
+    fused = 0
+    for node in list(graph.graph.node):
+        projection = _biased_projection(graph, node)
+        if projection is None:
+            continue
+        transposed, bias, add, output = projection
+        activation_dq = _activation_dequantize(graph, node.input[0])
+        weight_dq = _weight_dequantize(graph, node.input[1])
+        if activation_dq is None or weight_dq is None:
+            continue
+        weight, scale = graph.array(weight_dq.input[0]), graph.array(weight_dq.input[1])
+        output_axis = 0 if transposed else 1
+        if scale is None or (scale.size > 1 and _attribute(weight_dq, "axis", 1) % 2 != output_axis):
+            continue
+        bias_source = graph.constant_source(bias)
+        bias_array = graph.array(bias_source) if bias_source else None
+        if bias_array is None or bias_array.dtype != np.float32 or bias_array.shape != (weight.shape[output_axis],):
+            continue
+        weight_name = weight_dq.input[0]
+        if transposed:
+            weight_name = graph.add_initializer(f"{weight_name}/transposed", np.ascontiguousarray(weight.T))
+        weight_zero_point = weight_dq.input[2] if len(weight_dq.input) > 2 else ""  # absent: 0
+        fused_node = helper.make_node(
+            "MatMulIntegerToFloat",
+            [
+                activation_dq.input[0],
+                weight_name,
+                activation_dq.input[1],
+                weight_dq.input[1],
+                activation_dq.input[2],
+                weight_zero_point,
+                bias_source,
+            ],
+            [output],
+            name=node.name,
+            domain=MS_DOMAIN,
+        )
+        if add is not None:
+            graph.replace_node(add, [])  # first: the fused node takes over the Add's output name
+        graph.replace_node(node, [fused_node])
+        fused += 1
+    return fused
+
+
+def _gemm_bias_to_add(graph: _Graph) -> int:
+    """Gemm(DQ(x), DQ(W), float bias) -> Add(Gemm(DQ(x), DQ(W)), bias), which ONNX Runtime fuses into QGemm."""
+    rewritten = 0
+    for node in list(graph.graph.node):
+        if node.op_type != "Gemm" or len(node.input) < 3 or not node.input[2]:
+            continue
+        if _attribute(node, "beta", 1.0) != 1.0:
+            continue
+        if _activation_dequantize(graph, node.input[0]) is None or _weight_dequantize(graph, node.input[1]) is None:
+            continue
+        product = graph.unique_name(f"{node.output[0]}/without_bias")
+        add = helper.make_node(
+            "Add", [product, node.input[2]], [node.output[0]], name=graph.unique_name(f"{node.name}/BiasAdd")
+        )
+        del node.input[2]
+        node.output[0] = product
+        graph.replace_node(node, [node, add])
+        rewritten += 1
+    return rewritten
+
+
+# -- assembly -----------------------------------------------------------------------------------------
+def _without_dead_nodes(model: onnx.ModelProto) -> None:
+    needed = {output.name for output in model.graph.output}
+    kept = []
+    for node in reversed(model.graph.node):
+        if any(output in needed for output in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(kept))
+    initializers = [init for init in model.graph.initializer if init.name in needed]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(initializers)
+
+
+def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True) -> onnx.ModelProto:
+    """A copy of a qtool QDQ graph that ONNX Runtime's CPU provider runs on integer kernels.
+
+    Every quantized tensor keeps its values: activations move from int8 (zero point z) to uint8
+    (zero point z + 128), embedding tables are dequantized after their Gather, and with
+    `fuse_bias` projections with a bias become MatMulIntegerToFloat. See the module docstring.
+    """
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    counts = {
+        "uint8_activation_pairs": _activations_to_uint8(_Graph(rewritten)),
+        "gathers_before_dequantize": _gather_before_dequantize(_Graph(rewritten)),
+    }
+    if fuse_bias:
+        counts["matmul_integer_to_float_with_bias"] = _projections_to_matmul_integer_to_float(_Graph(rewritten))
+        if counts["matmul_integer_to_float_with_bias"] and not any(
+            o.domain == MS_DOMAIN for o in rewritten.opset_import
+        ):
+            rewritten.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    counts["gemm_bias_to_add"] = _gemm_bias_to_add(_Graph(rewritten))
+    _without_dead_nodes(rewritten)
+    log.info("ONNX Runtime CPU rewrite: %s", ", ".join(f"{key} {value}" for key, value in counts.items()))
+    onnx.checker.check_model(rewritten)
+    return rewritten
+
+
+def rewrite_file_for_ort_cpu(source: Path, output: Path, *, fuse_bias: bool = True) -> Path:
+    """`rewrite_for_ort_cpu` from one ONNX file to another (metadata such as the tokenizer path kept)."""
+    model = onnx.load(str(source))
+    onnx.save(rewrite_for_ort_cpu(model, fuse_bias=fuse_bias), str(output))
+    return Path(output)
+
+
+# -- what ONNX Runtime made of it ---------------------------------------------------------------------
+def count_fused_integer_ops(optimized_model_path: Path) -> dict[str, int]:
+    """Counts of the integer kernels (QLinearMatMul, MatMulIntegerToFloat, QGemm, ...) in a saved graph."""
+    model = onnx.load(str(optimized_model_path), load_external_data=False)
+    counts = Counter(node.op_type for node in model.graph.node if is_integer_op(node.op_type))
+    return dict(sorted(counts.items()))
+
+
+def _float_matmul_report(model: onnx.ModelProto) -> dict[str, int]:
+    producer = {out: node for node in model.graph.node for out in node.output if out}
+
+    def dequantized(name: str) -> bool:
+        node = producer.get(name)
+        return node is not None and node.op_type == "DequantizeLinear"
+
+    report = {"float_matmuls": 0, "float_matmuls_one_dequantized_input": 0, "float_matmuls_two_dequantized_inputs": 0}
+    for node in model.graph.node:
+        if node.op_type not in FLOAT_MATMUL_OPS:
+            continue
+        report["float_matmuls"] += 1
+        from_dequantize = sum(dequantized(name) for name in node.input[:2])
+        if from_dequantize == 1:
+            report["float_matmuls_one_dequantized_input"] += 1
+        elif from_dequantize == 2:
+            report["float_matmuls_two_dequantized_inputs"] += 1
+    return report
+
+
+def check_fused(model_path: Path, optimized_model_path: Path | None = None, level: str = "all") -> dict:
+    """Let ONNX Runtime (CPU) optimize `model_path`, save the result and report what it fused.
+
+    The optimized graph is saved with its initializers in a side file (so graphs above protobuf's
+    2 GB limit save too) and read back without them. ONNX Runtime saves level `all` graphs (with a
+    warning that layout transforms make them machine-specific); if saving fails at `all`, the
+    graph is optimized again at `extended`, which already holds every QDQ fusion (they run at
+    level 2; level 3 only adds layout transforms).
+    """
+    import onnxruntime as ort
+
+    levels = {
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if level not in levels:
+        raise ValueError(f"level must be one of {', '.join(levels)}")
+    with tempfile.TemporaryDirectory(prefix="qtool-ort-") as scratch:
+        target = Path(optimized_model_path) if optimized_model_path else Path(scratch) / "optimized.onnx"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in [level, "extended"] if level == "all" else [level]:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = levels[attempt]
+            options.optimized_model_filepath = str(target)
+            options.log_severity_level = 3
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", f"{target.name}.data"
+            )
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+            try:
+                ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+                break
+            except Exception as exc:  # ONNX Runtime raises its own exception types
+                if attempt == "extended" or level != "all":
+                    raise
+                log.warning("ONNX Runtime could not save the level-%s graph (%s); trying extended", attempt, exc)
+        model = onnx.load(str(target), load_external_data=False)
+        all_ops = Counter(node.op_type for node in model.graph.node)
+        report = {
+            "model": str(model_path),
+            "optimization_level": attempt,
+            "onnxruntime": ort.__version__,
+            "integer_ops": count_fused_integer_ops(target),
+            **_float_matmul_report(model),
+            "quantize_linear": all_ops.get("QuantizeLinear", 0),
+            "dequantize_linear": all_ops.get("DequantizeLinear", 0),
+            "op_counts": dict(sorted(all_ops.items())),
+        }
+        if optimized_model_path:
+            report["optimized_model"] = str(target)
+    if report["float_matmuls_two_dequantized_inputs"]:
+        log.warning(
+            "%s: %d float MatMul/Gemm still read two DequantizeLinear outputs after ONNX Runtime's fusions",
+            model_path,
+            report["float_matmuls_two_dequantized_inputs"],
+        )
+    return report

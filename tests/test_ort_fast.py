@@ -1,0 +1,199 @@
+"""The ONNX Runtime CPU rewrite of QDQ graphs: same quantized values, integer kernels after fusion."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from transformers import BertForSequenceClassification
+
+from qtool.analysis import CollectConfig, collect
+from qtool.calibrators.recipe import CalibrateConfig, calibrate, write_calibrated_graph
+from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
+from qtool.models.resolve import load_tokenizer
+from qtool.runtime.ort_fast import (
+    check_fused,
+    count_fused_integer_ops,
+    rewrite_file_for_ort_cpu,
+    rewrite_for_ort_cpu,
+)
+from tests.conftest import build_bert_classifier, export_tiny
+
+RECIPES = {
+    "gemm": CalibrateConfig(scope="gemm"),
+    "all": CalibrateConfig(scope="all"),
+    "peg-k3-all": CalibrateConfig(method="peg", groups=3),
+}
+LAYERS = 2
+LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, embedded_tokenizer, session_data):
+    """QDQ graphs of a tiny classifier whose weights are large enough for quantization to matter."""
+    root = tmp_path_factory.mktemp("ort-fast")
+    folder = build_bert_classifier(root / "hf", embedded_tokenizer, layers=LAYERS, hidden=32, heads=4, seed=5)
+    model = BertForSequenceClassification.from_pretrained(folder)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("weight") and "LayerNorm" not in name:
+                parameter.mul_(6.0)
+    model.save_pretrained(folder)
+    fp32 = export_tiny(folder, session_data, root / "fp32.onnx")
+    split = load_qnli(DataConfig(source=str(session_data)))
+    tokenizer = load_tokenizer(fp32.parent / "tokenizer")
+    stats = collect(fp32, split, tokenizer, CollectConfig(samples=32, batch_size=8))
+    graphs = {
+        recipe: write_calibrated_graph(fp32, calibrate(stats, config), root / f"{recipe}.qdq.onnx")
+        for recipe, config in RECIPES.items()
+    }
+    part = tokenize_part(tokenizer, split.parts["eval"][:24], 128)
+    return {"fp32": fp32, "graphs": graphs, "batches": make_batches(part, 8)}
+
+
+def _session(model: onnx.ModelProto, level: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[level]
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _outputs(model: onnx.ModelProto, level: str, batches, extra: list[str] = ()) -> dict[str, list[np.ndarray]]:
+    """Each output's value per batch (batches differ in length)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for name in extra:
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = _session(model, level)
+    names = [o.name for o in session.get_outputs()]
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for batch in batches:
+        for name, value in zip(names, session.run(names, batch.feeds), strict=True):
+            collected[name].append(value)
+    return collected
+
+
+def _logits(model: onnx.ModelProto, level: str, batches) -> np.ndarray:
+    return np.concatenate(_outputs(model, level, batches)["logits"])
+
+
+def _activation_dequantized(model: onnx.ModelProto) -> list[str]:
+    initializers = {i.name for i in model.graph.initializer}
+    return [n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in initializers]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_unfused_rewrite_is_bit_exact(calibrated, recipe):
+    """Without fusions the rewritten graph computes exactly the QDQ graph's floats, point by point."""
+    qdq = onnx.load(str(calibrated["graphs"][recipe]))
+    before = qdq.SerializeToString()
+    rewritten = rewrite_for_ort_cpu(qdq, fuse_bias=False)
+    assert qdq.SerializeToString() == before  # the input model is left alone
+    points = _activation_dequantized(qdq)
+    assert points and set(points) <= {o for n in rewritten.graph.node for o in n.output}
+    expected = _outputs(qdq, "disable", calibrated["batches"], points)
+    actual = _outputs(rewritten, "disable", calibrated["batches"], points)
+    for name in ["logits", *points]:
+        for got, want in zip(actual[name], expected[name], strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def _codes(model: onnx.ModelProto, level: str, batches) -> dict[str, np.ndarray]:
+    """Every QuantizeLinear output as uint8 codes (int8 code + 128), flattened over the batches, and the logits."""
+    initializers = {i.name: i for i in model.graph.initializer}
+    signed = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            signed[node.output[0]] = initializers[node.input[2]].data_type == onnx.TensorProto.INT8
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    for name, is_signed in signed.items():
+        element = onnx.TensorProto.INT8 if is_signed else onnx.TensorProto.UINT8
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, element, None))
+    outputs = _outputs(probe, level, batches)
+    codes = {name: np.concatenate([v.ravel() for v in outputs[name]]).astype(np.int32) for name in signed}
+    for name, is_signed in signed.items():
+        codes[name] += 128 if is_signed else 0
+    return {**codes, "logits": np.concatenate(outputs["logits"])}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("level", LEVELS)
+def test_fused_rewrite_keeps_quantized_codes(calibrated, recipe, level):
+    """With the bias fused into MatMulIntegerToFloat and ONNX Runtime's fusions on, the integer
+    kernels accumulate exactly where the QDQ graph accumulates in float, so a value sitting on a
+    rounding boundary may land one step away. The first quantization point that differs at all
+    differs only that way; later points of the same example inherit the step (one step of a
+    residual-sum scale moves a tiny model's logits visibly), while the other examples stay equal."""
+    qdq = onnx.load(str(calibrated["graphs"][recipe]))
+    expected = _codes(qdq, "disable", calibrated["batches"])
+    actual = _codes(rewrite_for_ort_cpu(qdq), level, calibrated["batches"])
+    points = [name for name in expected if name != "logits"]
+    first = next((name for name in points if (actual[name] != expected[name]).any()), None)
+    if first is not None:
+        steps = np.abs(actual[first] - expected[first])
+        assert steps.max() == 1 and (steps > 0).mean() <= 1e-3, (first, int((steps > 0).sum()), int(steps.max()))
+    fp32 = _logits(onnx.load(str(calibrated["fp32"])), "disable", calibrated["batches"])
+    quantization_error = np.abs(fp32 - expected["logits"]).max()
+    assert quantization_error > 1e-3  # the QDQ graph really differs from FP32
+    deviation = np.abs(actual["logits"] - expected["logits"]).max(axis=1)
+    assert np.median(deviation) <= 1e-5 * float(np.abs(expected["logits"]).max())
+    assert deviation.max() <= quantization_error
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_onnx_checker_passes(calibrated, recipe):
+    qdq = onnx.load(str(calibrated["graphs"][recipe]))
+    for fuse_bias in (True, False):
+        onnx.checker.check_model(rewrite_for_ort_cpu(qdq, fuse_bias=fuse_bias), full_check=True)
+
+
+@pytest.mark.parametrize("recipe", ["gemm", "all"])
+def test_onnx_runtime_fuses_every_gemm_of_the_rewritten_graph(calibrated, recipe, tmp_path):
+    source = calibrated["graphs"][recipe]
+    original = check_fused(source)
+    assert original["float_matmuls_two_dequantized_inputs"] > 0  # the int8 QDQ graph stays partly float
+    matmuls = sum(n.op_type in ("MatMul", "Gemm") for n in onnx.load(str(source)).graph.node)
+    for fuse_bias in (True, False):
+        path = rewrite_file_for_ort_cpu(source, tmp_path / f"fast-{fuse_bias}.onnx", fuse_bias=fuse_bias)
+        report = check_fused(path, optimized_model_path=tmp_path / f"optimized-{fuse_bias}.onnx")
+        assert report["float_matmuls"] == 0, report
+        assert report["float_matmuls_two_dequantized_inputs"] == 0
+        integer = report["integer_ops"]
+        assert integer == count_fused_integer_ops(tmp_path / f"optimized-{fuse_bias}.onnx")
+        assert integer["QLinearMatMul"] == LAYERS  # attention probabilities x value, quantized context out
+        fused = integer["MatMulIntegerToFloat"] + integer.get("QGemm", 0) + integer["QLinearMatMul"]
+        assert fused == matmuls  # projections, attention scores and context, pooler and classifier
+        assert ("QGemm" in integer) is not fuse_bias  # the pooler and classifier: QGemm + Add, or fused bias
+        if recipe == "all":
+            assert integer["QLinearAdd"] == 2 * LAYERS  # quantized residual sums
+
+
+def test_activations_are_uint8_and_tables_are_gathered_in_int8(calibrated):
+    rewritten = rewrite_for_ort_cpu(onnx.load(str(calibrated["graphs"]["all"])))
+    initializers = {i.name: i for i in rewritten.graph.initializer}
+    readers = {name: n for n in rewritten.graph.node for name in n.input}
+    quantized = {n.output[0] for n in rewritten.graph.node if n.op_type == "QuantizeLinear"}
+    for node in rewritten.graph.node:
+        if node.op_type == "QuantizeLinear" or (node.op_type == "DequantizeLinear" and node.input[0] in quantized):
+            zero_point = initializers[node.input[2]]
+            assert zero_point.data_type == onnx.TensorProto.UINT8, node.name
+            assert onnx.numpy_helper.to_array(zero_point) == 128, node.name
+    tables = [
+        n
+        for n in rewritten.graph.node
+        if n.op_type == "Gather"
+        and n.input[0] in initializers
+        and initializers[n.input[0]].data_type == onnx.TensorProto.INT8
+    ]
+    assert len(tables) == 3  # word, position and token type embeddings
+    for gather in tables:
+        dequantize = readers[gather.output[0]]
+        assert dequantize.op_type == "DequantizeLinear"
+        assert onnx.helper.get_attribute_value(dequantize.attribute[0]) == -1  # per hidden channel, last axis
+
+
+def test_fp32_graph_is_left_unchanged(calibrated):
+    fp32 = onnx.load(str(calibrated["fp32"]))
+    rewritten = rewrite_for_ort_cpu(fp32)
+    assert [n.op_type for n in rewritten.graph.node] == [n.op_type for n in fp32.graph.node]
