@@ -197,3 +197,12 @@ def test_fp32_graph_is_left_unchanged(calibrated):
     fp32 = onnx.load(str(calibrated["fp32"]))
     rewritten = rewrite_for_ort_cpu(fp32)
     assert [n.op_type for n in rewritten.graph.node] == [n.op_type for n in fp32.graph.node]
+
+
+def test_rewritten_file_points_at_the_tokenizer(calibrated, tmp_path):
+    from qtool.exporter.onnx_export import read_qtool_metadata
+
+    target = rewrite_file_for_ort_cpu(calibrated["graphs"]["gemm"], tmp_path / "elsewhere" / "model.ort.onnx")
+    metadata = read_qtool_metadata(onnx.load(str(target), load_external_data=False))
+    assert metadata["runtime_form"] == "onnxruntime-cpu"
+    assert (target.parent / metadata["tokenizer"]).resolve() == (calibrated["fp32"].parent / "tokenizer").resolve()

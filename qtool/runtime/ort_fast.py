@@ -7,7 +7,8 @@ off ARM), and its own int8-to-uint8 conversion (`QDQS8ToU8Transformer`) only con
 QuantizeLinear with exactly one consumer. A LayerNorm output that feeds the query, key and value
 projections and the residual Add gets one DequantizeLinear per consumer
 (`EnsureUniqueDQForNodeUnit`), so it stays int8, its projections stay float MatMuls, and their
-weights are dequantized on every run.
+weights are dequantized on every run. Forcing `session.qdqisint8allowed=1` fuses them into S8S8
+kernels, which are slower still on x86.
 
 The rewrite keeps every quantized value; it changes only how a value is stored, or fuses steps
 whose float result is the same up to rounding:
@@ -37,6 +38,7 @@ of a graph: the fused integer kernels and any float MatMul still fed by Dequanti
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -369,9 +371,24 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True) -> on
 
 
 def rewrite_file_for_ort_cpu(source: Path, output: Path, *, fuse_bias: bool = True) -> Path:
-    """`rewrite_for_ort_cpu` from one ONNX file to another (metadata such as the tokenizer path kept)."""
-    model = onnx.load(str(source))
-    onnx.save(rewrite_for_ort_cpu(model, fuse_bias=fuse_bias), str(output))
+    """`rewrite_for_ort_cpu` from one ONNX file to another; the tokenizer path in the metadata is
+    re-pointed from the output's folder, and `qtool.runtime_form` records the rewrite."""
+    from qtool.exporter.onnx_export import METADATA_PREFIX, read_qtool_metadata
+    from qtool.fileio import atomic_path
+
+    model = rewrite_for_ort_cpu(onnx.load(str(source)), fuse_bias=fuse_bias)
+    metadata = {"runtime_form": "onnxruntime-cpu" + ("" if fuse_bias else " (bias unfused)")}
+    tokenizer = read_qtool_metadata(model).get("tokenizer")
+    if tokenizer is not None:
+        tokenizer_folder = Path(source).resolve().parent / tokenizer
+        metadata["tokenizer"] = os.path.relpath(tokenizer_folder, Path(output).resolve().parent)
+    for key, value in metadata.items():
+        entry = next((p for p in model.metadata_props if p.key == METADATA_PREFIX + key), None)
+        if entry is None:
+            entry = model.metadata_props.add(key=METADATA_PREFIX + key)
+        entry.value = value
+    with atomic_path(Path(output)) as tmp:
+        tmp.write_bytes(model.SerializeToString())
     return Path(output)
 
 
