@@ -10,10 +10,12 @@ what is missing.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import onnx
 import onnxruntime
 import torch
 
@@ -31,13 +33,18 @@ from qtool.calibrators.recipe import (
 from qtool.data import QnliSplit
 from qtool.errors import QtoolError
 from qtool.exporter import ExportConfig, export_onnx
+from qtool.exporter.onnx_export import read_qtool_metadata
 from qtool.fileio import manifest_path, read_json, sha256_file, write_json
 from qtool.models.finetune import FinetuneConfig, classifier_for
 from qtool.models.resolve import ModelSource, load_tokenizer
 from qtool.progress import progress_bar
+from qtool.report.figures import write_study_figures
+from qtool.report.html import write_html_report
 from qtool.report.intervals import wilson_interval
 from qtool.report.markdown import write_markdown_report
+from qtool.runtime.bench import BenchConfig, benchmark_inputs, run_benchmark, runner_factory
 from qtool.runtime.evaluate import EvalConfig, evaluate_graph
+from qtool.runtime.ort_fast import rewrite_file_for_ort_cpu
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,8 @@ class ReproduceConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    bench: BenchConfig = field(default_factory=lambda: BenchConfig(warmup=5, iterations=30))
+    max_drop: float = 1.0  # accuracy points: the "what to deploy" budget
 
     def selected(self) -> dict[str, CalibrateConfig]:
         available = study_configurations()
@@ -85,6 +94,50 @@ def cached_export(source: ModelSource, target: Path, config: ExportConfig) -> di
         and manifest.get("onnx_sha256") == sha256_file(target)
     )
     return manifest if fresh else None
+
+
+def cached_latency(graph: Path, tokenizer, split: QnliSplit, config: BenchConfig) -> dict:
+    """Latency of the ONNX Runtime CPU form of `graph`, cached beside it by content and settings."""
+    deployed = graph
+    if read_qtool_metadata(onnx.load(str(graph), load_external_data=False)).get("precision") == "int8-qdq":
+        deployed = graph.with_name(graph.name.replace(".qdq.onnx", ".ort.onnx"))
+        if not deployed.is_file() or read_json(manifest_path(deployed)).get("source_sha256") != sha256_file(graph):
+            rewrite_file_for_ort_cpu(graph, deployed)
+            write_json(manifest_path(deployed), {"source": graph.name, "source_sha256": sha256_file(graph)})
+    key = {"graph_sha256": sha256_file(deployed), "bench": config.to_record()}
+    cache = deployed.with_name(deployed.name + ".bench.json")
+    if cache.is_file() and (cached := read_json(cache)).get("key") == key:
+        return cached["result"]
+    batch, seq_len = config.batch_sizes[0], config.sequence_lengths[0]
+    feeds = benchmark_inputs(tokenizer, split.part("eval"), batch, seq_len)
+    measured = run_benchmark(runner_factory(deployed, config.threads), feeds, config)
+    result = {
+        "graph": str(deployed),
+        "batch": batch,
+        "sequence_length": seq_len,
+        **measured["latency"],
+        "runner_rss_mb": measured["memory"].get("rss_runner_added_bytes", 0) / 2**20,
+        "size_mb": measured["model_bytes"] / 2**20,
+    }
+    write_json(cache, {"key": key, "result": result})
+    return result
+
+
+def recommend(rows: list[dict], max_drop: float) -> dict | None:
+    """The fastest configuration whose accuracy is within `max_drop` points of FP32."""
+    fp32 = rows[0]["accuracy"]
+    eligible = [r for r in rows if r.get("latency") and 100 * (fp32 - r["accuracy"]) <= max_drop]
+    if not eligible:
+        return None
+    best = min(eligible, key=lambda r: r["latency"]["p50_ms"])
+    return {
+        "configuration": best["configuration"],
+        "max_drop_points": max_drop,
+        "accuracy": best["accuracy"],
+        "drop_points": 100 * (fp32 - best["accuracy"]),
+        "p50_ms": best["latency"]["p50_ms"],
+        "speedup_vs_fp32": rows[0]["latency"]["p50_ms"] / best["latency"]["p50_ms"],
+    }
 
 
 def _result_row(name: str, graph: Path, evaluation: dict, scope: str, extra: dict) -> dict:
@@ -118,7 +171,16 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
     analysis = analysis_document(stats, OutlierConfig())
     analysis_paths = write_analysis(stats, analysis, fp32.parent / "analysis")
 
-    rows = [_result_row(FP32, fp32, evaluate_graph(fp32, split, config.eval, max_length), "none (FP32)", {})]
+    tokenizer = load_tokenizer(source.path)
+    rows = [
+        _result_row(
+            FP32,
+            fp32,
+            evaluate_graph(fp32, split, config.eval, max_length),
+            "none (FP32)",
+            {"latency": cached_latency(fp32, tokenizer, split, config.bench)},
+        )
+    ]
     with progress_bar("study configurations", total=len(configurations)) as bar:
         for name, calibrate_config in configurations.items():
             document = calibrate(stats, calibrate_config)
@@ -134,6 +196,7 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
                 "total_points": document["total_points"],
                 "kept_in_float": document["kept_in_float"],
                 "calibration": str(calibration_file),
+                "latency": cached_latency(qdq_file, tokenizer, split, config.bench),
             }
             rows.append(_result_row(name, qdq_file, evaluation, document["scope"], extra))
             bar.advance(1, status=f"{name}: {evaluation['accuracy']:.4f}")
@@ -152,6 +215,7 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
         },
         "analysis": {"layers": analysis["layers"], "definitions": analysis["definitions"], "files": analysis_paths},
         "results": rows,
+        "recommendation": recommend(rows, config.max_drop),
         "environment": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -159,9 +223,15 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
             "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__,
             "qtool": __version__,
+            "threads": config.bench.threads or os.cpu_count(),
         },
     }
     report_dir = artifacts / "report"
+    figures = write_study_figures(result, report_dir)
+    figures["kurtosis_by_layer"] = analysis_paths["kurtosis_by_layer"]
+    figures["residual_channel_absmax"] = analysis_paths["residual_heatmap"]
+    result["figures"] = figures
     write_json(report_dir / "results.json", result)
-    write_markdown_report(result, report_dir / "report.md")
+    markdown = write_markdown_report(result, report_dir / "report.md")
+    write_html_report(markdown, figures, report_dir / "report.html", f"qtool study: {source.name}")
     return result

@@ -28,11 +28,33 @@ def _pct(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+def _latency_cells(latency: dict | None) -> str:
+    if not latency:
+        return "- | - | - | -"
+    return (
+        f"{latency['p50_ms']:.1f} | {latency['throughput_per_s']:.1f} | {latency['runner_rss_mb']:.0f} | "
+        f"{latency['size_mb']:.1f}"
+    )
+
+
+def deploy_paragraph(result: dict) -> list[str]:
+    advice = result.get("recommendation")
+    if advice is None:
+        return ["No quantized configuration stays within the accuracy budget; deploy FP32 or widen the budget."]
+    return [
+        f"Within {advice['max_drop_points']:g} accuracy point(s) of FP32, the fastest configuration on this machine is "
+        f"`{advice['configuration']}`: {100 * advice['accuracy']:.2f} % ({advice['drop_points']:.2f} points below FP32), "
+        f"p50 {advice['p50_ms']:.1f} ms, {advice['speedup_vs_fp32']:.2f}x the speed of FP32 "
+        "(ONNX Runtime CPU form, `qtool build --backend ort`)."
+    ]
+
+
 def accuracy_table(result: dict) -> list[str]:
     fp32 = next(r for r in result["results"] if r["configuration"] == "fp32")["accuracy"]
     lines = [
-        "| configuration | scope | quantized points | accuracy % | 95 % CI | vs FP32 (points) | published (BERT-base) % |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| configuration | scope | quantized points | accuracy % | 95 % CI | vs FP32 (points) | published (BERT-base) % "
+        "| p50 ms | throughput seq/s | runner RSS MB | size MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["results"]:
         low, high = row["accuracy_ci95"]
@@ -41,7 +63,7 @@ def accuracy_table(result: dict) -> list[str]:
         lines.append(
             f"| {row['configuration']} | {row['scope']} | {points} | {_pct(row['accuracy'])} | "
             f"{_pct(low)}-{_pct(high)} | {100 * (row['accuracy'] - fp32):+.2f} | "
-            f"{'-' if published is None else f'{published:.2f}'} |"
+            f"{'-' if published is None else f'{published:.2f}'} | {_latency_cells(row.get('latency'))} |"
         )
     return lines
 
@@ -60,6 +82,11 @@ def outlier_table(result: dict) -> list[str]:
             f"{' '.join(map(str, layer['residual_outlier_channels'][:10])) or '-'} |"
         )
     return lines
+
+
+def _shape(result: dict) -> str:
+    latency = result["results"][0].get("latency") or {}
+    return f"{latency.get('batch', '-')} x {latency.get('sequence_length', '-')}"
 
 
 def write_markdown_report(result: dict, path: Path) -> Path:
@@ -82,6 +109,15 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         *accuracy_table(result),
         "",
         PUBLISHED_NOTE,
+        "",
+        f"Latency: ONNX Runtime CPU form of each graph, batch x sequence "
+        f"{_shape(result)}, {result['environment'].get('threads')} threads, p50 of timed runs after warm-up; host memory "
+        "is the resident memory added by creating the session. Measured one configuration after another, so machine "
+        "noise is not shared; use `qtool bench --compare` for interleaved ratios.",
+        "",
+        "## What to deploy",
+        "",
+        *deploy_paragraph(result),
         "",
         "## Activation outliers (FP32)",
         "",

@@ -107,7 +107,11 @@ class BenchConfig:
 
     def to_record(self) -> dict:
         record = asdict(self)
-        record.update(batch_sizes=list(self.batch_sizes), sequence_lengths=list(self.sequence_lengths))
+        record.update(
+            batch_sizes=list(self.batch_sizes),
+            sequence_lengths=list(self.sequence_lengths),
+            providers=list(self.providers),
+        )
         return record
 
 

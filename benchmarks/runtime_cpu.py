@@ -1,0 +1,210 @@
+"""CPU latency of every way qtool can deploy a classifier, in one run on this machine.
+
+Candidates, timed interleaved on the same real QNLI inputs (qtool.runtime.bench.compare):
+PyTorch eager FP32, ONNX Runtime FP32, qtool's static W8A8 graph (scope gemm, max calibration)
+as written for TensorRT and rewritten for ONNX Runtime's CPU kernels (`qtool build --backend
+ort`), and ONNX Runtime's own quantize_static (QDQ, U8 activations, S8 per-channel weights,
+MinMax on the same calibration pairs) and quantize_dynamic outputs of the same model.
+
+Models: the fine-tuned default classifier (pass its FP32 graph) and a BERT-base-shaped model
+(12 layers, 768 wide, 12 heads, random weights built here). Usage:
+
+    python benchmarks/runtime_cpu.py artifacts/<model>/fp32.onnx --data ../shared/data/QNLI \\
+        --batch 1 --batch 8 --iterations 30 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+CALIBRATION_PAIRS = 128
+
+
+def _calibration_batches(tokenizer, split, batch_size=16, seq_len=128):
+    from qtool.analysis.collect import calibration_examples
+
+    examples, _ = calibration_examples(split, CALIBRATION_PAIRS)
+    batches = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        encoded = tokenizer(
+            [e.question for e in chunk],
+            [e.sentence for e in chunk],
+            truncation=True,
+            max_length=seq_len,
+            padding="max_length",
+            return_tensors="np",
+        )
+        batches.append({k: encoded[k].astype("int64") for k in ("input_ids", "attention_mask", "token_type_ids")})
+    return batches
+
+
+def _ort_quantized(fp32: Path, folder: Path, tokenizer, split) -> dict[str, Path]:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    batches = _calibration_batches(tokenizer, split)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._iter = iter(batches)
+
+        def get_next(self):
+            return next(self._iter, None)
+
+    static = folder / "ort-static-u8s8.onnx"
+    quantize_static(
+        str(fp32),
+        str(static),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        op_types_to_quantize=["MatMul", "Gemm"],
+    )
+    dynamic = folder / "ort-dynamic.onnx"
+    quantize_dynamic(str(fp32), str(dynamic), weight_type=QuantType.QInt8)
+    return {"ort-static-u8s8": static, "ort-dynamic": dynamic}
+
+
+def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]:
+    from qtool.analysis import CollectConfig, collect_or_load
+    from qtool.calibrators.recipe import CalibrateConfig, calibrate, write_calibrated_graph
+    from qtool.runtime.ort_fast import rewrite_file_for_ort_cpu
+
+    stats = collect_or_load(
+        fp32, split, tokenizer, CollectConfig(samples=CALIBRATION_PAIRS), stats_path=folder / f"{fp32.stem}.stats.npz"
+    )
+    document = calibrate(stats, CalibrateConfig(method="max", scope="gemm"))
+    qdq = write_calibrated_graph(fp32, document, folder / "qtool-max-gemm.qdq.onnx")
+    fast = rewrite_file_for_ort_cpu(qdq, folder / "qtool-max-gemm.ort.onnx")
+    return {"qtool-w8a8-qdq (TensorRT form)": qdq, "qtool-w8a8 (ORT form)": fast}
+
+
+def _bert_base_shape(folder: Path, tokenizer_dir: Path, split) -> tuple[Path, Path]:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from qtool.exporter import export_onnx
+    from qtool.models import resolve_model
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_labels=2
+    )
+    model_dir = folder / "bert-base-shape"
+    BertForSequenceClassification(config).eval().save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(model_dir)
+    fp32 = folder / "bert-base-shape-onnx" / "fp32.onnx"
+    export_onnx(resolve_model(str(model_dir)), split, fp32)
+    return model_dir, fp32
+
+
+def _candidates(model_dir: Path, fp32: Path, folder: Path, split, tokenizer, threads: int | None):
+    from qtool.runtime.bench import runner_factory
+    from qtool.runtime.torch_eager import TorchRunner
+
+    graphs = {"ort-fp32": fp32}
+    graphs |= _qtool_graphs(fp32, folder, split, tokenizer)
+    graphs |= _ort_quantized(fp32, folder, tokenizer, split)
+    candidates = [("torch-eager-fp32", lambda: TorchRunner(model_dir, threads))]
+    candidates += [(name, runner_factory(path, threads)) for name, path in graphs.items()]
+    return candidates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("fp32", type=Path, help="FP32 graph of the default classifier (qtool export)")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 1 and 8)")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--skip-bert-base", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the full results here")
+    args = parser.parse_args()
+
+    import onnxruntime
+    import torch
+    import transformers
+
+    from qtool.data import DataConfig, load_qnli
+    from qtool.fileio import manifest_path, read_json
+    from qtool.runtime.bench import BenchConfig, benchmark_inputs, compare
+    from qtool.runtime.evaluate import tokenizer_for
+
+    split = load_qnli(DataConfig(source=args.data))
+    tokenizer = tokenizer_for(args.fp32)
+    model_dir = Path(read_json(manifest_path(args.fp32))["source_path"])
+    batches = args.batch or [1, 8]
+    config = BenchConfig(warmup=args.warmup, iterations=args.iterations, threads=args.threads)
+    environment = {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_flags_vnni": "avx512_vnni" in Path("/proc/cpuinfo").read_text()
+        if Path("/proc/cpuinfo").exists()
+        else None,
+        "threads": args.threads,
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+    results = {"environment": environment, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="qtool-bench-") as scratch:
+        scratch = Path(scratch)
+        models = {"default classifier": (model_dir, args.fp32, scratch / "default")}
+        if not args.skip_bert_base:
+            base_dir, base_fp32 = _bert_base_shape(scratch, args.fp32.parent / "tokenizer", split)
+            models["BERT-base shape (random weights)"] = (base_dir, base_fp32, scratch / "base")
+        for label, (directory, fp32, folder) in models.items():
+            folder.mkdir(parents=True, exist_ok=True)
+            candidates = _candidates(directory, fp32, folder, split, tokenizer, args.threads)
+            rows = []
+            for batch in batches:
+                feeds = benchmark_inputs(tokenizer, split.part("eval"), batch, args.seq_len)
+                outcome = compare(candidates, feeds, config)
+                for candidate in outcome["candidates"]:
+                    rows.append(
+                        {
+                            "batch": batch,
+                            "name": candidate["name"],
+                            "p50_ms": candidate["latency"]["p50_ms"],
+                            "mean_ms": candidate["latency"]["mean_ms"],
+                            "speedup": candidate["speedup"],
+                        }
+                    )
+            results["models"][label] = rows
+
+    print(
+        f"CPU {environment['cpu']} (AVX512-VNNI: {environment['cpu_flags_vnni']}), {args.threads} threads, "
+        f"onnxruntime {environment['onnxruntime']}, torch {environment['torch']}; sequence {args.seq_len}, "
+        f"{args.iterations} interleaved iterations after {args.warmup} warm-up; speedup = p50 of torch eager / p50"
+    )
+    for label, rows in results["models"].items():
+        print(
+            f"\n{label}\n\n| candidate | batch | p50 ms | mean ms | speedup vs torch eager |\n| --- | --- | --- | --- | --- |"
+        )
+        for row in rows:
+            print(
+                f"| {row['name']} | {row['batch']} | {row['p50_ms']:.1f} | {row['mean_ms']:.1f} | {row['speedup']:.2f}x |"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Study figures: accuracy by method, against PEG groups and percentile, and against latency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtool.analysis.plots import _pyplot, _save
+
+
+def _rows(result: dict, method: str) -> list[dict]:
+    return [
+        r for r in result["results"] if r.get("method") == method and r["scope"] == "all" and not r.get("kept_in_float")
+    ]
+
+
+def _fp32_line(axis, result: dict) -> None:
+    fp32 = result["results"][0]["accuracy"]
+    axis.axhline(100 * fp32, color="black", linestyle="--", label=f"FP32 {100 * fp32:.2f} %")
+
+
+def accuracy_by_configuration(result: dict, path: Path) -> Path:
+    plt = _pyplot()
+    rows = result["results"]
+    figure, axis = plt.subplots(figsize=(10, 5))
+    accuracies = [100 * r["accuracy"] for r in rows]
+    errors = [
+        [100 * (r["accuracy"] - r["accuracy_ci95"][0]) for r in rows],
+        [100 * (r["accuracy_ci95"][1] - r["accuracy"]) for r in rows],
+    ]
+    axis.bar(range(len(rows)), accuracies, yerr=errors, capsize=3, color="tab:blue")
+    axis.set_xticks(range(len(rows)), [r["configuration"] for r in rows], rotation=60, ha="right", fontsize=8)
+    axis.set_ylabel("eval accuracy % (95 % CI)")
+    axis.set_ylim(40, 100)
+    axis.axhline(50, color="grey", linestyle=":", label="chance")
+    _fp32_line(axis, result)
+    axis.set_title(f"Accuracy by configuration: {result['model']}")
+    axis.legend()
+    return _save(figure, path)
+
+
+def accuracy_by_parameter(result: dict, method: str, key: str, label: str, path: Path) -> Path | None:
+    rows = sorted(_rows(result, method), key=lambda r: r["params"][key])
+    if not rows:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    xs = [r["params"][key] for r in rows]
+    axis.errorbar(
+        xs,
+        [100 * r["accuracy"] for r in rows],
+        marker="o",
+        yerr=[
+            [100 * (r["accuracy"] - r["accuracy_ci95"][0]) for r in rows],
+            [100 * (r["accuracy_ci95"][1] - r["accuracy"]) for r in rows],
+        ],
+        capsize=3,
+    )
+    if method == "percentile":
+        axis.set_xscale("logit")
+    _fp32_line(axis, result)
+    axis.set_xlabel(label)
+    axis.set_ylabel("eval accuracy %")
+    axis.set_title(f"{method}: accuracy against {label} ({result['model']})", fontsize=9)
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def accuracy_against_latency(result: dict, path: Path) -> Path | None:
+    rows = [r for r in result["results"] if r.get("latency")]
+    if not rows:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        axis.scatter(row["latency"]["p50_ms"], 100 * row["accuracy"])
+        axis.annotate(row["configuration"], (row["latency"]["p50_ms"], 100 * row["accuracy"]), fontsize=7)
+    axis.set_xlabel(
+        f"p50 latency ms (ONNX Runtime CPU, batch {rows[0]['latency']['batch']} x "
+        f"{rows[0]['latency']['sequence_length']})"
+    )
+    axis.set_ylabel("eval accuracy %")
+    axis.set_title(f"Accuracy against latency: {result['model']}")
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def write_study_figures(result: dict, folder: Path) -> dict[str, str]:
+    folder = Path(folder)
+    figures = {
+        "accuracy_by_configuration": accuracy_by_configuration(result, folder / "accuracy_by_configuration.png"),
+        "accuracy_vs_peg_groups": accuracy_by_parameter(
+            result, "peg", "groups", "PEG groups K", folder / "accuracy_vs_peg_groups.png"
+        ),
+        "accuracy_vs_percentile": accuracy_by_parameter(
+            result, "percentile", "p", "percentile p", folder / "accuracy_vs_percentile.png"
+        ),
+        "accuracy_vs_latency": accuracy_against_latency(result, folder / "accuracy_vs_latency.png"),
+    }
+    return {name: str(path) for name, path in figures.items() if path is not None}
