@@ -23,6 +23,7 @@ from qtool import __version__
 from qtool.analysis import CollectConfig, collect_or_load
 from qtool.analysis.outliers import OutlierConfig
 from qtool.analysis.report import analysis_document, write_analysis
+from qtool.calibrators.peers import PEERS, quantize_with_ort
 from qtool.calibrators.recipe import (
     CalibrateConfig,
     calibrate,
@@ -71,8 +72,9 @@ class ReproduceConfig:
     bench: BenchConfig = field(default_factory=lambda: BenchConfig(warmup=5, iterations=30))
     max_drop: float = 1.0  # accuracy points: the "what to deploy" budget
 
-    def selected(self) -> dict[str, CalibrateConfig]:
-        available = study_configurations()
+    def selected(self) -> dict[str, CalibrateConfig | None]:
+        """Configurations to run: a calibration recipe, or None for an ONNX Runtime peer."""
+        available: dict[str, CalibrateConfig | None] = {**study_configurations(), **dict.fromkeys(PEERS)}
         if self.configurations is None:
             return available
         unknown = [c for c in self.configurations if c not in available and c != FP32]
@@ -140,6 +142,26 @@ def recommend(rows: list[dict], max_drop: float) -> dict | None:
     }
 
 
+def _peer_row(name: str, fp32: Path, split: QnliSplit, tokenizer, config: ReproduceConfig, max_length: int) -> dict:
+    """An ONNX Runtime quantizer's graph, written once per FP32 graph and calibration size."""
+    graph = fp32.with_name(f"{name}.onnx")
+    key = {"fp32_sha256": sha256_file(fp32), "samples": config.collect.samples, "data": split.describe()}
+    record = manifest_path(graph)
+    if graph.is_file() and record.is_file() and read_json(record).get("key") == key:
+        used = read_json(record)["used"]
+    else:
+        used = quantize_with_ort(name, fp32, graph, split, tokenizer, config.collect.samples, max_length)
+        write_json(record, {"key": key, "used": used})
+    evaluation = evaluate_graph(graph, split, config.eval, max_length)
+    extra = {
+        "method": name,
+        "params": {"calibration_pairs": used["calibration_pairs"]},
+        "peer": True,
+        "latency": cached_latency(graph, tokenizer, split, config.bench),
+    }
+    return _result_row(name, graph, evaluation, used["scope"], extra)
+
+
 def _result_row(name: str, graph: Path, evaluation: dict, scope: str, extra: dict) -> dict:
     low, high = wilson_interval(evaluation["correct"], evaluation["examples"])
     return {
@@ -183,6 +205,10 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
     ]
     with progress_bar("study configurations", total=len(configurations)) as bar:
         for name, calibrate_config in configurations.items():
+            if calibrate_config is None:
+                rows.append(_peer_row(name, fp32, split, tokenizer, config, max_length))
+                bar.advance(1, status=f"{name}: {rows[-1]['accuracy']:.4f}")
+                continue
             document = calibrate(stats, calibrate_config)
             calibration_file, qdq_file = calibration_paths(fp32.parent, name)
             write_calibrated_graph(fp32, document, qdq_file)

@@ -141,11 +141,16 @@ def test_finetune_export_eval_chain_on_a_tiny_encoder(tmp_path, tiny_data, tiny_
 def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     artifacts = tmp_path / "artifacts"
     args = ["reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts,
-            "-c", "fp32", "-c", "max-all", "-c", "peg-k2-all", "--samples", "16", "--json"]
+            "-c", "fp32", "-c", "max-all", "-c", "peg-k2-all", "-c", "ort-static-percentile", "-c", "ort-dynamic",
+            "--samples", "16", "--json"]
     result = _run(*args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert [r["configuration"] for r in summary["results"]] == ["fp32", "max-all", "peg-k2-all"]
+    assert [r["configuration"] for r in summary["results"]] == [
+        "fp32", "max-all", "peg-k2-all", "ort-static-percentile", "ort-dynamic"]
+    assert summary["results"][3]["params"]["calibration_pairs"] == 16
+    assert all(r["latency"]["p50_ms"] > 0 for r in summary["results"])
+    assert (artifacts / "report" / "report.html").read_text().count("data:image/png;base64") >= 4
     for row in summary["results"]:
         low, high = row["accuracy_ci95"]
         assert low <= row["accuracy"] <= high

@@ -1,0 +1,119 @@
+"""ONNX Runtime's own quantizers on the same model and calibration pairs, as study peers.
+
+`quantize_static` keeps every intermediate output of a calibration pass in memory before it
+builds histograms, and concatenates batches, so its inputs are padded to one length and its
+histogram methods (Percentile, Entropy) see at most `HISTOGRAM_PAIRS` pairs; MinMax streams and
+sees them all. The report states the pairs each peer used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+
+import onnx
+
+from qtool.analysis.collect import calibration_examples
+from qtool.data import QnliSplit
+from qtool.errors import QtoolError
+from qtool.exporter.onnx_export import METADATA_PREFIX, read_qtool_metadata
+from qtool.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+PEERS = {
+    "ort-static-minmax": "MinMax",
+    "ort-static-percentile": "Percentile",
+    "ort-static-entropy": "Entropy",
+    "ort-dynamic": None,
+}
+HISTOGRAM_PAIRS = 128
+PEER_SCOPE = "MatMul/Gemm inputs and weights (ONNX Runtime quantize_static/quantize_dynamic defaults: U8 activations, S8 per-channel weights)"
+
+
+def _copy_metadata(fp32: Path, written: Path, extra: dict[str, str]) -> None:
+    """Give the peer graph qtool's metadata (labels, tokenizer) so every qtool command reads it."""
+    model = onnx.load(str(written))
+    metadata = read_qtool_metadata(onnx.load(str(fp32), load_external_data=False)) | extra
+    if "tokenizer" in metadata:
+        metadata["tokenizer"] = os.path.relpath(
+            Path(fp32).resolve().parent / metadata["tokenizer"], Path(written).resolve().parent
+        )
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=METADATA_PREFIX + key, value=value)
+    onnx.save(model, str(written))
+
+
+def _padded_batches(tokenizer, examples, batch_size: int, max_length: int) -> list[dict]:
+    batches = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        encoded = tokenizer(
+            [e.question for e in chunk],
+            [e.sentence for e in chunk],
+            truncation=True,
+            max_length=max_length,
+            padding="max_length",
+            return_tensors="np",
+        )
+        batches.append({k: encoded[k].astype("int64") for k in ("input_ids", "attention_mask", "token_type_ids")})
+    return batches
+
+
+def quantize_with_ort(
+    name: str, fp32: Path, output: Path, split: QnliSplit, tokenizer, samples: int, max_length: int = 128
+) -> dict:
+    """Write `output` with ONNX Runtime's quantizer `name`; return what it used."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if name not in PEERS:
+        raise QtoolError(f"unknown peer {name!r}; choose one of {', '.join(PEERS)}")
+    method = PEERS[name]
+    used = 0
+    with atomic_path(output) as tmp:
+        if method is None:
+            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        else:
+            pairs = samples if method == "MinMax" else min(samples, HISTOGRAM_PAIRS)
+            examples, _ = calibration_examples(split, pairs)
+            batches = _padded_batches(tokenizer, examples, 16, max_length)
+            used = len(examples)
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self._batches = iter(batches)
+
+                def get_next(self):
+                    return next(self._batches, None)
+
+            chatter = io.StringIO()  # quantize_static prints progress with print(); keep stdout for results
+            with contextlib.redirect_stdout(chatter):
+                quantize_static(
+                    str(fp32),
+                    str(tmp),
+                    Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, method),
+                    op_types_to_quantize=["MatMul", "Gemm"],
+                    extra_options={"CalibTensorRangeSymmetric": False},
+                    calibration_providers=["CPUExecutionProvider"],
+                    use_external_data_format=False,
+                )
+            log.debug("onnxruntime quantize_static said: %s", chatter.getvalue().strip())
+        _copy_metadata(fp32, tmp, {"precision": f"int8-{name}", "recipe": name})
+    log.info("%s written with %s calibration pairs", output, used)
+    return {"method": name, "calibration_pairs": used, "scope": PEER_SCOPE}
