@@ -967,6 +967,15 @@ def reproduce(
             help="Run only this configuration (repeatable), e.g. fp32, max-all, peg-k4-all. Default: all of them.",
         ),
     ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config-file", help="TOML file with more configurations: [configurations.NAME] method = ..., groups = ..."
+        ),
+    ] = None,
+    max_drop: Annotated[
+        float | None, typer.Option(help="Accuracy budget in points for the 'what to deploy' advice. Default: 1.")
+    ] = None,
     samples: SamplesOpt = None,
     limit: LimitOpt = None,
     artifacts: ArtifactsOpt = None,
@@ -979,11 +988,17 @@ def reproduce(
     3, 4, 6, 8; mixed precision paper and outliers. Every stage is cached, so a rerun (or a run after
     an interruption) only does what is missing.
     """
-    from qtool.pipeline import ReproduceConfig, run_reproduce
+    from qtool.pipeline import ReproduceConfig, load_configuration_file, run_reproduce
 
     data_config, split = _load_split(data, seed)
     config = _config(ReproduceConfig, seed=seed, configurations=tuple(configs) if configs else None)
-    config = replace(config, collect=_config(CollectConfig, samples=samples), eval=_config(EvalConfig, limit=limit))
+    config = replace(
+        config,
+        collect=_config(CollectConfig, samples=samples),
+        eval=_config(EvalConfig, limit=limit),
+        extra_configurations=load_configuration_file(config_file) if config_file else (),
+        max_drop=config.max_drop if max_drop is None else max_drop,
+    )
     result = run_reproduce(model, split, config, _artifacts(artifacts))
     if as_json:
         _print_json(result)

@@ -71,10 +71,12 @@ class ReproduceConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     bench: BenchConfig = field(default_factory=lambda: BenchConfig(warmup=5, iterations=30))
     max_drop: float = 1.0  # accuracy points: the "what to deploy" budget
+    extra_configurations: tuple[tuple[str, CalibrateConfig], ...] = ()  # from a TOML file
 
     def selected(self) -> dict[str, CalibrateConfig | None]:
         """Configurations to run: a calibration recipe, or None for an ONNX Runtime peer."""
         available: dict[str, CalibrateConfig | None] = {**study_configurations(), **dict.fromkeys(PEERS)}
+        available |= dict(self.extra_configurations)
         if self.configurations is None:
             return available
         unknown = [c for c in self.configurations if c not in available and c != FP32]
@@ -83,6 +85,39 @@ class ReproduceConfig:
                 f"unknown configuration(s) {', '.join(unknown)}; choose from {FP32}, {', '.join(available)}"
             )
         return {name: available[name] for name in self.configurations if name != FP32}
+
+
+def load_configuration_file(path: Path) -> tuple[tuple[str, CalibrateConfig], ...]:
+    """New configurations from TOML: one table per configuration under `configurations`, e.g.
+
+    [configurations.peg-k5-gemm]
+    method = "peg"
+    groups = 5
+    scope = "gemm"
+    """
+    import tomllib
+
+    try:
+        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QtoolError(f"configuration file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise QtoolError(f"{path} is not valid TOML ({exc})") from None
+    tables = document.get("configurations")
+    if not isinstance(tables, dict) or not tables:
+        raise QtoolError(f"{path} defines no [configurations.NAME] tables")
+    known = set(CalibrateConfig.__dataclass_fields__)
+    loaded = []
+    for name, options in tables.items():
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise QtoolError(f"{path}: configuration {name!r} has unknown keys {unknown}; valid keys: {sorted(known)}")
+        if "keep_fp" in options:
+            options = {**options, "keep_fp": tuple(options["keep_fp"])}
+        config = CalibrateConfig(**options)
+        config.validate()
+        loaded.append((name, config))
+    return tuple(loaded)
 
 
 def cached_export(source: ModelSource, target: Path, config: ExportConfig) -> dict | None:

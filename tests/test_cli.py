@@ -140,14 +140,17 @@ def test_finetune_export_eval_chain_on_a_tiny_encoder(tmp_path, tiny_data, tiny_
 
 def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     artifacts = tmp_path / "artifacts"
+    extra = tmp_path / "extra.toml"
+    extra.write_text('[configurations.peg-k3-gemm-mine]\nmethod = "peg"\ngroups = 3\nscope = "gemm"\n')
     args = ["reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts,
             "-c", "fp32", "-c", "max-all", "-c", "peg-k2-all", "-c", "ort-static-percentile", "-c", "ort-dynamic",
-            "--samples", "16", "--json"]
+            "-c", "peg-k3-gemm-mine", "--config-file", extra, "--samples", "16", "--json"]
     result = _run(*args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert [r["configuration"] for r in summary["results"]] == [
-        "fp32", "max-all", "peg-k2-all", "ort-static-percentile", "ort-dynamic"]
+        "fp32", "max-all", "peg-k2-all", "ort-static-percentile", "ort-dynamic", "peg-k3-gemm-mine"]
+    assert summary["results"][-1]["scope"] == "gemm" and summary["results"][-1]["params"]["groups"] == 3
     assert summary["results"][3]["params"]["calibration_pairs"] == 16
     assert all(r["latency"]["p50_ms"] > 0 for r in summary["results"])
     assert (artifacts / "report" / "report.html").read_text().count("data:image/png;base64") >= 4
@@ -162,3 +165,6 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         assert new == old, {k: (new[k], old.get(k)) for k in new if new[k] != old.get(k)}
     unknown = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "-c", "nope")
     _one_line_error(unknown, "unknown configuration")
+    extra.write_text('[configurations.bad]\nmethod = "peg"\ngruops = 3\n')
+    bad = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--config-file", extra)
+    _one_line_error(bad, "unknown keys")
