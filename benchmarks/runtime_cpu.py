@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 CALIBRATION_PAIRS = 128
+# Idle OpenMP threads of PyTorch must sleep, not spin, while the other candidates run.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _calibration_batches(tokenizer, split, batch_size=16, seq_len=128):

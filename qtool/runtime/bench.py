@@ -229,7 +229,8 @@ def runner_factory(
     if model_path.suffix in ONNX_SUFFIXES:
         from qtool.runtime.ort import OrtRunner
 
-        return functools.partial(OrtRunner, model_path, providers=tuple(providers), threads=threads)
+        # Without spinning, a session that waits its turn does not steal cores from the one being timed.
+        return functools.partial(OrtRunner, model_path, providers=tuple(providers), threads=threads, spinning=False)
     if model_path.suffix in ENGINE_SUFFIXES:
         from qtool.runtime.trt import TrtRunner
 

@@ -40,6 +40,7 @@ class OrtRunner(Runner):
         threads: int | None = None,
         optimization_level: str = "all",
         optimized_model_path: Path | None = None,
+        spinning: bool = True,
     ) -> None:
         super().__init__()
         if optimization_level not in OPTIMIZATION_LEVELS:
@@ -51,6 +52,7 @@ class OrtRunner(Runner):
         self.threads = threads
         self.optimization_level = optimization_level
         self.optimized_model_path = optimized_model_path
+        self.spinning = spinning
         self.session = None
 
     def _activate(self) -> None:
@@ -76,6 +78,9 @@ class OrtRunner(Runner):
         if self.optimized_model_path:
             options.optimized_model_filepath = str(self.optimized_model_path)
         options.log_severity_level = 3
+        if not self.spinning:  # idle sessions must not busy-wait while another one runs (interleaved benchmarks)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.model_path), options, providers=self.providers)
         except Exception as exc:
