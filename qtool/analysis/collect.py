@@ -188,12 +188,22 @@ def collect(model_path: Path, split: QnliSplit, tokenizer, config: CollectConfig
     stats = {p.name: TensorStats(bins=config.histogram_bins) for p in points}
 
     started = time.perf_counter()
+
+    def infer(batch) -> dict[str, np.ndarray]:
+        return dict(zip(tensors, session.run(tensors, {n: batch.feeds[n] for n in feed_names}), strict=True))
+
     with (
         progress_bar("collect statistics", total=len(part)) as bar,
+        ThreadPoolExecutor(max_workers=1) as inference,
         ThreadPoolExecutor(max_workers=config.threads or os.cpu_count() or 1) as workers,
     ):
-        for batch in batches:
-            outputs = dict(zip(tensors, session.run(tensors, {n: batch.feeds[n] for n in feed_names}), strict=True))
+        # The next batch runs through ONNX Runtime while this one's statistics are computed; at
+        # most two batches of activations are alive at once, whatever the number of batches.
+        pending = inference.submit(infer, batches[0]) if batches else None
+        for index, batch in enumerate(batches):
+            outputs = pending.result()
+            if index + 1 < len(batches):
+                pending = inference.submit(infer, batches[index + 1])
             mask = batch.feeds["attention_mask"].astype(bool)
             # NumPy releases the GIL, so the points update in parallel.
             list(workers.map(_update_point, points, repeat(stats), repeat(outputs), repeat(mask)))
