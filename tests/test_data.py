@@ -104,3 +104,27 @@ def test_training_batches_are_seeded_and_cover_everything(tiny_data, embedded_to
     other = [b.indices.tolist() for b in make_batches(part, 8, shuffle_seed=4, bucket_batches=2)]
     assert first == again and first != other
     assert sorted(i for b in first for i in b) == list(range(len(part)))
+
+
+def test_atomic_writes_leave_nothing_behind_on_failure(tmp_path):
+    import os
+
+    from qtool.fileio import atomic_path
+
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole"
+    assert os.stat(target).st_mode & 0o777 == 0o666 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
