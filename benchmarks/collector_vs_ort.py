@@ -29,24 +29,12 @@ def _padded_batches(model_path: Path, data: str, samples: int, batch_size: int) 
     every batch must have one shape (the usual `padding="max_length"` data reader)."""
     from qtool.analysis.collect import calibration_examples
     from qtool.data import DataConfig, load_qnli
+    from qtool.data.batching import padded_feeds
     from qtool.runtime.evaluate import tokenizer_for
 
     split = load_qnli(DataConfig(source=data))
     examples, _ = calibration_examples(split, samples)
-    tokenizer = tokenizer_for(model_path)
-    batches = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        encoded = tokenizer(
-            [e.question for e in chunk],
-            [e.sentence for e in chunk],
-            truncation=True,
-            max_length=128,
-            padding="max_length",
-            return_tensors="np",
-        )
-        batches.append({k: encoded[k].astype("int64") for k in ("input_ids", "attention_mask", "token_type_ids")})
-    return batches
+    return padded_feeds(tokenizer_for(model_path), examples, batch_size, 128)
 
 
 def run_qtool(model_path: Path, data: str, samples: int, batch_size: int) -> dict:

@@ -29,21 +29,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 def _calibration_batches(tokenizer, split, batch_size=16, seq_len=128):
     from qtool.analysis.collect import calibration_examples
+    from qtool.data.batching import padded_feeds
 
     examples, _ = calibration_examples(split, CALIBRATION_PAIRS)
-    batches = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        encoded = tokenizer(
-            [e.question for e in chunk],
-            [e.sentence for e in chunk],
-            truncation=True,
-            max_length=seq_len,
-            padding="max_length",
-            return_tensors="np",
-        )
-        batches.append({k: encoded[k].astype("int64") for k in ("input_ids", "attention_mask", "token_type_ids")})
-    return batches
+    return padded_feeds(tokenizer, examples, batch_size, seq_len)
 
 
 def _ort_quantized(fp32: Path, folder: Path, tokenizer, split) -> dict[str, Path]:

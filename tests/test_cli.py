@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 from qtool.cli import app
 
 runner = CliRunner()
+
+
 def _registered_commands() -> list[str]:
     import typer.main
 
@@ -142,14 +144,43 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     artifacts = tmp_path / "artifacts"
     extra = tmp_path / "extra.toml"
     extra.write_text('[configurations.peg-k3-gemm-mine]\nmethod = "peg"\ngroups = 3\nscope = "gemm"\n')
-    args = ["reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts,
-            "-c", "fp32", "-c", "max-all", "-c", "peg-k2-all", "-c", "ort-static-percentile", "-c", "ort-dynamic",
-            "-c", "peg-k3-gemm-mine", "--config-file", extra, "--samples", "16", "--json"]
+    args = [
+        "reproduce",
+        "--model",
+        tiny_classifier,
+        "--data",
+        tiny_data,
+        "--artifacts",
+        artifacts,
+        "-c",
+        "fp32",
+        "-c",
+        "max-all",
+        "-c",
+        "peg-k2-all",
+        "-c",
+        "ort-static-percentile",
+        "-c",
+        "ort-dynamic",
+        "-c",
+        "peg-k3-gemm-mine",
+        "--config-file",
+        extra,
+        "--samples",
+        "16",
+        "--json",
+    ]
     result = _run(*args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert [r["configuration"] for r in summary["results"]] == [
-        "fp32", "max-all", "peg-k2-all", "ort-static-percentile", "ort-dynamic", "peg-k3-gemm-mine"]
+        "fp32",
+        "max-all",
+        "peg-k2-all",
+        "ort-static-percentile",
+        "ort-dynamic",
+        "peg-k3-gemm-mine",
+    ]
     assert summary["results"][-1]["scope"] == "gemm" and summary["results"][-1]["params"]["groups"] == 3
     assert summary["results"][3]["params"]["calibration_pairs"] == 16
     assert all(r["latency"]["p50_ms"] > 0 for r in summary["results"])
@@ -166,5 +197,7 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     unknown = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "-c", "nope")
     _one_line_error(unknown, "unknown configuration")
     extra.write_text('[configurations.bad]\nmethod = "peg"\ngruops = 3\n')
-    bad = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--config-file", extra)
+    bad = _run(
+        "reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--config-file", extra
+    )
     _one_line_error(bad, "unknown keys")

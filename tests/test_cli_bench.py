@@ -23,7 +23,8 @@ def test_bench_json_and_compare(tiny_onnx, session_data):
     runs = json.loads(result.stdout)["runs"]
     assert [(r["batch"], r["sequence_length"]) for r in runs[0]["results"]] == [(1, 16), (2, 16)]
     assert {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms", "throughput_per_s"} <= set(
-        runs[0]["results"][0]["latency"])
+        runs[0]["results"][0]["latency"]
+    )
     result = _bench(tiny_onnx, tiny_onnx, "--compare", "--seq-len", "16", "--eval", "--limit", "16", *common)
     assert result.exit_code == 0, result.output
     assert "latency" in result.stdout and "accuracy" in result.stdout
@@ -59,8 +60,23 @@ def test_bench_refuses_a_plan_that_is_not_an_engine(tmp_path, session_data):
 @pytest.fixture(scope="module")
 def tiny_qdq(tiny_onnx, session_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("qdq")
-    result = runner.invoke(app, ["calibrate", str(tiny_onnx), "--scope", "gemm", "--data", str(session_data),
-                                 "--samples", "16", "--no-eval", "--out", str(out), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            str(tiny_onnx),
+            "--scope",
+            "gemm",
+            "--data",
+            str(session_data),
+            "--samples",
+            "16",
+            "--no-eval",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)["qdq_graph"]
 
@@ -88,6 +104,9 @@ def test_build_trt_without_tensorrt_says_how_to_install(tiny_qdq, tmp_path, monk
     assert result.exit_code == 2
     assert "pip install 'qtool[trt]'" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "e.plan").exists()
-    for bad, message in ((["--backend", "tpu"], "unknown backend"), (["--backend", "trt", "--batch", "0,1,2"], "--batch")):
+    for bad, message in (
+        (["--backend", "tpu"], "unknown backend"),
+        (["--backend", "trt", "--batch", "0,1,2"], "--batch"),
+    ):
         result = runner.invoke(app, ["build", tiny_qdq, *bad])
         assert result.exit_code == 2 and message in result.stderr.strip().splitlines()[-1]

@@ -11,15 +11,15 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 from pathlib import Path
 
 import onnx
 
 from qtool.analysis.collect import calibration_examples
 from qtool.data import QnliSplit
+from qtool.data.batching import padded_feeds
 from qtool.errors import QtoolError
-from qtool.exporter.onnx_export import METADATA_PREFIX, read_qtool_metadata
+from qtool.exporter.onnx_export import save_derived_graph
 from qtool.fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -37,31 +37,9 @@ PEER_SCOPE = "MatMul/Gemm inputs and weights (ONNX Runtime quantize_static/quant
 def _copy_metadata(fp32: Path, written: Path, extra: dict[str, str]) -> None:
     """Give the peer graph qtool's metadata (labels, tokenizer) so every qtool command reads it."""
     model = onnx.load(str(written))
-    metadata = read_qtool_metadata(onnx.load(str(fp32), load_external_data=False)) | extra
-    if "tokenizer" in metadata:
-        metadata["tokenizer"] = os.path.relpath(
-            Path(fp32).resolve().parent / metadata["tokenizer"], Path(written).resolve().parent
-        )
     del model.metadata_props[:]
-    for key, value in metadata.items():
-        model.metadata_props.add(key=METADATA_PREFIX + key, value=value)
-    onnx.save(model, str(written))
-
-
-def _padded_batches(tokenizer, examples, batch_size: int, max_length: int) -> list[dict]:
-    batches = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        encoded = tokenizer(
-            [e.question for e in chunk],
-            [e.sentence for e in chunk],
-            truncation=True,
-            max_length=max_length,
-            padding="max_length",
-            return_tensors="np",
-        )
-        batches.append({k: encoded[k].astype("int64") for k in ("input_ids", "attention_mask", "token_type_ids")})
-    return batches
+    model.metadata_props.extend(onnx.load(str(fp32), load_external_data=False).metadata_props)
+    save_derived_graph(model, fp32, written, extra)
 
 
 def quantize_with_ort(
@@ -87,7 +65,7 @@ def quantize_with_ort(
         else:
             pairs = samples if method == "MinMax" else min(samples, HISTOGRAM_PAIRS)
             examples, _ = calibration_examples(split, pairs)
-            batches = _padded_batches(tokenizer, examples, 16, max_length)
+            batches = padded_feeds(tokenizer, examples, 16, max_length)
             used = len(examples)
 
             class Reader(CalibrationDataReader):

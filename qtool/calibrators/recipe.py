@@ -4,7 +4,6 @@ QDQ graph. All methods read the one statistics file."""
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +17,10 @@ from qtool.calibrators.precision import (
     kept_in_float,
 )
 from qtool.errors import QtoolError
-from qtool.exporter.onnx_export import METADATA_PREFIX, read_qtool_metadata
+from qtool.exporter.onnx_export import save_derived_graph
 from qtool.exporter.points import load_quant_points
 from qtool.exporter.qdq import WEIGHT_MODES, QdqPlan, write_qdq_model
-from qtool.fileio import atomic_path, read_json, sha256_text, write_json
+from qtool.fileio import read_json, sha256_text, write_json
 
 log = logging.getLogger(__name__)
 
@@ -135,18 +134,7 @@ def write_calibrated_graph(model_path: Path, document: dict, output: Path) -> Pa
     )
     qdq = write_qdq_model(model, plan)
     metadata = {"precision": "int8-qdq", "recipe": document["recipe"], "scope": document["scope"]}
-    tokenizer = read_qtool_metadata(qdq).get("tokenizer")
-    if tokenizer is not None:  # keep pointing at the FP32 graph's tokenizer from wherever the QDQ graph lands
-        source = Path(model_path).resolve().parent / tokenizer
-        metadata["tokenizer"] = os.path.relpath(source, Path(output).resolve().parent)
-    for key, value in metadata.items():
-        entry = next((p for p in qdq.metadata_props if p.key == METADATA_PREFIX + key), None)
-        if entry is None:
-            entry = qdq.metadata_props.add(key=METADATA_PREFIX + key)
-        entry.value = value
-    with atomic_path(output) as tmp:
-        tmp.write_bytes(qdq.SerializeToString())
-    return Path(output)
+    return save_derived_graph(qdq, model_path, output, metadata)
 
 
 def write_calibration(document: dict, path: Path) -> Path:

@@ -102,3 +102,21 @@ def make_batches(
         chunks.extend(members[i : i + batch_size] for i in range(0, len(members), batch_size))
     rng.shuffle(chunks)
     return [collate(part, chunk) for chunk in chunks]
+
+
+def padded_feeds(tokenizer, examples: Sequence[Example], batch_size: int, length: int) -> list[dict[str, np.ndarray]]:
+    """Batches padded to one fixed `length`, for tools that need every batch to have the same shape
+    (ONNX Runtime's calibrators concatenate batches)."""
+    batches = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        encoded = tokenizer(
+            [e.question for e in chunk],
+            [e.sentence for e in chunk],
+            truncation=True,
+            max_length=length,
+            padding="max_length",
+            return_tensors="np",
+        )
+        batches.append({name: encoded[name].astype(np.int64) for name in INPUT_NAMES})
+    return batches

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -169,3 +170,18 @@ def export_onnx(
     write_json(manifest_path(output), manifest)
     log.info("exported %s (max |logit diff| vs torch %.2e over %s)", output, max_diff, shapes)
     return manifest
+
+
+def save_derived_graph(model, source: Path, output: Path, metadata: dict[str, str]) -> Path:
+    """Write a graph derived from `source` (QDQ, rewritten, peer) atomically, with its qtool metadata
+    updated and the tokenizer path re-pointed so that it resolves from the output's folder."""
+    entries = read_qtool_metadata(model) | metadata
+    if "tokenizer" in entries:
+        tokenizer_folder = Path(source).resolve().parent / entries["tokenizer"]
+        entries["tokenizer"] = os.path.relpath(tokenizer_folder, Path(output).resolve().parent)
+    del model.metadata_props[:]
+    for key, value in entries.items():
+        model.metadata_props.add(key=METADATA_PREFIX + key, value=value)
+    with atomic_path(Path(output)) as tmp:
+        tmp.write_bytes(model.SerializeToString())
+    return Path(output)

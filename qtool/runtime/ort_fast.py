@@ -38,7 +38,6 @@ of a graph: the fused integer kernels and any float MatMul still fed by Dequanti
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -373,23 +372,11 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True) -> on
 def rewrite_file_for_ort_cpu(source: Path, output: Path, *, fuse_bias: bool = True) -> Path:
     """`rewrite_for_ort_cpu` from one ONNX file to another; the tokenizer path in the metadata is
     re-pointed from the output's folder, and `qtool.runtime_form` records the rewrite."""
-    from qtool.exporter.onnx_export import METADATA_PREFIX, read_qtool_metadata
-    from qtool.fileio import atomic_path
+    from qtool.exporter.onnx_export import save_derived_graph
 
     model = rewrite_for_ort_cpu(onnx.load(str(source)), fuse_bias=fuse_bias)
     metadata = {"runtime_form": "onnxruntime-cpu" + ("" if fuse_bias else " (bias unfused)")}
-    tokenizer = read_qtool_metadata(model).get("tokenizer")
-    if tokenizer is not None:
-        tokenizer_folder = Path(source).resolve().parent / tokenizer
-        metadata["tokenizer"] = os.path.relpath(tokenizer_folder, Path(output).resolve().parent)
-    for key, value in metadata.items():
-        entry = next((p for p in model.metadata_props if p.key == METADATA_PREFIX + key), None)
-        if entry is None:
-            entry = model.metadata_props.add(key=METADATA_PREFIX + key)
-        entry.value = value
-    with atomic_path(Path(output)) as tmp:
-        tmp.write_bytes(model.SerializeToString())
-    return Path(output)
+    return save_derived_graph(model, source, output, metadata)
 
 
 # -- what ONNX Runtime made of it ---------------------------------------------------------------------
