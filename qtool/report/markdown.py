@@ -41,11 +41,20 @@ def deploy_paragraph(result: dict) -> list[str]:
     advice = result.get("recommendation")
     if advice is None:
         return ["No quantized configuration stays within the accuracy budget; deploy FP32 or widen the budget."]
+    row = next(r for r in result["results"] if r["configuration"] == advice["configuration"])
+    form = (
+        "ONNX Runtime's own quantizer output"
+        if row.get("peer")
+        else "FP32 graph"
+        if advice["configuration"] == "fp32"
+        else "qtool's graph in its ONNX Runtime CPU form, `qtool build --backend ort`"
+    )
     return [
         f"Within {advice['max_drop_points']:g} accuracy point(s) of FP32, the fastest configuration on this machine is "
-        f"`{advice['configuration']}`: {100 * advice['accuracy']:.2f} % ({advice['drop_points']:.2f} points below FP32), "
-        f"p50 {advice['p50_ms']:.1f} ms, {advice['speedup_vs_fp32']:.2f}x the speed of FP32 "
-        "(ONNX Runtime CPU form, `qtool build --backend ort`)."
+        f"`{advice['configuration']}` ({form}): {100 * advice['accuracy']:.2f} % "
+        f"({-advice['drop_points']:+.2f} points vs FP32), p50 {advice['p50_ms']:.1f} ms, "
+        f"{advice['speedup_vs_fp32']:.2f}x the speed of FP32. Latencies come from one run per configuration; "
+        "confirm a close call with `qtool bench --compare`."
     ]
 
 
