@@ -18,29 +18,15 @@ from qtool.errors import QtoolError
 from qtool.exporter.points import find_quant_points
 from qtool.models.resolve import load_tokenizer
 from tests.conftest import build_bert_classifier, export_tiny
+from tests.test_reference_bert import LAYER_POINTS
 
 runner = CliRunner()
-PER_LAYER = (
-    "attention.query",
-    "attention.key",
-    "attention.value",
-    "attention.probs",
-    "attention.context",
-    "attention.output",
-    "attention.residual_sum",
-    "attention.layernorm",
-    "ffn.intermediate",
-    "ffn.activation",
-    "ffn.output",
-    "ffn.residual_sum",
-    "ffn.layernorm",
-)
 
 
 def test_points_follow_the_graph_not_a_fixed_shape(tiny_onnx):
     points = find_quant_points(onnx.load(str(tiny_onnx)))
     expected = ["embeddings.sum", "embeddings.output"]
-    expected += [f"layer.{i}.{suffix}" for i in range(2) for suffix in PER_LAYER]
+    expected += [f"layer.{i}.{suffix}" for i in range(2) for suffix in LAYER_POINTS]
     expected += ["pooler.input", "classifier.input"]
     assert [p.name for p in points] == expected
     graph = onnx.load(str(tiny_onnx)).graph
