@@ -31,7 +31,7 @@ PEERS = {
     "ort-dynamic": None,
 }
 HISTOGRAM_PAIRS = 128
-PEER_SCOPE = "MatMul/Gemm inputs and weights (ONNX Runtime quantize_static/quantize_dynamic defaults: U8 activations, S8 per-channel weights)"
+PEER_SCOPE = "ort-matmul"  # ONNX Runtime defaults: MatMul/Gemm inputs (U8) and weights (S8 per channel)
 
 
 def _copy_metadata(fp32: Path, written: Path, extra: dict[str, str]) -> None:

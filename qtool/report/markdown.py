@@ -109,7 +109,8 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         f"- accuracy on the eval part; calibration statistics from {result['statistics']['samples']} pairs "
         f"{result['statistics']['sample_sources']}",
         "- quantization: symmetric INT8, zero point 0; activations per tensor (PEG: per channel group), weights per "
-        "output channel; scope `all` = every weight and activation point, `gemm` = inputs of MatMul/Gemm and residual Adds",
+        "output channel; scope `all` = every weight and activation point, `gemm` = inputs of MatMul/Gemm and residual Adds, "
+        "`ort-matmul` = ONNX Runtime's quantizers with their defaults (MatMul/Gemm inputs as U8, weights as S8 per channel)",
         f"- environment: {environment['processor']}, {environment['platform']}, python {environment['python']}, "
         f"torch {environment['torch']}, onnxruntime {environment['onnxruntime']}, qtool {environment['qtool']}",
         "",
