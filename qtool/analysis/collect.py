@@ -223,9 +223,7 @@ def collect(model_path: Path, split: QnliSplit, tokenizer, config: CollectConfig
         "qtool_version": __version__,
     }
     log.info("collected statistics at %d points over %d pairs in %.1f s", len(points), len(part), seconds)
-    result = ActivationStats(points, stats, manifest)
-    result.seconds = seconds
-    return result
+    return ActivationStats(points, stats, manifest)
 
 
 def default_stats_path(model_path: Path) -> Path:

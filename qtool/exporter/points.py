@@ -176,6 +176,16 @@ def find_quant_points(model: onnx.ModelProto, path_hint: str = "the model") -> l
     def add(name: str, role: str, layer: int | None, tensor: str, matmul_input: str | None = None) -> None:
         points.append(QuantPoint(name, role, layer, tensor, graph.consumer_inputs(tensor), matmul_input))
 
+    def residual_and_layernorm(block_output: str, prefix: str, block: str) -> str:
+        """Add the residual sum after a block and the LayerNorm output; return the latter."""
+        residual = graph.single_consumer(block_output, "Add")
+        layer_norm = residual and graph.single_consumer(residual.output[0], "LayerNormalization")
+        if layer_norm is None:
+            raise _not_bert(path_hint, f"layer {layer}: no residual Add and LayerNorm after {block}")
+        add(f"{prefix}.residual_sum", "residual_sum", layer, residual.output[0])
+        add(f"{prefix}.layernorm", "layernorm_output", layer, layer_norm.output[0])
+        return layer_norm.output[0]
+
     embeddings_ln = layer_norms[0]
     add("embeddings.sum", "embeddings_sum", None, embeddings_ln.input[0])
     add("embeddings.output", "embeddings_output", None, embeddings_ln.output[0])
@@ -211,14 +221,9 @@ def find_quant_points(model: onnx.ModelProto, path_hint: str = "the model") -> l
         add(f"{prefix}.attention.context", "attention_context", layer, out_projection.input[0])
         attention_out = graph.biased_output(out_projection)
         add(f"{prefix}.attention.output", "attention_output", layer, attention_out)
-        residual = graph.single_consumer(attention_out, "Add")
-        attention_ln = residual and graph.single_consumer(residual.output[0], "LayerNormalization")
-        if attention_ln is None:
-            raise _not_bert(path_hint, f"layer {layer}: no residual Add and LayerNorm after attention")
-        add(f"{prefix}.attention.residual_sum", "residual_sum", layer, residual.output[0])
-        add(f"{prefix}.attention.layernorm", "layernorm_output", layer, attention_ln.output[0])
+        attention_ln = residual_and_layernorm(attention_out, f"{prefix}.attention", "attention")
 
-        intermediate = graph.projections_of(attention_ln.output[0])
+        intermediate = graph.projections_of(attention_ln)
         if len(intermediate) != 1:
             raise _not_bert(path_hint, f"layer {layer}: no FFN intermediate projection")
         intermediate_out = graph.biased_output(intermediate[0])
@@ -229,13 +234,7 @@ def find_quant_points(model: onnx.ModelProto, path_hint: str = "the model") -> l
         add(f"{prefix}.ffn.activation", "ffn_activation", layer, ffn_out_projection.input[0])
         ffn_out = graph.biased_output(ffn_out_projection)
         add(f"{prefix}.ffn.output", "ffn_output", layer, ffn_out)
-        residual = graph.single_consumer(ffn_out, "Add")
-        ffn_ln = residual and graph.single_consumer(residual.output[0], "LayerNormalization")
-        if ffn_ln is None:
-            raise _not_bert(path_hint, f"layer {layer}: no residual Add and LayerNorm after the FFN")
-        add(f"{prefix}.ffn.residual_sum", "residual_sum", layer, residual.output[0])
-        add(f"{prefix}.ffn.layernorm", "layernorm_output", layer, ffn_ln.output[0])
-        hidden = ffn_ln.output[0]
+        hidden = residual_and_layernorm(ffn_out, f"{prefix}.ffn", "the FFN")
         layer += 1
 
     if layer == 0:

@@ -113,44 +113,33 @@ class _Writer:
         scales = _weight_scales(weight, axis)
         quantized = _quantize(weight, scales, axis)
         self.quantized_weights[name] = (quantized, scales, axis)
-        q_name = self.constant(f"{name}/int8", quantized)
-        s_name = self.constant(f"{name}/scale", scales if axis is not None else scales.reshape(()))
-        z_name = self.constant(f"{name}/zero_point", np.zeros(scales.shape if axis is not None else (), np.int8))
-        attributes = {"axis": axis} if axis is not None else {}
-        dequantized = f"{name}/dequantized"
+        dequantized = self.dequantized_weight(name, quantized, scales, axis)
+        self.rewire[(node.name, index)] = dequantized
+
+    def dequantized_weight(self, prefix: str, quantized: np.ndarray, scales: np.ndarray, axis: int | None) -> str:
+        """Int8 initializer + DequantizeLinear (per channel along `axis`, or per tensor); returns its output."""
+        per_tensor = axis is None
+        q_name = self.constant(f"{prefix}/int8", quantized)
+        s_name = self.constant(f"{prefix}/scale", scales.reshape(()) if per_tensor else scales)
+        z_name = self.constant(f"{prefix}/zero_point", np.zeros(() if per_tensor else scales.shape, np.int8))
+        dequantized = f"{prefix}/dequantized"
         self.after.setdefault("", []).append(
             helper.make_node(
                 "DequantizeLinear",
                 [q_name, s_name, z_name],
                 [dequantized],
-                name=f"{name}/DequantizeLinear",
-                **attributes,
+                name=f"{prefix}/DequantizeLinear",
+                **({} if per_tensor else {"axis": axis}),
             )
         )
-        self.rewire[(node.name, index)] = dequantized
+        return dequantized
 
     def weight_slice(self, node: onnx.NodeProto, rows: np.ndarray, prefix: str) -> str:
         """The rows of a MatMul weight that one PEG group multiplies (dequantized if weights are quantized)."""
         name = node.input[1]
         if name in self.quantized_weights:
             quantized, scales, axis = self.quantized_weights[name]
-            q_name = self.constant(f"{prefix}/weight/int8", quantized[rows])
-            s_name = self.constant(f"{prefix}/weight/scale", scales if axis is not None else scales.reshape(()))
-            z_name = self.constant(
-                f"{prefix}/weight/zero_point", np.zeros(scales.shape if axis is not None else (), np.int8)
-            )
-            out = f"{prefix}/weight/dequantized"
-            attributes = {"axis": axis} if axis is not None else {}
-            self.after.setdefault("", []).append(
-                helper.make_node(
-                    "DequantizeLinear",
-                    [q_name, s_name, z_name],
-                    [out],
-                    name=f"{prefix}/weight/DequantizeLinear",
-                    **attributes,
-                )
-            )
-            return out
+            return self.dequantized_weight(f"{prefix}/weight", quantized[rows], scales, axis)
         weight = numpy_helper.to_array(self.initializers[name])
         return self.constant(f"{prefix}/weight", weight[rows])
 
