@@ -682,6 +682,86 @@ def quantize(
     stdout.print(f"wrote {target}", highlight=False)
 
 
+@app.command("export-scales")
+@user_errors
+def export_scales(
+    calibration: Annotated[
+        Path, typer.Argument(help="Calibration JSON written by `qtool calibrate`.", show_default=False)
+    ],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="trt-cache: TensorRT calibration cache (trtexec --int8 --calib=FILE); ort-overrides: ONNX "
+            "Runtime TensorQuantOverrides JSON for quantize_static.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="File to write. Default: <recipe>.calib.cache or <recipe>.ort-overrides.json beside the calibration.",
+        ),
+    ] = None,
+    model_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="The FP32 graph the calibration was made for (checked). Recommended: the scales are then also "
+            "given to the tensors that carry the same values (attention MatMul inputs, reshapes).",
+        ),
+    ] = None,
+    trt_version: Annotated[
+        str | None,
+        typer.Option(
+            "--trt-version",
+            help="TensorRT version named in the cache header, e.g. 10.14.1; use the one that reads the cache. "
+            "Default: the installed tensorrt package, else 10.14.1.",
+        ),
+    ] = None,
+) -> None:
+    """Write a calibration's activation scales for use outside qtool (per-tensor calibrations only).
+
+    TensorRT 10 (implicit quantization, deprecated since 10.1): `trtexec --onnx=FP32.onnx --int8
+    --calib=FILE`. ONNX Runtime: `quantize_static(..., extra_options={"TensorQuantOverrides":
+    qtool.calibrators.interchange.load_ort_overrides(FILE), "ActivationSymmetric": True})`.
+    Points kept in float are left out. PEG calibrations are refused: deploy their QDQ graph.
+    """
+    from qtool.calibrators import interchange
+
+    if fmt not in interchange.FORMATS:
+        raise QtoolError(f"--format must be one of {', '.join(interchange.FORMATS)}, got {fmt!r}")
+    model = None
+    if model_path is not None:
+        from qtool.calibrators.recipe import load_calibration
+        from qtool.exporter.points import load_quant_points
+
+        check_onnx_file(model_path)
+        document = interchange.check_calibration(load_calibration(calibration, model_path), str(calibration))
+        model, _ = load_quant_points(model_path)
+    else:
+        document = interchange.read_calibration(calibration)
+    target = output or interchange.default_output(calibration, document, fmt)
+    summary = interchange.export_scales(document, fmt, target, model=model, trt_version=trt_version)
+    header = f" (header {summary['header']})" if "header" in summary else ""
+    stdout.print(
+        f"wrote {target}: {summary['tensors']} tensor scales from {summary['points']} quantized points{header}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if model is None:
+        stdout.print(
+            "note: without --model only each point's own tensor is named; pass --model FP32.onnx to also name "
+            "the attention MatMul inputs and reshapes that carry the same values",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def _int_list(values: list[str] | None, option: str) -> tuple[int, ...] | None:
     """Repeatable or comma-separated integers: `--batch 1,8` or `--batch 1 --batch 8`."""
     if not values:
