@@ -23,6 +23,7 @@ from qtool.analysis.outliers import OutlierConfig
 from qtool.calibrators.methods import CALIBRATORS
 from qtool.calibrators.precision import MIXED_PRECISION_PRESETS, SCOPES
 from qtool.calibrators.recipe import CalibrateConfig
+from qtool.calibrators.search import SearchConfig
 from qtool.data import DataConfig
 from qtool.errors import QtoolError
 from qtool.exporter.onnx_export import ExportConfig
@@ -513,8 +514,13 @@ def analyze(
 
 MethodOpt = Annotated[
     str | None,
-    typer.Option("--method", help=f"Calibration method: {', '.join(CALIBRATORS)}. Default: {CalibrateConfig.method}."),
+    typer.Option(
+        "--method",
+        help=f"Calibration method: {', '.join(CALIBRATORS)}, or auto (search the points to keep in float, "
+        f"see --max-drop). Default: {CalibrateConfig.method}.",
+    ),
 ]
+AUTO_METHOD = "auto"
 
 
 @app.command()
@@ -566,6 +572,46 @@ def calibrate(
             help=f"--mixed-precision outliers keeps points with max|x| >= RATIO x p99.99. Default: {CalibrateConfig.outlier_ratio:g}."
         ),
     ] = None,
+    smooth: Annotated[
+        float | None,
+        typer.Option(
+            "--smooth",
+            help="Migrate activation range into the following weights first (SmoothQuant-style, strength ALPHA "
+            "in [0, 1], folded into the LayerNorms); statistics of the smoothed graph are collected once.",
+        ),
+    ] = None,
+    base_method: Annotated[
+        str | None,
+        typer.Option(
+            "--base-method",
+            help=f"--method auto: the ranges of the quantized points ({', '.join(CALIBRATORS)}; --p, --groups apply). "
+            "Default: max.",
+        ),
+    ] = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-drop",
+            help="--method auto: accuracy points below FP32 allowed on the tuning pairs. "
+            f"Default: {SearchConfig.max_drop:g}.",
+        ),
+    ] = None,
+    tune_samples: Annotated[
+        int | None,
+        typer.Option(
+            "--tune-samples",
+            help="--method auto: tuning pairs (calibration part, topped up from train; never eval). "
+            f"Default: {SearchConfig.tune_samples}.",
+        ),
+    ] = None,
+    sensitivity_samples: Annotated[
+        int | None,
+        typer.Option(
+            "--sensitivity-samples",
+            help="--method auto: pairs for the one-point-at-a-time sensitivity runs (the first tuning pairs). "
+            f"Default: {SearchConfig.sensitivity_samples}.",
+        ),
+    ] = None,
     stats: StatsOpt = None,
     out: Annotated[
         Path | None,
@@ -588,15 +634,33 @@ def calibrate(
 
     Reads the statistics file (collecting it first if needed), so trying another method costs no
     new pass over the data. Prints the QDQ graph's eval accuracy beside FP32 unless --no-eval.
+
+    --method auto searches the fewest points to keep in float so that accuracy on tuning pairs
+    (never the eval part) stays within --max-drop points of FP32; it also writes
+    <recipe>.search.json (sensitivities, the accuracy curve, timings) and <recipe>.search.png.
     """
-    from qtool.calibrators.recipe import calibrate as run_calibrate
-    from qtool.calibrators.recipe import calibration_paths, write_calibrated_graph, write_calibration
-    from qtool.runtime.evaluate import evaluate_graph
+    from qtool.calibrators.recipe import calibrate_model, calibration_paths, write_calibrated_graph, write_calibration
+    from qtool.runtime.evaluate import evaluate_graph, tokenizer_for
 
     check_onnx_file(model_path)
+    auto = method == AUTO_METHOD
+    if not auto and any(v is not None for v in (base_method, max_drop, tune_samples, sensitivity_samples)):
+        raise QtoolError("--base-method, --max-drop, --tune-samples and --sensitivity-samples need --method auto")
+    if auto and (keep_fp or mixed_precision):
+        raise QtoolError("--method auto chooses the points kept in float itself; drop --keep-fp/--mixed-precision")
+    search_config = _config(
+        SearchConfig,
+        max_drop=max_drop,
+        tune_samples=tune_samples,
+        sensitivity_samples=sensitivity_samples,
+        batch_size=batch_size,
+        threads=threads,
+    )
+    if auto:
+        search_config.validate()
     config = _config(
         CalibrateConfig,
-        method=method,
+        method=(base_method or "max") if auto else method,
         p=p,
         groups=groups,
         permute=permute,
@@ -605,13 +669,27 @@ def calibrate(
         keep_fp=tuple(keep_fp or ()),
         mixed_precision=mixed_precision,
         outlier_ratio=outlier_ratio,
+        smooth=smooth,
     )
     config.validate()
     collected = _load_stats(model_path, stats, data, seed, samples, batch_size, threads)
     data_config, split = _load_split(data, seed)
     if collected.manifest["data"] != split.describe():
         raise QtoolError(f"the statistics were collected on another data split; run `qtool collect {model_path}` again")
-    document = run_calibrate(collected, config)
+    document, collected = calibrate_model(
+        model_path,
+        collected,
+        config,
+        lambda graph: _load_stats(graph, None, data, seed, samples, batch_size, threads),
+    )
+    search = None
+    if auto:
+        from qtool.calibrators.search import auto_calibrate
+
+        search_config = replace(search_config, max_length=data_config.max_length)
+        document, search, curve_figure = auto_calibrate(
+            model_path, collected, document, split, tokenizer_for(model_path), search_config, out or model_path.parent
+        )
     calibration_file, qdq_file = calibration_paths(out or model_path.parent, document["recipe"])
     write_calibrated_graph(model_path, document, qdq_file)
     write_calibration(document, calibration_file)
@@ -627,7 +705,20 @@ def calibrate(
         "calibration": str(calibration_file),
         "qdq_graph": str(qdq_file),
         "data_split": split.describe(),
+        "smoothing": {k: v for k, v in document["smoothing"].items() if k != "factors"}
+        if document.get("smoothing")
+        else None,
     }
+    if search is not None:
+        summary["search"] = {
+            key: search[key]
+            for key in ("max_drop", "tuning", "chosen", "tuning_accuracy", "tuning_drop", "curve", "evaluations")
+        } | {
+            "reused_evaluations": search["reused_evaluations"],
+            "seconds": search["seconds"],
+            "record": str(calibration_file.with_name(f"{document['recipe']}.search.json")),
+            "figure": str(curve_figure),
+        }
     if evaluate_accuracy:
         eval_config = _config(EvalConfig, batch_size=batch_size, limit=limit, threads=threads)
         fp32 = evaluate_graph(model_path, split, eval_config, data_config.max_length)
@@ -645,6 +736,11 @@ def calibrate(
         ("scope", summary["scope"]),
         ("quantized points", f"{summary['quantized_points']} of {summary['total_points']}"),
         ("kept in float", ", ".join(summary["kept_in_float"]) or "-"),
+        *(
+            [("smoothing", f"alpha {document['smoothing']['alpha']:g} ({document['smoothing']['graph']})")]
+            if document.get("smoothing")
+            else []
+        ),
         ("calibration", calibration_file),
         ("QDQ graph", qdq_file),
     ]
@@ -658,6 +754,31 @@ def calibrate(
             ("eval pairs", summary["eval_examples"]),
         ]
     stdout.print(_table("calibration", rows))
+    if search is not None:
+        _print_search(summary["search"])
+
+
+def _print_search(search: dict) -> None:
+    tuning = search["tuning"]
+    table = Table(title=f"mixed-precision search: accuracy on {tuning['pairs']} tuning pairs", title_justify="left")
+    for column in ("points in float", "accuracy", "vs FP32", "within budget"):
+        table.add_column(column, justify="right")
+    for point in search["curve"]:
+        table.add_row(
+            str(point["float_points"]),
+            f"{100 * point['accuracy']:.2f}",
+            f"{-point['drop']:+.2f}",
+            "yes" if point["within"] else "no",
+        )
+    stdout.print(table)
+    stdout.print(
+        f"FP32 {100 * tuning['fp32_accuracy']:.2f} on the tuning pairs; chosen after pruning: "
+        f"{len(search['chosen'])} points in float ({100 * search['tuning_accuracy']:.2f}, {-search['tuning_drop']:+.2f}); "
+        f"{search['evaluations']} evaluations ({search['reused_evaluations']} reused) in {search['seconds']:.0f} s; "
+        f"curve {search['figure']}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
@@ -753,6 +874,13 @@ def export_scales(
         highlight=False,
         soft_wrap=True,
     )
+    if document.get("smoothing"):
+        stdout.print(
+            f"note: this calibration migrates activation range into the weights (--smooth); use the scales with "
+            f"the smoothed graph {document['smoothing']['graph']} beside the FP32 graph, not with the FP32 graph",
+            highlight=False,
+            soft_wrap=True,
+        )
     if model is None:
         stdout.print(
             "note: without --model only each point's own tensor is named; pass --model FP32.onnx to also name "

@@ -120,3 +120,51 @@ def export_tiny(folder: Path, data: Path, out: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory, tiny_classifier, session_data) -> Path:
     return export_tiny(tiny_classifier, session_data, tmp_path_factory.mktemp("tiny-onnx") / "fp32.onnx")
+
+
+SCALED_HIDDEN = 32
+
+
+def outlier_classifier(
+    tmp_path_factory, tokenizer, data: Path, *, weight_scale: float, outlier: float, seed: int, name: str
+) -> dict:
+    """A tiny classifier with its projection weights multiplied by `weight_scale`, an outlier channel
+    (5) of size `outlier` in layer 0's FFN output, and a decision centred on the data so that both
+    classes are predicted; exported, with statistics over 40 calibration pairs."""
+    import numpy as np
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from qtool.analysis import CollectConfig, collect
+    from qtool.data import DataConfig, load_qnli
+    from qtool.models.resolve import load_tokenizer
+
+    folder = build_bert_classifier(
+        tmp_path_factory.mktemp(name), tokenizer, layers=2, hidden=SCALED_HIDDEN, heads=4, seed=seed
+    )
+    model = BertForSequenceClassification.from_pretrained(folder)
+    split = load_qnli(DataConfig(source=str(data)))
+    with torch.no_grad():
+        for parameter_name, parameter in model.named_parameters():
+            if parameter_name.endswith("weight") and "LayerNorm" not in parameter_name:
+                parameter.mul_(weight_scale)
+        model.bert.encoder.layer[0].output.dense.bias[5] = outlier
+        examples = split.parts["train"][:200]
+        encoded = tokenizer(
+            [e.question for e in examples], [e.sentence for e in examples], padding=True, return_tensors="pt"
+        )
+        logits = model(**encoded).logits
+        model.classifier.bias[1] -= torch.median(logits[:, 1] - logits[:, 0])
+    model.save_pretrained(folder)
+    graph = export_tiny(folder, data, tmp_path_factory.mktemp(f"{name}-onnx") / "fp32.onnx")
+    stats = collect(graph, split, load_tokenizer(graph.parent / "tokenizer"), CollectConfig(samples=40, batch_size=8))
+    state = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    return {"graph": graph, "stats": stats, "split": split, "model": model, "state": state}
+
+
+@pytest.fixture(scope="session")
+def scaled_model(tmp_path_factory, embedded_tokenizer, session_data):
+    """Weights large enough that quantization visibly changes the logits, and an outlier channel."""
+    return outlier_classifier(
+        tmp_path_factory, embedded_tokenizer, session_data, weight_scale=8.0, outlier=30.0, seed=3, name="scaled"
+    )

@@ -6,45 +6,23 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from onnx import numpy_helper
-from transformers import BertForSequenceClassification
 from typer.testing import CliRunner
 
 from qtool.analysis import CollectConfig, collect, point_reports
 from qtool.calibrators.methods import PEG_ROLES
 from qtool.calibrators.recipe import CalibrateConfig, calibrate, write_calibrated_graph
 from qtool.cli import app
-from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
+from qtool.data import make_batches, tokenize_part
 from qtool.errors import QtoolError
 from qtool.fileio import dumps_stable
 from qtool.models.resolve import load_tokenizer
 from qtool.runtime import OrtRunner
+from tests.conftest import SCALED_HIDDEN as HIDDEN
 from tests.conftest import build_bert_classifier, export_tiny
 from tests.reference_bert import bert_forward
 
 runner = CliRunner()
-HIDDEN = 32
-
-
-@pytest.fixture(scope="module")
-def scaled_model(tmp_path_factory, embedded_tokenizer, session_data):
-    """A tiny classifier with weights large enough that quantization visibly changes its logits."""
-    folder = build_bert_classifier(
-        tmp_path_factory.mktemp("scaled"), embedded_tokenizer, layers=2, hidden=HIDDEN, heads=4, seed=3
-    )
-    model = BertForSequenceClassification.from_pretrained(folder)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("weight") and "LayerNorm" not in name:
-                parameter.mul_(8.0)
-        model.bert.encoder.layer[0].output.dense.bias[5] = 30.0  # an outlier channel in the residual stream
-    model.save_pretrained(folder)
-    graph = export_tiny(folder, session_data, tmp_path_factory.mktemp("scaled-onnx") / "fp32.onnx")
-    split = load_qnli(DataConfig(source=str(session_data)))
-    stats = collect(graph, split, load_tokenizer(graph.parent / "tokenizer"), CollectConfig(samples=40, batch_size=8))
-    state = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}
-    return {"graph": graph, "stats": stats, "split": split, "model": model, "state": state}
 
 
 def _fake_quant(x: np.ndarray, scale, axis_scales=None) -> np.ndarray:

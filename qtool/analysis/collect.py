@@ -123,9 +123,12 @@ def _describe(identity: dict | None) -> str:
 def model_identity(model_path: Path) -> dict:
     """What identifies the model a statistics file belongs to: the source weights' hash, or the graph's."""
     metadata = read_qtool_metadata(onnx.load(str(model_path), load_external_data=False))
-    if "model_sha256" in metadata:
-        return {"source_model": metadata.get("source_model"), "model_sha256": metadata["model_sha256"]}
-    return {"source_model": Path(model_path).name, "model_sha256": sha256_file(model_path)}
+    if "model_sha256" not in metadata:
+        return {"source_model": Path(model_path).name, "model_sha256": sha256_file(model_path)}
+    identity = {"source_model": metadata.get("source_model"), "model_sha256": metadata["model_sha256"]}
+    if "transform" in metadata:  # a float graph rewritten from the export (smoothed): other activations
+        identity["transform"] = metadata["transform"]
+    return identity
 
 
 def calibration_examples(split: QnliSplit, samples: int) -> tuple[list[Example], dict[str, int]]:
@@ -226,6 +229,11 @@ def collect(model_path: Path, split: QnliSplit, tokenizer, config: CollectConfig
     return ActivationStats(points, stats, manifest)
 
 
+def _result_options(config: dict) -> dict:
+    """The collection options that change the statistics (the thread count does not)."""
+    return {key: value for key, value in config.items() if key != "threads"}
+
+
 def default_stats_path(model_path: Path) -> Path:
     model_path = Path(model_path)
     return model_path.with_name(f"{model_path.stem}.stats.npz")
@@ -246,7 +254,7 @@ def collect_or_load(
         if (
             cached.manifest.get("model") == model_identity(model_path)
             and cached.manifest.get("data") == split.describe()
-            and cached.manifest.get("config") == asdict(config)
+            and _result_options(cached.manifest.get("config", {})) == _result_options(asdict(config))
         ):
             log.info("reusing statistics %s", stats_path)
             return cached

@@ -18,9 +18,10 @@ from qtool.calibrators.precision import (
 )
 from qtool.errors import QtoolError
 from qtool.exporter.onnx_export import save_derived_graph
-from qtool.exporter.points import load_quant_points
+from qtool.exporter.points import find_quant_points, load_quant_points
 from qtool.exporter.qdq import WEIGHT_MODES, QdqPlan, write_qdq_model
-from qtool.fileio import read_json, sha256_text, write_json
+from qtool.exporter.smooth import SmoothConfig, apply_smoothing, smooth_model
+from qtool.fileio import manifest_path, read_json, sha256_file, sha256_text, write_json
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class CalibrateConfig:
     keep_fp: tuple[str, ...] = ()
     mixed_precision: str | None = None
     outlier_ratio: float = DEFAULT_OUTLIER_RATIO
+    smooth: float | None = None  # SmoothQuant-style migration strength alpha, applied before calibrating
 
     def validate(self) -> None:
         if self.method not in CALIBRATORS:
@@ -46,12 +48,16 @@ class CalibrateConfig:
         if self.weights not in WEIGHT_MODES:
             raise QtoolError(f"--weights must be one of {', '.join(WEIGHT_MODES)}, got {self.weights!r}")
         self.calibrator()  # validates the method's own options
+        if self.smooth is not None:
+            SmoothConfig(alpha=self.smooth).validate()
 
     def calibrator(self):
         return make_calibrator(self.method, p=self.p, groups=self.groups, permute=self.permute)
 
     def recipe_name(self) -> str:
         parts = [self.calibrator().label(), self.scope]
+        if self.smooth is not None:
+            parts.append(f"smooth{self.smooth:g}")
         if self.weights != "per-channel":
             parts.append("w" + self.weights)
         if self.mixed_precision:
@@ -101,6 +107,49 @@ def calibrate(stats: ActivationStats, config: CalibrateConfig) -> dict:
     }
 
 
+def smoothed_graph(model_path: Path, stats: ActivationStats, alpha: float) -> tuple[Path, dict[str, list[float]]]:
+    """The FP32 graph with activation range migrated into the weights (`alpha`), written once beside
+    it as `<stem>.smooth<alpha>.onnx`, and the factors. Its identity names the transform, so
+    statistics of the plain graph are never taken for it."""
+    model_path = Path(model_path)
+    stats.check_model(model_path)
+    target = model_path.with_name(f"{model_path.stem}.smooth{alpha:g}.onnx")
+    record = manifest_path(target)
+    key = {"source_sha256": sha256_file(model_path), "statistics_sha256": stats.content_sha256, "alpha": alpha}
+    if target.is_file() and record.is_file() and (cached := read_json(record)).get("key") == key:
+        return target, cached["factors"]
+    model, _ = load_quant_points(model_path)
+    smoothed, factors = smooth_model(model, stats, SmoothConfig(alpha=alpha))
+    transform = f"smooth alpha={alpha:g} statistics={stats.content_sha256[:16]}"
+    save_derived_graph(smoothed, model_path, target, {"precision": "fp32", "transform": transform})
+    write_json(record, {"key": key, "factors": factors})
+    log.info("wrote %s (%d LayerNorm outputs smoothed)", target, len(factors))
+    return target, factors
+
+
+def calibrate_model(
+    model_path: Path, stats: ActivationStats, config: CalibrateConfig, collect_stats
+) -> tuple[dict, ActivationStats]:
+    """`calibrate`, with the migration first when `config.smooth` is set: the smoothed graph's
+    statistics come from `collect_stats(graph_path)` (cached), and the document records the factors
+    so that the QDQ graph can be rebuilt from the FP32 graph. Returns the document and the
+    statistics it was calibrated on."""
+    if config.smooth is None:
+        return calibrate(stats, config), stats
+    config.validate()
+    graph, factors = smoothed_graph(model_path, stats, config.smooth)
+    smoothed_stats = collect_stats(graph)
+    document = calibrate(smoothed_stats, config)
+    document["model"] = model_identity(model_path)
+    document["smoothing"] = {
+        "alpha": config.smooth,
+        "graph": graph.name,
+        "fp32_statistics_sha256": stats.content_sha256,
+        "factors": factors,
+    }
+    return document, smoothed_stats
+
+
 def load_calibration(path: Path, model_path: Path) -> dict:
     document = read_json(path)
     if not isinstance(document, dict) or document.get("format") != CALIBRATION_FORMAT:
@@ -115,11 +164,14 @@ def load_calibration(path: Path, model_path: Path) -> dict:
     return document
 
 
-def write_calibrated_graph(model_path: Path, document: dict, output: Path) -> Path:
-    """The QDQ graph of `document` applied to the FP32 graph at `model_path`."""
+def calibrated_model(model_path: Path, document: dict, switches: bool = False):
+    """The QDQ model of `document` applied to the FP32 graph at `model_path` (in memory)."""
     if document["model"] != model_identity(model_path):
         raise QtoolError(f"the calibration is for another model than {model_path}; calibrate this model")
     model, points = load_quant_points(model_path)
+    if document.get("smoothing"):
+        model = apply_smoothing(model, points, document["smoothing"]["factors"])
+        points = find_quant_points(model)
     missing = sorted(set(document["tensors"]) - {p.name for p in points})
     if missing:
         raise QtoolError(f"the calibration names points that {model_path} does not have ({', '.join(missing[:3])})")
@@ -131,9 +183,17 @@ def write_calibrated_graph(model_path: Path, document: dict, output: Path) -> Pa
         weights=document["weights"],
         embedding_tables=document["embedding_tables_quantized"],
         points=points,
+        switches=switches,
     )
-    qdq = write_qdq_model(model, plan)
+    return write_qdq_model(model, plan)
+
+
+def write_calibrated_graph(model_path: Path, document: dict, output: Path) -> Path:
+    """The QDQ graph of `document` applied to the FP32 graph at `model_path`."""
+    qdq = calibrated_model(model_path, document)
     metadata = {"precision": "int8-qdq", "recipe": document["recipe"], "scope": document["scope"]}
+    if document.get("smoothing"):
+        metadata["smoothing_alpha"] = f"{document['smoothing']['alpha']:g}"
     return save_derived_graph(qdq, model_path, output, metadata)
 
 

@@ -38,6 +38,14 @@ class QdqPlan:
     weights: str | None = "per-channel"  # None: weights stay float
     embedding_tables: bool = False
     points: list[QuantPoint] = field(default_factory=list)
+    # With switches, every quantized point also gets a boolean scalar graph input (`switch_input`)
+    # and a Where node that passes either its dequantized or its float value, so one session can
+    # evaluate any subset of the points quantized (the mixed-precision search).
+    switches: bool = False
+
+
+def switch_input(point_name: str) -> str:
+    return f"quantize:{point_name}"
 
 
 def _weight_scales(weight: np.ndarray, axis: int | None) -> np.ndarray:
@@ -69,13 +77,14 @@ class _Writer:
         self.replaced_nodes: dict[str, list[onnx.NodeProto]] = {}  # node name -> its replacement nodes
         self.rewire: dict[tuple[str, int], str] = {}  # (node name, input index) -> new input tensor
         self.quantized_weights: dict[str, tuple[np.ndarray, np.ndarray, int | None]] = {}
+        self.switch_inputs: dict[str, onnx.ValueInfoProto] = {}
 
     # -- helpers ------------------------------------------------------------------------------
     def constant(self, name: str, array: np.ndarray) -> str:
         self.new_initializers.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
-    def qdq_pair(self, prefix: str, source: str, scale: float) -> tuple[list[onnx.NodeProto], str]:
+    def qdq_pair(self, prefix: str, source: str, scale: float, point: str) -> tuple[list[onnx.NodeProto], str]:
         scale_name = self.constant(f"{prefix}/scale", np.array(scale, dtype=np.float32))
         zero_name = self.constant(f"{prefix}/zero_point", np.array(0, dtype=np.int8))
         quantized, dequantized = f"{prefix}/quantized", f"{prefix}/dequantized"
@@ -87,6 +96,13 @@ class _Writer:
                 "DequantizeLinear", [quantized, scale_name, zero_name], [dequantized], name=f"{prefix}/DequantizeLinear"
             ),
         ]
+        if self.plan.switches:
+            switch = switch_input(point)
+            if switch not in self.switch_inputs:
+                self.switch_inputs[switch] = helper.make_tensor_value_info(switch, TensorProto.BOOL, [])
+            selected = f"{prefix}/selected"
+            nodes.append(helper.make_node("Where", [switch, dequantized, source], [selected], name=f"{prefix}/Switch"))
+            return nodes, selected
         return nodes, dequantized
 
     def consumers(self, tensor: str) -> list[tuple[onnx.NodeProto, int]]:
@@ -154,7 +170,7 @@ class _Writer:
             tensor = point.matmul_input or point.tensor
             if point.matmul_input:
                 consumers = self.consumers(tensor)
-            nodes, dequantized = self.qdq_pair(point.name, tensor, scale)
+            nodes, dequantized = self.qdq_pair(point.name, tensor, scale, point.name)
             self.after.setdefault(tensor, []).extend(nodes)
             for node, index in consumers:
                 self.rewire[(node.name, index)] = dequantized
@@ -172,7 +188,7 @@ class _Writer:
             nodes.append(
                 helper.make_node("Gather", [point.tensor, indices], [sliced], name=f"{prefix}/Gather", axis=-1)
             )
-            pair, dequantized = self.qdq_pair(prefix, sliced, group["scale"])
+            pair, dequantized = self.qdq_pair(prefix, sliced, group["scale"], point.name)
             nodes.extend(pair)
             parts.append((channels, dequantized))
         rebuilt = None
@@ -242,6 +258,7 @@ class _Writer:
         self.graph.node.extend(ordered)
         del self.graph.initializer[:]
         self.graph.initializer.extend(kept_initializers + [i for i in self.new_initializers if i.name in used])
+        self.graph.input.extend(self.switch_inputs.values())
         return self.model
 
 

@@ -98,3 +98,33 @@ def write_study_figures(result: dict, folder: Path) -> dict[str, str]:
         "accuracy_vs_latency": accuracy_against_latency(result, folder / "accuracy_vs_latency.png"),
     }
     return {name: str(path) for name, path in figures.items() if path is not None}
+
+
+def precision_search_curve(search: dict, path: Path, title: str) -> Path:
+    """Tuning accuracy against the number of points kept in float (most sensitive first), and the
+    set the search settled on after pruning."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    curve = search["curve"]
+    axis.plot(
+        [c["float_points"] for c in curve],
+        [100 * c["accuracy"] for c in curve],
+        marker="o",
+        label="the n most sensitive points in float",
+    )
+    fp32 = 100 * search["tuning"]["fp32_accuracy"]
+    axis.axhline(fp32, color="black", linestyle="--", label=f"FP32 {fp32:.2f} %")
+    axis.axhline(fp32 - search["max_drop"], color="grey", linestyle=":", label=f"budget: -{search['max_drop']:g} points")
+    axis.scatter(
+        [len(search["chosen"])],
+        [100 * search["tuning_accuracy"]],
+        color="crimson",
+        zorder=3,
+        label=f"chosen: {len(search['chosen'])} points in float",
+    )
+    axis.set_xlabel("activation points kept in float")
+    axis.set_ylabel(f"accuracy % on {search['tuning']['pairs']} tuning pairs")
+    axis.set_title(title, fontsize=9)
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return _save(figure, path)

@@ -1,0 +1,348 @@
+"""Automatic mixed precision: the smallest set of points kept in float within an accuracy budget.
+
+1. Sensitivity, from the statistics and from short evaluations. The statistics give each point's
+   expected signal-to-quantization-noise ratio at its calibrated scale (rounding noise inside the
+   range, clipping error outside it). The short evaluations quantize one point at a time (weights
+   quantized everywhere, every other activation in float) and measure the KL divergence of the
+   classifier's output from FP32's on a few hundred tuning pairs. One ONNX Runtime session serves
+   all of them: the QDQ graph is written with a boolean switch per point (`QdqPlan.switches`).
+2. Search. Points are ranked by measured sensitivity (the statistics break ties). The real QDQ
+   graph with the n most sensitive points in float is evaluated for n = 0, 1, 2, ... until the
+   accuracy on the tuning pairs is within `max_drop` points of FP32 (a few more n are measured for
+   the curve); then each chosen point, least sensitive first, is quantized again if the budget
+   still holds without it. Every evaluation is cached by the set of points it keeps in float.
+
+The tuning pairs are the calibration part, topped up from the train part, never the eval part, so
+the eval accuracy of the result stays an honest, held-out figure. On pairs the model was
+fine-tuned on, FP32 is nearly always right and almost every flip is a loss, so the budget is
+checked conservatively there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qtool.analysis.collect import ActivationStats, calibration_examples, model_identity
+from qtool.analysis.stats import TensorStats
+from qtool.calibrators.base import INT8_MAX
+from qtool.data import QnliSplit, make_batches, tokenize_part
+from qtool.errors import QtoolError
+from qtool.exporter.qdq import switch_input
+from qtool.fileio import read_json, sha256_text, write_json
+from qtool.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+SEARCH_FORMAT = "qtool-precision-search/1"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    max_drop: float = 0.5  # accuracy points below FP32 on the tuning pairs
+    tune_samples: int = 1000
+    sensitivity_samples: int = 256
+    curve_extra: int = 3  # evaluations past the first set within budget, to show the curve's shape
+    batch_size: int = 32
+    threads: int | None = None
+    max_length: int = 128
+
+    def validate(self) -> None:
+        if not 0 <= self.max_drop <= 100:
+            raise QtoolError(f"--max-drop must be in [0, 100] accuracy points, got {self.max_drop:g}")
+        if self.tune_samples < 1:
+            raise QtoolError(f"--tune-samples must be at least 1, got {self.tune_samples}")
+        if not 1 <= self.sensitivity_samples:
+            raise QtoolError(f"--sensitivity-samples must be at least 1, got {self.sensitivity_samples}")
+        if self.batch_size < 1:
+            raise QtoolError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+def expected_sqnr_db(stats: TensorStats, scale: float) -> float:
+    """Signal-to-quantization-noise ratio (dB) of symmetric INT8 at `scale`, from the |x| histogram:
+    uniform rounding noise inside the range, squared overshoot outside it."""
+    signal = stats.variance + stats.mean**2
+    if not stats.count or signal <= 0:
+        return math.inf
+    width = stats.histogram_range / stats.bins
+    centres = (np.arange(stats.bins) + 0.5) * width
+    limit = scale * INT8_MAX
+    error = np.where(centres <= limit, scale * scale / 12.0, (centres - limit) ** 2)
+    noise = float((error * stats.histogram).sum() / stats.count)
+    return 10.0 * math.log10(signal / noise) if noise > 0 else math.inf
+
+
+def without_points(document: dict, kept: list[str], reason: str) -> dict:
+    """A copy of a calibration document with the points in `kept` left in float."""
+    result = dict(document)
+    result["tensors"] = {name: entry for name, entry in document["tensors"].items() if name not in kept}
+    result["kept_in_float"] = [name for name in document["tensors"] if name in kept]
+    result["kept_reason"] = reason
+    result["quantized_points"] = len(result["tensors"])
+    return result
+
+
+class _TuningSet:
+    """Tokenized tuning pairs, their labels and FP32 logits."""
+
+    def __init__(self, model_path: Path, split: QnliSplit, tokenizer, config: SearchConfig, session_factory):
+        examples, self.sources = calibration_examples(split, config.tune_samples)
+        part = tokenize_part(tokenizer, examples, config.max_length)
+        self.labels = part.labels
+        self.batches = make_batches(part, config.batch_size)
+        sensitivity = tokenize_part(tokenizer, examples[: config.sensitivity_samples], config.max_length)
+        self.sensitivity_batches = make_batches(sensitivity, config.batch_size)
+        self.size, self.sensitivity_size = len(part), len(sensitivity)
+        fp32 = session_factory(str(model_path))
+        self.fp32_logits = _run(fp32, self.batches, self.size, {})
+        self.fp32_sensitivity_logits = _run(fp32, self.sensitivity_batches, self.sensitivity_size, {})
+        self.fp32_accuracy = self.accuracy(self.fp32_logits)
+
+    def accuracy(self, logits: np.ndarray) -> float:
+        return float((logits.argmax(-1) == self.labels).mean())
+
+
+def _run(session, batches, size: int, extra_feeds: dict) -> np.ndarray:
+    names = {i.name for i in session.get_inputs()}
+    logits = None
+    for batch in batches:
+        feeds = {k: v for k, v in batch.feeds.items() if k in names} | extra_feeds
+        output = session.run(["logits"], feeds)[0]
+        if logits is None:
+            logits = np.zeros((size, output.shape[-1]), dtype=np.float32)
+        logits[batch.indices] = output
+    return logits
+
+
+def _kl_divergence(reference: np.ndarray, candidate: np.ndarray) -> float:
+    def log_softmax(x):
+        x = x.astype(np.float64)
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    p, q = log_softmax(reference), log_softmax(candidate)
+    return float((np.exp(p) * (p - q)).sum(-1).mean())
+
+
+class _Cache:
+    """Evaluations keyed by what they depend on; a changed model, calibration or tuning set starts afresh."""
+
+    def __init__(self, path: Path | None, key: dict):
+        self.path, self.key = path, key
+        self.entries: dict[str, dict] = {}
+        self.reused = 0
+        if path is not None and Path(path).is_file():
+            try:
+                cached = read_json(path)
+            except QtoolError:
+                cached = {}
+            if cached.get("key") == key:
+                self.entries = cached.get("entries", {})
+
+    def get(self, kind: str, names: list[str]) -> dict | None:
+        entry = self.entries.get(self._id(kind, names))
+        if entry is not None:
+            self.reused += 1
+        return entry
+
+    def put(self, kind: str, names: list[str], value: dict) -> dict:
+        self.entries[self._id(kind, names)] = value
+        if self.path is not None:
+            write_json(self.path, {"key": self.key, "entries": self.entries})
+        return value
+
+    @staticmethod
+    def _id(kind: str, names: list[str]) -> str:
+        return f"{kind}:{sha256_text(*sorted(names))[:16]}"
+
+
+def search_precision(
+    model_path: Path,
+    stats: ActivationStats,
+    document: dict,
+    split: QnliSplit,
+    tokenizer,
+    config: SearchConfig = SearchConfig(),
+    cache_path: Path | None = None,
+) -> dict:
+    """Search the points of `document` (a calibration with nothing kept in float) to keep in float."""
+    import onnxruntime as ort
+
+    from qtool.calibrators.recipe import calibrated_model
+
+    config.validate()
+    if document["kept_in_float"]:
+        raise QtoolError("the automatic search starts from a calibration with no point kept in float; drop --keep-fp")
+    started = time.perf_counter()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if config.threads:
+        options.intra_op_num_threads = config.threads
+        options.inter_op_num_threads = 1
+
+    def session(model) -> ort.InferenceSession:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+    tuning = _TuningSet(model_path, split, tokenizer, config, session)
+    names = list(document["tensors"])
+    cache = _Cache(
+        cache_path,
+        {
+            "format": SEARCH_FORMAT,
+            "model": model_identity(model_path),
+            "calibration": sha256_text(*(f"{n}:{document['tensors'][n]['scale']}" for n in names), document["recipe"]),
+            "data": split.describe(),
+            "tune_samples": config.tune_samples,
+            "sensitivity_samples": config.sensitivity_samples,
+            "batch_size": config.batch_size,
+            "threads": config.threads,
+            "max_length": config.max_length,
+        },
+    )
+    evaluations = 0
+
+    # 1. sensitivity
+    sqnr = {n: expected_sqnr_db(stats.stats[n], document["tensors"][n]["scale"]) for n in names}
+    switched = None
+    sensitivity = []
+    with progress_bar("sensitivity", total=len(names)) as bar:
+        for name in names:
+            result = cache.get("alone", [name])
+            if result is None:
+                if switched is None:
+                    switched = session(calibrated_model(model_path, document, switches=True).SerializeToString())
+                switches = {switch_input(n): np.array(n == name) for n in names}
+                logits = _run(switched, tuning.sensitivity_batches, tuning.sensitivity_size, switches)
+                flips = float((logits.argmax(-1) != tuning.fp32_sensitivity_logits.argmax(-1)).mean())
+                result = cache.put(
+                    "alone", [name], {"kl": _kl_divergence(tuning.fp32_sensitivity_logits, logits), "flips": flips}
+                )
+                evaluations += 1
+            sensitivity.append({"name": name, **result, "expected_sqnr_db": round(sqnr[name], 3)})
+            bar.advance(1, status=name)
+    switched = None
+    ranked = sorted(sensitivity, key=lambda s: (-s["kl"], s["expected_sqnr_db"], names.index(s["name"])))
+    order = [s["name"] for s in ranked]
+
+    def tuning_accuracy(kept: list[str]) -> dict:
+        nonlocal evaluations
+        result = cache.get("kept", kept)
+        if result is None:
+            candidate = without_points(document, kept, "search candidate")
+            logits = _run(
+                session(calibrated_model(model_path, candidate).SerializeToString()),
+                tuning.batches,
+                tuning.size,
+                {},
+            )
+            accuracy = tuning.accuracy(logits)
+            result = cache.put(
+                "kept",
+                kept,
+                {
+                    "accuracy": accuracy,
+                    "drop": round(100 * (tuning.fp32_accuracy - accuracy), 6),
+                    "flips": float((logits.argmax(-1) != tuning.fp32_logits.argmax(-1)).mean()),
+                },
+            )
+            evaluations += 1
+        return {**result, "within": result["drop"] <= config.max_drop}
+
+    # 2. the curve: the n most sensitive points in float
+    curve = []
+    first_within = None
+    with progress_bar("search", total=None) as bar:
+        for n in range(len(order) + 1):
+            point = tuning_accuracy(order[:n])
+            curve.append({"float_points": n, **point})
+            bar.advance(1, status=f"{n} in float: {100 * point['accuracy']:.2f}")
+            if point["within"] and first_within is None:
+                first_within = n
+            if first_within is not None and n >= first_within + config.curve_extra:
+                break
+        if first_within is None:
+            raise QtoolError(
+                f"even with every point in float the tuning accuracy is more than {config.max_drop:g} points "
+                "below FP32 (the weights stay INT8 in every candidate); raise --max-drop"
+            )
+        # 3. pruning: quantize each chosen point again, least sensitive first, while the budget holds
+        chosen = order[:first_within]
+        pruning = []
+        for name in reversed(order[:first_within]):
+            trial = [n for n in chosen if n != name]
+            point = tuning_accuracy(trial)
+            pruning.append({"quantized_again": name, "float_points": len(trial), **point})
+            if point["within"]:
+                chosen = trial
+            bar.advance(1, status=f"{len(chosen)} in float")
+    final = tuning_accuracy(chosen)
+    return {
+        "format": SEARCH_FORMAT,
+        "max_drop": config.max_drop,
+        "config": asdict(config),
+        "tuning": {
+            "pairs": tuning.size,
+            "sources": tuning.sources,
+            "sensitivity_pairs": tuning.sensitivity_size,
+            "fp32_accuracy": tuning.fp32_accuracy,
+        },
+        "chosen": [n for n in order if n in chosen],
+        "tuning_accuracy": final["accuracy"],
+        "tuning_drop": final["drop"],
+        "sensitivity": ranked,
+        "curve": curve,
+        "pruning": pruning,
+        "evaluations": evaluations,
+        "reused_evaluations": cache.reused,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def auto_recipe_name(base_recipe: str, max_drop: float) -> str:
+    return f"{base_recipe}-mp-auto{max_drop:g}"
+
+
+def auto_calibrate(
+    model_path: Path,
+    stats: ActivationStats,
+    base: dict,
+    split: QnliSplit,
+    tokenizer,
+    config: SearchConfig,
+    folder: Path,
+) -> tuple[dict, dict, Path]:
+    """The calibration `base` with the searched points kept in float, the full search record
+    (written to `<recipe>.search.json`, with timings), and the curve figure."""
+    from qtool.report.figures import precision_search_curve
+
+    recipe = auto_recipe_name(base["recipe"], config.max_drop)
+    folder = Path(folder)
+    search = search_precision(
+        model_path, stats, base, split, tokenizer, config, cache_path=folder / f"{recipe}.search-cache.json"
+    )
+    tuning = search["tuning"]
+    reason = (
+        f"automatic search: fewest points in float with accuracy on {tuning['pairs']} tuning pairs "
+        f"({', '.join(f'{n} {part}' for part, n in tuning['sources'].items() if n)}, never eval) "
+        f"within {config.max_drop:g} points of FP32"
+    )
+    document = without_points(base, search["chosen"], reason)
+    document["recipe"] = recipe
+    document["mixed_precision"] = {
+        "search": SEARCH_FORMAT,
+        "max_drop": config.max_drop,
+        "tuning_pairs": tuning["pairs"],
+        "tuning_sources": tuning["sources"],
+        "record": f"{recipe}.search.json",
+    }
+    search = {"recipe": recipe, "model": model_identity(model_path), "data": split.describe(), **search}
+    write_json(folder / f"{recipe}.search.json", search)
+    figure = precision_search_curve(
+        search, folder / f"{recipe}.search.png", f"Mixed-precision search: {recipe} ({base['model']['source_model']})"
+    )
+    return document, search, figure

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from qtool.analysis.stats import TensorStats
+from qtool.calibrators.recipe import CalibrateConfig, calibrate, calibrated_model
+from qtool.calibrators.search import SearchConfig, expected_sqnr_db, search_precision, without_points
+from qtool.cli import app
+from qtool.data import QnliSplit, make_batches, tokenize_part
+from qtool.data.qnli import Example
+from qtool.errors import QtoolError
+from qtool.exporter.qdq import switch_input
+from qtool.models.resolve import load_tokenizer
+
+runner = CliRunner()
+
+
+def _session(model, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _logits(session, batch, extra=None):
+    names = {i.name for i in session.get_inputs()}
+    feeds = {k: v for k, v in batch.feeds.items() if k in names} | (extra or {})
+    return session.run(["logits"], feeds)[0]
+
+
+@pytest.fixture(scope="module")
+def relabelled(scaled_model):
+    """The scaled model's split with every label replaced by FP32's prediction, so FP32 scores 100 %
+    and any accuracy drop counts flips caused by quantization."""
+    tokenizer = load_tokenizer(scaled_model["graph"].parent / "tokenizer")
+    fp32 = ort.InferenceSession(str(scaled_model["graph"]), providers=["CPUExecutionProvider"])
+    parts = {}
+    for name, examples in scaled_model["split"].parts.items():
+        part = tokenize_part(tokenizer, examples, 128)
+        predicted = np.zeros(len(part), dtype=np.int64)
+        for batch in make_batches(part, 16):
+            predicted[batch.indices] = _logits(fp32, batch).argmax(-1)
+        parts[name] = [Example(e.question, e.sentence, int(p)) for e, p in zip(examples, predicted, strict=True)]
+    return QnliSplit("relabelled", parts), tokenizer
+
+
+def test_switches_select_exactly_the_quantized_points(scaled_model, relabelled):
+    split, tokenizer = relabelled
+    document = calibrate(scaled_model["stats"], CalibrateConfig(method="max"))
+    names = list(document["tensors"])
+    switched = _session(calibrated_model(scaled_model["graph"], document, switches=True))
+    batch = make_batches(tokenize_part(tokenizer, split.parts["eval"][:12], 128), 12)[0]
+    rng = np.random.default_rng(0)
+    subsets = [set(), set(names), {names[3]}] + [set(rng.choice(names, size=len(names) // 2, replace=False))]
+    for on in subsets:
+        kept = [n for n in names if n not in on]
+        plain = _session(calibrated_model(scaled_model["graph"], without_points(document, kept, "test")))
+        switches = {switch_input(n): np.array(n in on) for n in names}
+        np.testing.assert_array_equal(_logits(switched, batch, switches), _logits(plain, batch))
+
+
+def test_expected_sqnr_matches_measured_quantization_noise():
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal(200_000).astype(np.float32)
+    stats = TensorStats()
+    stats.update(values)
+    for scale in (stats.absmax / 127, stats.percentile(99.0) / 127):
+        quantized = np.clip(np.rint(values / scale), -127, 127) * scale
+        measured = 10 * np.log10(np.mean(values.astype(np.float64) ** 2) / np.mean((values - quantized) ** 2))
+        assert expected_sqnr_db(stats, scale) == pytest.approx(measured, abs=0.3)
+
+
+def test_search_keeps_the_outlier_points_and_meets_the_budget(scaled_model, relabelled, tmp_path):
+    split, tokenizer = relabelled
+    document = calibrate(scaled_model["stats"], CalibrateConfig(method="max"))
+    config = SearchConfig(max_drop=12.0, tune_samples=120, sensitivity_samples=48, batch_size=16)
+    cache = tmp_path / "search-cache.json"
+    result = search_precision(scaled_model["graph"], scaled_model["stats"], document, split, tokenizer, config, cache)
+
+    assert result["tuning"]["pairs"] == 120 and result["tuning"]["fp32_accuracy"] == 1.0
+    assert result["curve"][0]["float_points"] == 0 and result["curve"][0]["drop"] > 0  # quantization hurts
+    assert [c["float_points"] for c in result["curve"]] == list(range(len(result["curve"])))
+    assert result["tuning_drop"] <= config.max_drop
+    # The outlier channel of layer 0's FFN output makes these the most sensitive points.
+    top = [s["name"] for s in result["sensitivity"][:2]]
+    assert set(top) == {"layer.0.ffn.output", "layer.0.ffn.residual_sum"}
+    # Every point left in float was tried quantized again and broke the budget.
+    failed = {p["quantized_again"] for p in result["pruning"] if not p["within"]}
+    assert set(result["chosen"]) <= failed
+    assert len(result["chosen"]) < len(document["tensors"])
+
+    # The chosen graph, built for real, gives the reported tuning accuracy.
+    chosen = without_points(document, result["chosen"], "test")
+    session = _session(calibrated_model(scaled_model["graph"], chosen), ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    examples = split.parts["calibration"] + split.parts["train"][: 120 - len(split.parts["calibration"])]
+    part = tokenize_part(tokenizer, examples, 128)
+    correct = sum(int((_logits(session, b).argmax(-1) == b.labels).sum()) for b in make_batches(part, 16))
+    assert correct / len(part) == pytest.approx(result["tuning_accuracy"])
+
+    again = search_precision(scaled_model["graph"], scaled_model["stats"], document, split, tokenizer, config, cache)
+    assert again["evaluations"] == 0 and again["reused_evaluations"] > 0
+    assert again["chosen"] == result["chosen"] and again["curve"] == result["curve"]
+
+
+def test_search_refuses_a_calibration_with_points_already_in_float(scaled_model, relabelled):
+    split, tokenizer = relabelled
+    document = calibrate(scaled_model["stats"], CalibrateConfig(mixed_precision="paper"))
+    with pytest.raises(QtoolError, match="drop --keep-fp"):
+        search_precision(scaled_model["graph"], scaled_model["stats"], document, split, tokenizer)
+    with pytest.raises(QtoolError, match="--max-drop"):
+        SearchConfig(max_drop=-1).validate()
+
+
+def test_calibrate_auto_cli_writes_calibration_record_and_curve(scaled_model, session_data, tmp_path):
+    graph = scaled_model["graph"]
+    stats = scaled_model["stats"].save(tmp_path / "stats.npz")
+    common = ["--data", str(session_data), "--stats", str(stats), "--out", str(tmp_path)]
+    args = ["calibrate", str(graph), "--method", "auto", "--max-drop", "5", "--tune-samples", "60"]
+    args += ["--sensitivity-samples", "24", "--no-eval", "--json", *common]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    recipe = summary["recipe"]
+    assert recipe == "max-all-mp-auto5"
+    assert summary["kept_in_float"] == summary["search"]["chosen"]
+    document = json.loads((tmp_path / f"{recipe}.calib.json").read_text())
+    assert document["kept_in_float"] == summary["kept_in_float"]
+    assert document["mixed_precision"]["max_drop"] == 5 and "seconds" not in json.dumps(document)
+    assert (tmp_path / f"{recipe}.qdq.onnx").is_file() and (tmp_path / f"{recipe}.search.png").is_file()
+    record = json.loads((tmp_path / f"{recipe}.search.json").read_text())
+    assert record["chosen"] == summary["kept_in_float"] and record["seconds"] >= 0
+    first = (tmp_path / f"{recipe}.calib.json").read_bytes()
+    assert runner.invoke(app, args).exit_code == 0
+    assert (tmp_path / f"{recipe}.calib.json").read_bytes() == first
+
+    bad = runner.invoke(app, ["calibrate", str(graph), "--max-drop", "1", "--no-eval", *common])
+    assert bad.exit_code == 2 and "need --method auto" in bad.stderr
+    bad = runner.invoke(app, ["calibrate", str(graph), "--method", "auto", "--max-drop", "-2", "--no-eval", *common])
+    assert bad.exit_code == 2 and "--max-drop must be in" in bad.stderr
