@@ -26,7 +26,7 @@ from qtool.analysis.report import analysis_document, write_analysis
 from qtool.calibrators.peers import PEERS, quantize_with_ort
 from qtool.calibrators.recipe import (
     CalibrateConfig,
-    calibrate,
+    calibrate_model,
     calibration_paths,
     write_calibrated_graph,
     write_calibration,
@@ -50,6 +50,7 @@ from qtool.runtime.ort_fast import rewrite_file_for_ort_cpu
 log = logging.getLogger(__name__)
 
 FP32 = "fp32"
+SMOOTH_ALPHA = 0.5
 
 
 def study_configurations() -> dict[str, CalibrateConfig]:
@@ -58,6 +59,13 @@ def study_configurations() -> dict[str, CalibrateConfig]:
     configs += [CalibrateConfig(method="percentile", p=p) for p in (99.0, 99.9, 99.99, 99.999)]
     configs += [CalibrateConfig(method="peg", groups=k) for k in (1, 2, 3, 4, 6, 8)]
     configs += [CalibrateConfig(mixed_precision="paper"), CalibrateConfig(mixed_precision="outliers")]
+    # Beyond the study: SmoothQuant-style migration before each kind of calibration.
+    configs += [
+        CalibrateConfig(method="max", smooth=SMOOTH_ALPHA),
+        CalibrateConfig(method="max", scope="gemm", smooth=SMOOTH_ALPHA),
+        CalibrateConfig(method="percentile", p=99.99, smooth=SMOOTH_ALPHA),
+        CalibrateConfig(method="peg", groups=4, smooth=SMOOTH_ALPHA),
+    ]
     return {c.recipe_name(): c for c in configs}
 
 
@@ -244,7 +252,9 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
                 rows.append(_peer_row(name, fp32, split, tokenizer, config, max_length))
                 bar.advance(1, status=f"{name}: {rows[-1]['accuracy']:.4f}")
                 continue
-            document = calibrate(stats, calibrate_config)
+            document, _ = calibrate_model(
+                fp32, stats, calibrate_config, lambda graph: collect_or_load(graph, split, tokenizer, config.collect)
+            )
             calibration_file, qdq_file = calibration_paths(fp32.parent, name)
             write_calibrated_graph(fp32, document, qdq_file)
             write_calibration(document, calibration_file)
@@ -256,6 +266,7 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
                 "quantized_points": document["quantized_points"],
                 "total_points": document["total_points"],
                 "kept_in_float": document["kept_in_float"],
+                "smoothing": (document.get("smoothing") or {}).get("alpha"),
                 "calibration": str(calibration_file),
                 "latency": cached_latency(qdq_file, tokenizer, split, config.bench),
             }

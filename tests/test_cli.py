@@ -164,6 +164,8 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         "ort-dynamic",
         "-c",
         "peg-k3-gemm-mine",
+        "-c",
+        "max-all-smooth0.5",
         "--config-file",
         extra,
         "--samples",
@@ -180,8 +182,10 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         "ort-static-percentile",
         "ort-dynamic",
         "peg-k3-gemm-mine",
+        "max-all-smooth0.5",
     ]
-    assert summary["results"][-1]["scope"] == "gemm" and summary["results"][-1]["params"]["groups"] == 3
+    assert summary["results"][-2]["scope"] == "gemm" and summary["results"][-2]["params"]["groups"] == 3
+    assert summary["results"][-1]["smoothing"] == 0.5 and summary["results"][1]["smoothing"] is None
     assert summary["results"][3]["params"]["calibration_pairs"] == 16
     assert all(r["latency"]["p50_ms"] > 0 for r in summary["results"])
     assert (artifacts / "report" / "report.html").read_text().count("data:image/png;base64") >= 4
@@ -190,6 +194,7 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         assert low <= row["accuracy"] <= high
     report = (artifacts / "report" / "report.md").read_text()
     assert "peg-k2-all" in report and summary["data_split"]["fingerprint"] in report
+    assert "## Migrating activation range into the weights" in report and "| max-all | all |" in report
     assert json.loads((artifacts / "report" / "results.json").read_text()) == summary
     rerun = json.loads(_run(*args).stdout)
     for new, old in zip(rerun["results"], summary["results"], strict=True):

@@ -77,6 +77,36 @@ def accuracy_table(result: dict) -> list[str]:
     return lines
 
 
+def smoothing_table(result: dict) -> list[str]:
+    """Each configuration calibrated after the migration beside the same one without it."""
+    by_name = {r["configuration"]: r for r in result["results"]}
+    lines = []
+    for row in result["results"]:
+        alpha = row.get("smoothing")
+        if alpha is None:
+            continue
+        plain = by_name.get(row["configuration"].replace(f"-smooth{alpha:g}", ""))
+        if not lines:
+            lines = [
+                "| configuration | scope | without migration % | with migration % | change (points) | alpha |",
+                "| --- | --- | --- | --- | --- | --- |",
+            ]
+        without = "-" if plain is None else _pct(plain["accuracy"])
+        change = "-" if plain is None else f"{100 * (row['accuracy'] - plain['accuracy']):+.2f}"
+        name = plain["configuration"] if plain else row["configuration"]
+        lines.append(f"| {name} | {row['scope']} | {without} | {_pct(row['accuracy'])} | {change} | {alpha:g} |")
+    return lines
+
+
+SMOOTHING_NOTE = (
+    "Migration (SmoothQuant-style, Xiao et al. 2023): each LayerNorm output that feeds projections is divided per "
+    "channel by s = max|x|^alpha / max|w|^(1 - alpha) (folded into the LayerNorm's gamma and beta) and the projection "
+    "weights' rows are multiplied by s; the residual branch reads the output times s, so the FP32 graph computes the "
+    "same function. Statistics are collected again on the smoothed graph. Only LayerNorm outputs move: the FFN "
+    "output and residual sums, where BERT's largest outliers sit, are not inputs of a projection and keep their range."
+)
+
+
 def outlier_table(result: dict) -> list[str]:
     lines = [
         "| layer | max kurtosis | at | max top-1 % energy | at | residual outlier channels |",
@@ -125,6 +155,11 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "is the resident memory added by creating the session. Measured one configuration after another, so machine "
         "noise is not shared; use `qtool bench --compare` for interleaved ratios.",
         "",
+        *(
+            ["## Migrating activation range into the weights", "", *smoothing_table(result), "", SMOOTHING_NOTE, ""]
+            if smoothing_table(result)
+            else []
+        ),
         "## What to deploy",
         "",
         *deploy_paragraph(result),
