@@ -57,7 +57,7 @@ class SearchConfig:
             raise QtoolError(f"--max-drop must be in [0, 100] accuracy points, got {self.max_drop:g}")
         if self.tune_samples < 1:
             raise QtoolError(f"--tune-samples must be at least 1, got {self.tune_samples}")
-        if not 1 <= self.sensitivity_samples:
+        if self.sensitivity_samples < 1:
             raise QtoolError(f"--sensitivity-samples must be at least 1, got {self.sensitivity_samples}")
         if self.batch_size < 1:
             raise QtoolError(f"--batch-size must be at least 1, got {self.batch_size}")

@@ -114,7 +114,9 @@ def precision_search_curve(search: dict, path: Path, title: str) -> Path:
     )
     fp32 = 100 * search["tuning"]["fp32_accuracy"]
     axis.axhline(fp32, color="black", linestyle="--", label=f"FP32 {fp32:.2f} %")
-    axis.axhline(fp32 - search["max_drop"], color="grey", linestyle=":", label=f"budget: -{search['max_drop']:g} points")
+    axis.axhline(
+        fp32 - search["max_drop"], color="grey", linestyle=":", label=f"budget: -{search['max_drop']:g} points"
+    )
     axis.scatter(
         [len(search["chosen"])],
         [100 * search["tuning_accuracy"]],
