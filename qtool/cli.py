@@ -712,7 +712,16 @@ def calibrate(
     if search is not None:
         summary["search"] = {
             key: search[key]
-            for key in ("max_drop", "tuning", "chosen", "tuning_accuracy", "tuning_drop", "curve", "evaluations")
+            for key in (
+                "max_drop",
+                "tuning",
+                "chosen",
+                "within_budget",
+                "tuning_accuracy",
+                "tuning_drop",
+                "curve",
+                "evaluations",
+            )
         } | {
             "reused_evaluations": search["reused_evaluations"],
             "seconds": search["seconds"],
@@ -771,6 +780,12 @@ def _print_search(search: dict) -> None:
             "yes" if point["within"] else "no",
         )
     stdout.print(table)
+    if not search["within_budget"]:
+        stdout.print(
+            f"[bold]budget not met:[/] no set kept in float came within {search['max_drop']:g} points of FP32 on the "
+            "tuning pairs; kept the most sensitive points up to the best tuning accuracy (raise --max-drop)",
+            soft_wrap=True,
+        )
     stdout.print(
         f"FP32 {100 * tuning['fp32_accuracy']:.2f} on the tuning pairs; chosen after pruning: "
         f"{len(search['chosen'])} points in float ({100 * search['tuning_accuracy']:.2f}, {-search['tuning_drop']:+.2f}); "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -31,6 +31,7 @@ from qtool.calibrators.recipe import (
     write_calibrated_graph,
     write_calibration,
 )
+from qtool.calibrators.search import SearchConfig, auto_calibrate, auto_recipe_name
 from qtool.data import QnliSplit
 from qtool.errors import QtoolError
 from qtool.exporter import ExportConfig, export_onnx
@@ -53,7 +54,18 @@ FP32 = "fp32"
 SMOOTH_ALPHA = 0.5
 
 
-def study_configurations() -> dict[str, CalibrateConfig]:
+@dataclass(frozen=True)
+class SearchConfiguration:
+    """A configuration whose points kept in float come from the mixed-precision search."""
+
+    base: CalibrateConfig = field(default_factory=CalibrateConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def recipe_name(self) -> str:
+        return auto_recipe_name(self.base.recipe_name(), self.search.max_drop)
+
+
+def study_configurations() -> dict[str, CalibrateConfig | SearchConfiguration]:
     """The study's configurations, keyed by recipe name."""
     configs = [CalibrateConfig(method="max", scope="all"), CalibrateConfig(method="max", scope="gemm")]
     configs += [CalibrateConfig(method="percentile", p=p) for p in (99.0, 99.9, 99.99, 99.999)]
@@ -66,6 +78,8 @@ def study_configurations() -> dict[str, CalibrateConfig]:
         CalibrateConfig(method="percentile", p=99.99, smooth=SMOOTH_ALPHA),
         CalibrateConfig(method="peg", groups=4, smooth=SMOOTH_ALPHA),
     ]
+    # Beyond the study: the points kept in float found by the search instead of a preset.
+    configs += [SearchConfiguration()]
     return {c.recipe_name(): c for c in configs}
 
 
@@ -81,9 +95,12 @@ class ReproduceConfig:
     max_drop: float = 1.0  # accuracy points: the "what to deploy" budget
     extra_configurations: tuple[tuple[str, CalibrateConfig], ...] = ()  # from a TOML file
 
-    def selected(self) -> dict[str, CalibrateConfig | None]:
+    def selected(self) -> dict[str, CalibrateConfig | SearchConfiguration | None]:
         """Configurations to run: a calibration recipe, or None for an ONNX Runtime peer."""
-        available: dict[str, CalibrateConfig | None] = {**study_configurations(), **dict.fromkeys(PEERS)}
+        available: dict[str, CalibrateConfig | SearchConfiguration | None] = {
+            **study_configurations(),
+            **dict.fromkeys(PEERS),
+        }
         available |= dict(self.extra_configurations)
         if self.configurations is None:
             return available
@@ -252,9 +269,18 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
                 rows.append(_peer_row(name, fp32, split, tokenizer, config, max_length))
                 bar.advance(1, status=f"{name}: {rows[-1]['accuracy']:.4f}")
                 continue
-            document, _ = calibrate_model(
-                fp32, stats, calibrate_config, lambda graph: collect_or_load(graph, split, tokenizer, config.collect)
+            search = None
+            base_config = (
+                calibrate_config.base if isinstance(calibrate_config, SearchConfiguration) else calibrate_config
             )
+            document, used_stats = calibrate_model(
+                fp32, stats, base_config, lambda graph: collect_or_load(graph, split, tokenizer, config.collect)
+            )
+            if isinstance(calibrate_config, SearchConfiguration):
+                search_config = replace(calibrate_config.search, threads=config.eval.threads, max_length=max_length)
+                document, search, search_figure = auto_calibrate(
+                    fp32, used_stats, document, split, tokenizer, search_config, fp32.parent
+                )
             calibration_file, qdq_file = calibration_paths(fp32.parent, name)
             write_calibrated_graph(fp32, document, qdq_file)
             write_calibration(document, calibration_file)
@@ -270,6 +296,17 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
                 "calibration": str(calibration_file),
                 "latency": cached_latency(qdq_file, tokenizer, split, config.bench),
             }
+            if search is not None:
+                extra["search"] = {
+                    "max_drop": search["max_drop"],
+                    "tuning": search["tuning"],
+                    "tuning_accuracy": search["tuning_accuracy"],
+                    "curve": search["curve"],
+                    "evaluations": search["evaluations"],
+                    "reused_evaluations": search["reused_evaluations"],
+                    "seconds": search["seconds"],
+                    "figure": str(search_figure),
+                }
             rows.append(_result_row(name, qdq_file, evaluation, document["scope"], extra))
             bar.advance(1, status=f"{name}: {evaluation['accuracy']:.4f}")
 
@@ -300,6 +337,7 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
     }
     report_dir = artifacts / "report"
     figures = write_study_figures(result, report_dir)
+    figures |= {f"search_{r['configuration']}": r["search"]["figure"] for r in rows if r.get("search")}
     figures["kurtosis_by_layer"] = analysis_paths["kurtosis_by_layer"]
     figures["residual_channel_absmax"] = analysis_paths["residual_heatmap"]
     result["figures"] = figures

@@ -166,6 +166,8 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         "peg-k3-gemm-mine",
         "-c",
         "max-all-smooth0.5",
+        "-c",
+        "max-all-mp-auto0.5",
         "--config-file",
         extra,
         "--samples",
@@ -183,9 +185,16 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         "ort-dynamic",
         "peg-k3-gemm-mine",
         "max-all-smooth0.5",
+        "max-all-mp-auto0.5",
     ]
-    assert summary["results"][-2]["scope"] == "gemm" and summary["results"][-2]["params"]["groups"] == 3
-    assert summary["results"][-1]["smoothing"] == 0.5 and summary["results"][1]["smoothing"] is None
+    assert summary["results"][-3]["scope"] == "gemm" and summary["results"][-3]["params"]["groups"] == 3
+    assert summary["results"][-2]["smoothing"] == 0.5 and summary["results"][1]["smoothing"] is None
+    searched = summary["results"][-1]
+    assert (
+        searched["search"]["evaluations"] > 0
+        and searched["quantized_points"] + len(searched["kept_in_float"]) == searched["total_points"]
+    )
+    assert searched["search"]["curve"][0]["float_points"] == 0 and "search_max-all-mp-auto0.5" in summary["figures"]
     assert summary["results"][3]["params"]["calibration_pairs"] == 16
     assert all(r["latency"]["p50_ms"] > 0 for r in summary["results"])
     assert (artifacts / "report" / "report.html").read_text().count("data:image/png;base64") >= 4
@@ -195,8 +204,13 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     report = (artifacts / "report" / "report.md").read_text()
     assert "peg-k2-all" in report and summary["data_split"]["fingerprint"] in report
     assert "## Migrating activation range into the weights" in report and "| max-all | all |" in report
+    assert "## Automatic mixed precision" in report
     assert json.loads((artifacts / "report" / "results.json").read_text()) == summary
     rerun = json.loads(_run(*args).stdout)
+    assert rerun["results"][-1]["search"]["evaluations"] == 0  # every search evaluation came from the cache
+    for row in rerun["results"] + summary["results"]:
+        for volatile in ("seconds", "evaluations", "reused_evaluations"):
+            row.get("search", {}).pop(volatile, None)
     for new, old in zip(rerun["results"], summary["results"], strict=True):
         assert new == old, {k: (new[k], old.get(k)) for k in new if new[k] != old.get(k)}
     unknown = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "-c", "nope")

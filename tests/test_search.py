@@ -107,6 +107,18 @@ def test_search_keeps_the_outlier_points_and_meets_the_budget(scaled_model, rela
     assert again["chosen"] == result["chosen"] and again["curve"] == result["curve"]
 
 
+def test_search_without_a_set_in_budget_keeps_the_best_and_says_so(scaled_model, relabelled):
+    split, tokenizer = relabelled
+    document = calibrate(scaled_model["stats"], CalibrateConfig(method="max"))
+    config = SearchConfig(max_drop=0.0, tune_samples=60, sensitivity_samples=24, batch_size=16)
+    result = search_precision(scaled_model["graph"], scaled_model["stats"], document, split, tokenizer, config)
+    assert not result["within_budget"] and result["pruning"] == []
+    assert len(result["curve"]) == len(document["tensors"]) + 1  # every n was tried
+    best = max(c["accuracy"] for c in result["curve"])
+    assert result["tuning_accuracy"] == best
+    assert len(result["chosen"]) == min(c["float_points"] for c in result["curve"] if c["accuracy"] == best)
+
+
 def test_search_refuses_a_calibration_with_points_already_in_float(scaled_model, relabelled):
     split, tokenizer = relabelled
     document = calibrate(scaled_model["stats"], CalibrateConfig(mixed_precision="paper"))

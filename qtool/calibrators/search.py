@@ -10,7 +10,9 @@
    graph with the n most sensitive points in float is evaluated for n = 0, 1, 2, ... until the
    accuracy on the tuning pairs is within `max_drop` points of FP32 (a few more n are measured for
    the curve); then each chosen point, least sensitive first, is quantized again if the budget
-   still holds without it. Every evaluation is cached by the set of points it keeps in float.
+   still holds without it. Every evaluation is cached by the set of points it keeps in float. If
+   no n meets the budget (weight quantization alone may cost more), the n with the best tuning
+   accuracy is kept and the result says the budget was not met.
 
 The tuning pairs are the calibration part, topped up from the train part, never the eval part, so
 the eval accuracy of the result stays an honest, held-out figure. On pairs the model was
@@ -265,21 +267,27 @@ def search_precision(
                 first_within = n
             if first_within is not None and n >= first_within + config.curve_extra:
                 break
-        if first_within is None:
-            raise QtoolError(
-                f"even with every point in float the tuning accuracy is more than {config.max_drop:g} points "
-                "below FP32 (the weights stay INT8 in every candidate); raise --max-drop"
-            )
-        # 3. pruning: quantize each chosen point again, least sensitive first, while the budget holds
-        chosen = order[:first_within]
+        within_budget = first_within is not None
         pruning = []
-        for name in reversed(order[:first_within]):
-            trial = [n for n in chosen if n != name]
-            point = tuning_accuracy(trial)
-            pruning.append({"quantized_again": name, "float_points": len(trial), **point})
-            if point["within"]:
-                chosen = trial
-            bar.advance(1, status=f"{len(chosen)} in float")
+        if within_budget:
+            chosen = order[:first_within]
+            # 3. pruning: quantize each chosen point again, least sensitive first, while the budget holds
+            for name in reversed(order[:first_within]):
+                trial = [n for n in chosen if n != name]
+                point = tuning_accuracy(trial)
+                pruning.append({"quantized_again": name, "float_points": len(trial), **point})
+                if point["within"]:
+                    chosen = trial
+                bar.advance(1, status=f"{len(chosen)} in float")
+        else:
+            best = max(curve, key=lambda c: (c["accuracy"], -c["float_points"]))
+            chosen = order[: best["float_points"]]
+            log.warning(
+                "no set of points kept in float reaches %g points of FP32 on the tuning pairs (the weights stay "
+                "INT8 in every candidate); keeping the %d most sensitive, the best tuning accuracy found",
+                config.max_drop,
+                len(chosen),
+            )
     final = tuning_accuracy(chosen)
     return {
         "format": SEARCH_FORMAT,
@@ -292,6 +300,7 @@ def search_precision(
             "fp32_accuracy": tuning.fp32_accuracy,
         },
         "chosen": [n for n in order if n in chosen],
+        "within_budget": within_budget,
         "tuning_accuracy": final["accuracy"],
         "tuning_drop": final["drop"],
         "sensitivity": ranked,
@@ -330,6 +339,9 @@ def auto_calibrate(
         f"automatic search: fewest points in float with accuracy on {tuning['pairs']} tuning pairs "
         f"({', '.join(f'{n} {part}' for part, n in tuning['sources'].items() if n)}, never eval) "
         f"within {config.max_drop:g} points of FP32"
+        if search["within_budget"]
+        else f"automatic search: no set met {config.max_drop:g} points of FP32 on {tuning['pairs']} tuning pairs; "
+        "the most sensitive points up to the best tuning accuracy found"
     )
     document = without_points(base, search["chosen"], reason)
     document["recipe"] = recipe

@@ -98,6 +98,42 @@ def smoothing_table(result: dict) -> list[str]:
     return lines
 
 
+def search_lines(result: dict) -> list[str]:
+    """The mixed-precision search beside the presets: how many points in float, at what accuracy."""
+    rows = [r for r in result["results"] if r.get("search")]
+    if not rows:
+        return []
+    fp32 = result["results"][0]["accuracy"]
+    presets = [r for r in result["results"] if r.get("kept_in_float") and not r.get("search")]
+    lines = [
+        "| configuration | points in float | eval accuracy % | vs FP32 (points) | tuning pairs | tuning accuracy % "
+        "(FP32) | evaluations run (reused) | seconds this run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows + presets:
+        search = row.get("search")
+        tuning = (
+            f"{search['tuning']['pairs']} | {_pct(search['tuning_accuracy'])} ({_pct(search['tuning']['fp32_accuracy'])}) "
+            f"| {search['evaluations']} ({search['reused_evaluations']}) | {search['seconds']:.0f}"
+            if search
+            else "- | - | - | -"
+        )
+        lines.append(
+            f"| {row['configuration']} | {len(row['kept_in_float'])} | {_pct(row['accuracy'])} | "
+            f"{100 * (row['accuracy'] - fp32):+.2f} | {tuning} |"
+        )
+    for row in rows:
+        search = row["search"]
+        curve = ", ".join(f"{c['float_points']}: {_pct(c['accuracy'])}" for c in search["curve"])
+        lines += [
+            "",
+            f"`{row['configuration']}` kept in float: {', '.join(row['kept_in_float']) or 'nothing'}. Tuning accuracy % "
+            f"by number of the most sensitive points in float: {curve}. Budget: {search['max_drop']:g} points below "
+            f"FP32 on {search['tuning']['pairs']} tuning pairs ({search['tuning']['sources']}, never the eval part).",
+        ]
+    return lines
+
+
 SMOOTHING_NOTE = (
     "Migration (SmoothQuant-style, Xiao et al. 2023): each LayerNorm output that feeds projections is divided per "
     "channel by s = max|x|^alpha / max|w|^(1 - alpha) (folded into the LayerNorm's gamma and beta) and the projection "
@@ -160,6 +196,7 @@ def write_markdown_report(result: dict, path: Path) -> Path:
             if smoothing_table(result)
             else []
         ),
+        *(["## Automatic mixed precision", "", *search_lines(result), ""] if search_lines(result) else []),
         "## What to deploy",
         "",
         *deploy_paragraph(result),
