@@ -129,7 +129,8 @@ def search_lines(result: dict) -> list[str]:
             "",
             f"`{row['configuration']}` kept in float: {', '.join(row['kept_in_float']) or 'nothing'}. Tuning accuracy % "
             f"by number of the most sensitive points in float: {curve}. Budget: {search['max_drop']:g} points below "
-            f"FP32 on {search['tuning']['pairs']} tuning pairs ({search['tuning']['sources']}, never the eval part).",
+            f"FP32 on {search['tuning']['pairs']} tuning pairs "
+            f"({' + '.join(f'{n} {part}' for part, n in search['tuning']['sources'].items() if n)}; never the eval part).",
         ]
     return lines
 
