@@ -635,7 +635,7 @@ def calibrate(
     Reads the statistics file (collecting it first if needed), so trying another method costs no
     new pass over the data. Prints the QDQ graph's eval accuracy beside FP32 unless --no-eval.
 
-    --method auto searches the fewest points to keep in float so that accuracy on tuning pairs
+    --method auto searches a small set of points to keep in float so that accuracy on tuning pairs
     (never the eval part) stays within --max-drop points of FP32; it also writes
     <recipe>.search.json (sensitivities, the accuracy curve, timings) and <recipe>.search.png.
     """

@@ -93,6 +93,9 @@ def test_statistics_file_round_trip_and_model_check(tiny_onnx, session_data, tmp
     loaded = ActivationStats.load(path)
     assert loaded.content_sha256 == stats.content_sha256
     loaded.check_model(tiny_onnx)
+    tokenizer = load_tokenizer(tiny_onnx.parent / "tokenizer")
+    one_thread = collect(tiny_onnx, split, tokenizer, CollectConfig(samples=16, threads=1))
+    assert one_thread.content_sha256 == stats.content_sha256  # the thread count is not part of the result
     other = export_tiny(
         build_bert_classifier(tmp_path / "other", embedded_tokenizer, layers=2, hidden=32, heads=4, seed=5),
         session_data,

@@ -139,16 +139,24 @@ def test_calibrate_auto_cli_writes_calibration_record_and_curve(scaled_model, se
     summary = json.loads(result.stdout)
     recipe = summary["recipe"]
     assert recipe == "max-all-mp-auto5"
-    assert summary["kept_in_float"] == summary["search"]["chosen"]
+    assert set(summary["kept_in_float"]) == set(summary["search"]["chosen"])
     document = json.loads((tmp_path / f"{recipe}.calib.json").read_text())
     assert document["kept_in_float"] == summary["kept_in_float"]
     assert document["mixed_precision"]["max_drop"] == 5 and "seconds" not in json.dumps(document)
     assert (tmp_path / f"{recipe}.qdq.onnx").is_file() and (tmp_path / f"{recipe}.search.png").is_file()
     record = json.loads((tmp_path / f"{recipe}.search.json").read_text())
-    assert record["chosen"] == summary["kept_in_float"] and record["seconds"] >= 0
+    assert set(record["chosen"]) == set(summary["kept_in_float"]) and record["seconds"] >= 0
     first = (tmp_path / f"{recipe}.calib.json").read_bytes()
     assert runner.invoke(app, args).exit_code == 0
     assert (tmp_path / f"{recipe}.calib.json").read_bytes() == first
+
+    combined = runner.invoke(
+        app, [*args, "--smooth", "0.5", "--base-method", "peg", "--groups", "2", "--scope", "gemm"]
+    )
+    assert combined.exit_code == 0, combined.output
+    combined_summary = json.loads(combined.stdout)
+    assert combined_summary["recipe"] == "peg-k2-gemm-smooth0.5-mp-auto5"
+    assert combined_summary["smoothing"]["alpha"] == 0.5 and combined_summary["scope"] == "gemm"
 
     bad = runner.invoke(app, ["calibrate", str(graph), "--max-drop", "1", "--no-eval", *common])
     assert bad.exit_code == 2 and "need --method auto" in bad.stderr

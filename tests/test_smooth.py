@@ -385,3 +385,23 @@ def test_calibrate_with_smoothing_records_factors_and_rebuilds_the_same_graph(ou
     assert json.loads((graph.parent / "max-all-smooth0.5.calib.json").read_text()) == document
     bad = runner.invoke(app, ["calibrate", str(graph), "--smooth", "1.5", *common])
     assert bad.exit_code == 2 and "alpha" in bad.stderr
+
+
+def test_smoothed_graph_is_rewritten_when_its_file_and_record_disagree(outlier, split, tmp_path):
+    from qtool.analysis.collect import model_identity
+    from qtool.calibrators.recipe import smoothed_graph
+
+    graph = tmp_path / "fp32.onnx"
+    graph.write_bytes(outlier["path"].read_bytes())
+    (tmp_path / "tokenizer").symlink_to(outlier["path"].parent / "tokenizer")
+    tokenizer = load_tokenizer(tmp_path / "tokenizer")
+    stats_a = collect(graph, split, tokenizer, CollectConfig(samples=16, batch_size=8))
+    stats_b = collect(graph, split, tokenizer, CollectConfig(samples=32, batch_size=8))
+    target, factors_a = smoothed_graph(graph, stats_a, 0.5)
+    graph_a = target.read_bytes()
+    same_target, factors_b = smoothed_graph(graph, stats_b, 0.5)
+    assert same_target == target and factors_b != factors_a
+    assert stats_b.content_sha256[:16] in model_identity(target)["transform"]
+    target.write_bytes(graph_a)  # a graph from other statistics behind B's record (an interrupted or racing run)
+    _, again = smoothed_graph(graph, stats_b, 0.5)
+    assert again == factors_b and stats_b.content_sha256[:16] in model_identity(target)["transform"]

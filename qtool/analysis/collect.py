@@ -221,7 +221,7 @@ def collect(model_path: Path, split: QnliSplit, tokenizer, config: CollectConfig
         "samples": len(part),
         "sample_sources": sources,
         "tokens": int(sum(b.real_tokens for b in batches)),
-        "config": asdict(config),
+        "config": _result_options(asdict(config)),
         "points": [p.to_json() for p in points],
         "qtool_version": __version__,
     }

@@ -151,6 +151,8 @@ def tensor_scales(document: dict, model: onnx.ModelProto | None = None) -> dict[
             raise QtoolError(f"the calibration names points that the model does not have ({', '.join(missing[:3])})")
     scales: dict[str, float] = {}
     for name, entry in document["tensors"].items():
+        if not isinstance(entry, dict) or "scale" not in entry or "tensor" not in entry:
+            raise QtoolError(f"point {name} of the calibration has no scale or tensor name; calibrate again")
         groups = entry.get("groups")
         scale = float(np.float32(groups[0]["scale"] if groups else entry["scale"]))
         if not math.isfinite(scale) or scale <= 0:

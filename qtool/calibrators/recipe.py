@@ -116,11 +116,17 @@ def smoothed_graph(model_path: Path, stats: ActivationStats, alpha: float) -> tu
     target = model_path.with_name(f"{model_path.stem}.smooth{alpha:g}.onnx")
     record = manifest_path(target)
     key = {"source_sha256": sha256_file(model_path), "statistics_sha256": stats.content_sha256, "alpha": alpha}
-    if target.is_file() and record.is_file() and (cached := read_json(record)).get("key") == key:
+    transform = f"smooth alpha={alpha!r} statistics={stats.content_sha256[:16]}"
+    if (
+        target.is_file()
+        and record.is_file()
+        and (cached := read_json(record)).get("key") == key
+        and model_identity(target).get("transform") == transform
+    ):
         return target, cached["factors"]
+    record.unlink(missing_ok=True)  # never a record beside a graph it does not describe
     model, _ = load_quant_points(model_path)
     smoothed, factors = smooth_model(model, stats, SmoothConfig(alpha=alpha))
-    transform = f"smooth alpha={alpha:g} statistics={stats.content_sha256[:16]}"
     save_derived_graph(smoothed, model_path, target, {"precision": "fp32", "transform": transform})
     write_json(record, {"key": key, "factors": factors})
     log.info("wrote %s (%d LayerNorm outputs smoothed)", target, len(factors))
@@ -170,7 +176,11 @@ def calibrated_model(model_path: Path, document: dict, switches: bool = False):
         raise QtoolError(f"the calibration is for another model than {model_path}; calibrate this model")
     model, points = load_quant_points(model_path)
     if document.get("smoothing"):
-        model = apply_smoothing(model, points, document["smoothing"]["factors"])
+        try:
+            factors = {name: [float(v) for v in values] for name, values in document["smoothing"]["factors"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise QtoolError("the calibration's smoothing record has no valid factors; calibrate again") from None
+        model = apply_smoothing(model, points, factors)
         points = find_quant_points(model)
     missing = sorted(set(document["tensors"]) - {p.name for p in points})
     if missing:

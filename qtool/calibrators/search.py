@@ -1,8 +1,8 @@
-"""Automatic mixed precision: the smallest set of points kept in float within an accuracy budget.
+"""Automatic mixed precision: a small set of points kept in float within an accuracy budget.
 
 1. Sensitivity, from the statistics and from short evaluations. The statistics give each point's
-   expected signal-to-quantization-noise ratio at its calibrated scale (rounding noise inside the
-   range, clipping error outside it). The short evaluations quantize one point at a time (weights
+   expected signal-to-quantization-noise ratio at its calibrated per-tensor scale (rounding noise
+   inside the range, clipping error outside it; for PEG the whole tensor's scale, an approximation). The short evaluations quantize one point at a time (weights
    quantized everywhere, every other activation in float) and measure the KL divergence of the
    classifier's output from FP32's on a few hundred tuning pairs. One ONNX Runtime session serves
    all of them: the QDQ graph is written with a boolean switch per point (`QdqPlan.switches`).
@@ -36,7 +36,7 @@ from qtool.calibrators.base import INT8_MAX
 from qtool.data import QnliSplit, make_batches, tokenize_part
 from qtool.errors import QtoolError
 from qtool.exporter.qdq import switch_input
-from qtool.fileio import read_json, sha256_text, write_json
+from qtool.fileio import dumps_stable, read_json, sha256_text, write_json
 from qtool.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,8 @@ class _Cache:
                 cached = read_json(path)
             except QtoolError:
                 cached = {}
-            if cached.get("key") == key:
-                self.entries = cached.get("entries", {})
+            if isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("entries"), dict):
+                self.entries = cached["entries"]
 
     def get(self, kind: str, names: list[str]) -> dict | None:
         entry = self.entries.get(self._id(kind, names))
@@ -197,7 +197,14 @@ def search_precision(
         {
             "format": SEARCH_FORMAT,
             "model": model_identity(model_path),
-            "calibration": sha256_text(*(f"{n}:{document['tensors'][n]['scale']}" for n in names), document["recipe"]),
+            "calibration": sha256_text(
+                dumps_stable(
+                    {
+                        key: document.get(key)
+                        for key in ("recipe", "tensors", "weights", "embedding_tables_quantized", "smoothing")
+                    }
+                )
+            ),
             "data": split.describe(),
             "tune_samples": config.tune_samples,
             "sensitivity_samples": config.sensitivity_samples,
@@ -336,7 +343,7 @@ def auto_calibrate(
     )
     tuning = search["tuning"]
     reason = (
-        f"automatic search: fewest points in float with accuracy on {tuning['pairs']} tuning pairs "
+        f"automatic search: the most sensitive points, pruned greedily, with accuracy on {tuning['pairs']} tuning pairs "
         f"({', '.join(f'{n} {part}' for part, n in tuning['sources'].items() if n)}, never eval) "
         f"within {config.max_drop:g} points of FP32"
         if search["within_budget"]

@@ -62,8 +62,8 @@ class SmoothConfig:
         alpha = self.alpha
         if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
             raise QtoolError(
-                f"smoothing alpha must be between 0 and 1 (0 keeps the activation ranges, 1 moves them all "
-                f"into the weights), got {alpha}"
+                f"smoothing alpha must be between 0 and 1 (how much of the activation range moves into the "
+                f"weights), got {alpha}"
             )
         unknown = [role for role in self.roles if role not in SMOOTHABLE_ROLES]
         if unknown or not self.roles:

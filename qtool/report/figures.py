@@ -9,7 +9,12 @@ from qtool.analysis.plots import _pyplot, _save
 
 def _rows(result: dict, method: str) -> list[dict]:
     return [
-        r for r in result["results"] if r.get("method") == method and r["scope"] == "all" and not r.get("kept_in_float")
+        r
+        for r in result["results"]
+        if r.get("method") == method
+        and r["scope"] == "all"
+        and not r.get("kept_in_float")
+        and r.get("smoothing") is None
     ]
 
 
