@@ -37,7 +37,6 @@ def _calibration_batches(tokenizer, split, batch_size=16, seq_len=128):
 
 def _ort_quantized(fp32: Path, folder: Path, tokenizer, split) -> dict[str, Path]:
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
@@ -45,20 +44,13 @@ def _ort_quantized(fp32: Path, folder: Path, tokenizer, split) -> dict[str, Path
         quantize_static,
     )
 
-    batches = _calibration_batches(tokenizer, split)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._iter = iter(batches)
-
-        def get_next(self):
-            return next(self._iter, None)
+    from qtool.calibrators.peers import calibration_reader
 
     static = folder / "ort-static-u8s8.onnx"
     quantize_static(
         str(fp32),
         str(static),
-        Reader(),
+        calibration_reader(_calibration_batches(tokenizer, split)),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,

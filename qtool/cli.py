@@ -871,16 +871,13 @@ def export_scales(
 
     if fmt not in interchange.FORMATS:
         raise QtoolError(f"--format must be one of {', '.join(interchange.FORMATS)}, got {fmt!r}")
-    model = None
-    if model_path is not None:
-        from qtool.calibrators.recipe import load_calibration
-        from qtool.exporter.points import load_quant_points
+    from qtool.calibrators.recipe import load_calibration
+    from qtool.exporter.points import load_quant_points
 
+    if model_path is not None:
         check_onnx_file(model_path)
-        document = interchange.check_calibration(load_calibration(calibration, model_path), str(calibration))
-        model, _ = load_quant_points(model_path)
-    else:
-        document = interchange.read_calibration(calibration)
+    document = load_calibration(calibration, model_path)
+    model = load_quant_points(model_path)[0] if model_path is not None else None
     target = output or interchange.default_output(calibration, document, fmt)
     summary = interchange.export_scales(document, fmt, target, model=model, trt_version=trt_version)
     header = f" (header {summary['header']})" if "header" in summary else ""

@@ -57,10 +57,15 @@ def dumps_stable(data: Any) -> str:
     return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
 
-def write_json(path: Path, data: Any) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(dumps_stable(data), encoding="utf-8")
+def write_text(path: Path, text: str) -> Path:
+    """Write UTF-8 text atomically (a temporary file renamed into place)."""
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def write_json(path: Path, data: Any) -> Path:
+    return write_text(path, dumps_stable(data))
 
 
 def read_json(path: Path) -> Any:

@@ -143,8 +143,10 @@ def _q_scales(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 @pytest.mark.parametrize("gather", ["quantized", "not-quantized"])
 def test_ort_overrides_reproduce_qtool_scales_in_quantize_static(tiny, tmp_path, gather):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    from qtool.calibrators.peers import calibration_reader
 
     document = tiny["documents"]["max"]
     path = write_ort_overrides(document, tmp_path / "max.ort-overrides.json", tiny["model"])
@@ -154,13 +156,6 @@ def test_ort_overrides_reproduce_qtool_scales_in_quantize_static(tiny, tmp_path,
     assert first["zero_point"].dtype == np.int8 and first["zero_point"] == 0
     assert first["quant_type"] == QuantType.QInt8
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.feeds = iter([batch.feeds for batch in tiny["batches"]])
-
-        def get_next(self):
-            return next(self.feeds, None)
-
     # ONNX Runtime's default op list; without Gather, it quantizes the pooler's [CLS] slice as an
     # input of the pooler Gemm (with the override) instead of with the Gather's input scale.
     ops = None if gather == "quantized" else sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - {"Gather"})
@@ -168,7 +163,7 @@ def test_ort_overrides_reproduce_qtool_scales_in_quantize_static(tiny, tmp_path,
     quantize_static(
         str(tiny["graph"]),
         str(output),
-        Reader(),
+        calibration_reader([batch.feeds for batch in tiny["batches"]]),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=ops,
         activation_type=QuantType.QInt8,

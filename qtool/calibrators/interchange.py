@@ -52,10 +52,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from qtool.calibrators.recipe import check_calibration
 from qtool.errors import QtoolError
 from qtool.exporter.points import QuantPoint, find_quant_points
 from qtool.exporter.qdq import SHAPE_ONLY_OPS
-from qtool.fileio import atomic_path, read_json, write_json
+from qtool.fileio import read_json, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -68,24 +69,6 @@ FORMATS = ("trt-cache", "ort-overrides")
 
 
 # -- the scales of a calibration document ----------------------------------------------------------
-def check_calibration(document: object, source: str = "the calibration") -> dict:
-    """`document` if it is a qtool calibration document, else a one-line error."""
-    from qtool.calibrators.recipe import CALIBRATION_FORMAT
-
-    if (
-        not isinstance(document, dict)
-        or document.get("format") != CALIBRATION_FORMAT
-        or not isinstance(document.get("tensors"), dict)
-    ):
-        raise QtoolError(f"{source} is not a qtool calibration file; write one with `qtool calibrate`")
-    return document
-
-
-def read_calibration(path: Path) -> dict:
-    """A calibration document read without a model to check it against."""
-    return check_calibration(read_json(path), str(path))
-
-
 # Ops whose output holds exactly the values of their first input, rearranged.
 SAME_VALUE_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
 
@@ -213,16 +196,10 @@ def _trt_text(scales: dict[str, float], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_text(path: Path, text: str) -> Path:
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
 def write_trt_cache(
     document: dict, path: Path, header: str | None = None, model: onnx.ModelProto | None = None
 ) -> Path:
-    return _write_text(path, trt_cache_text(document, header, model))
+    return write_text(path, trt_cache_text(document, header, model))
 
 
 def read_trt_cache(path: Path) -> dict[str, float]:
@@ -313,7 +290,7 @@ def export_scales(
     summary = {"format": fmt, "output": str(output), "tensors": len(scales), "points": len(document["tensors"])}
     if fmt == "trt-cache":
         summary["header"] = trt_cache_header(trt_version)
-        _write_text(output, _trt_text(scales, summary["header"]))
+        write_text(output, _trt_text(scales, summary["header"]))
     else:
         write_json(output, _ort_json(scales))
     log.debug("wrote %d tensor scales to %s", len(scales), output)

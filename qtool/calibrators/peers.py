@@ -42,12 +42,25 @@ def _copy_metadata(fp32: Path, written: Path, extra: dict[str, str]) -> None:
     save_derived_graph(model, fp32, written, extra)
 
 
+def calibration_reader(batches: list[dict]):
+    """An ONNX Runtime `CalibrationDataReader` that hands out `batches` (feed dicts) once."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter(batches)
+
+        def get_next(self):
+            return next(self._batches, None)
+
+    return Reader()
+
+
 def quantize_with_ort(
     name: str, fp32: Path, output: Path, split: QnliSplit, tokenizer, samples: int, max_length: int = 128
 ) -> dict:
     """Write `output` with ONNX Runtime's quantizer `name`; return what it used."""
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
@@ -68,19 +81,12 @@ def quantize_with_ort(
             batches = padded_feeds(tokenizer, examples, 16, max_length)
             used = len(examples)
 
-            class Reader(CalibrationDataReader):
-                def __init__(self):
-                    self._batches = iter(batches)
-
-                def get_next(self):
-                    return next(self._batches, None)
-
             chatter = io.StringIO()  # quantize_static prints progress with print(); keep stdout for results
             with contextlib.redirect_stdout(chatter):
                 quantize_static(
                     str(fp32),
                     str(tmp),
-                    Reader(),
+                    calibration_reader(batches),
                     quant_format=QuantFormat.QDQ,
                     per_channel=True,
                     activation_type=QuantType.QUInt8,

@@ -156,10 +156,22 @@ def calibrate_model(
     return document, smoothed_stats
 
 
-def load_calibration(path: Path, model_path: Path) -> dict:
-    document = read_json(path)
-    if not isinstance(document, dict) or document.get("format") != CALIBRATION_FORMAT:
-        raise QtoolError(f"{path} is not a qtool calibration file; write one with `qtool calibrate`")
+def check_calibration(document: object, source: str = "the calibration") -> dict:
+    """`document` if it is a qtool calibration document, else a one-line error."""
+    if (
+        not isinstance(document, dict)
+        or document.get("format") != CALIBRATION_FORMAT
+        or not isinstance(document.get("tensors"), dict)
+    ):
+        raise QtoolError(f"{source} is not a qtool calibration file; write one with `qtool calibrate`")
+    return document
+
+
+def load_calibration(path: Path, model_path: Path | None = None) -> dict:
+    """A calibration file, checked to be one and, given `model_path`, to belong to that model."""
+    document = check_calibration(read_json(path), str(path))
+    if model_path is None:
+        return document
     expected = model_identity(model_path)
     if document.get("model") != expected:
         raise QtoolError(

@@ -6,7 +6,7 @@ import base64
 import html
 from pathlib import Path
 
-from qtool.fileio import atomic_path
+from qtool.fileio import write_text
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -67,6 +67,4 @@ def write_html_report(markdown_path: Path, figures: dict[str, str], path: Path, 
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head><body>{body}<h2>Figures</h2>{''.join(images)}</body></html>"
     )
-    with atomic_path(path) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    return path
+    return write_text(path, page)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtool.fileio import atomic_path
+from qtool.fileio import write_text
 
 # The reference study (arXiv 2603.04308): BERT-base fine-tuned on GLUE QNLI, validation accuracy.
 PUBLISHED = {
@@ -165,6 +165,13 @@ def _shape(result: dict) -> str:
     return f"{latency.get('batch', '-')} x {latency.get('sequence_length', '-')}"
 
 
+def _section(title: str, body: list[str], note: str | None = None) -> list[str]:
+    """A `##` section, or nothing when `body` is empty (the configurations it covers did not run)."""
+    if not body:
+        return []
+    return [f"## {title}", "", *body, "", *([note, ""] if note else [])]
+
+
 def write_markdown_report(result: dict, path: Path) -> Path:
     split = result["data_split"]
     environment = result["environment"]
@@ -192,12 +199,8 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "is the resident memory added by creating the session. Measured one configuration after another, so machine "
         "noise is not shared; use `qtool bench --compare` for interleaved ratios.",
         "",
-        *(
-            ["## Migrating activation range into the weights", "", *smoothing_table(result), "", SMOOTHING_NOTE, ""]
-            if smoothing_table(result)
-            else []
-        ),
-        *(["## Automatic mixed precision", "", *search_lines(result), ""] if search_lines(result) else []),
+        *_section("Migrating activation range into the weights", smoothing_table(result), SMOOTHING_NOTE),
+        *_section("Automatic mixed precision", search_lines(result)),
         "## What to deploy",
         "",
         *deploy_paragraph(result),
@@ -209,6 +212,4 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         *(f"- {key}: {text}" for key, text in result["analysis"]["definitions"].items()),
         "",
     ]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return write_text(path, "\n".join(lines))

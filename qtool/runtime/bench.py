@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qtool.data.batching import INPUT_NAMES
+from qtool.data.batching import padded_feeds
 from qtool.data.qnli import DataConfig, Example
 from qtool.errors import QtoolError
 from qtool.runtime.base import Runner
@@ -320,17 +320,8 @@ def benchmark_inputs(
             f"use at least {special + 1} or --inputs random"
         )
     pairs = [examples[index % len(examples)] for index in range(batch)]
-    encoded = tokenizer(
-        [pair.question for pair in pairs],
-        [pair.sentence for pair in pairs],
-        truncation=True,
-        max_length=seq_len,
-        padding="max_length",
-        return_token_type_ids=True,
-        return_attention_mask=True,
-        return_tensors="np",
-    )
-    feeds = {name: np.ascontiguousarray(encoded[name], dtype=np.int64) for name in INPUT_NAMES}
+    (padded,) = padded_feeds(tokenizer, pairs, batch, seq_len)
+    feeds = {name: np.ascontiguousarray(array) for name, array in padded.items()}
     for name, array in feeds.items():
         if array.shape != (batch, seq_len):  # the tokenizer ignores max_length it cannot honour
             raise QtoolError(f"tokenized {name} has shape {list(array.shape)}, expected [{batch}, {seq_len}]")
