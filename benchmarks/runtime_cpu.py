@@ -1,10 +1,12 @@
 """CPU latency of every way qtool can deploy a classifier, in one run on this machine.
 
 Candidates, timed interleaved on the same real QNLI inputs (qtool.runtime.bench.compare):
-PyTorch eager FP32, ONNX Runtime FP32, qtool's static W8A8 graph (scope gemm, max calibration)
-as written for TensorRT and rewritten for ONNX Runtime's CPU kernels (`qtool build --backend
-ort`), and ONNX Runtime's own quantize_static (QDQ, U8 activations, S8 per-channel weights,
-MinMax on the same calibration pairs) and quantize_dynamic outputs of the same model.
+PyTorch eager FP32, ONNX Runtime FP32, qtool's static W8A8 graph (max calibration) with scope
+gemm (TensorRT's placement) as written for TensorRT and rewritten for ONNX Runtime's CPU kernels
+(`qtool build --backend ort`), the same with scope gemm-inputs (ONNX Runtime's placement: Q/DQ
+on the MatMul/Gemm inputs only) rewritten for ONNX Runtime, and ONNX Runtime's own
+quantize_static (QDQ, U8 activations, S8 per-channel weights, MinMax on the same calibration
+pairs) and quantize_dynamic outputs of the same model.
 
 Models: the fine-tuned default classifier (pass its FP32 graph) and a BERT-base-shaped model
 (12 layers, 768 wide, 12 heads, random weights built here). Usage:
@@ -71,10 +73,14 @@ def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]
     stats = collect_or_load(
         fp32, split, tokenizer, CollectConfig(samples=CALIBRATION_PAIRS), stats_path=folder / f"{fp32.stem}.stats.npz"
     )
-    document = calibrate(stats, CalibrateConfig(method="max", scope="gemm"))
-    qdq = write_calibrated_graph(fp32, document, folder / "qtool-max-gemm.qdq.onnx")
-    fast = rewrite_file_for_ort_cpu(qdq, folder / "qtool-max-gemm.ort.onnx")
-    return {"qtool-w8a8-qdq (TensorRT form)": qdq, "qtool-w8a8 (ORT form)": fast}
+    graphs = {}
+    for scope in ("gemm", "gemm-inputs"):
+        document = calibrate(stats, CalibrateConfig(method="max", scope=scope))
+        qdq = write_calibrated_graph(fp32, document, folder / f"qtool-max-{scope}.qdq.onnx")
+        if scope == "gemm":
+            graphs[f"qtool-w8a8-{scope} (QDQ, TensorRT form)"] = qdq
+        graphs[f"qtool-w8a8-{scope} (ORT form)"] = rewrite_file_for_ort_cpu(qdq, folder / f"qtool-max-{scope}.ort.onnx")
+    return graphs
 
 
 def _bert_base_shape(folder: Path, tokenizer_dir: Path, split) -> tuple[Path, Path]:
@@ -135,11 +141,11 @@ def main() -> None:
     model_dir = Path(read_json(manifest_path(args.fp32))["source_path"])
     batches = args.batch or [1, 8]
     config = BenchConfig(warmup=args.warmup, iterations=args.iterations, threads=args.threads)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model_names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
     environment = {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_flags_vnni": "avx512_vnni" in Path("/proc/cpuinfo").read_text()
-        if Path("/proc/cpuinfo").exists()
-        else None,
+        "cpu": model_names[0] if model_names else platform.processor() or platform.machine(),
+        "cpu_flags_vnni": "avx512_vnni" in cpuinfo if cpuinfo else None,
         "threads": args.threads,
         "onnxruntime": onnxruntime.__version__,
         "torch": torch.__version__,

@@ -7,7 +7,9 @@ Quantization points, in the order they are reached (L = layer index):
   then ``layer.L.ffn.{intermediate,activation,output,residual_sum,layernorm}``
 - ``pooler.input``, ``classifier.input``
 
-A hooked tensor replaces the original for all of its consumers.
+A hooked tensor replaces the original for all of its consumers, except that with
+``float_residuals`` the residual Adds read the LayerNorm outputs before their hooks (quantization on
+the MatMul/Gemm edges only, scope ``gemm-inputs``).
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def bert_forward(
     feeds: dict[str, np.ndarray],
     fake_quant: Hook | None = None,
     weight_quant: Hook | None = None,
+    float_residuals: bool = False,
 ) -> np.ndarray:
     """Logits [batch, num_labels] of BertForSequenceClassification computed in NumPy float32.
 
@@ -122,10 +125,14 @@ def bert_forward(
         + weight(f"{emb}.position_embeddings.weight")[np.arange(seq)][None, :, :]
     )
     summed = point("embeddings.sum", summed.astype(F32))
-    hidden = point(
-        "embeddings.output",
-        _layer_norm(summed, param(f"{emb}.LayerNorm.weight"), param(f"{emb}.LayerNorm.bias"), eps),
-    )
+
+    def normalized(name: str, x: np.ndarray, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+        """(what the next projections read, what the next residual Add reads)."""
+        unhooked = _layer_norm(x, param(f"{prefix}.weight"), param(f"{prefix}.bias"), eps)
+        hooked = point(name, unhooked)
+        return hooked, unhooked if float_residuals else hooked
+
+    hidden, residual = normalized("embeddings.output", summed, f"{emb}.LayerNorm")
 
     mask = additive_attention_mask(attention_mask)
 
@@ -146,30 +153,16 @@ def bert_forward(
         context = point(f"{name}.attention.context", context.astype(F32))
 
         attn_out = point(f"{name}.attention.output", linear(context, f"{prefix}.attention.output.dense"))
-        attn_sum = point(f"{name}.attention.residual_sum", (attn_out + hidden).astype(F32))
-        attn_norm = point(
-            f"{name}.attention.layernorm",
-            _layer_norm(
-                attn_sum,
-                param(f"{prefix}.attention.output.LayerNorm.weight"),
-                param(f"{prefix}.attention.output.LayerNorm.bias"),
-                eps,
-            ),
+        attn_sum = point(f"{name}.attention.residual_sum", (attn_out + residual).astype(F32))
+        attn_norm, attn_residual = normalized(
+            f"{name}.attention.layernorm", attn_sum, f"{prefix}.attention.output.LayerNorm"
         )
 
         intermediate = point(f"{name}.ffn.intermediate", linear(attn_norm, f"{prefix}.intermediate.dense"))
         activated = point(f"{name}.ffn.activation", activation(intermediate))
         ffn_out = point(f"{name}.ffn.output", linear(activated, f"{prefix}.output.dense"))
-        ffn_sum = point(f"{name}.ffn.residual_sum", (ffn_out + attn_norm).astype(F32))
-        hidden = point(
-            f"{name}.ffn.layernorm",
-            _layer_norm(
-                ffn_sum,
-                param(f"{prefix}.output.LayerNorm.weight"),
-                param(f"{prefix}.output.LayerNorm.bias"),
-                eps,
-            ),
-        )
+        ffn_sum = point(f"{name}.ffn.residual_sum", (ffn_out + attn_residual).astype(F32))
+        hidden, residual = normalized(f"{name}.ffn.layernorm", ffn_sum, f"{prefix}.output.LayerNorm")
 
     pooled_input = point("pooler.input", hidden[:, 0, :])
     pooled = point("classifier.input", np.tanh(linear(pooled_input, "bert.pooler.dense")).astype(F32))

@@ -66,7 +66,7 @@ def _batches(scaled_model, count=3):
     return make_batches(part, 8)[:count]
 
 
-def assert_matches_reference(scaled_model, graph_path, activation, weight):
+def assert_matches_reference(scaled_model, graph_path, activation, weight, float_residuals=False):
     """ONNX Runtime's QDQ graph against the NumPy fake-quantized model, point by point.
 
     At every quantization point the float tensor ONNX Runtime computed must match NumPy's to float
@@ -90,7 +90,9 @@ def assert_matches_reference(scaled_model, graph_path, activation, weight):
             np.testing.assert_allclose(computed, x, rtol=1e-4, atol=1e-4 * float(np.abs(x).max()) + 1e-6, err_msg=name)
             return activation(name, computed)
 
-        expected = bert_forward(scaled_model["state"], scaled_model["model"].config, batch.feeds, forced, weight)
+        expected = bert_forward(
+            scaled_model["state"], scaled_model["model"].config, batch.feeds, forced, weight, float_residuals
+        )
         np.testing.assert_allclose(outputs["logits"], expected, rtol=1e-4, atol=1e-5)
     return True
 
@@ -101,6 +103,8 @@ RECIPES = {
     "peg-k3-sorted": CalibrateConfig(method="peg", groups=3),
     "peg-k3-contiguous": CalibrateConfig(method="peg", groups=3, permute=False),
     "gemm-scope": CalibrateConfig(scope="gemm"),
+    "gemm-inputs-scope": CalibrateConfig(scope="gemm-inputs"),
+    "peg-k3-gemm-inputs-scope": CalibrateConfig(method="peg", groups=3, scope="gemm-inputs"),
     "per-tensor-weights": CalibrateConfig(weights="per-tensor"),
     "mixed-paper": CalibrateConfig(mixed_precision="paper"),
 }
@@ -111,7 +115,7 @@ def test_qdq_graph_equals_numpy_fake_quantization(recipe, scaled_model, tmp_path
     document = calibrate(scaled_model["stats"], RECIPES[recipe])
     graph = write_calibrated_graph(scaled_model["graph"], document, tmp_path / "model.qdq.onnx")
     activation, weight = _reference_hooks(document)
-    assert_matches_reference(scaled_model, graph, activation, weight)
+    assert_matches_reference(scaled_model, graph, activation, weight, document["scope"] == "gemm-inputs")
     with OrtRunner(graph) as optimized, OrtRunner(scaled_model["graph"]) as fp32:
         for batch in _batches(scaled_model):
             quantized, unquantized = optimized.infer(batch.feeds)["logits"], fp32.infer(batch.feeds)["logits"]
@@ -178,6 +182,21 @@ def test_qdq_structure_scope_and_per_tensor_activation_scales(scaled_model, tmp_
         t["role"] in ("residual_sum", "ffn_intermediate", "embeddings_sum") for t in gemm["tensors"].values()
     )
     assert gemm["scope"] == "gemm" and document["scope"] == "all"
+    inputs = calibrate(scaled_model["stats"], CalibrateConfig(scope="gemm-inputs"))
+    assert set(inputs["tensors"]) == set(gemm["tensors"]) - {
+        n for n, t in gemm["tensors"].items() if t["role"] in ("attention_output", "ffn_output")
+    }
+    model = onnx.load(str(write_calibrated_graph(scaled_model["graph"], inputs, tmp_path / "inputs.qdq.onnx")))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    residual_adds = 0
+    for node in model.graph.node:
+        read = [producers[name].op_type for name in node.input if name in producers]
+        if node.op_type in ("MatMul", "Gemm"):
+            assert [producers[name].op_type for name in node.input[:2]] == ["DequantizeLinear"] * 2, node.name
+        if node.op_type == "Add":  # residual Adds read the LayerNorm output and the dense output in float
+            assert "DequantizeLinear" not in read, node.name
+            residual_adds += "LayerNormalization" in read
+    assert residual_adds == sum(p.role == "residual_sum" for p in scaled_model["stats"].points)
 
 
 def test_mixed_precision_and_keep_fp(scaled_model):

@@ -87,6 +87,12 @@ def test_build_ort_fuses_integer_kernels(tiny_qdq, tmp_path):
     report = json.loads(result.stdout)
     assert sum(report["integer_ops"].values()) > 0
     assert report["float_matmuls_two_dequantized_inputs"] == 0
+    assert report["scope"] == "gemm"
+    table = runner.invoke(
+        app, ["build", tiny_qdq, "--backend", "ort", "-o", str(tmp_path / "t.onnx")], env={"COLUMNS": "300"}
+    )
+    assert table.exit_code == 0, table.output
+    assert "qtool calibrate --scope gemm-inputs" in table.stdout  # the placement that runs faster on ONNX Runtime
 
 
 def test_build_trt_without_tensorrt_says_how_to_install(tiny_qdq, tmp_path, monkeypatch):

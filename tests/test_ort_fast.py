@@ -23,6 +23,7 @@ from tests.conftest import build_bert_classifier, export_tiny
 
 RECIPES = {
     "gemm": CalibrateConfig(scope="gemm"),
+    "gemm-inputs": CalibrateConfig(scope="gemm-inputs"),
     "all": CalibrateConfig(scope="all"),
     "peg-k3-all": CalibrateConfig(method="peg", groups=3),
 }
@@ -148,7 +149,7 @@ def test_onnx_checker_passes(calibrated, recipe):
         onnx.checker.check_model(rewrite_for_ort_cpu(qdq, fuse_bias=fuse_bias), full_check=True)
 
 
-@pytest.mark.parametrize("recipe", ["gemm", "all"])
+@pytest.mark.parametrize("recipe", ["gemm", "gemm-inputs", "all"])
 def test_onnx_runtime_fuses_every_gemm_of_the_rewritten_graph(calibrated, recipe, tmp_path):
     source = calibrated["graphs"][recipe]
     original = check_fused(source)
@@ -167,6 +168,8 @@ def test_onnx_runtime_fuses_every_gemm_of_the_rewritten_graph(calibrated, recipe
         assert ("QGemm" in integer) is not fuse_bias  # the pooler and classifier: QGemm + Add, or fused bias
         if recipe == "all":
             assert integer["QLinearAdd"] == 2 * LAYERS  # quantized residual sums
+        if recipe == "gemm-inputs":  # residual Adds read float: no DequantizeLinear left between kernels
+            assert report["dequantize_linear"] == 1  # but the last LayerNorm's, read by the pooler's Gather
 
 
 def test_activations_are_uint8_and_tables_are_gathered_in_int8(calibrated):

@@ -7,6 +7,10 @@ Scopes:
   pooler and classifier inputs.
 - `gemm`: the usual TensorRT placement. Projection weights, and the inputs of every MatMul/Gemm
   and residual Add; residual sums, the GELU input and the embedding sum stay in float.
+- `gemm-inputs`: ONNX Runtime quantize_static's placement, the fastest on its CPU kernels.
+  Projection weights and the values entering a MatMul/Gemm, quantized on those edges only: a
+  LayerNorm output feeds its projections quantized and its residual Add in float, and the dense
+  outputs that feed only a residual Add stay in float.
 
 Overrides keep points in higher precision (float here): glob patterns over point names, or a
 preset: `paper` (the FFN output, the residual sum after it and the LayerNorm that follows, in
@@ -26,7 +30,10 @@ from qtool.exporter.points import ROLES, QuantPoint
 SCOPES: dict[str, frozenset[str]] = {
     "all": frozenset(ROLES),
     "gemm": frozenset(ROLES) - {"embeddings_sum", "residual_sum", "ffn_intermediate"},
+    "gemm-inputs": frozenset(ROLES)
+    - {"embeddings_sum", "residual_sum", "ffn_intermediate", "attention_output", "ffn_output"},
 }
+GEMM_INPUT_SCOPES = frozenset({"gemm-inputs"})  # Q/DQ on the MatMul/Gemm edges only
 SCOPES_WITH_EMBEDDING_WEIGHTS = frozenset({"all"})
 PAPER_PATTERNS = ("layer.*.ffn.output", "layer.*.ffn.residual_sum", "layer.*.ffn.layernorm")
 MIXED_PRECISION_PRESETS = ("paper", "outliers")

@@ -12,6 +12,7 @@ from qtool.analysis.collect import ActivationStats, model_identity
 from qtool.calibrators.methods import CALIBRATORS, make_calibrator
 from qtool.calibrators.precision import (
     DEFAULT_OUTLIER_RATIO,
+    GEMM_INPUT_SCOPES,
     SCOPES_WITH_EMBEDDING_WEIGHTS,
     check_scope,
     kept_in_float,
@@ -206,6 +207,7 @@ def calibrated_model(model_path: Path, document: dict, switches: bool = False):
         embedding_tables=document["embedding_tables_quantized"],
         points=points,
         switches=switches,
+        gemm_inputs_only=document["scope"] in GEMM_INPUT_SCOPES,
     )
     return write_qdq_model(model, plan)
 

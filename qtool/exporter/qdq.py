@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qtool.calibrators.base import INT8_MAX
-from qtool.exporter.points import QuantPoint
+from qtool.exporter.points import PROJECTION_OPS, QuantPoint
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ class QdqPlan:
     # and a Where node that passes either its dequantized or its float value, so one session can
     # evaluate any subset of the points quantized (the mixed-precision search).
     switches: bool = False
+    # Only the MatMul/Gemm readers of a point read its quantized value; other readers (a residual
+    # Add) keep the float tensor. A point with no MatMul/Gemm reader is quantized for all readers.
+    gemm_inputs_only: bool = False
 
 
 def switch_input(point_name: str) -> str:
@@ -160,16 +163,26 @@ class _Writer:
         return self.constant(f"{prefix}/weight", weight[rows])
 
     # -- activations ---------------------------------------------------------------------------
+    def readers(self, tensor: str) -> list[tuple[onnx.NodeProto, int]]:
+        """The inputs that read the quantized value of `tensor` (shape reads never do)."""
+        readers = [(n, i) for n, i in self.consumers(tensor) if n.op_type not in SHAPE_ONLY_OPS]
+        if self.plan.gemm_inputs_only:
+            gemm_readers = [(n, i) for n, i in readers if n.op_type in PROJECTION_OPS]
+            if gemm_readers:
+                return gemm_readers
+            log.debug("%s feeds no MatMul/Gemm directly; all its readers get the quantized value", tensor)
+        return readers
+
     def quantize_point(self, point: QuantPoint, spec: dict) -> None:
         groups = spec.get("groups")
-        consumers = [(n, i) for n, i in self.consumers(point.tensor) if n.op_type not in SHAPE_ONLY_OPS]
+        consumers = self.readers(point.tensor)
         if not groups or len(groups) == 1:
             scale = spec["scale"] if not groups else groups[0]["scale"]
             # Per-tensor Q/DQ goes where the values enter the attention MatMul (after the head
             # reshape), so that ONNX Runtime and TensorRT see DequantizeLinear feeding the MatMul.
             tensor = point.matmul_input or point.tensor
             if point.matmul_input:
-                consumers = self.consumers(tensor)
+                consumers = self.readers(tensor)
             nodes, dequantized = self.qdq_pair(point.name, tensor, scale, point.name)
             self.after.setdefault(tensor, []).extend(nodes)
             for node, index in consumers:

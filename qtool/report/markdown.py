@@ -184,6 +184,7 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         f"{result['statistics']['sample_sources']}",
         "- quantization: symmetric INT8, zero point 0; activations per tensor (PEG: per channel group), weights per "
         "output channel; scope `all` = every weight and activation point, `gemm` = inputs of MatMul/Gemm and residual Adds, "
+        "`gemm-inputs` = Q/DQ only on the edges into MatMul/Gemm (residual Adds read float), "
         "`ort-matmul` = ONNX Runtime's quantizers with their defaults (MatMul/Gemm inputs as U8, weights as S8 per channel)",
         f"- environment: {environment['processor']}, {environment['platform']}, python {environment['python']}, "
         f"torch {environment['torch']}, onnxruntime {environment['onnxruntime']}, qtool {environment['qtool']}",
