@@ -3,8 +3,8 @@
 Candidates, timed interleaved on the same real QNLI inputs (qtool.runtime.bench.compare):
 PyTorch eager FP32, ONNX Runtime FP32, qtool's static W8A8 graph (max calibration) with scope
 gemm (TensorRT's placement) as written for TensorRT and rewritten for ONNX Runtime's CPU kernels
-(`qtool build --backend ort`), the same with scope gemm-inputs (ONNX Runtime's placement: Q/DQ
-on the MatMul/Gemm inputs only) rewritten for ONNX Runtime, and ONNX Runtime's own
+(`qtool build --backend ort`), the same with scope gemm-inputs (Q/DQ only on the edges into
+MatMul/Gemm, residual path in float) rewritten for ONNX Runtime, and ONNX Runtime's own
 quantize_static (QDQ, U8 activations, S8 per-channel weights, MinMax on the same calibration
 pairs) and quantize_dynamic outputs of the same model.
 
@@ -111,7 +111,20 @@ def _candidates(model_dir: Path, fp32: Path, folder: Path, split, tokenizer, thr
     graphs |= _ort_quantized(fp32, folder, tokenizer, split)
     candidates = [("torch-eager-fp32", lambda: TorchRunner(model_dir, threads))]
     candidates += [(name, runner_factory(path, threads)) for name, path in graphs.items()]
-    return candidates
+    return candidates, graphs
+
+
+def _optimized_graph_ops(graphs: dict[str, Path]) -> dict[str, dict]:
+    """What ONNX Runtime's CPU optimizations left in each graph: integer kernels and Q/DQ nodes."""
+    from qtool.runtime.ort_fast import check_fused
+
+    report = {}
+    for name, path in graphs.items():
+        fused = check_fused(path)
+        report[name] = {
+            key: fused[key] for key in ("integer_ops", "quantize_linear", "dequantize_linear", "float_matmuls")
+        }
+    return report
 
 
 def main() -> None:
@@ -152,7 +165,19 @@ def main() -> None:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
-    results = {"environment": environment, "models": {}}
+    results = {
+        "environment": environment,
+        "config": {
+            "batches": batches,
+            "sequence_length": args.seq_len,
+            "warmup": args.warmup,
+            "iterations": args.iterations,
+            "threads": args.threads,
+            "calibration_pairs": CALIBRATION_PAIRS,
+        },
+        "models": {},
+        "optimized_graph_ops": {},
+    }
     with tempfile.TemporaryDirectory(prefix="qtool-bench-") as scratch:
         scratch = Path(scratch)
         models = {"default classifier": (model_dir, args.fp32, scratch / "default")}
@@ -161,7 +186,8 @@ def main() -> None:
             models["BERT-base shape (random weights)"] = (base_dir, base_fp32, scratch / "base")
         for label, (directory, fp32, folder) in models.items():
             folder.mkdir(parents=True, exist_ok=True)
-            candidates = _candidates(directory, fp32, folder, split, tokenizer, args.threads)
+            candidates, graphs = _candidates(directory, fp32, folder, split, tokenizer, args.threads)
+            results["optimized_graph_ops"][label] = _optimized_graph_ops(graphs)
             rows = []
             for batch in batches:
                 feeds = benchmark_inputs(tokenizer, split.part("eval"), batch, args.seq_len)

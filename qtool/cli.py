@@ -21,7 +21,7 @@ from qtool import __version__
 from qtool.analysis.collect import CollectConfig
 from qtool.analysis.outliers import OutlierConfig
 from qtool.calibrators.methods import CALIBRATORS
-from qtool.calibrators.precision import GEMM_INPUT_SCOPES, MIXED_PRECISION_PRESETS, SCOPES
+from qtool.calibrators.precision import MIXED_PRECISION_PRESETS, SCOPES
 from qtool.calibrators.recipe import CalibrateConfig
 from qtool.calibrators.search import SearchConfig
 from qtool.data import DataConfig
@@ -886,6 +886,8 @@ def export_scales(
         highlight=False,
         soft_wrap=True,
     )
+    if "placement_note" in summary:
+        stdout.print(f"note: {summary['placement_note']}", highlight=False, soft_wrap=True)
     if document.get("smoothing"):
         stdout.print(
             f"note: this calibration migrates activation range into the weights (--smooth); use the scales with "
@@ -1135,15 +1137,10 @@ def build(
     if backend not in BACKENDS:
         raise QtoolError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "ort":
-        import onnx
-
-        from qtool.exporter.onnx_export import read_qtool_metadata
-        from qtool.runtime.ort_fast import check_fused, rewrite_file_for_ort_cpu
+        from qtool.runtime.ort_fast import build_for_ort_cpu
 
         target = output or model_path.with_name(f"{model_path.stem}.ort.onnx")
-        rewrite_file_for_ort_cpu(model_path, target)
-        scope = read_qtool_metadata(onnx.load(str(target), load_external_data=False)).get("scope")
-        report = {"backend": "ort", "graph": str(target), "scope": scope, **check_fused(target)}
+        report = {"backend": "ort", **build_for_ort_cpu(model_path, target)}
         summary = [
             ("graph", target),
             (
@@ -1152,15 +1149,8 @@ def build(
             ),
             ("float MatMuls fed by two DequantizeLinear", report["float_matmuls_two_dequantized_inputs"]),
             ("QuantizeLinear / DequantizeLinear left", f"{report['quantize_linear']} / {report['dequantize_linear']}"),
+            *([("note", report["note"])] if report.get("note") else []),
         ]
-        if scope in SCOPES and scope not in GEMM_INPUT_SCOPES:
-            summary.append(
-                (
-                    "note",
-                    f"scope {scope} also quantizes the residual path; `qtool calibrate --scope gemm-inputs` "
-                    "quantizes only the MatMul/Gemm inputs (ONNX Runtime's placement), with fewer Q/DQ passes",
-                )
-            )
     else:
         from qtool.runtime.trt import build_engine
 

@@ -92,7 +92,7 @@ def test_build_ort_fuses_integer_kernels(tiny_qdq, tmp_path):
         app, ["build", tiny_qdq, "--backend", "ort", "-o", str(tmp_path / "t.onnx")], env={"COLUMNS": "300"}
     )
     assert table.exit_code == 0, table.output
-    assert "qtool calibrate --scope gemm-inputs" in table.stdout  # the placement that runs faster on ONNX Runtime
+    assert "qtool calibrate --scope gemm-inputs" in table.stdout  # the note on residual-path quantization
 
 
 def test_build_trt_without_tensorrt_says_how_to_install(tiny_qdq, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from qtool.analysis import CollectConfig, collect
 from qtool.calibrators.interchange import (
+    export_scales,
     load_ort_overrides,
     ort_overrides,
     read_trt_cache,
@@ -47,6 +48,7 @@ def tiny(tiny_onnx, session_data):
         "mixed": calibrate(stats, CalibrateConfig(mixed_precision="paper")),
         "peg": calibrate(stats, CalibrateConfig(method="peg", groups=3)),
         "peg-k1": calibrate(stats, CalibrateConfig(method="peg", groups=1)),
+        "gemm-inputs": calibrate(stats, CalibrateConfig(scope="gemm-inputs")),
     }
     batches = make_batches(tokenize_part(tokenizer, split.parts["calibration"][:16], 128), 8)[:2]
     return {"graph": tiny_onnx, "model": model, "points": points, "documents": documents, "batches": batches}
@@ -107,6 +109,15 @@ def test_points_kept_in_float_are_absent(tiny):
     for name in document["kept_in_float"]:
         assert point_tensors[name] not in tensors
     assert set(ort_overrides(document, tiny["model"])) == set(tensors)
+
+
+def test_export_of_a_gemm_edges_only_calibration_says_the_placement_is_lost(tiny, tmp_path):
+    summaries = {
+        name: export_scales(tiny["documents"][name], "ort-overrides", tmp_path / f"{name}.json")
+        for name in ("gemm-inputs", "max")
+    }
+    assert "placement_note" not in summaries["max"]
+    assert "deploy that graph" in summaries["gemm-inputs"]["placement_note"]
 
 
 def test_grouped_peg_calibration_is_refused_and_k1_is_exported(tiny, tmp_path):

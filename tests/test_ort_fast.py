@@ -14,6 +14,7 @@ from qtool.calibrators.recipe import CalibrateConfig, calibrate, write_calibrate
 from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
 from qtool.models.resolve import load_tokenizer
 from qtool.runtime.ort_fast import (
+    build_for_ort_cpu,
     check_fused,
     count_fused_integer_ops,
     rewrite_file_for_ort_cpu,
@@ -170,6 +171,16 @@ def test_onnx_runtime_fuses_every_gemm_of_the_rewritten_graph(calibrated, recipe
             assert integer["QLinearAdd"] == 2 * LAYERS  # quantized residual sums
         if recipe == "gemm-inputs":  # residual Adds read float: no DequantizeLinear left between kernels
             assert report["dequantize_linear"] == 1  # but the last LayerNorm's, read by the pooler's Gather
+
+
+def test_build_reports_the_scope_and_notes_residual_quantization(calibrated, tmp_path):
+    reports = {
+        r: build_for_ort_cpu(calibrated["graphs"][r], tmp_path / f"{r}.ort.onnx")
+        for r in ("gemm", "all", "gemm-inputs")
+    }
+    assert {recipe: report["scope"] for recipe, report in reports.items()} == {r: r for r in reports}
+    assert "note" not in reports["gemm-inputs"]
+    assert all("--scope gemm-inputs" in reports[recipe]["note"] for recipe in ("gemm", "all"))
 
 
 def test_activations_are_uint8_and_tables_are_gathered_in_int8(calibrated):

@@ -49,9 +49,10 @@ def relabelled(scaled_model):
     return QnliSplit("relabelled", parts), tokenizer
 
 
-def test_switches_select_exactly_the_quantized_points(scaled_model, relabelled):
+@pytest.mark.parametrize("scope", ["all", "gemm-inputs"])
+def test_switches_select_exactly_the_quantized_points(scaled_model, relabelled, scope):
     split, tokenizer = relabelled
-    document = calibrate(scaled_model["stats"], CalibrateConfig(method="max"))
+    document = calibrate(scaled_model["stats"], CalibrateConfig(method="max", scope=scope))
     names = list(document["tensors"])
     switched = _session(calibrated_model(scaled_model["graph"], document, switches=True))
     batch = make_batches(tokenize_part(tokenizer, split.parts["eval"][:12], 128), 12)[0]

@@ -405,3 +405,32 @@ def test_smoothed_graph_is_rewritten_when_its_file_and_record_disagree(outlier, 
     target.write_bytes(graph_a)  # a graph from other statistics behind B's record (an interrupted or racing run)
     _, again = smoothed_graph(graph, stats_b, 0.5)
     assert again == factors_b and stats_b.content_sha256[:16] in model_identity(target)["transform"]
+
+
+def test_gemm_inputs_scope_with_smoothing_quantizes_only_the_gemm_edges(outlier, split, tmp_path):
+    from qtool.calibrators.recipe import CalibrateConfig, calibrate_model, calibrated_model
+
+    graph = tmp_path / "fp32.onnx"
+    graph.write_bytes(outlier["path"].read_bytes())
+    (tmp_path / "tokenizer").symlink_to(outlier["path"].parent / "tokenizer")
+    config = CalibrateConfig(scope="gemm-inputs", smooth=0.5)
+    document, _ = calibrate_model(graph, outlier["stats"], config, lambda path: _collect(path, split))
+    model = calibrated_model(graph, document)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    activation_dqs = [
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and producers.get(n.input[0])
+        and producers[n.input[0]].op_type == "QuantizeLinear"
+    ]
+    read_by = {r.op_type for dq in activation_dqs for r in readers[dq.output[0]]}
+    assert read_by == {"MatMul", "Gemm", "Gather"}  # Gather: the pooler's token slice of the last LayerNorm
+    layer_norm_readers = {
+        r.op_type for n in model.graph.node if n.op_type == "LayerNormalization" for r in readers[n.output[0]]
+    }
+    assert "Mul" in layer_norm_readers  # the residual branch undoes the smoothing on the float LayerNorm output

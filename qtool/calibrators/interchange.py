@@ -20,6 +20,11 @@ layers that read or produce a tensor without a range (its builder warns "Missing
 zero-point for tensor ..."), and ONNX Runtime calibrates a range of its own for whatever it
 quantizes that has no override.
 
+A scale file holds scales, not placements: a `gemm-inputs` calibration (quantized only on the
+edges into MatMul/Gemm, residual path in float) exported this way is quantized where the reading
+tool decides, which for ONNX Runtime's quantize_static includes the residual Add's input; the
+export says so.
+
 Per-embedding-group (PEG) calibrations with more than one group hold several scales per tensor,
 which neither format can express; they are refused (deploy qtool's QDQ graph instead).
 
@@ -52,6 +57,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from qtool.calibrators.precision import SCOPES
 from qtool.calibrators.recipe import check_calibration
 from qtool.errors import QtoolError
 from qtool.exporter.points import QuantPoint, find_quant_points
@@ -288,6 +294,13 @@ def export_scales(
         raise QtoolError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     scales = tensor_scales(document, model)
     summary = {"format": fmt, "output": str(output), "tensors": len(scales), "points": len(document["tensors"])}
+    if SCOPES.get(document.get("scope")) and SCOPES[document["scope"]].gemm_edges_only:
+        summary["placement_note"] = (
+            f"scope {document['scope']} quantizes values only where they enter a MatMul/Gemm and keeps the residual "
+            "path in float; a scale file cannot say where to quantize, and ONNX Runtime's quantize_static (and "
+            "TensorRT) also feed the residual Add the quantized LayerNorm output, so accuracy may differ from qtool's "
+            "QDQ graph: deploy that graph (`qtool build`) to keep the placement"
+        )
     if fmt == "trt-cache":
         summary["header"] = trt_cache_header(trt_version)
         write_text(output, _trt_text(scales, summary["header"]))

@@ -7,10 +7,13 @@ Scopes:
   pooler and classifier inputs.
 - `gemm`: the usual TensorRT placement. Projection weights, and the inputs of every MatMul/Gemm
   and residual Add; residual sums, the GELU input and the embedding sum stay in float.
-- `gemm-inputs`: ONNX Runtime quantize_static's placement, the fastest on its CPU kernels.
-  Projection weights and the values entering a MatMul/Gemm, quantized on those edges only: a
-  LayerNorm output feeds its projections quantized and its residual Add in float, and the dense
-  outputs that feed only a residual Add stay in float.
+- `gemm-inputs`: quantize_dynamic's placement with static scales. Projection weights and the
+  values entering a MatMul/Gemm (attention matmuls included), quantized on those edges only: a
+  LayerNorm output feeds its projections quantized and its residual Add in float, the dense
+  outputs that feed only a residual Add stay in float, so the residual stream is never quantized.
+  (ONNX Runtime's quantize_static quantizes the same tensors but feeds the residual Add the
+  dequantized value.) A point with no MatMul/Gemm reader, the last LayerNorm output read by the
+  pooler's token Gather, is quantized for its readers as in `gemm`.
 
 Overrides keep points in higher precision (float here): glob patterns over point names, or a
 preset: `paper` (the FFN output, the residual sum after it and the LayerNorm that follows, in
@@ -22,25 +25,34 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from qtool.analysis.outliers import OutlierConfig, point_reports
 from qtool.errors import QtoolError
 from qtool.exporter.points import ROLES, QuantPoint
 
-SCOPES: dict[str, frozenset[str]] = {
-    "all": frozenset(ROLES),
-    "gemm": frozenset(ROLES) - {"embeddings_sum", "residual_sum", "ffn_intermediate"},
-    "gemm-inputs": frozenset(ROLES)
-    - {"embeddings_sum", "residual_sum", "ffn_intermediate", "attention_output", "ffn_output"},
+
+@dataclass(frozen=True)
+class Scope:
+    roles: frozenset[str]
+    embedding_tables: bool = False  # quantize the embedding tables read by Gather
+    gemm_edges_only: bool = False  # Q/DQ only where a value enters a MatMul/Gemm
+
+
+SCOPES: dict[str, Scope] = {
+    "all": Scope(frozenset(ROLES), embedding_tables=True),
+    "gemm": Scope(frozenset(ROLES) - {"embeddings_sum", "residual_sum", "ffn_intermediate"}),
+    "gemm-inputs": Scope(
+        frozenset(ROLES) - {"embeddings_sum", "residual_sum", "ffn_intermediate", "attention_output", "ffn_output"},
+        gemm_edges_only=True,
+    ),
 }
-GEMM_INPUT_SCOPES = frozenset({"gemm-inputs"})  # Q/DQ on the MatMul/Gemm edges only
-SCOPES_WITH_EMBEDDING_WEIGHTS = frozenset({"all"})
 PAPER_PATTERNS = ("layer.*.ffn.output", "layer.*.ffn.residual_sum", "layer.*.ffn.layernorm")
 MIXED_PRECISION_PRESETS = ("paper", "outliers")
 DEFAULT_OUTLIER_RATIO = 4.0
 
 
-def check_scope(scope: str) -> frozenset[str]:
+def check_scope(scope: str) -> Scope:
     if scope not in SCOPES:
         raise QtoolError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
     return SCOPES[scope]

@@ -12,8 +12,6 @@ from qtool.analysis.collect import ActivationStats, model_identity
 from qtool.calibrators.methods import CALIBRATORS, make_calibrator
 from qtool.calibrators.precision import (
     DEFAULT_OUTLIER_RATIO,
-    GEMM_INPUT_SCOPES,
-    SCOPES_WITH_EMBEDDING_WEIGHTS,
     check_scope,
     kept_in_float,
 )
@@ -72,7 +70,7 @@ def calibrate(stats: ActivationStats, config: CalibrateConfig) -> dict:
     """The calibration document: header plus one entry per quantized point."""
     config.validate()
     calibrator = config.calibrator()
-    roles = check_scope(config.scope)
+    roles = check_scope(config.scope).roles
     kept, reason = kept_in_float(stats, config.keep_fp, config.mixed_precision, config.outlier_ratio)
     tensors = {}
     for point in stats.points:
@@ -97,7 +95,7 @@ def calibrate(stats: ActivationStats, config: CalibrateConfig) -> dict:
         "method": calibrator.name,
         "params": calibrator.params(),
         "weights": config.weights,
-        "embedding_tables_quantized": config.scope in SCOPES_WITH_EMBEDDING_WEIGHTS,
+        "embedding_tables_quantized": check_scope(config.scope).embedding_tables,
         "grid": "symmetric int8, zero point 0, scale = amax / 127",
         "kept_in_float": kept,
         "kept_reason": reason,
@@ -207,7 +205,7 @@ def calibrated_model(model_path: Path, document: dict, switches: bool = False):
         embedding_tables=document["embedding_tables_quantized"],
         points=points,
         switches=switches,
-        gemm_inputs_only=document["scope"] in GEMM_INPUT_SCOPES,
+        gemm_edges_only=check_scope(document["scope"]).gemm_edges_only,
     )
     return write_qdq_model(model, plan)
 

@@ -201,7 +201,7 @@ def search_precision(
                 dumps_stable(
                     {
                         key: document.get(key)
-                        for key in ("recipe", "tensors", "weights", "embedding_tables_quantized", "smoothing")
+                        for key in ("recipe", "scope", "tensors", "weights", "embedding_tables_quantized", "smoothing")
                     }
                 )
             ),

@@ -44,7 +44,7 @@ class QdqPlan:
     switches: bool = False
     # Only the MatMul/Gemm readers of a point read its quantized value; other readers (a residual
     # Add) keep the float tensor. A point with no MatMul/Gemm reader is quantized for all readers.
-    gemm_inputs_only: bool = False
+    gemm_edges_only: bool = False
 
 
 def switch_input(point_name: str) -> str:
@@ -166,7 +166,7 @@ class _Writer:
     def readers(self, tensor: str) -> list[tuple[onnx.NodeProto, int]]:
         """The inputs that read the quantized value of `tensor` (shape reads never do)."""
         readers = [(n, i) for n, i in self.consumers(tensor) if n.op_type not in SHAPE_ONLY_OPS]
-        if self.plan.gemm_inputs_only:
+        if self.plan.gemm_edges_only:
             gemm_readers = [(n, i) for n, i in readers if n.op_type in PROJECTION_OPS]
             if gemm_readers:
                 return gemm_readers
@@ -175,20 +175,18 @@ class _Writer:
 
     def quantize_point(self, point: QuantPoint, spec: dict) -> None:
         groups = spec.get("groups")
-        consumers = self.readers(point.tensor)
         if not groups or len(groups) == 1:
             scale = spec["scale"] if not groups else groups[0]["scale"]
             # Per-tensor Q/DQ goes where the values enter the attention MatMul (after the head
             # reshape), so that ONNX Runtime and TensorRT see DequantizeLinear feeding the MatMul.
             tensor = point.matmul_input or point.tensor
-            if point.matmul_input:
-                consumers = self.readers(tensor)
+            consumers = self.readers(tensor)
             nodes, dequantized = self.qdq_pair(point.name, tensor, scale, point.name)
             self.after.setdefault(tensor, []).extend(nodes)
             for node, index in consumers:
                 self.rewire[(node.name, index)] = dequantized
             return
-        self.quantize_groups(point, groups, consumers)
+        self.quantize_groups(point, groups, self.readers(point.tensor))
 
     def quantize_groups(self, point: QuantPoint, groups: list[dict], consumers) -> None:
         nodes: list[onnx.NodeProto] = []

@@ -379,6 +379,24 @@ def rewrite_file_for_ort_cpu(source: Path, output: Path, *, fuse_bias: bool = Tr
     return save_derived_graph(model, source, output, metadata)
 
 
+def build_for_ort_cpu(source: Path, target: Path) -> dict:
+    """`qtool build --backend ort`: the rewritten graph at `target`, what ONNX Runtime fused in it
+    (`check_fused`), its scope, and a note when the scope also quantizes the residual path."""
+    from qtool.calibrators.precision import SCOPES
+    from qtool.exporter.onnx_export import read_qtool_metadata
+
+    rewrite_file_for_ort_cpu(source, target)
+    scope = read_qtool_metadata(onnx.load(str(target), load_external_data=False)).get("scope")
+    report = {"graph": str(target), "scope": scope, **check_fused(target)}
+    if scope in SCOPES and not SCOPES[scope].gemm_edges_only:
+        report["note"] = (
+            f"scope {scope} also quantizes the residual path (a Q/DQ pair per residual input); "
+            "`qtool calibrate --scope gemm-inputs` quantizes values only where they enter a MatMul/Gemm, "
+            "which leaves fewer Q/DQ passes"
+        )
+    return report
+
+
 # -- what ONNX Runtime made of it ---------------------------------------------------------------------
 def count_fused_integer_ops(optimized_model_path: Path) -> dict[str, int]:
     """Counts of the integer kernels (QLinearMatMul, MatMulIntegerToFloat, QGemm, ...) in a saved graph."""
