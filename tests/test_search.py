@@ -106,6 +106,11 @@ def test_search_keeps_the_outlier_points_and_meets_the_budget(scaled_model, rela
     again = search_precision(scaled_model["graph"], scaled_model["stats"], document, split, tokenizer, config, cache)
     assert again["evaluations"] == 0 and again["reused_evaluations"] > 0
     assert again["chosen"] == result["chosen"] and again["curve"] == result["curve"]
+    fresh = search_precision(scaled_model["graph"], scaled_model["stats"], document, split, tokenizer, config)
+    # No cache file: every evaluation runs again, as in the first run (which started from an empty cache).
+    assert (fresh["evaluations"], fresh["reused_evaluations"]) == (result["evaluations"], result["reused_evaluations"])
+    for key in ("chosen", "curve", "sensitivity", "pruning", "tuning_accuracy"):
+        assert fresh[key] == result[key], key
 
 
 def test_search_without_a_set_in_budget_keeps_the_best_and_says_so(scaled_model, relabelled):
