@@ -684,7 +684,7 @@ def calibrate(
     )
     search = None
     if auto:
-        from qtool.calibrators.search import auto_calibrate
+        from qtool.calibrators.search import auto_calibrate, search_summary
 
         search_config = replace(search_config, max_length=data_config.max_length)
         document, search, curve_figure = auto_calibrate(
@@ -710,24 +710,8 @@ def calibrate(
         else None,
     }
     if search is not None:
-        summary["search"] = {
-            key: search[key]
-            for key in (
-                "max_drop",
-                "tuning",
-                "chosen",
-                "within_budget",
-                "tuning_accuracy",
-                "tuning_drop",
-                "curve",
-                "evaluations",
-            )
-        } | {
-            "reused_evaluations": search["reused_evaluations"],
-            "seconds": search["seconds"],
-            "record": str(calibration_file.with_name(f"{document['recipe']}.search.json")),
-            "figure": str(curve_figure),
-        }
+        record = calibration_file.with_name(document["mixed_precision"]["record"])
+        summary["search"] = search_summary(search, curve_figure) | {"record": str(record)}
     if evaluate_accuracy:
         eval_config = _config(EvalConfig, batch_size=batch_size, limit=limit, threads=threads)
         fp32 = evaluate_graph(model_path, split, eval_config, data_config.max_length)

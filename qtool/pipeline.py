@@ -31,7 +31,7 @@ from qtool.calibrators.recipe import (
     write_calibrated_graph,
     write_calibration,
 )
-from qtool.calibrators.search import SearchConfig, auto_calibrate, auto_recipe_name
+from qtool.calibrators.search import SearchConfig, auto_calibrate, auto_recipe_name, search_summary
 from qtool.data import QnliSplit
 from qtool.errors import QtoolError
 from qtool.exporter import ExportConfig, export_onnx
@@ -295,20 +295,14 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
                 "total_points": document["total_points"],
                 "kept_in_float": document["kept_in_float"],
                 "smoothing": (document.get("smoothing") or {}).get("alpha"),
+                "without_smoothing": None
+                if base_config.smooth is None
+                else replace(base_config, smooth=None).recipe_name(),
                 "calibration": str(calibration_file),
                 "latency": cached_latency(qdq_file, tokenizer, split, config.bench),
             }
             if search is not None:
-                extra["search"] = {
-                    "max_drop": search["max_drop"],
-                    "tuning": search["tuning"],
-                    "tuning_accuracy": search["tuning_accuracy"],
-                    "curve": search["curve"],
-                    "evaluations": search["evaluations"],
-                    "reused_evaluations": search["reused_evaluations"],
-                    "seconds": search["seconds"],
-                    "figure": str(search_figure),
-                }
+                extra["search"] = search_summary(search, search_figure)
             rows.append(_result_row(name, qdq_file, evaluation, document["scope"], extra))
             bar.advance(1, status=f"{name}: {evaluation['accuracy']:.4f}")
 

@@ -168,3 +168,15 @@ def test_calibrate_auto_cli_writes_calibration_record_and_curve(scaled_model, se
     assert bad.exit_code == 2 and "need --method auto" in bad.stderr
     bad = runner.invoke(app, ["calibrate", str(graph), "--method", "auto", "--max-drop", "-2", "--no-eval", *common])
     assert bad.exit_code == 2 and "--max-drop must be in" in bad.stderr
+
+
+def test_tuning_accuracy_reads_logits_in_the_graph_label_order():
+    from qtool.calibrators.search import _TuningSet
+
+    tuning = _TuningSet.__new__(_TuningSet)
+    tuning.labels = np.array([0, 1, 1])
+    logits = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
+    tuning.label_of_logit = np.array([0, 1])
+    assert tuning.accuracy(logits) == 1.0
+    tuning.label_of_logit = np.array([1, 0])  # a checkpoint whose first logit is label 1
+    assert tuning.accuracy(logits) == 0.0

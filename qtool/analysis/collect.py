@@ -175,16 +175,15 @@ def _augmented_model(model: onnx.ModelProto, points: list[QuantPoint]) -> bytes:
 def collect(model_path: Path, split: QnliSplit, tokenizer, config: CollectConfig = CollectConfig()) -> ActivationStats:
     import onnxruntime as ort
 
+    from qtool.runtime.ort import session_options
+
     config.validate()
     model, points = load_quant_points(model_path)
     examples, sources = calibration_examples(split, config.samples)
     part = tokenize_part(tokenizer, examples, config.max_length)
     batches = make_batches(part, config.batch_size)
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if config.threads:
-        options.intra_op_num_threads = config.threads
+    options = session_options(config.threads)
     session = ort.InferenceSession(_augmented_model(model, points), options, providers=["CPUExecutionProvider"])
     feed_names = [i.name for i in session.get_inputs()]
     tensors = list(dict.fromkeys(p.tensor for p in points))

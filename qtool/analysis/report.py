@@ -9,7 +9,7 @@ from pathlib import Path
 from qtool.analysis.collect import ActivationStats
 from qtool.analysis.outliers import OutlierConfig, layer_summary, point_reports
 from qtool.analysis.plots import write_figures
-from qtool.fileio import atomic_path, write_json
+from qtool.fileio import write_json, write_text
 
 CSV_COLUMNS = (
     "name",
@@ -57,9 +57,7 @@ def _csv_text(reports: list[dict]) -> str:
 def write_analysis(stats: ActivationStats, document: dict, folder: Path, figures: bool = True) -> dict[str, str]:
     folder = Path(folder)
     paths = {"json": str(write_json(folder / "analysis.json", document))}
-    with atomic_path(folder / "analysis.csv") as tmp:
-        tmp.write_text(_csv_text(document["points"]), encoding="utf-8")
-    paths["csv"] = str(folder / "analysis.csv")
+    paths["csv"] = str(write_text(folder / "analysis.csv", _csv_text(document["points"])))
     if figures:
         label = document["model"].get("source_model") or "model"
         paths.update(write_figures(stats, document["points"], folder, label))

@@ -294,7 +294,8 @@ def export_scales(
         raise QtoolError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     scales = tensor_scales(document, model)
     summary = {"format": fmt, "output": str(output), "tensors": len(scales), "points": len(document["tensors"])}
-    if SCOPES.get(document.get("scope")) and SCOPES[document["scope"]].gemm_edges_only:
+    scope = SCOPES.get(document.get("scope"))
+    if scope is not None and scope.gemm_edges_only:
         summary["placement_note"] = (
             f"scope {document['scope']} quantizes values only where they enter a MatMul/Gemm and keeps the residual "
             "path in float; a scale file cannot say where to quantize, and ONNX Runtime's quantize_static (and "

@@ -7,6 +7,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
+
 from qtool import __version__
 from qtool.analysis.collect import ActivationStats, model_identity
 from qtool.calibrators.methods import CALIBRATORS, make_calibrator
@@ -17,7 +19,7 @@ from qtool.calibrators.precision import (
 )
 from qtool.errors import QtoolError
 from qtool.exporter.onnx_export import save_derived_graph
-from qtool.exporter.points import find_quant_points, load_quant_points
+from qtool.exporter.points import QuantPoint, find_quant_points, load_quant_points
 from qtool.exporter.qdq import WEIGHT_MODES, QdqPlan, write_qdq_model
 from qtool.exporter.smooth import SmoothConfig, apply_smoothing, smooth_model
 from qtool.fileio import manifest_path, read_json, sha256_file, sha256_text, write_json
@@ -181,8 +183,9 @@ def load_calibration(path: Path, model_path: Path | None = None) -> dict:
     return document
 
 
-def calibrated_model(model_path: Path, document: dict, switches: bool = False):
-    """The QDQ model of `document` applied to the FP32 graph at `model_path` (in memory)."""
+def prepared_model(model_path: Path, document: dict) -> tuple[onnx.ModelProto, list[QuantPoint]]:
+    """The FP32 graph at `model_path` as `document`'s QDQ graph is written on (smoothed when the
+    document records factors) and its quantization points; checked to be the calibrated model."""
     if document["model"] != model_identity(model_path):
         raise QtoolError(f"the calibration is for another model than {model_path}; calibrate this model")
     model, points = load_quant_points(model_path)
@@ -193,9 +196,16 @@ def calibrated_model(model_path: Path, document: dict, switches: bool = False):
             raise QtoolError("the calibration's smoothing record has no valid factors; calibrate again") from None
         model = apply_smoothing(model, points, factors)
         points = find_quant_points(model)
+    return model, points
+
+
+def qdq_model(prepared: tuple[onnx.ModelProto, list[QuantPoint]], document: dict, switches: bool = False):
+    """The QDQ model of `document` on a `prepared_model` (which stays unchanged, so one preparation
+    serves many documents of the same calibration)."""
+    model, points = prepared
     missing = sorted(set(document["tensors"]) - {p.name for p in points})
     if missing:
-        raise QtoolError(f"the calibration names points that {model_path} does not have ({', '.join(missing[:3])})")
+        raise QtoolError(f"the calibration names points that the model does not have ({', '.join(missing[:3])})")
     activations = {}
     for name, entry in document["tensors"].items():
         activations[name] = {"scale": entry["scale"], "groups": entry.get("groups")}
@@ -208,6 +218,11 @@ def calibrated_model(model_path: Path, document: dict, switches: bool = False):
         gemm_edges_only=check_scope(document["scope"]).gemm_edges_only,
     )
     return write_qdq_model(model, plan)
+
+
+def calibrated_model(model_path: Path, document: dict, switches: bool = False):
+    """The QDQ model of `document` applied to the FP32 graph at `model_path` (in memory)."""
+    return qdq_model(prepared_model(model_path, document), document, switches)
 
 
 def write_calibrated_graph(model_path: Path, document: dict, output: Path) -> Path:

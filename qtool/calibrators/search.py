@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qtool.analysis.collect import ActivationStats, calibration_examples, model_identity
+from qtool.analysis.collect import ActivationStats, calibration_examples
 from qtool.analysis.stats import TensorStats
 from qtool.calibrators.base import INT8_MAX
 from qtool.data import QnliSplit, make_batches, tokenize_part
@@ -38,6 +38,8 @@ from qtool.errors import QtoolError
 from qtool.exporter.qdq import switch_input
 from qtool.fileio import dumps_stable, read_json, sha256_text, write_json
 from qtool.progress import progress_bar
+from qtool.runtime.evaluate import logit_to_label
+from qtool.runtime.ort import session_options
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ class _TuningSet:
         examples, self.sources = calibration_examples(split, config.tune_samples)
         part = tokenize_part(tokenizer, examples, config.max_length)
         self.labels = part.labels
+        self.label_of_logit = logit_to_label(model_path)
         self.batches = make_batches(part, config.batch_size)
         sensitivity = tokenize_part(tokenizer, examples[: config.sensitivity_samples], config.max_length)
         self.sensitivity_batches = make_batches(sensitivity, config.batch_size)
@@ -106,7 +109,7 @@ class _TuningSet:
         self.fp32_accuracy = self.accuracy(self.fp32_logits)
 
     def accuracy(self, logits: np.ndarray) -> float:
-        return float((logits.argmax(-1) == self.labels).mean())
+        return float((self.label_of_logit[logits.argmax(-1)] == self.labels).mean())
 
 
 def _run(session, batches, size: int, extra_feeds: dict) -> np.ndarray:
@@ -175,28 +178,25 @@ def search_precision(
     """Search the points of `document` (a calibration with nothing kept in float) to keep in float."""
     import onnxruntime as ort
 
-    from qtool.calibrators.recipe import calibrated_model
+    from qtool.calibrators.recipe import prepared_model, qdq_model
 
     config.validate()
     if document["kept_in_float"]:
         raise QtoolError("the automatic search starts from a calibration with no point kept in float; drop --keep-fp")
     started = time.perf_counter()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if config.threads:
-        options.intra_op_num_threads = config.threads
-        options.inter_op_num_threads = 1
+    options = session_options(config.threads)
 
     def session(model) -> ort.InferenceSession:
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
+    prepared = prepared_model(model_path, document)  # loaded (and smoothed) once for every candidate
     tuning = _TuningSet(model_path, split, tokenizer, config, session)
     names = list(document["tensors"])
     cache = _Cache(
         cache_path,
         {
             "format": SEARCH_FORMAT,
-            "model": model_identity(model_path),
+            "model": document["model"],  # prepared_model checked it is model_path's identity
             "calibration": sha256_text(
                 dumps_stable(
                     {
@@ -209,7 +209,6 @@ def search_precision(
             "tune_samples": config.tune_samples,
             "sensitivity_samples": config.sensitivity_samples,
             "batch_size": config.batch_size,
-            "threads": config.threads,
             "max_length": config.max_length,
         },
     )
@@ -224,7 +223,7 @@ def search_precision(
             result = cache.get("alone", [name])
             if result is None:
                 if switched is None:
-                    switched = session(calibrated_model(model_path, document, switches=True).SerializeToString())
+                    switched = session(qdq_model(prepared, document, switches=True).SerializeToString())
                 switches = {switch_input(n): np.array(n == name) for n in names}
                 logits = _run(switched, tuning.sensitivity_batches, tuning.sensitivity_size, switches)
                 flips = float((logits.argmax(-1) != tuning.fp32_sensitivity_logits.argmax(-1)).mean())
@@ -235,7 +234,8 @@ def search_precision(
             sensitivity.append({"name": name, **result, "expected_sqnr_db": round(sqnr[name], 3)})
             bar.advance(1, status=name)
     switched = None
-    ranked = sorted(sensitivity, key=lambda s: (-s["kl"], s["expected_sqnr_db"], names.index(s["name"])))
+    position = {name: index for index, name in enumerate(names)}
+    ranked = sorted(sensitivity, key=lambda s: (-s["kl"], s["expected_sqnr_db"], position[s["name"]]))
     order = [s["name"] for s in ranked]
 
     def tuning_accuracy(kept: list[str]) -> dict:
@@ -244,7 +244,7 @@ def search_precision(
         if result is None:
             candidate = without_points(document, kept, "search candidate")
             logits = _run(
-                session(calibrated_model(model_path, candidate).SerializeToString()),
+                session(qdq_model(prepared, candidate).SerializeToString()),
                 tuning.batches,
                 tuning.size,
                 {},
@@ -277,25 +277,24 @@ def search_precision(
         within_budget = first_within is not None
         pruning = []
         if within_budget:
-            chosen = order[:first_within]
+            chosen, final = order[:first_within], curve[first_within]
             # 3. pruning: quantize each chosen point again, least sensitive first, while the budget holds
             for name in reversed(order[:first_within]):
                 trial = [n for n in chosen if n != name]
                 point = tuning_accuracy(trial)
                 pruning.append({"quantized_again": name, "float_points": len(trial), **point})
                 if point["within"]:
-                    chosen = trial
+                    chosen, final = trial, point
                 bar.advance(1, status=f"{len(chosen)} in float")
         else:
-            best = max(curve, key=lambda c: (c["accuracy"], -c["float_points"]))
-            chosen = order[: best["float_points"]]
+            final = max(curve, key=lambda c: (c["accuracy"], -c["float_points"]))
+            chosen = order[: final["float_points"]]
             log.warning(
                 "no set of points kept in float reaches %g points of FP32 on the tuning pairs (the weights stay "
                 "INT8 in every candidate); keeping the %d most sensitive, the best tuning accuracy found",
                 config.max_drop,
                 len(chosen),
             )
-    final = tuning_accuracy(chosen)
     return {
         "format": SEARCH_FORMAT,
         "max_drop": config.max_drop,
@@ -317,6 +316,25 @@ def search_precision(
         "reused_evaluations": cache.reused,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+SUMMARY_KEYS = (
+    "max_drop",
+    "tuning",
+    "chosen",
+    "within_budget",
+    "tuning_accuracy",
+    "tuning_drop",
+    "curve",
+    "evaluations",
+    "reused_evaluations",
+    "seconds",
+)
+
+
+def search_summary(search: dict, figure: Path) -> dict:
+    """What command summaries and the study report carry of a search record, with its curve figure."""
+    return {key: search[key] for key in SUMMARY_KEYS} | {"figure": str(figure)}
 
 
 def auto_recipe_name(base_recipe: str, max_drop: float) -> str:
@@ -359,7 +377,7 @@ def auto_calibrate(
         "tuning_sources": tuning["sources"],
         "record": f"{recipe}.search.json",
     }
-    search = {"recipe": recipe, "model": model_identity(model_path), "data": split.describe(), **search}
+    search = {"recipe": recipe, "model": base["model"], "data": split.describe(), **search}
     write_json(folder / f"{recipe}.search.json", search)
     figure = precision_search_curve(
         search, folder / f"{recipe}.search.png", f"Mixed-precision search: {recipe} ({base['model']['source_model']})"

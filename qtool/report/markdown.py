@@ -80,21 +80,21 @@ def accuracy_table(result: dict) -> list[str]:
 def smoothing_table(result: dict) -> list[str]:
     """Each configuration calibrated after the migration beside the same one without it."""
     by_name = {r["configuration"]: r for r in result["results"]}
-    lines = []
-    for row in result["results"]:
-        alpha = row.get("smoothing")
-        if alpha is None:
-            continue
-        plain = by_name.get(row["configuration"].replace(f"-smooth{alpha:g}", ""))
-        if not lines:
-            lines = [
-                "| configuration | scope | without migration % | with migration % | change (points) | alpha |",
-                "| --- | --- | --- | --- | --- | --- |",
-            ]
+    smoothed = [row for row in result["results"] if row.get("smoothing") is not None]
+    if not smoothed:
+        return []
+    lines = [
+        "| configuration | scope | without migration % | with migration % | change (points) | alpha |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in smoothed:
+        plain = by_name.get(row.get("without_smoothing"))
         without = "-" if plain is None else _pct(plain["accuracy"])
         change = "-" if plain is None else f"{100 * (row['accuracy'] - plain['accuracy']):+.2f}"
         name = plain["configuration"] if plain else row["configuration"]
-        lines.append(f"| {name} | {row['scope']} | {without} | {_pct(row['accuracy'])} | {change} | {alpha:g} |")
+        lines.append(
+            f"| {name} | {row['scope']} | {without} | {_pct(row['accuracy'])} | {change} | {row['smoothing']:g} |"
+        )
     return lines
 
 

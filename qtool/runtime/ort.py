@@ -30,6 +30,25 @@ def check_onnx_file(path: Path) -> Path:
     return path
 
 
+def session_options(threads: int | None = None, optimization_level: str = "all"):
+    """ONNX Runtime session options as qtool uses them: quiet, `threads` intra-op threads (one
+    inter-op thread), the named graph optimization level."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization_level]
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
 class OrtRunner(Runner):
     name = "onnxruntime"
 
@@ -65,19 +84,9 @@ class OrtRunner(Runner):
             raise QtoolError(
                 f"execution provider(s) {unknown} are not available here; available: {', '.join(available)}"
             )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.optimization_level]
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
+        options = session_options(self.threads, self.optimization_level)
         if self.optimized_model_path:
             options.optimized_model_filepath = str(self.optimized_model_path)
-        options.log_severity_level = 3
         if not self.spinning:  # idle sessions must not busy-wait while another one runs (interleaved benchmarks)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")

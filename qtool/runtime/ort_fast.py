@@ -372,11 +372,15 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True) -> on
 def rewrite_file_for_ort_cpu(source: Path, output: Path, *, fuse_bias: bool = True) -> Path:
     """`rewrite_for_ort_cpu` from one ONNX file to another; the tokenizer path in the metadata is
     re-pointed from the output's folder, and `qtool.runtime_form` records the rewrite."""
+    return _write_rewritten(onnx.load(str(source)), source, output, fuse_bias)
+
+
+def _write_rewritten(model: onnx.ModelProto, source: Path, output: Path, fuse_bias: bool) -> Path:
     from qtool.exporter.onnx_export import save_derived_graph
 
-    model = rewrite_for_ort_cpu(onnx.load(str(source)), fuse_bias=fuse_bias)
+    rewritten = rewrite_for_ort_cpu(model, fuse_bias=fuse_bias)
     metadata = {"runtime_form": "onnxruntime-cpu" + ("" if fuse_bias else " (bias unfused)")}
-    return save_derived_graph(model, source, output, metadata)
+    return save_derived_graph(rewritten, source, output, metadata)
 
 
 def build_for_ort_cpu(source: Path, target: Path) -> dict:
@@ -385,8 +389,9 @@ def build_for_ort_cpu(source: Path, target: Path) -> dict:
     from qtool.calibrators.precision import SCOPES
     from qtool.exporter.onnx_export import read_qtool_metadata
 
-    rewrite_file_for_ort_cpu(source, target)
-    scope = read_qtool_metadata(onnx.load(str(target), load_external_data=False)).get("scope")
+    model = onnx.load(str(source))
+    scope = read_qtool_metadata(model).get("scope")
+    _write_rewritten(model, source, target, fuse_bias=True)
     report = {"graph": str(target), "scope": scope, **check_fused(target)}
     if scope in SCOPES and not SCOPES[scope].gemm_edges_only:
         report["note"] = (
