@@ -1,6 +1,6 @@
 """CPU latency of every way qtool can deploy a classifier, in one run on this machine.
 
-Candidates, timed interleaved on the same real QNLI inputs (qtool.runtime.bench.compare):
+Candidates, timed interleaved on the same real QNLI inputs (qtool.deployment.bench.compare):
 PyTorch eager FP32, ONNX Runtime FP32, qtool's static W8A8 graph (max calibration) with scope
 gemm (TensorRT's placement) as written for TensorRT and rewritten for ONNX Runtime's CPU kernels
 (`qtool build --backend ort`), the same with scope gemm-inputs (Q/DQ only on the edges into
@@ -46,7 +46,7 @@ def _ort_quantized(fp32: Path, folder: Path, tokenizer, split) -> dict[str, Path
         quantize_static,
     )
 
-    from qtool.calibrators.peers import calibration_reader
+    from qtool.quantization.ort_quantizers import calibration_reader
 
     static = folder / "ort-static-u8s8.onnx"
     quantize_static(
@@ -67,8 +67,8 @@ def _ort_quantized(fp32: Path, folder: Path, tokenizer, split) -> dict[str, Path
 
 def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]:
     from qtool.analysis import CollectConfig, collect_or_load
-    from qtool.calibrators.recipe import CalibrateConfig, calibrate, write_calibrated_graph
-    from qtool.runtime.ort_fast import rewrite_file_for_ort_cpu
+    from qtool.quantization.calibration import CalibrateConfig, calibrate, write_calibrated_graph
+    from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu
 
     stats = collect_or_load(
         fp32, split, tokenizer, CollectConfig(samples=CALIBRATION_PAIRS), stats_path=folder / f"{fp32.stem}.stats.npz"
@@ -103,8 +103,8 @@ def _bert_base_shape(folder: Path, tokenizer_dir: Path, split) -> tuple[Path, Pa
 
 
 def _candidates(model_dir: Path, fp32: Path, folder: Path, split, tokenizer, threads: int | None):
-    from qtool.runtime.bench import runner_factory
-    from qtool.runtime.torch_eager import TorchRunner
+    from qtool.deployment.bench import runner_factory
+    from qtool.runners.torch_eager import TorchRunner
 
     graphs = {"ort-fp32": fp32}
     graphs |= _qtool_graphs(fp32, folder, split, tokenizer)
@@ -116,7 +116,7 @@ def _candidates(model_dir: Path, fp32: Path, folder: Path, split, tokenizer, thr
 
 def _optimized_graph_ops(graphs: dict[str, Path]) -> dict[str, dict]:
     """What ONNX Runtime's CPU optimizations left in each graph: integer kernels and Q/DQ nodes."""
-    from qtool.runtime.ort_fast import check_fused
+    from qtool.exporter.ort_cpu import check_fused
 
     report = {}
     for name, path in graphs.items():
@@ -146,8 +146,8 @@ def main() -> None:
 
     from qtool.data import DataConfig, load_qnli
     from qtool.fileio import manifest_path, read_json
-    from qtool.runtime.bench import BenchConfig, benchmark_inputs, compare
-    from qtool.runtime.evaluate import tokenizer_for
+    from qtool.deployment.bench import BenchConfig, benchmark_inputs, compare
+    from qtool.deployment.evaluate import tokenizer_for
 
     split = load_qnli(DataConfig(source=args.data))
     tokenizer = tokenizer_for(args.fp32)

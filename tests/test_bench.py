@@ -15,9 +15,9 @@ import pytest
 
 from qtool.data import DataConfig, load_qnli
 from qtool.errors import QtoolError
-from qtool.runtime import bench
-from qtool.runtime.base import Runner
-from qtool.runtime.bench import (
+from qtool.deployment import bench
+from qtool.runners.base import Runner
+from qtool.deployment.bench import (
     BenchConfig,
     bench_compare,
     bench_model,
@@ -30,7 +30,7 @@ from qtool.runtime.bench import (
     summarize,
     tokenizer_for_model,
 )
-from qtool.runtime.ort import OrtRunner
+from qtool.runners.ort import OrtRunner
 
 QUICK = BenchConfig(warmup=2, iterations=5, sequence_lengths=(16,))
 LATENCY_KEYS = {"mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms", "throughput_per_s", "iterations"}

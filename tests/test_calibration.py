@@ -11,13 +11,13 @@ from typer.testing import CliRunner
 
 from qtool.analysis import CollectConfig, collect, point_reports
 from qtool.calibrators.methods import PEG_ROLES
-from qtool.calibrators.recipe import CalibrateConfig, calibrate, write_calibrated_graph
+from qtool.quantization.calibration import CalibrateConfig, calibrate, write_calibrated_graph
 from qtool.cli import app
 from qtool.data import make_batches, tokenize_part
 from qtool.errors import QtoolError
 from qtool.fileio import dumps_stable
 from qtool.models.resolve import load_tokenizer
-from qtool.runtime import OrtRunner
+from qtool.runners import OrtRunner
 from tests.conftest import SCALED_HIDDEN as HIDDEN
 from tests.conftest import build_bert_classifier, export_tiny
 from tests.reference_bert import bert_forward

@@ -11,7 +11,7 @@ from qtool.errors import QtoolError
 from qtool.exporter import ExportConfig, export_onnx, read_qtool_metadata
 from qtool.fileio import manifest_path, sha256_file
 from qtool.models import resolve_model
-from qtool.runtime import OrtRunner
+from qtool.runners import OrtRunner
 from tests.conftest import build_bert_classifier
 
 

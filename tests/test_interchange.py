@@ -13,7 +13,7 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from qtool.analysis import CollectConfig, collect
-from qtool.calibrators.interchange import (
+from qtool.quantization.scale_formats import (
     export_scales,
     load_ort_overrides,
     ort_overrides,
@@ -25,7 +25,7 @@ from qtool.calibrators.interchange import (
     write_ort_overrides,
     write_trt_cache,
 )
-from qtool.calibrators.recipe import CalibrateConfig, calibrate, calibration_paths, write_calibration
+from qtool.quantization.calibration import CalibrateConfig, calibrate, calibration_paths, write_calibration
 from qtool.cli import app
 from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
 from qtool.errors import QtoolError
@@ -157,7 +157,7 @@ def test_ort_overrides_reproduce_qtool_scales_in_quantize_static(tiny, tmp_path,
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    from qtool.calibrators.peers import calibration_reader
+    from qtool.quantization.ort_quantizers import calibration_reader
 
     document = tiny["documents"]["max"]
     path = write_ort_overrides(document, tmp_path / "max.ort-overrides.json", tiny["model"])

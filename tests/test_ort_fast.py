@@ -10,10 +10,10 @@ import torch
 from transformers import BertForSequenceClassification
 
 from qtool.analysis import CollectConfig, collect
-from qtool.calibrators.recipe import CalibrateConfig, calibrate, write_calibrated_graph
+from qtool.quantization.calibration import CalibrateConfig, calibrate, write_calibrated_graph
 from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
 from qtool.models.resolve import load_tokenizer
-from qtool.runtime.ort_fast import (
+from qtool.exporter.ort_cpu import (
     build_for_ort_cpu,
     check_fused,
     count_fused_integer_ops,

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from qtool.analysis.stats import TensorStats
-from qtool.calibrators.recipe import CalibrateConfig, calibrate, calibrated_model
-from qtool.calibrators.search import SearchConfig, expected_sqnr_db, search_precision, without_points
+from qtool.quantization.calibration import CalibrateConfig, calibrate, calibrated_model
+from qtool.quantization.search import SearchConfig, expected_sqnr_db, search_precision, without_points
 from qtool.cli import app
 from qtool.data import QnliSplit, make_batches, tokenize_part
 from qtool.data.qnli import Example
@@ -171,7 +171,7 @@ def test_calibrate_auto_cli_writes_calibration_record_and_curve(scaled_model, se
 
 
 def test_tuning_accuracy_reads_logits_in_the_graph_label_order():
-    from qtool.calibrators.search import _TuningSet
+    from qtool.quantization.search import _TuningSet
 
     tuning = _TuningSet.__new__(_TuningSet)
     tuning.labels = np.array([0, 1, 1])

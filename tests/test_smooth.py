@@ -389,7 +389,7 @@ def test_calibrate_with_smoothing_records_factors_and_rebuilds_the_same_graph(ou
 
 def test_smoothed_graph_is_rewritten_when_its_file_and_record_disagree(outlier, split, tmp_path):
     from qtool.analysis.collect import model_identity
-    from qtool.calibrators.recipe import smoothed_graph
+    from qtool.quantization.calibration import smoothed_graph
 
     graph = tmp_path / "fp32.onnx"
     graph.write_bytes(outlier["path"].read_bytes())
@@ -408,7 +408,7 @@ def test_smoothed_graph_is_rewritten_when_its_file_and_record_disagree(outlier, 
 
 
 def test_gemm_inputs_scope_with_smoothing_quantizes_only_the_gemm_edges(outlier, split, tmp_path):
-    from qtool.calibrators.recipe import CalibrateConfig, calibrate_model, calibrated_model
+    from qtool.quantization.calibration import CalibrateConfig, calibrate_model, calibrated_model
 
     graph = tmp_path / "fp32.onnx"
     graph.write_bytes(outlier["path"].read_bytes())

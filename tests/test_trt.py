@@ -22,10 +22,10 @@ import pytest
 from qtool.data.batching import INPUT_NAMES
 from qtool.errors import QtoolError
 from qtool.fileio import manifest_path, sha256_file, write_json
-from qtool.runtime import device
-from qtool.runtime import trt as backend
-from qtool.runtime.device import GpuInfo
-from qtool.runtime.trt import (
+from qtool.runners import device
+from qtool.runners import trt as backend
+from qtool.runners.device import GpuInfo
+from qtool.runners.trt import (
     TrtBuildConfig,
     TrtRunner,
     build_engine,
@@ -626,7 +626,7 @@ def test_timing_cache_is_saved_reused_and_replaced_when_stale(use_fake, tiny_gra
     build_engine(tiny_graph, tmp_path / "b.plan", config)
     assert trt.state.timing_cache_loaded == b"+tactics" and cache.read_bytes() == b"+tactics+tactics"
     cache.write_bytes(b"written by another GPU")
-    with caplog.at_level(logging.WARNING, logger="qtool.runtime.trt"):
+    with caplog.at_level(logging.WARNING, logger="qtool.runners.trt"):
         build_engine(tiny_graph, tmp_path / "c.plan", config)
     assert "was written by another GPU or TensorRT version" in caplog.text
     assert trt.state.timing_cache_loaded == b"" and cache.read_bytes() == b"+tactics"
@@ -747,7 +747,7 @@ def eval_batches(tiny_classifier, session_data) -> list[dict]:
 
 
 def _ort_logits(onnx_path: Path, feeds: dict) -> np.ndarray:
-    from qtool.runtime import OrtRunner
+    from qtool.runners import OrtRunner
 
     with OrtRunner(onnx_path) as runner:
         return runner.infer(feeds)["logits"]

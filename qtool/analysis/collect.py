@@ -175,7 +175,7 @@ def _augmented_model(model: onnx.ModelProto, points: list[QuantPoint]) -> bytes:
 def collect(model_path: Path, split: QnliSplit, tokenizer, config: CollectConfig = CollectConfig()) -> ActivationStats:
     import onnxruntime as ort
 
-    from qtool.runtime.ort import session_options
+    from qtool.runners.ort import session_options
 
     config.validate()
     model, points = load_quant_points(model_path)

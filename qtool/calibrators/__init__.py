@@ -1,1 +1,1 @@
-"""Placeholder package: filled by a later stage."""
+"""Range estimators in one registry (`methods.CALIBRATORS`) and the precision policy (scopes, presets)."""

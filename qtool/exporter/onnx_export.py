@@ -102,7 +102,7 @@ def export_onnx(
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from qtool.runtime import OrtRunner
+    from qtool.runners import OrtRunner
 
     config.validate()
     model_config = load_config(source)

@@ -58,7 +58,7 @@ import numpy as np
 import onnx
 
 from qtool.calibrators.precision import SCOPES
-from qtool.calibrators.recipe import check_calibration
+from qtool.quantization.calibration import check_calibration
 from qtool.errors import QtoolError
 from qtool.exporter.points import QuantPoint, find_quant_points
 from qtool.exporter.qdq import SHAPE_ONLY_OPS

@@ -11,7 +11,7 @@ thread every few milliseconds), and the RSS added by entering the runner (the ba
 imported before the baseline, so its import is not counted as the model's memory). In one process
 these numbers are approximate: freed memory is not always returned to the system, and when several
 runners live side by side their RSS cannot be told apart exactly. `isolated=True` runs a benchmark
-in a fresh `python -m qtool.runtime.bench` process, which gives each candidate a clean baseline
+in a fresh `python -m qtool.deployment.bench` process, which gives each candidate a clean baseline
 and peak. Device memory is what the runner reports (`device_memory_bytes` of a TensorRT engine) and,
 when `pynvml` and a GPU are present, NVML's count of used device memory.
 """
@@ -39,7 +39,7 @@ import numpy as np
 from qtool.data.batching import padded_feeds
 from qtool.data.qnli import DataConfig, Example
 from qtool.errors import QtoolError
-from qtool.runtime.base import Runner
+from qtool.runners.base import Runner
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def max_positions(onnx_path: Path) -> int | None:
     """
     import onnx
 
-    from qtool.runtime.ort import check_onnx_file
+    from qtool.runners.ort import check_onnx_file
 
     model = onnx.load(str(check_onnx_file(onnx_path)), load_external_data=False)
     graph = model.graph
@@ -227,12 +227,12 @@ def runner_factory(
     """A picklable factory of the runner for `model_path`: `.onnx` → ONNX Runtime, `.plan` → TensorRT."""
     model_path = Path(model_path)
     if model_path.suffix in ONNX_SUFFIXES:
-        from qtool.runtime.ort import OrtRunner
+        from qtool.runners.ort import OrtRunner
 
         # Without spinning, a session that waits its turn does not steal cores from the one being timed.
         return functools.partial(OrtRunner, model_path, providers=tuple(providers), threads=threads, spinning=False)
     if model_path.suffix in ENGINE_SUFFIXES:
-        from qtool.runtime.trt import TrtRunner
+        from qtool.runners.trt import TrtRunner
 
         if threads is not None:
             log.info("--threads does not apply to the TensorRT engine %s", model_path)
@@ -248,7 +248,7 @@ def _source_onnx(model_path: Path) -> Path | None:
     model_path = Path(model_path)
     if model_path.suffix in ONNX_SUFFIXES:
         return model_path
-    from qtool.runtime.trt import read_plan_manifest
+    from qtool.runners.trt import read_plan_manifest
 
     manifest = read_plan_manifest(model_path)
     if manifest is None or not manifest.get("onnx"):
@@ -260,7 +260,7 @@ def _source_onnx(model_path: Path) -> Path | None:
 def tokenizer_for_model(model_path: Path, tokenizer_path: Path | None = None):
     """The tokenizer of a graph (exported beside it) or of an engine (beside the graph it was built from)."""
     from qtool.models.resolve import load_tokenizer
-    from qtool.runtime.evaluate import tokenizer_for
+    from qtool.deployment.evaluate import tokenizer_for
 
     if tokenizer_path is not None:
         if not Path(tokenizer_path).is_dir():
@@ -606,7 +606,7 @@ def run_benchmark(
 
 
 def _run_isolated(make_runner: RunnerFactory, feeds: Mapping[str, np.ndarray], config: BenchConfig) -> dict:
-    """run_benchmark in a fresh `python -m qtool.runtime.bench` process; job and result go through files.
+    """run_benchmark in a fresh `python -m qtool.deployment.bench` process; job and result go through files.
 
     A plain subprocess (not multiprocessing) never re-imports the caller's main module, so scripts
     without a `__main__` guard work too. The child gets this process's sys.path as PYTHONPATH, so
@@ -623,7 +623,7 @@ def _run_isolated(make_runner: RunnerFactory, feeds: Mapping[str, np.ndarray], c
         job_path.write_bytes(job)
         log.debug("running an isolated benchmark in a fresh process")
         completed = subprocess.run(
-            [sys.executable, "-m", "qtool.runtime.bench", str(job_path), str(result_path)],
+            [sys.executable, "-m", "qtool.deployment.bench", str(job_path), str(result_path)],
             env={**os.environ, "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)},
             stdin=subprocess.DEVNULL,
             stdout=2,  # whatever a backend prints goes to stderr, never into this process's stdout (--json)
@@ -772,7 +772,7 @@ def _check_model_files(model_paths: Sequence[Path]) -> list[Path]:
             raise QtoolError(f"{path} does not exist; pass an .onnx graph or a .plan engine")
         runner_factory(path)  # fails early on an unknown file type
         if path.suffix in ENGINE_SUFFIXES:
-            from qtool.runtime.trt import read_plan_manifest
+            from qtool.runners.trt import read_plan_manifest
 
             if read_plan_manifest(path) is None:
                 raise QtoolError(
@@ -851,7 +851,7 @@ def bench_compare(
     return {"models": [str(path) for path in paths], "config": config.to_record(), "inputs": inputs, "results": results}
 
 
-if __name__ == "__main__":  # the isolated child: python -m qtool.runtime.bench JOB RESULT
-    from qtool.runtime.bench import _isolated_main as isolated_main  # the package's copy, not __main__'s
+if __name__ == "__main__":  # the isolated child: python -m qtool.deployment.bench JOB RESULT
+    from qtool.deployment.bench import _isolated_main as isolated_main  # the package's copy, not __main__'s
 
     isolated_main(Path(sys.argv[1]), Path(sys.argv[2]))

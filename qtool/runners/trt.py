@@ -29,9 +29,9 @@ import numpy as np
 from qtool import __version__
 from qtool.errors import QtoolError
 from qtool.fileio import atomic_path, manifest_path, read_json, sha256_file, write_json
-from qtool.runtime.base import Runner
-from qtool.runtime.device import GpuInfo, current_gpu
-from qtool.runtime.ort import check_onnx_file
+from qtool.runners.base import Runner
+from qtool.runners.device import GpuInfo, current_gpu
+from qtool.runners.ort import check_onnx_file
 
 log = logging.getLogger(__name__)
 

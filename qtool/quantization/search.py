@@ -38,8 +38,8 @@ from qtool.errors import QtoolError
 from qtool.exporter.qdq import switch_input
 from qtool.fileio import dumps_stable, read_json, sha256_text, write_json
 from qtool.progress import progress_bar
-from qtool.runtime.evaluate import logit_to_label
-from qtool.runtime.ort import session_options
+from qtool.deployment.evaluate import logit_to_label
+from qtool.runners.ort import session_options
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def search_precision(
     """Search the points of `document` (a calibration with nothing kept in float) to keep in float."""
     import onnxruntime as ort
 
-    from qtool.calibrators.recipe import prepared_model, qdq_model
+    from qtool.quantization.calibration import prepared_model, qdq_model
 
     config.validate()
     if document["kept_in_float"]:

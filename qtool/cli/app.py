@@ -22,17 +22,17 @@ from qtool.analysis.collect import CollectConfig
 from qtool.analysis.outliers import OutlierConfig
 from qtool.calibrators.methods import CALIBRATORS
 from qtool.calibrators.precision import MIXED_PRECISION_PRESETS, SCOPES
-from qtool.calibrators.recipe import CalibrateConfig
-from qtool.calibrators.search import SearchConfig
+from qtool.quantization.calibration import CalibrateConfig
+from qtool.quantization.search import SearchConfig
 from qtool.data import DataConfig
 from qtool.errors import QtoolError
 from qtool.exporter.onnx_export import ExportConfig
 from qtool.exporter.qdq import WEIGHT_MODES
 from qtool.models.finetune import FinetuneConfig
-from qtool.runtime import check_onnx_file
-from qtool.runtime.bench import INPUT_KINDS, BenchConfig
-from qtool.runtime.evaluate import EvalConfig
-from qtool.runtime.trt import TrtBuildConfig
+from qtool.runners import check_onnx_file
+from qtool.deployment.bench import INPUT_KINDS, BenchConfig
+from qtool.deployment.evaluate import EvalConfig
+from qtool.runners.trt import TrtBuildConfig
 
 app = typer.Typer(
     name="qtool",
@@ -299,7 +299,7 @@ def eval_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy of an ONNX classifier on a QNLI part, through ONNX Runtime on the CPU."""
-    from qtool.runtime.evaluate import evaluate_graph
+    from qtool.deployment.evaluate import evaluate_graph
 
     config = _config(EvalConfig, part=part, batch_size=batch_size, limit=limit, threads=threads)
     config.validate()
@@ -345,7 +345,7 @@ def _load_stats(model_path: Path, stats: Path | None, data, seed, samples, batch
     """Statistics for `model_path`: an explicit file (refused if it belongs to another model or data
     split) or the cached file beside the graph, collected when missing or stale."""
     from qtool.analysis import ActivationStats, collect_or_load
-    from qtool.runtime.evaluate import tokenizer_for
+    from qtool.deployment.evaluate import tokenizer_for
 
     if stats is not None:
         collected = ActivationStats.load(stats)
@@ -380,7 +380,7 @@ def collect(
     of |x|. Padding is excluded. Every calibrator and `qtool analyze` read this one file.
     """
     from qtool.analysis.collect import collect_or_load, default_stats_path
-    from qtool.runtime.evaluate import tokenizer_for
+    from qtool.deployment.evaluate import tokenizer_for
 
     check_onnx_file(model_path)
     data_config, split = _load_split(data, seed)
@@ -450,7 +450,7 @@ def analyze(
 
     Collects statistics first when no matching statistics file exists (see `qtool collect`).
     """
-    from qtool.analysis.report import analysis_document, write_analysis
+    from qtool.analysis.writer import analysis_document, write_analysis
 
     check_onnx_file(model_path)
     if top is not None and top < 1:
@@ -639,8 +639,8 @@ def calibrate(
     (never the eval part) stays within --max-drop points of FP32; it also writes
     <recipe>.search.json (sensitivities, the accuracy curve, timings) and <recipe>.search.png.
     """
-    from qtool.calibrators.recipe import calibrate_model, calibration_paths, write_calibrated_graph, write_calibration
-    from qtool.runtime.evaluate import evaluate_graph, tokenizer_for
+    from qtool.quantization.calibration import calibrate_model, calibration_paths, write_calibrated_graph, write_calibration
+    from qtool.deployment.evaluate import evaluate_graph, tokenizer_for
 
     check_onnx_file(model_path)
     auto = method == AUTO_METHOD
@@ -684,7 +684,7 @@ def calibrate(
     )
     search = None
     if auto:
-        from qtool.calibrators.search import auto_calibrate, search_summary
+        from qtool.quantization.search import auto_calibrate, search_summary
 
         search_config = replace(search_config, max_length=data_config.max_length)
         document, search, curve_figure = auto_calibrate(
@@ -793,7 +793,7 @@ def quantize(
     ] = None,
 ) -> None:
     """Write the QDQ graph of an existing calibration file (refused if it was made for another model)."""
-    from qtool.calibrators.recipe import calibration_paths, load_calibration, write_calibrated_graph
+    from qtool.quantization.calibration import calibration_paths, load_calibration, write_calibrated_graph
 
     check_onnx_file(model_path)
     document = load_calibration(calibration, model_path)
@@ -848,14 +848,14 @@ def export_scales(
 
     TensorRT 10 (implicit quantization, deprecated since 10.1): `trtexec --onnx=FP32.onnx --int8
     --calib=FILE`. ONNX Runtime: `quantize_static(..., extra_options={"TensorQuantOverrides":
-    qtool.calibrators.interchange.load_ort_overrides(FILE), "ActivationSymmetric": True})`.
+    qtool.quantization.scale_formats.load_ort_overrides(FILE), "ActivationSymmetric": True})`.
     Points kept in float are left out. PEG calibrations are refused: deploy their QDQ graph.
     """
-    from qtool.calibrators import interchange
+    from qtool.quantization import scale_formats as interchange
 
     if fmt not in interchange.FORMATS:
         raise QtoolError(f"--format must be one of {', '.join(interchange.FORMATS)}, got {fmt!r}")
-    from qtool.calibrators.recipe import load_calibration
+    from qtool.quantization.calibration import load_calibration
     from qtool.exporter.points import load_quant_points
 
     if model_path is not None:
@@ -984,8 +984,8 @@ def bench(
     Speed is measured, never assumed: compare candidates in one run on the same machine.
     """
     from qtool.data import DataConfig as _DataConfig
-    from qtool.runtime.bench import bench_compare, bench_model, runner_factory, tokenizer_for_model
-    from qtool.runtime.evaluate import evaluate, logit_to_label
+    from qtool.deployment.bench import bench_compare, bench_model, runner_factory, tokenizer_for_model
+    from qtool.deployment.evaluate import evaluate, logit_to_label
 
     config = _config(
         BenchConfig,
@@ -1121,7 +1121,7 @@ def build(
     if backend not in BACKENDS:
         raise QtoolError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "ort":
-        from qtool.runtime.ort_fast import build_for_ort_cpu
+        from qtool.exporter.ort_cpu import build_for_ort_cpu
 
         target = output or model_path.with_name(f"{model_path.stem}.ort.onnx")
         report = {"backend": "ort", **build_for_ort_cpu(model_path, target)}
@@ -1136,7 +1136,7 @@ def build(
             *([("note", report["note"])] if report.get("note") else []),
         ]
     else:
-        from qtool.runtime.trt import build_engine
+        from qtool.runners.trt import build_engine
 
         config = _config(
             TrtBuildConfig,
@@ -1195,7 +1195,7 @@ def reproduce(
     3, 4, 6, 8; mixed precision paper and outliers. Every stage is cached, so a rerun (or a run after
     an interruption) only does what is missing.
     """
-    from qtool.pipeline import ReproduceConfig, load_configuration_file, run_reproduce
+    from qtool.stages.study import ReproduceConfig, load_configuration_file, run_reproduce
 
     data_config, split = _load_split(data, seed)
     config = _config(ReproduceConfig, seed=seed, configurations=tuple(configs) if configs else None)

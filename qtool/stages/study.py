@@ -22,16 +22,16 @@ import torch
 from qtool import __version__
 from qtool.analysis import CollectConfig, collect_or_load
 from qtool.analysis.outliers import OutlierConfig
-from qtool.analysis.report import analysis_document, write_analysis
-from qtool.calibrators.peers import PEERS, quantize_with_ort
-from qtool.calibrators.recipe import (
+from qtool.analysis.writer import analysis_document, write_analysis
+from qtool.quantization.ort_quantizers import PEERS, quantize_with_ort
+from qtool.quantization.calibration import (
     CalibrateConfig,
     calibrate_model,
     calibration_paths,
     write_calibrated_graph,
     write_calibration,
 )
-from qtool.calibrators.search import SearchConfig, auto_calibrate, auto_recipe_name, search_summary
+from qtool.quantization.search import SearchConfig, auto_calibrate, auto_recipe_name, search_summary
 from qtool.data import QnliSplit
 from qtool.errors import QtoolError
 from qtool.exporter import ExportConfig, export_onnx
@@ -44,9 +44,9 @@ from qtool.report.figures import write_study_figures
 from qtool.report.html import write_html_report
 from qtool.report.intervals import wilson_interval
 from qtool.report.markdown import write_markdown_report
-from qtool.runtime.bench import BenchConfig, benchmark_inputs, run_benchmark, runner_factory
-from qtool.runtime.evaluate import EvalConfig, evaluate_graph
-from qtool.runtime.ort_fast import rewrite_file_for_ort_cpu
+from qtool.deployment.bench import BenchConfig, benchmark_inputs, run_benchmark, runner_factory
+from qtool.deployment.evaluate import EvalConfig, evaluate_graph
+from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu
 
 log = logging.getLogger(__name__)
 

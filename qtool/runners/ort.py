@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from qtool.errors import QtoolError
-from qtool.runtime.base import Runner
+from qtool.runners.base import Runner
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from qtool.data import LABELS, QnliSplit, make_batches, tokenize_part
 from qtool.errors import QtoolError
 from qtool.models.resolve import load_tokenizer
 from qtool.progress import progress_bar
-from qtool.runtime.base import Runner
+from qtool.runners.base import Runner
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def evaluate_graph(
     a changed graph or split is evaluated again.
     """
     from qtool.fileio import read_json, sha256_file, write_json
-    from qtool.runtime.ort import OrtRunner, check_onnx_file
+    from qtool.runners.ort import OrtRunner, check_onnx_file
 
     check_onnx_file(model_path)
     key = {

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from qtool.data.batching import INPUT_NAMES
-from qtool.runtime.base import Runner
+from qtool.runners.base import Runner
 
 
 class TorchRunner(Runner):

@@ -1,0 +1,1 @@
+"""Calibration files, the mixed-precision search, scale formats for other tools, ONNX Runtime's quantizers."""
