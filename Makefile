@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine with only Python:
 #   make reproduce   set up .venv, then run the study on the embedded default model
-#   make test        set up .venv, then run the test suite
+#   make test        set up .venv, then check the import layers and run the test suite
 # TORCH_SPEC pins the CPU wheel on CPU-only machines; GPU users: make TORCH_SPEC=torch ...
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	QTOOL_DATA=$(DATA) $(BIN)/python -m pytest -q
 
 reproduce: $(STAMP)

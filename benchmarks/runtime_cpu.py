@@ -67,8 +67,8 @@ def _ort_quantized(fp32: Path, folder: Path, tokenizer, split) -> dict[str, Path
 
 def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]:
     from qtool.analysis import CollectConfig, collect_or_load
-    from qtool.quantization.calibration import CalibrateConfig, calibrate, write_calibrated_graph
     from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu
+    from qtool.quantization.calibration import CalibrateConfig, calibrate, write_calibrated_graph
 
     stats = collect_or_load(
         fp32, split, tokenizer, CollectConfig(samples=CALIBRATION_PAIRS), stats_path=folder / f"{fp32.stem}.stats.npz"
@@ -145,9 +145,9 @@ def main() -> None:
     import transformers
 
     from qtool.data import DataConfig, load_qnli
-    from qtool.fileio import manifest_path, read_json
     from qtool.deployment.bench import BenchConfig, benchmark_inputs, compare
     from qtool.deployment.evaluate import tokenizer_for
+    from qtool.fileio import manifest_path, read_json
 
     split = load_qnli(DataConfig(source=args.data))
     tokenizer = tokenizer_for(args.fp32)

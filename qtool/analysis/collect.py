@@ -21,12 +21,14 @@ import onnx
 
 from qtool import __version__
 from qtool.analysis.stats import DEFAULT_BINS, TensorStats
+from qtool.cache import cached_stage
 from qtool.data import QnliSplit, make_batches, tokenize_part
 from qtool.data.qnli import Example
+from qtool.defaults import MAX_LENGTH
 from qtool.errors import QtoolError
-from qtool.exporter.onnx_export import read_qtool_metadata
 from qtool.exporter.points import ATTENTION_LAYOUT, POOLED_LAYOUT, TOKEN_LAYOUT, QuantPoint, load_quant_points
-from qtool.fileio import atomic_path, sha256_file, sha256_text
+from qtool.fileio import atomic_path, manifest_path, sha256_text
+from qtool.graph import model_identity
 from qtool.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ class CollectConfig:
     batch_size: int = 32
     histogram_bins: int = DEFAULT_BINS
     threads: int | None = None
-    max_length: int = 128
+    max_length: int = MAX_LENGTH
 
     def validate(self) -> None:
         if self.samples < 1:
@@ -118,17 +120,6 @@ def _describe(identity: dict | None) -> str:
     if not identity:
         return "unknown"
     return f"{identity.get('source_model', '?')} sha256 {str(identity.get('model_sha256', '?'))[:12]}"
-
-
-def model_identity(model_path: Path) -> dict:
-    """What identifies the model a statistics file belongs to: the source weights' hash, or the graph's."""
-    metadata = read_qtool_metadata(onnx.load(str(model_path), load_external_data=False))
-    if "model_sha256" not in metadata:
-        return {"source_model": Path(model_path).name, "model_sha256": sha256_file(model_path)}
-    identity = {"source_model": metadata.get("source_model"), "model_sha256": metadata["model_sha256"]}
-    if "transform" in metadata:  # a float graph rewritten from the export (smoothed): other activations
-        identity["transform"] = metadata["transform"]
-    return identity
 
 
 def calibration_examples(split: QnliSplit, samples: int) -> tuple[list[Example], dict[str, int]]:
@@ -246,18 +237,22 @@ def collect_or_load(
     stats_path: Path | None = None,
     force: bool = False,
 ) -> ActivationStats:
-    """Reuse the statistics file when it matches this model, data split and configuration."""
+    """The statistics of `model_path`, collected once and reused while the model, data split and the
+    options that change them are the same (the record `<stats>.manifest.json` holds that key)."""
     stats_path = Path(stats_path or default_stats_path(model_path))
-    if stats_path.is_file() and not force:
-        cached = ActivationStats.load(stats_path)
-        if (
-            cached.manifest.get("model") == model_identity(model_path)
-            and cached.manifest.get("data") == split.describe()
-            and _result_options(cached.manifest.get("config", {})) == _result_options(asdict(config))
-        ):
-            log.info("reusing statistics %s", stats_path)
-            return cached
-        log.info("statistics %s are stale (other model, data or options); collecting again", stats_path)
-    result = collect(model_path, split, tokenizer, config)
-    result.save(stats_path)
-    return result
+    key = {
+        "format": STATS_FORMAT,
+        "model": model_identity(model_path),
+        "data": split.describe(),
+        "config": _result_options(asdict(config)),
+    }
+    collected: list[ActivationStats] = []
+
+    def run() -> dict:
+        collected.append(collect(model_path, split, tokenizer, config))
+        collected[0].save(stats_path)
+        return {"points": len(collected[0].points), "samples": collected[0].manifest["samples"]}
+
+    record = manifest_path(stats_path)
+    cached_stage(record, key, run, artifact=stats_path, force=force, description=f"statistics {stats_path}")
+    return collected[0] if collected else ActivationStats.load(stats_path)

@@ -7,25 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from qtool.analysis.collect import ActivationStats
-from qtool.fileio import atomic_path
+from qtool.plotting import pyplot, save_figure
 
 RESIDUAL_ROLES = ("embeddings_sum", "residual_sum")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=130, bbox_inches="tight", metadata={"Software": None})
-    _pyplot().close(figure)
-    return path
 
 
 def _by_role(reports: list[dict], key: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -41,12 +25,12 @@ def _by_role(reports: list[dict], key: str) -> dict[str, tuple[list[int], list[f
 
 
 def _style(index: int) -> dict:
-    colors = _pyplot().get_cmap("tab10").colors
+    colors = pyplot().get_cmap("tab10").colors
     return {"color": colors[index % 10], "linestyle": ("-", "--")[index // 10 % 2]}
 
 
 def kurtosis_by_layer(reports: list[dict], path: Path, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(9, 5))
     for index, (label, (xs, ys)) in enumerate(sorted(_by_role(reports, "kurtosis").items())):
         axis.plot(xs, ys, marker="o", label=label, **_style(index))
@@ -57,11 +41,11 @@ def kurtosis_by_layer(reports: list[dict], path: Path, title: str) -> Path:
     axis.set_title(title)
     axis.legend(fontsize=7, ncol=2)
     axis.grid(alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def energy_by_layer(reports: list[dict], path: Path, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(9, 5))
     for index, (label, (xs, ys)) in enumerate(sorted(_by_role(reports, "top_energy_share").items())):
         axis.plot(xs, [100 * y for y in ys], marker="o", label=label, **_style(index))
@@ -71,11 +55,11 @@ def energy_by_layer(reports: list[dict], path: Path, title: str) -> Path:
     axis.set_title(title)
     axis.legend(fontsize=7, ncol=2)
     axis.grid(alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def residual_heatmap(stats: ActivationStats, path: Path, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     points = [p for p in stats.points if p.role in RESIDUAL_ROLES]
     matrix = np.stack([stats.stats[p.name].channel_absmax for p in points])
     figure, axis = plt.subplots(figsize=(11, 0.35 * len(points) + 2))
@@ -84,12 +68,12 @@ def residual_heatmap(stats: ActivationStats, path: Path, title: str) -> Path:
     axis.set_xlabel("hidden channel")
     axis.set_title(title)
     figure.colorbar(image, ax=axis, label="log10 max |x| of the channel")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def residual_histogram(stats: ActivationStats, report: dict, path: Path, title: str) -> Path:
     """|x| histogram of one residual sum, with its outlier channels marked at their max |x|."""
-    plt = _pyplot()
+    plt = pyplot()
     tensor = stats.stats[report["name"]]
     used = max(1, int(np.flatnonzero(tensor.histogram).max()) + 1)
     width = tensor.histogram_range / tensor.bins
@@ -115,7 +99,7 @@ def residual_histogram(stats: ActivationStats, report: dict, path: Path, title: 
     axis.set_ylabel("elements (log scale)")
     axis.set_title(title)
     axis.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def write_figures(stats: ActivationStats, reports: list[dict], folder: Path, model_label: str) -> dict[str, str]:

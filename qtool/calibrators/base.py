@@ -11,12 +11,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-import numpy as np
-
 from qtool.analysis.stats import TensorStats
+from qtool.exporter.grid import scale_for
 from qtool.exporter.points import QuantPoint
-
-INT8_MAX = 127
 
 
 @dataclass(frozen=True)
@@ -45,11 +42,6 @@ class ActivationRange:
         if self.groups is not None:
             data["groups"] = [{"amax": g.amax, "scale": g.scale, "channels": list(g.channels)} for g in self.groups]
         return data
-
-
-def scale_for(amax: float) -> float:
-    """Symmetric INT8 with zero point 0 (TensorRT's convention): amax maps to 127."""
-    return float(np.float32(max(amax, 1e-12) / INT8_MAX))
 
 
 class Calibrator(ABC):

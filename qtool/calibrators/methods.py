@@ -6,6 +6,7 @@ import numpy as np
 
 from qtool.analysis.stats import TensorStats
 from qtool.calibrators.base import ActivationRange, Calibrator, ChannelGroup
+from qtool.defaults import PEG_GROUPS, PERCENTILE
 from qtool.errors import QtoolError
 from qtool.exporter.points import QuantPoint
 
@@ -41,7 +42,7 @@ class PercentileCalibrator(Calibrator):
     name = "percentile"
     options = ("p",)
 
-    def __init__(self, p: float = 99.99):
+    def __init__(self, p: float = PERCENTILE):
         if not 0 < p <= 100:
             raise QtoolError(f"--p must be in (0, 100], got {p:g}")
         self.p = float(p)
@@ -60,7 +61,7 @@ class PegCalibrator(Calibrator):
     name = "peg"
     options = ("groups", "permute")
 
-    def __init__(self, groups: int = 4, permute: bool = True):
+    def __init__(self, groups: int = PEG_GROUPS, permute: bool = True):
         if groups < 1:
             raise QtoolError(f"--groups must be at least 1, got {groups}")
         self.groups = int(groups)

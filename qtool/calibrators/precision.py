@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qtool.analysis.outliers import OutlierConfig, point_reports
+from qtool.defaults import OUTLIER_RATIO
 from qtool.errors import QtoolError
 from qtool.exporter.points import ROLES, QuantPoint
 
@@ -49,7 +50,6 @@ SCOPES: dict[str, Scope] = {
 }
 PAPER_PATTERNS = ("layer.*.ffn.output", "layer.*.ffn.residual_sum", "layer.*.ffn.layernorm")
 MIXED_PRECISION_PRESETS = ("paper", "outliers")
-DEFAULT_OUTLIER_RATIO = 4.0
 
 
 def check_scope(scope: str) -> Scope:
@@ -73,7 +73,7 @@ def match_patterns(points: Iterable[QuantPoint], patterns: Iterable[str]) -> lis
     return kept
 
 
-def outlier_points(stats, ratio: float = DEFAULT_OUTLIER_RATIO) -> list[str]:
+def outlier_points(stats, ratio: float = OUTLIER_RATIO) -> list[str]:
     if ratio <= 1:
         raise QtoolError(f"--outlier-ratio must be above 1, got {ratio:g}")
     reports = point_reports(stats, OutlierConfig())

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qtool.data.qnli import Example
+from qtool.defaults import MAX_LENGTH
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -46,7 +47,7 @@ class Batch:
         return int(self.feeds["attention_mask"].sum())
 
 
-def tokenize_part(tokenizer, examples: Sequence[Example], max_length: int = 128) -> TokenizedPart:
+def tokenize_part(tokenizer, examples: Sequence[Example], max_length: int = MAX_LENGTH) -> TokenizedPart:
     encoded = tokenizer(
         [e.question for e in examples],
         [e.sentence for e in examples],

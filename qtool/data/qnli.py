@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qtool.defaults import MAX_LENGTH, SEED
 from qtool.errors import QtoolError
 from qtool.fileio import sha256_text
 
@@ -40,11 +41,11 @@ class DataConfig:
     """Where QNLI comes from and how it is split. `source`: a GLUE TSV folder, or `hub`."""
 
     source: str | None = None
-    seed: int = 0
+    seed: int = SEED
     train_fraction: float = 0.65
     calibration_fraction: float = 0.05
     train_calibration_fraction: float = 0.01
-    max_length: int = 128
+    max_length: int = MAX_LENGTH
 
     def resolved_source(self) -> str:
         return self.source or os.environ.get(DATA_ENV) or "hub"

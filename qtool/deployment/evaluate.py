@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from qtool.cache import cached_stage
 from qtool.data import LABELS, QnliSplit, make_batches, tokenize_part
+from qtool.data.batching import Batch
+from qtool.defaults import MAX_LENGTH
 from qtool.errors import QtoolError
+from qtool.fileio import sha256_file
+from qtool.graph import graph_metadata
 from qtool.models.resolve import load_tokenizer
-from qtool.progress import progress_bar
+from qtool.progress import ProgressTask, progress_bar
 from qtool.runners.base import Runner
+from qtool.runners.ort import OrtRunner, check_onnx_file
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +41,10 @@ class EvalConfig:
             raise QtoolError(f"--limit must be at least 1, got {self.limit}")
 
 
-def onnx_metadata(model_path: Path) -> dict[str, str]:
-    import onnx
-
-    from qtool.exporter import read_qtool_metadata
-
-    return read_qtool_metadata(onnx.load(str(model_path), load_external_data=False))
-
-
 def tokenizer_for(model_path: Path, tokenizer_path: Path | None = None):
     """The tokenizer exported beside the graph, unless one is given explicitly."""
     if tokenizer_path is None:
-        relative = onnx_metadata(model_path).get("tokenizer")
+        relative = graph_metadata(model_path).get("tokenizer")
         if relative is None:
             raise QtoolError(f"{model_path} was not exported by qtool; pass --tokenizer FOLDER")
         tokenizer_path = Path(model_path).parent / relative
@@ -54,8 +54,36 @@ def tokenizer_for(model_path: Path, tokenizer_path: Path | None = None):
 
 
 def logit_to_label(model_path: Path) -> np.ndarray:
-    names = json.loads(onnx_metadata(model_path).get("labels", json.dumps(list(LABELS))))
+    """The QNLI label index of each logit column, from the labels recorded in the graph."""
+    names = json.loads(graph_metadata(model_path).get("labels", json.dumps(list(LABELS))))
     return np.array([LABELS.index(name) for name in names], dtype=np.int64)
+
+
+def predict_logits(
+    runner: Runner,
+    batches: Sequence[Batch],
+    size: int,
+    extra_feeds: Mapping[str, np.ndarray] | None = None,
+    description: str | None = None,
+) -> np.ndarray:
+    """Logits of `runner` (already entered) for `size` examples, in example order, batch by batch.
+
+    `extra_feeds` go with every batch (the mixed-precision search's switches); a progress bar
+    with the rate is drawn when `description` is given.
+    """
+    logits = None
+    started = time.perf_counter()
+    shown = progress_bar(description, total=size) if description else contextlib.nullcontext(ProgressTask(None, None))
+    with shown as bar:
+        done = 0
+        for batch in batches:
+            output = runner.infer({**batch.feeds, **(extra_feeds or {})})["logits"]
+            if logits is None:
+                logits = np.zeros((size, output.shape[-1]), dtype=np.float32)
+            logits[batch.indices] = output
+            done += batch.size
+            bar.advance(batch.size, status=f"{done / (time.perf_counter() - started):.0f} ex/s")
+    return logits if logits is not None else np.zeros((0, len(LABELS)), dtype=np.float32)
 
 
 def evaluate(
@@ -64,7 +92,7 @@ def evaluate(
     split: QnliSplit,
     config: EvalConfig = EvalConfig(),
     label_of_logit: np.ndarray | None = None,
-    max_length: int = 128,
+    max_length: int = MAX_LENGTH,
     description: str = "eval",
 ) -> dict:
     """Accuracy of `runner` (already entered) on a part of `split`."""
@@ -73,18 +101,11 @@ def evaluate(
     if config.limit:
         examples = examples[: config.limit]
     part = tokenize_part(tokenizer, examples, max_length)
-    batches = make_batches(part, config.batch_size)
     mapping = label_of_logit if label_of_logit is not None else np.arange(len(LABELS))
-    correct = 0
     started = time.perf_counter()
-    with progress_bar(description, total=len(part)) as bar:
-        done = 0
-        for batch in batches:
-            logits = runner.infer(batch.feeds)["logits"]
-            correct += int((mapping[logits.argmax(-1)] == batch.labels).sum())
-            done += batch.size
-            bar.advance(batch.size, status=f"{done / (time.perf_counter() - started):.0f} ex/s")
+    logits = predict_logits(runner, make_batches(part, config.batch_size), len(part), description=description)
     seconds = time.perf_counter() - started
+    correct = int((mapping[logits.argmax(-1)] == part.labels).sum())
     result = {
         "accuracy": correct / len(part),
         "correct": correct,
@@ -102,19 +123,30 @@ def evaluate_graph(
     model_path: Path,
     split: QnliSplit,
     config: EvalConfig = EvalConfig(),
-    max_length: int = 128,
+    max_length: int = MAX_LENGTH,
     use_cache: bool = True,
     tokenizer_path: Path | None = None,
 ) -> dict:
-    """Accuracy of an ONNX graph through ONNX Runtime on the CPU, cached beside the graph.
-
-    The cache entry is keyed by the graph's sha256, the data split and the evaluation options, so
-    a changed graph or split is evaluated again.
-    """
-    from qtool.fileio import read_json, sha256_file, write_json
-    from qtool.runners.ort import OrtRunner, check_onnx_file
-
+    """Accuracy of an ONNX graph through ONNX Runtime on the CPU, cached beside the graph as
+    `<graph>.eval-<part>.json`, keyed by the graph's sha256, the data split and the options."""
     check_onnx_file(model_path)
+    model_path = Path(model_path)
+
+    def run() -> dict:
+        with OrtRunner(model_path, threads=config.threads) as runner:
+            result = evaluate(
+                runner,
+                tokenizer_for(model_path, tokenizer_path),
+                split,
+                config,
+                logit_to_label(model_path),
+                max_length,
+                description=f"eval {model_path.name}",
+            )
+        return {"model": str(model_path), **result}
+
+    if not use_cache:
+        return run()
     key = {
         "graph_sha256": sha256_file(model_path),
         "data": split.describe(),
@@ -122,23 +154,5 @@ def evaluate_graph(
         "limit": config.limit,
         "max_length": max_length,
     }
-    cache = Path(model_path).with_name(Path(model_path).name + f".eval-{config.part}.json")
-    if use_cache and cache.is_file():
-        cached = read_json(cache)
-        if cached.get("key") == key:
-            log.info("reusing the evaluation of %s", model_path)
-            return cached["result"]
-    with OrtRunner(model_path, threads=config.threads) as runner:
-        result = evaluate(
-            runner,
-            tokenizer_for(model_path, tokenizer_path),
-            split,
-            config,
-            logit_to_label(model_path),
-            max_length,
-            description=f"eval {Path(model_path).name}",
-        )
-    result = {"model": str(model_path), **result}
-    if use_cache:
-        write_json(cache, {"key": key, "result": result})
-    return result
+    record = model_path.with_name(model_path.name + f".eval-{config.part}.json")
+    return cached_stage(record, key, run, description=f"the evaluation of {model_path}")

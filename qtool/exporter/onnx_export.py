@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,13 +18,14 @@ import numpy as np
 from qtool import __version__
 from qtool.data import LABELS, QnliSplit, make_batches, tokenize_part
 from qtool.data.batching import INPUT_NAMES, Batch
+from qtool.defaults import MAX_LENGTH
 from qtool.errors import QtoolError
-from qtool.fileio import atomic_dir, atomic_path, manifest_path, sha256_file, write_json
+from qtool.fileio import atomic_dir, atomic_path, sha256_file
+from qtool.graph import METADATA_PREFIX
 from qtool.models.resolve import ModelSource, has_qnli_head, load_config, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-METADATA_PREFIX = "qtool."
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -34,7 +34,7 @@ class ExportConfig:
     opset: int = 17
     parity_tolerance: float = 1e-4
     parity_batch_size: int = 8
-    max_length: int = 128
+    max_length: int = MAX_LENGTH
 
     def validate(self) -> None:
         if self.opset < 17:
@@ -87,17 +87,13 @@ def _export_graph(model, example: Batch, path: Path, opset: int) -> None:
         )
 
 
-def read_qtool_metadata(model) -> dict[str, str]:
-    return {p.key[len(METADATA_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)}
-
-
 def export_onnx(
     source: ModelSource,
     split: QnliSplit,
     output: Path,
     config: ExportConfig = ExportConfig(),
 ) -> dict:
-    """Write `output` (FP32 ONNX), its tokenizer beside it and a manifest; return the manifest."""
+    """Write `output` (FP32 ONNX) and its tokenizer beside it; return the export record (parity, versions)."""
     import onnx
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -167,21 +163,5 @@ def export_onnx(
         "onnx_version": onnx.__version__,
         "qtool_version": __version__,
     }
-    write_json(manifest_path(output), manifest)
     log.info("exported %s (max |logit diff| vs torch %.2e over %s)", output, max_diff, shapes)
     return manifest
-
-
-def save_derived_graph(model, source: Path, output: Path, metadata: dict[str, str]) -> Path:
-    """Write a graph derived from `source` (QDQ, rewritten, peer) atomically, with its qtool metadata
-    updated and the tokenizer path re-pointed so that it resolves from the output's folder."""
-    entries = read_qtool_metadata(model) | metadata
-    if "tokenizer" in entries:
-        tokenizer_folder = Path(source).resolve().parent / entries["tokenizer"]
-        entries["tokenizer"] = os.path.relpath(tokenizer_folder, Path(output).resolve().parent)
-    del model.metadata_props[:]
-    for key, value in entries.items():
-        model.metadata_props.add(key=METADATA_PREFIX + key, value=value)
-    with atomic_path(Path(output)) as tmp:
-        tmp.write_bytes(model.SerializeToString())
-    return Path(output)

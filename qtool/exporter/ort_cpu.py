@@ -39,12 +39,14 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
+
+from qtool.graph import GraphIndex, attribute, prune_dead_nodes, save_derived_graph, set_attribute
 
 log = logging.getLogger(__name__)
 
@@ -70,72 +72,7 @@ def is_integer_op(op_type: str) -> bool:
     return op_type in INTEGER_OPS or op_type.startswith("QLinear")
 
 
-class _Graph:
-    """Producer/consumer maps and initializers of one graph; rebuild after changing the node list."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.graph = model.graph
-        self.initializers = {init.name: init for init in self.graph.initializer}
-        self.producer = {out: node for node in self.graph.node for out in node.output if out}
-        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
-        for node in self.graph.node:
-            for index, name in enumerate(node.input):
-                if name:
-                    self.consumers[name].append((node, index))
-        self.graph_outputs = {output.name for output in self.graph.output}
-        self.taken_names = set(self.initializers) | set(self.producer) | {n.name for n in self.graph.node}
-        self.taken_names |= {i.name for i in self.graph.input}
-
-    def array(self, name: str) -> np.ndarray | None:
-        initializer = self.initializers.get(name)
-        return None if initializer is None else numpy_helper.to_array(initializer)
-
-    def constant_source(self, name: str) -> str | None:
-        """The initializer behind `name`, following Identity nodes (exporters share equal biases that way)."""
-        while name not in self.initializers:
-            node = self.producer.get(name)
-            if node is None or node.op_type != "Identity":
-                return None
-            name = node.input[0]
-        return name
-
-    def unique_name(self, base: str) -> str:
-        name, counter = base, 1
-        while name in self.taken_names:
-            name, counter = f"{base}_{counter}", counter + 1
-        self.taken_names.add(name)
-        return name
-
-    def add_initializer(self, base: str, array: np.ndarray) -> str:
-        name = self.unique_name(base)
-        self.graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
-        self.initializers[name] = self.graph.initializer[-1]
-        return name
-
-    def replace_node(self, node: onnx.NodeProto, replacement: list[onnx.NodeProto]) -> None:
-        """Put `replacement` where `node` is (found by its first output: tensor names are unique)."""
-        index = next(i for i, candidate in enumerate(self.graph.node) if candidate.output[0] == node.output[0])
-        del self.graph.node[index]
-        for offset, new_node in enumerate(replacement):
-            self.graph.node.insert(index + offset, new_node)
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
-
-
-def _set_attribute(node: onnx.NodeProto, name: str, value) -> None:
-    for index, attribute in enumerate(node.attribute):
-        if attribute.name == name:
-            del node.attribute[index]
-            break
-    node.attribute.append(helper.make_attribute(name, value))
-
-
-def _scalar_int8_zero_point(graph: _Graph, node: onnx.NodeProto) -> int | None:
+def _scalar_int8_zero_point(graph: GraphIndex, node: onnx.NodeProto) -> int | None:
     """The node's zero point if it is a constant int8 scalar, else None."""
     if len(node.input) < 3 or not node.input[2]:
         return None  # no zero point: uint8 already
@@ -146,7 +83,7 @@ def _scalar_int8_zero_point(graph: _Graph, node: onnx.NodeProto) -> int | None:
 
 
 # -- step 1: activations in uint8 ------------------------------------------------------------------
-def _activations_to_uint8(graph: _Graph) -> int:
+def _activations_to_uint8(graph: GraphIndex) -> int:
     """Int8 activation Q/DQ pairs -> uint8 with the zero point moved by 128; returns the pair count."""
     converted = 0
     zero_point_names: dict[int, str] = {}
@@ -176,7 +113,7 @@ def _activations_to_uint8(graph: _Graph) -> int:
 
 
 # -- step 2: embedding tables gathered before dequantization ---------------------------------------
-def _gather_before_dequantize(graph: _Graph) -> int:
+def _gather_before_dequantize(graph: GraphIndex) -> int:
     """Gather(DQ(int8 table), ids) -> DQ(Gather(int8 table, ids)); returns the table count."""
     rewritten = 0
     for dq in list(graph.graph.node):
@@ -191,11 +128,11 @@ def _gather_before_dequantize(graph: _Graph) -> int:
         if table is None or scale is None:
             continue
         rank = table.ndim
-        scale_axis = _attribute(dq, "axis", 1) % rank if scale.size > 1 else None
-        if scale_axis is not None and any(_attribute(r, "axis", 0) % rank == scale_axis for r, _ in readers):
+        scale_axis = attribute(dq, "axis", 1) % rank if scale.size > 1 else None
+        if scale_axis is not None and any(attribute(r, "axis", 0) % rank == scale_axis for r, _ in readers):
             continue  # per-row scales would have to be gathered too
         for reader, _ in readers:
-            gather_axis = _attribute(reader, "axis", 0) % rank
+            gather_axis = attribute(reader, "axis", 0) % rank
             gathered = graph.unique_name(f"{reader.output[0]}/quantized")
             dequantize = helper.make_node(
                 "DequantizeLinear",
@@ -205,7 +142,7 @@ def _gather_before_dequantize(graph: _Graph) -> int:
             )
             if scale_axis is not None:
                 # Axes before the gathered one keep their index, axes after it their distance from the end.
-                _set_attribute(dequantize, "axis", scale_axis if scale_axis < gather_axis else scale_axis - rank)
+                set_attribute(dequantize, "axis", scale_axis if scale_axis < gather_axis else scale_axis - rank)
             reader.input[0] = dq.input[0]
             reader.output[0] = gathered
             graph.replace_node(reader, [reader, dequantize])
@@ -214,7 +151,7 @@ def _gather_before_dequantize(graph: _Graph) -> int:
 
 
 # -- step 3: projections -----------------------------------------------------------------------------
-def _activation_dequantize(graph: _Graph, tensor: str) -> onnx.NodeProto | None:
+def _activation_dequantize(graph: GraphIndex, tensor: str) -> onnx.NodeProto | None:
     """The DequantizeLinear of an 8-bit activation (scalar scale and zero point) producing `tensor`."""
     node = graph.producer.get(tensor)
     if node is None or node.op_type != "DequantizeLinear" or node.input[0] in graph.initializers:
@@ -226,7 +163,7 @@ def _activation_dequantize(graph: _Graph, tensor: str) -> onnx.NodeProto | None:
     return node
 
 
-def _weight_dequantize(graph: _Graph, tensor: str) -> onnx.NodeProto | None:
+def _weight_dequantize(graph: GraphIndex, tensor: str) -> onnx.NodeProto | None:
     """The DequantizeLinear of a constant 2-D 8-bit weight producing `tensor` (read by one node only)."""
     node = graph.producer.get(tensor)
     if node is None or node.op_type != "DequantizeLinear" or len(graph.consumers[tensor]) != 1:
@@ -237,7 +174,7 @@ def _weight_dequantize(graph: _Graph, tensor: str) -> onnx.NodeProto | None:
     return node
 
 
-def _biased_projection(graph: _Graph, node: onnx.NodeProto) -> tuple[bool, str, onnx.NodeProto | None, str] | None:
+def _biased_projection(graph: GraphIndex, node: onnx.NodeProto) -> tuple[bool, str, onnx.NodeProto | None, str] | None:
     """(weight transposed, bias tensor, bias Add or None, output) of MatMul -> Add or Gemm with a bias."""
     if node.op_type == "MatMul":
         followers = graph.consumers[node.output[0]]
@@ -247,17 +184,13 @@ def _biased_projection(graph: _Graph, node: onnx.NodeProto) -> tuple[bool, str, 
         bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
         return False, bias, add, add.output[0]
     if node.op_type == "Gemm" and len(node.input) == 3 and node.input[2]:
-        if (
-            _attribute(node, "transA", 0)
-            or _attribute(node, "alpha", 1.0) != 1.0
-            or _attribute(node, "beta", 1.0) != 1.0
-        ):
+        if attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0:
             return None
-        return bool(_attribute(node, "transB", 0)), node.input[2], None, node.output[0]
+        return bool(attribute(node, "transB", 0)), node.input[2], None, node.output[0]
     return None
 
 
-def _projections_to_matmul_integer_to_float(graph: _Graph) -> int:
+def _projections_to_matmul_integer_to_float(graph: GraphIndex) -> int:
     """DQ(x) -> MatMul(DQ(W)) -> Add(b) and Gemm(DQ(x), DQ(W), b) -> MatMulIntegerToFloat(..., b).
 
     MatMulIntegerToFloat reads the weight as [K, N] with a per-tensor or per-column (N) scale;
@@ -275,7 +208,7 @@ def _projections_to_matmul_integer_to_float(graph: _Graph) -> int:
             continue
         weight, scale = graph.array(weight_dq.input[0]), graph.array(weight_dq.input[1])
         output_axis = 0 if transposed else 1
-        if scale is None or (scale.size > 1 and _attribute(weight_dq, "axis", 1) % 2 != output_axis):
+        if scale is None or (scale.size > 1 and attribute(weight_dq, "axis", 1) % 2 != output_axis):
             continue
         bias_source = graph.constant_source(bias)
         bias_array = graph.array(bias_source) if bias_source else None
@@ -307,13 +240,13 @@ def _projections_to_matmul_integer_to_float(graph: _Graph) -> int:
     return fused
 
 
-def _gemm_bias_to_add(graph: _Graph) -> int:
+def _gemm_bias_to_add(graph: GraphIndex) -> int:
     """Gemm(DQ(x), DQ(W), float bias) -> Add(Gemm(DQ(x), DQ(W)), bias), which ONNX Runtime fuses into QGemm."""
     rewritten = 0
     for node in list(graph.graph.node):
         if node.op_type != "Gemm" or len(node.input) < 3 or not node.input[2]:
             continue
-        if _attribute(node, "beta", 1.0) != 1.0:
+        if attribute(node, "beta", 1.0) != 1.0:
             continue
         if _activation_dequantize(graph, node.input[0]) is None or _weight_dequantize(graph, node.input[1]) is None:
             continue
@@ -329,20 +262,6 @@ def _gemm_bias_to_add(graph: _Graph) -> int:
 
 
 # -- assembly -----------------------------------------------------------------------------------------
-def _without_dead_nodes(model: onnx.ModelProto) -> None:
-    needed = {output.name for output in model.graph.output}
-    kept = []
-    for node in reversed(model.graph.node):
-        if any(output in needed for output in node.output):
-            kept.append(node)
-            needed.update(name for name in node.input if name)
-    del model.graph.node[:]
-    model.graph.node.extend(reversed(kept))
-    initializers = [init for init in model.graph.initializer if init.name in needed]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(initializers)
-
-
 def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True) -> onnx.ModelProto:
     """A copy of a qtool QDQ graph that ONNX Runtime's CPU provider runs on integer kernels.
 
@@ -353,17 +272,19 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True) -> on
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     counts = {
-        "uint8_activation_pairs": _activations_to_uint8(_Graph(rewritten)),
-        "gathers_before_dequantize": _gather_before_dequantize(_Graph(rewritten)),
+        "uint8_activation_pairs": _activations_to_uint8(GraphIndex(rewritten.graph)),
+        "gathers_before_dequantize": _gather_before_dequantize(GraphIndex(rewritten.graph)),
     }
     if fuse_bias:
-        counts["matmul_integer_to_float_with_bias"] = _projections_to_matmul_integer_to_float(_Graph(rewritten))
+        counts["matmul_integer_to_float_with_bias"] = _projections_to_matmul_integer_to_float(
+            GraphIndex(rewritten.graph)
+        )
         if counts["matmul_integer_to_float_with_bias"] and not any(
             o.domain == MS_DOMAIN for o in rewritten.opset_import
         ):
             rewritten.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    counts["gemm_bias_to_add"] = _gemm_bias_to_add(_Graph(rewritten))
-    _without_dead_nodes(rewritten)
+    counts["gemm_bias_to_add"] = _gemm_bias_to_add(GraphIndex(rewritten.graph))
+    prune_dead_nodes(rewritten)
     log.info("ONNX Runtime CPU rewrite: %s", ", ".join(f"{key} {value}" for key, value in counts.items()))
     onnx.checker.check_model(rewritten)
     return rewritten
@@ -372,34 +293,9 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True) -> on
 def rewrite_file_for_ort_cpu(source: Path, output: Path, *, fuse_bias: bool = True) -> Path:
     """`rewrite_for_ort_cpu` from one ONNX file to another; the tokenizer path in the metadata is
     re-pointed from the output's folder, and `qtool.runtime_form` records the rewrite."""
-    return _write_rewritten(onnx.load(str(source)), source, output, fuse_bias)
-
-
-def _write_rewritten(model: onnx.ModelProto, source: Path, output: Path, fuse_bias: bool) -> Path:
-    from qtool.exporter.onnx_export import save_derived_graph
-
-    rewritten = rewrite_for_ort_cpu(model, fuse_bias=fuse_bias)
+    rewritten = rewrite_for_ort_cpu(onnx.load(str(source)), fuse_bias=fuse_bias)
     metadata = {"runtime_form": "onnxruntime-cpu" + ("" if fuse_bias else " (bias unfused)")}
     return save_derived_graph(rewritten, source, output, metadata)
-
-
-def build_for_ort_cpu(source: Path, target: Path) -> dict:
-    """`qtool build --backend ort`: the rewritten graph at `target`, what ONNX Runtime fused in it
-    (`check_fused`), its scope, and a note when the scope also quantizes the residual path."""
-    from qtool.calibrators.precision import SCOPES
-    from qtool.exporter.onnx_export import read_qtool_metadata
-
-    model = onnx.load(str(source))
-    scope = read_qtool_metadata(model).get("scope")
-    _write_rewritten(model, source, target, fuse_bias=True)
-    report = {"graph": str(target), "scope": scope, **check_fused(target)}
-    if scope in SCOPES and not SCOPES[scope].gemm_edges_only:
-        report["note"] = (
-            f"scope {scope} also quantizes the residual path (a Q/DQ pair per residual input); "
-            "`qtool calibrate --scope gemm-inputs` quantizes values only where they enter a MatMul/Gemm, "
-            "which leaves fewer Q/DQ passes"
-        )
-    return report
 
 
 # -- what ONNX Runtime made of it ---------------------------------------------------------------------
@@ -411,7 +307,7 @@ def count_fused_integer_ops(optimized_model_path: Path) -> dict[str, int]:
 
 
 def _float_matmul_report(model: onnx.ModelProto) -> dict[str, int]:
-    producer = {out: node for node in model.graph.node for out in node.output if out}
+    producer = GraphIndex(model.graph).producer
 
     def dequantized(name: str) -> bool:
         node = producer.get(name)

@@ -15,12 +15,12 @@ is assumed.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 import onnx
 
 from qtool.errors import QtoolError
+from qtool.graph import PASSTHROUGH_OPS, GraphIndex, load_model
 
 # Roles, grouped by the tensor shape they carry.
 TOKEN_LAYOUT = "tokens"  # [batch, sequence, channels]
@@ -45,8 +45,6 @@ ROLES = {
     "classifier_input": POOLED_LAYOUT,
 }
 
-# Ops that move or reshape values without changing them (a quantization scale passes through).
-PASSTHROUGH_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Cast", "Flatten", "Gather", "Slice"}
 PROJECTION_OPS = {"MatMul", "Gemm"}
 
 
@@ -81,26 +79,8 @@ class QuantPoint:
         )
 
 
-class _Graph:
-    def __init__(self, graph: onnx.GraphProto):
-        self.nodes = list(graph.node)
-        self.producer = {out: node for node in self.nodes for out in node.output}
-        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
-        for node in self.nodes:
-            for index, name in enumerate(node.input):
-                if name:
-                    self.consumers[name].append((node, index))
-        self.constants = {init.name for init in graph.initializer}
-        self.constants |= {out for node in self.nodes if node.op_type == "Constant" for out in node.output}
-
-    def is_constant(self, tensor: str) -> bool:
-        if tensor in self.constants:
-            return True
-        node = self.producer.get(tensor)
-        # Weights transposed or cast by the exporter are still constants.
-        return (
-            node is not None and node.op_type in PASSTHROUGH_OPS and all(self.is_constant(i) for i in node.input if i)
-        )
+class _EncoderGraph(GraphIndex):
+    """The index of an encoder graph, with the steps of the walk through its layers."""
 
     def projections_of(self, tensor: str) -> list[onnx.NodeProto]:
         """MatMul/Gemm nodes that read `tensor` as data and a constant as weight."""
@@ -167,7 +147,7 @@ def _not_bert(path_hint: str, why: str) -> QtoolError:
 
 
 def find_quant_points(model: onnx.ModelProto, path_hint: str = "the model") -> list[QuantPoint]:
-    graph = _Graph(model.graph)
+    graph = _EncoderGraph(model.graph)
     layer_norms = [node for node in graph.nodes if node.op_type == "LayerNormalization"]
     if not layer_norms:
         raise _not_bert(path_hint, "no LayerNormalization node")
@@ -249,10 +229,5 @@ def find_quant_points(model: onnx.ModelProto, path_hint: str = "the model") -> l
 
 
 def load_quant_points(path) -> tuple[onnx.ModelProto, list[QuantPoint]]:
-    try:
-        model = onnx.load(str(path))
-    except FileNotFoundError:
-        raise QtoolError(f"{path} does not exist; export a model first with `qtool export`") from None
-    except Exception as exc:
-        raise QtoolError(f"{path} is not a readable ONNX model ({exc.__class__.__name__}); re-export it") from None
+    model = load_model(path)
     return model, find_quant_points(model, str(path))

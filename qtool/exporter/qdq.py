@@ -21,13 +21,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from qtool.calibrators.base import INT8_MAX
+from qtool.exporter.grid import quantize, weight_scales
 from qtool.exporter.points import PROJECTION_OPS, QuantPoint
+from qtool.graph import GraphIndex, attribute, live_nodes
 
 log = logging.getLogger(__name__)
 
 WEIGHT_MODES = ("per-channel", "per-tensor")
-SHAPE_ONLY_OPS = {"Shape", "Size"}
 
 
 @dataclass(frozen=True)
@@ -51,30 +51,14 @@ def switch_input(point_name: str) -> str:
     return f"quantize:{point_name}"
 
 
-def _weight_scales(weight: np.ndarray, axis: int | None) -> np.ndarray:
-    if axis is None:
-        amax = np.abs(weight).max()
-    else:
-        other = tuple(i for i in range(weight.ndim) if i != axis)
-        amax = np.abs(weight).max(axis=other)
-    return (np.maximum(amax, 1e-12) / INT8_MAX).astype(np.float32)
-
-
-def _quantize(weight: np.ndarray, scales: np.ndarray, axis: int | None) -> np.ndarray:
-    if axis is not None:
-        shape = [1] * weight.ndim
-        shape[axis] = -1
-        scales = scales.reshape(shape)
-    return np.clip(np.rint(weight / scales), -128, 127).astype(np.int8)
-
-
 class _Writer:
     def __init__(self, model: onnx.ModelProto, plan: QdqPlan):
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         self.graph = self.model.graph
         self.plan = plan
-        self.initializers = {i.name: i for i in self.graph.initializer}
+        self.index = GraphIndex(self.graph)  # the input graph: nodes are only replaced in `run`'s assembly
+        self.initializers = self.index.initializers
         self.new_initializers: list[TensorProto] = []
         self.after: dict[str, list[onnx.NodeProto]] = {}  # nodes to insert after the producer of a tensor
         self.replaced_nodes: dict[str, list[onnx.NodeProto]] = {}  # node name -> its replacement nodes
@@ -108,16 +92,12 @@ class _Writer:
             return nodes, selected
         return nodes, dequantized
 
-    def consumers(self, tensor: str) -> list[tuple[onnx.NodeProto, int]]:
-        return [(n, i) for n in self.graph.node for i, name in enumerate(n.input) if name == tensor]
-
     # -- weights ------------------------------------------------------------------------------
     def weight_axis(self, node: onnx.NodeProto) -> int | None:
         if self.plan.weights == "per-tensor":
             return None
         if node.op_type == "Gemm":
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            return 0 if trans_b else 1
+            return 0 if attribute(node, "transB", 0) else 1
         if node.op_type == "Gather":
             return 1
         return 1  # MatMul weight [in, out]: output channels on the last axis
@@ -129,8 +109,8 @@ class _Writer:
             return
         weight = numpy_helper.to_array(self.initializers[name]).astype(np.float32)
         axis = self.weight_axis(node)
-        scales = _weight_scales(weight, axis)
-        quantized = _quantize(weight, scales, axis)
+        scales = weight_scales(weight, axis)
+        quantized = quantize(weight, scales, axis)
         self.quantized_weights[name] = (quantized, scales, axis)
         dequantized = self.dequantized_weight(name, quantized, scales, axis)
         self.rewire[(node.name, index)] = dequantized
@@ -165,7 +145,7 @@ class _Writer:
     # -- activations ---------------------------------------------------------------------------
     def readers(self, tensor: str) -> list[tuple[onnx.NodeProto, int]]:
         """The inputs that read the quantized value of `tensor` (shape reads never do)."""
-        readers = [(n, i) for n, i in self.consumers(tensor) if n.op_type not in SHAPE_ONLY_OPS]
+        readers = self.index.value_consumers(tensor)
         if self.plan.gemm_edges_only:
             gemm_readers = [(n, i) for n, i in readers if n.op_type in PROJECTION_OPS]
             if gemm_readers:
@@ -262,7 +242,7 @@ class _Writer:
                 ordered.append(replacement)
             for output in node.output:
                 ordered.extend(self.after.get(output, []))
-        ordered = _without_dead_nodes(ordered, {o.name for o in self.graph.output})
+        ordered = live_nodes(ordered, {o.name for o in self.graph.output})
         used = {name for node in ordered for name in node.input}
         kept_initializers = [i for i in self.graph.initializer if i.name in used]
         del self.graph.node[:]
@@ -271,16 +251,6 @@ class _Writer:
         self.graph.initializer.extend(kept_initializers + [i for i in self.new_initializers if i.name in used])
         self.graph.input.extend(self.switch_inputs.values())
         return self.model
-
-
-def _without_dead_nodes(nodes: list[onnx.NodeProto], graph_outputs: set[str]) -> list[onnx.NodeProto]:
-    needed = set(graph_outputs)
-    kept = []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(i for i in node.input if i)
-    return kept[::-1]
 
 
 def write_qdq_model(model: onnx.ModelProto, plan: QdqPlan) -> onnx.ModelProto:

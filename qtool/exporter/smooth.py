@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -43,9 +43,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from qtool.defaults import SMOOTH_ALPHA
 from qtool.errors import QtoolError
 from qtool.exporter.points import QuantPoint, find_quant_points
-from qtool.exporter.qdq import SHAPE_ONLY_OPS
+from qtool.graph import GraphIndex, attribute
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ FACTOR_MIN, FACTOR_MAX = 1e-5, 1e5
 
 @dataclass(frozen=True)
 class SmoothConfig:
-    alpha: float = 0.5
+    alpha: float = SMOOTH_ALPHA
     roles: tuple = SMOOTHABLE_ROLES
 
     def validate(self) -> None:
@@ -72,60 +73,7 @@ class SmoothConfig:
             )
 
 
-# -- graph lookups -------------------------------------------------------------------------------
-def _subgraph_inputs(node: onnx.NodeProto) -> Iterable[str]:
-    """Names read inside the subgraphs (If/Loop/Scan bodies) of `node`, which may refer to outer tensors."""
-    for attribute in node.attribute:
-        graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
-        for graph in graphs:
-            for inner in graph.node:
-                yield from (name for name in inner.input if name)
-                yield from _subgraph_inputs(inner)
-
-
-class _Index:
-    def __init__(self, graph: onnx.GraphProto):
-        self.graph = graph
-        self.nodes = list(graph.node)
-        self.initializers = {init.name: init for init in graph.initializer}
-        self.graph_inputs = {value.name for value in graph.input}
-        self.graph_outputs = {value.name for value in graph.output}
-        self.producer = {out: node for node in self.nodes for out in node.output if out}
-        self.consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
-        self.uses: Counter[str] = Counter()
-        self.subgraph_uses: set[str] = set()
-        for node in self.nodes:
-            for index, name in enumerate(node.input):
-                if name:
-                    self.consumers[name].append((node, index))
-                    self.uses[name] += 1
-            self.subgraph_uses.update(_subgraph_inputs(node))
-
-    def private_initializer(self, name: str) -> bool:
-        """An initializer that exactly one node input reads and that no caller can override."""
-        return (
-            name in self.initializers
-            and name not in self.graph_inputs
-            and name not in self.graph_outputs
-            and name not in self.subgraph_uses
-            and self.uses[name] == 1
-        )
-
-    def constant_value(self, name: str, depth: int = 8) -> np.ndarray | None:
-        """The value of an initializer, a Constant node, or an Identity chain ending in one."""
-        if name in self.initializers:
-            return None if name in self.graph_inputs else numpy_helper.to_array(self.initializers[name])
-        node = self.producer.get(name)
-        if node is None or depth == 0:
-            return None
-        if node.op_type == "Identity":
-            return self.constant_value(node.input[0], depth - 1)
-        if node.op_type == "Constant":
-            value = next((a for a in node.attribute if a.name == "value"), None)
-            return numpy_helper.to_array(value.t) if value is not None else None
-        return None
-
-
+# -- where smoothing applies -----------------------------------------------------------------------
 @dataclass
 class _Projection:
     node: onnx.NodeProto
@@ -143,12 +91,7 @@ class _Site:
     others: list[tuple[onnx.NodeProto, int]]  # consumers that must keep reading the unsmoothed X
 
 
-def _attribute(node: onnx.NodeProto, name: str, default):
-    found = next((a for a in node.attribute if a.name == name), None)
-    return default if found is None else helper.get_attribute_value(found)
-
-
-def _projection(index: _Index, node: onnx.NodeProto, slot: int, channels: int) -> _Projection | None:
+def _projection(index: GraphIndex, node: onnx.NodeProto, slot: int, channels: int) -> _Projection | None:
     if slot != 0 or node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
         return None
     weight = node.input[1]
@@ -159,20 +102,20 @@ def _projection(index: _Index, node: onnx.NodeProto, slot: int, channels: int) -
         return None
     if node.op_type == "MatMul":
         axis = 0
-    elif _attribute(node, "transA", 0):
+    elif attribute(node, "transA", 0):
         return None
     else:
-        axis = 1 if _attribute(node, "transB", 0) else 0
+        axis = 1 if attribute(node, "transB", 0) else 0
     return _Projection(node, weight, axis) if init.dims[axis] == channels else None
 
 
-def _site(index: _Index, point: QuantPoint) -> _Site | None:
+def _site(index: GraphIndex, point: QuantPoint) -> _Site | None:
     """How `point` can be smoothed, or None when it cannot (see the module docstring)."""
     tensor = point.tensor
     layer_norm = index.producer.get(tensor)
     if layer_norm is None or layer_norm.op_type != "LayerNormalization" or layer_norm.output[0] != tensor:
         return None
-    if _attribute(layer_norm, "axis", -1) != -1 or tensor in index.graph_outputs or tensor in index.subgraph_uses:
+    if attribute(layer_norm, "axis", -1) != -1 or tensor in index.graph_outputs or tensor in index.subgraph_uses:
         return None
     gamma = index.constant_value(layer_norm.input[1])
     if gamma is None or gamma.ndim != 1 or not np.issubdtype(gamma.dtype, np.floating):
@@ -183,9 +126,7 @@ def _site(index: _Index, point: QuantPoint) -> _Site | None:
             return None
     channels = gamma.shape[0]
     projections, others = [], []
-    for node, slot in index.consumers[tensor]:
-        if node.op_type in SHAPE_ONLY_OPS:
-            continue
+    for node, slot in index.value_consumers(tensor):
         projection = _projection(index, node, slot, channels)
         if projection is not None:
             projections.append(projection)
@@ -196,7 +137,7 @@ def _site(index: _Index, point: QuantPoint) -> _Site | None:
     return _Site(point, layer_norm, channels, gamma.dtype, projections, others)
 
 
-def _sites(index: _Index, points: Iterable[QuantPoint], roles: Iterable[str]) -> list[_Site]:
+def _sites(index: GraphIndex, points: Iterable[QuantPoint], roles: Iterable[str]) -> list[_Site]:
     roles = set(roles)
     found = [_site(index, point) for point in points if point.role in roles]
     return [site for site in found if site is not None]
@@ -232,7 +173,7 @@ def smoothing_factors(
     """
     SmoothConfig(alpha, tuple(roles)).validate()
     table = _stats_table(stats)
-    index = _Index(model.graph)
+    index = GraphIndex(model.graph)
     factors: dict[str, np.ndarray] = {}
     for site in _sites(index, points, roles):
         name = site.point.name
@@ -254,24 +195,6 @@ def smoothing_factors(
 
 
 # -- the rewrite -----------------------------------------------------------------------------------
-class _Names:
-    """Every name in the graph, to make new ones unique."""
-
-    def __init__(self, graph: onnx.GraphProto):
-        self.taken = {node.name for node in graph.node}
-        self.taken |= {name for node in graph.node for name in (*node.input, *node.output)}
-        self.taken |= {init.name for init in graph.initializer}
-        self.taken |= {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
-
-    def new(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
-
-
 def apply_smoothing(
     model: onnx.ModelProto, points: list[QuantPoint], factors: Mapping[str, Iterable[float]]
 ) -> onnx.ModelProto:
@@ -279,8 +202,7 @@ def apply_smoothing(
     smoothed = onnx.ModelProto()
     smoothed.CopyFrom(model)
     graph = smoothed.graph
-    index = _Index(graph)
-    names = _Names(graph)
+    index = GraphIndex(graph)
     by_name = {point.name: point for point in points}
     unknown = [name for name in factors if name not in by_name]
     if unknown:
@@ -302,7 +224,7 @@ def apply_smoothing(
         if (
             producer is not None
             and producer.op_type in ("Identity", "Constant")
-            and index.uses[name] == 1
+            and index.use_count(name) == 1
             and name not in index.graph_outputs
             and name not in index.subgraph_uses
         ):
@@ -311,7 +233,7 @@ def apply_smoothing(
             orphaned.update(i for i in producer.input if i)
             new_initializers.append(numpy_helper.from_array(value, name))
             return
-        private = names.new(f"{name}/smoothed")
+        private = index.unique_name(f"{name}/smoothed")
         new_initializers.append(numpy_helper.from_array(value, private))
         layer_norm.input[slot] = private
         orphaned.add(name)
@@ -338,12 +260,12 @@ def apply_smoothing(
             scaled = (weight.astype(np.float64) * s.reshape(shape)).astype(weight.dtype)
             init.CopyFrom(numpy_helper.from_array(scaled, projection.weight))
         if site.others:
-            factor_name = names.new(f"{name}/smooth_factors")
+            factor_name = index.unique_name(f"{name}/smooth_factors")
             new_initializers.append(numpy_helper.from_array(s.astype(site.dtype), factor_name))
-            unsmoothed = names.new(f"{name}/Unsmooth_output_0")
+            unsmoothed = index.unique_name(f"{name}/Unsmooth_output_0")
             inserted[site.point.tensor].append(
                 helper.make_node(
-                    "Mul", [site.point.tensor, factor_name], [unsmoothed], name=names.new(f"{name}/Unsmooth")
+                    "Mul", [site.point.tensor, factor_name], [unsmoothed], name=index.unique_name(f"{name}/Unsmooth")
                 )
             )
             for node, slot in site.others:

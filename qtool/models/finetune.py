@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from qtool import __version__
+from qtool.cache import read_record
 from qtool.data import LABELS, QnliSplit, make_batches, tokenize_part
+from qtool.defaults import MAX_LENGTH, SEED
 from qtool.errors import QtoolError
-from qtool.fileio import atomic_dir, read_json, sha256_text, write_json
+from qtool.fileio import atomic_dir, sha256_text, write_json
 from qtool.models.resolve import ModelSource, has_qnli_head, load_config, load_tokenizer
 from qtool.progress import progress_bar
 
@@ -34,7 +36,7 @@ class FinetuneConfig:
     learning_rate: float = 1e-4
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
-    seed: int = 0
+    seed: int = SEED
     max_steps: int | None = None
     eval_batch_size: int = 64
 
@@ -68,13 +70,8 @@ def finetuned_dir(artifacts: Path, source: ModelSource, key: dict) -> Path:
 
 
 def cached_finetune(directory: Path, key: dict) -> dict | None:
-    manifest = directory / MANIFEST_NAME
-    if not manifest.is_file():
-        return None
-    recorded = read_json(manifest)
-    if recorded.get("key") != key:
-        return None
-    return recorded
+    """The manifest of the fine-tuned model in `directory` when it was trained with `key`."""
+    return read_record(directory / MANIFEST_NAME, key)
 
 
 def _label_config() -> dict:
@@ -108,7 +105,7 @@ def finetune(
     split: QnliSplit,
     config: FinetuneConfig,
     artifacts: Path,
-    max_length: int = 128,
+    max_length: int = MAX_LENGTH,
     force: bool = False,
 ) -> tuple[Path, dict]:
     """Fine-tune (or reuse) a QNLI classifier; return its folder and manifest."""
@@ -193,7 +190,7 @@ def classifier_for(
     split: QnliSplit,
     config: FinetuneConfig,
     artifacts: Path,
-    max_length: int = 128,
+    max_length: int = MAX_LENGTH,
     allow_finetune: bool = True,
 ) -> tuple[ModelSource, dict | None]:
     """The QNLI classifier for `--model`: the model itself if it has a head, else its fine-tuned copy."""

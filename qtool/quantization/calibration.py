@@ -1,45 +1,46 @@
-"""A calibration recipe: method, scope, weights and overrides, turned into a calibration file and a
-QDQ graph. All methods read the one statistics file."""
+"""Calibration recipes and the typed calibration file they produce.
+
+A recipe (`CalibrateConfig`: method, scope, weights, overrides, smoothing) turns the one
+statistics file into a `Calibration`: a header plus one `PointScale` per quantized point. The file
+is `<recipe>.calib.json`, written with sorted keys so equal calibrations are byte-identical, and
+validated field by field when read (`Calibration.from_json`), so a damaged or foreign file gets a
+one-line error instead of a failure deep inside a graph writer.
+"""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-
-import onnx
+from typing import Any
 
 from qtool import __version__
-from qtool.analysis.collect import ActivationStats, model_identity
+from qtool.analysis.collect import ActivationStats
+from qtool.calibrators.base import ActivationRange
 from qtool.calibrators.methods import CALIBRATORS, make_calibrator
-from qtool.calibrators.precision import (
-    DEFAULT_OUTLIER_RATIO,
-    check_scope,
-    kept_in_float,
-)
+from qtool.calibrators.precision import SCOPES, check_scope, kept_in_float
+from qtool.defaults import OUTLIER_RATIO, PEG_GROUPS, PERCENTILE
 from qtool.errors import QtoolError
-from qtool.exporter.onnx_export import save_derived_graph
-from qtool.exporter.points import QuantPoint, find_quant_points, load_quant_points
-from qtool.exporter.qdq import WEIGHT_MODES, QdqPlan, write_qdq_model
-from qtool.exporter.smooth import SmoothConfig, apply_smoothing, smooth_model
-from qtool.fileio import manifest_path, read_json, sha256_file, sha256_text, write_json
+from qtool.exporter.qdq import WEIGHT_MODES
+from qtool.exporter.smooth import SmoothConfig
+from qtool.fileio import read_json, sha256_text, write_json
+from qtool.graph import model_identity
 
-log = logging.getLogger(__name__)
-
-CALIBRATION_FORMAT = "qtool-calibration/1"
+CALIBRATION_FORMAT = "qtool-calibration/1"  # the schema version of the file
+GRID = "symmetric int8, zero point 0, scale = amax / 127"
 
 
 @dataclass(frozen=True)
 class CalibrateConfig:
-    method: str = "max"
-    p: float = 99.99
-    groups: int = 4
+    method: str = next(iter(CALIBRATORS))
+    p: float = PERCENTILE
+    groups: int = PEG_GROUPS
     permute: bool = True
-    scope: str = "all"
-    weights: str = "per-channel"
+    scope: str = next(iter(SCOPES))
+    weights: str = WEIGHT_MODES[0]
     keep_fp: tuple[str, ...] = ()
     mixed_precision: str | None = None
-    outlier_ratio: float = DEFAULT_OUTLIER_RATIO
+    outlier_ratio: float = OUTLIER_RATIO
     smooth: float | None = None  # SmoothQuant-style migration strength alpha, applied before calibrating
 
     def validate(self) -> None:
@@ -59,7 +60,7 @@ class CalibrateConfig:
         parts = [self.calibrator().label(), self.scope]
         if self.smooth is not None:
             parts.append(f"smooth{self.smooth:g}")
-        if self.weights != "per-channel":
+        if self.weights != WEIGHT_MODES[0]:
             parts.append("w" + self.weights)
         if self.mixed_precision:
             parts.append(f"mp-{self.mixed_precision}")
@@ -68,175 +69,252 @@ class CalibrateConfig:
         return "-".join(parts)
 
 
-def calibrate(stats: ActivationStats, config: CalibrateConfig) -> dict:
-    """The calibration document: header plus one entry per quantized point."""
+# -- the file --------------------------------------------------------------------------------------
+class _Invalid(ValueError):
+    """A field of a calibration file that is missing or of the wrong kind."""
+
+
+def _require(data: Any, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
+    if not isinstance(data, dict) or key not in data:
+        raise _Invalid(f"{where}{key} is missing")
+    value = data[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+        raise _Invalid(f"{where}{key} is not a {_kind_name(kind)}")
+    return value
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    return " or ".join(k.__name__ for k in _kinds(kind))
+
+
+def _positive(value: float, where: str) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise _Invalid(f"{where} is {value}, not a positive number")
+    return value
+
+
+@dataclass(frozen=True)
+class GroupScale:
+    """One channel group of a per-embedding-group (PEG) range."""
+
+    channels: tuple[int, ...]
+    amax: float
+    scale: float
+
+    def to_json(self) -> dict:
+        return {"amax": self.amax, "scale": self.scale, "channels": list(self.channels)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> GroupScale:
+        channels = _require(data, "channels", list, where)
+        if not channels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in channels):
+            raise _Invalid(f"{where}channels are not channel numbers")
+        scale = _positive(float(_require(data, "scale", (int, float), where)), f"{where}scale")
+        return cls(tuple(channels), float(_require(data, "amax", (int, float), where)), scale)
+
+
+@dataclass(frozen=True)
+class PointScale:
+    """The calibrated range of one quantization point (a per-tensor scale, or PEG channel groups)."""
+
+    tensor: str
+    role: str
+    method: str
+    params: dict
+    amax: float
+    scale: float
+    groups: tuple[GroupScale, ...] | None = None
+
+    @classmethod
+    def from_range(cls, point, method: str, params: dict, estimated: ActivationRange) -> PointScale:
+        groups = None
+        if estimated.groups is not None:
+            groups = tuple(GroupScale(g.channels, g.amax, g.scale) for g in estimated.groups)
+        return cls(point.tensor, point.role, method, params, estimated.amax, estimated.scale, groups)
+
+    @property
+    def tensor_scale(self) -> float:
+        """The one per-tensor scale: the scale, or the only group's scale of a PEG range with K = 1."""
+        return self.groups[0].scale if self.groups else self.scale
+
+    def to_json(self) -> dict:
+        data = {
+            "tensor": self.tensor,
+            "role": self.role,
+            "method": self.method,
+            "params": self.params,
+            "amax": self.amax,
+            "scale": self.scale,
+        }
+        if self.groups is not None:
+            data["groups"] = [group.to_json() for group in self.groups]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> PointScale:
+        groups = data.get("groups") if isinstance(data, dict) else None
+        if groups is not None:
+            if not isinstance(groups, list) or not groups:
+                raise _Invalid(f"{where}groups is not a list of channel groups")
+            groups = tuple(GroupScale.from_json(g, f"{where}group {k} ") for k, g in enumerate(groups))
+        return cls(
+            tensor=_require(data, "tensor", str, where),
+            role=_require(data, "role", str, where),
+            method=_require(data, "method", str, where),
+            params=_require(data, "params", dict, where),
+            amax=float(_require(data, "amax", (int, float), where)),
+            scale=_positive(float(_require(data, "scale", (int, float), where)), f"{where}scale"),
+            groups=groups,
+        )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A calibration file: which points are quantized, with what ranges, for which model."""
+
+    recipe: str
+    model: dict
+    statistics_sha256: str
+    data: dict
+    samples: int
+    scope: str
+    method: str
+    params: dict
+    weights: str
+    embedding_tables_quantized: bool
+    kept_in_float: tuple[str, ...]
+    kept_reason: str
+    total_points: int
+    tensors: dict[str, PointScale]
+    qtool_version: str = __version__
+    grid: str = GRID
+    smoothing: dict | None = None  # the migration (alpha, graph, factors) applied before calibrating
+    mixed_precision: dict | None = None  # the search that chose the points kept in float
+    format: str = CALIBRATION_FORMAT
+
+    @property
+    def quantized_points(self) -> int:
+        return len(self.tensors)
+
+    def without_points(self, kept: list[str], reason: str) -> Calibration:
+        """This calibration with the points in `kept` left in float."""
+        return replace(
+            self,
+            tensors={name: entry for name, entry in self.tensors.items() if name not in kept},
+            kept_in_float=tuple(name for name in self.tensors if name in kept),
+            kept_reason=reason,
+        )
+
+    def to_json(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["kept_in_float"] = list(self.kept_in_float)
+        data["tensors"] = {name: entry.to_json() for name, entry in self.tensors.items()}
+        data["quantized_points"] = self.quantized_points
+        for optional in ("smoothing", "mixed_precision"):
+            if data[optional] is None:
+                del data[optional]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "the calibration") -> Calibration:
+        """A validated calibration, or a one-line error naming the first problem."""
+        if not isinstance(data, dict) or "tensors" not in data or "format" not in data:
+            raise QtoolError(f"{source} is not a qtool calibration file; write one with `qtool calibrate`")
+        if data["format"] != CALIBRATION_FORMAT:
+            raise QtoolError(
+                f"{source} is a calibration of format {data['format']!r}; this qtool reads {CALIBRATION_FORMAT!r}: "
+                "calibrate again with this version"
+            )
+        try:
+            tensors = _require(data, "tensors", dict)
+            calibration = cls(
+                recipe=_require(data, "recipe", str),
+                model=_require(data, "model", dict),
+                statistics_sha256=_require(data, "statistics_sha256", str),
+                data=_require(data, "data", dict),
+                samples=_require(data, "samples", int),
+                scope=_require(data, "scope", str),
+                method=_require(data, "method", str),
+                params=_require(data, "params", dict),
+                weights=_require(data, "weights", str),
+                embedding_tables_quantized=_require(data, "embedding_tables_quantized", bool),
+                kept_in_float=tuple(_require(data, "kept_in_float", list)),
+                kept_reason=_require(data, "kept_reason", str),
+                total_points=_require(data, "total_points", int),
+                tensors={name: PointScale.from_json(entry, f"point {name}: ") for name, entry in tensors.items()},
+                qtool_version=_require(data, "qtool_version", str),
+                grid=_require(data, "grid", str),
+                smoothing=data.get("smoothing"),
+                mixed_precision=data.get("mixed_precision"),
+            )
+            if calibration.scope not in SCOPES:
+                raise _Invalid(f"scope {calibration.scope!r} is not one of {', '.join(SCOPES)}")
+            if calibration.weights not in WEIGHT_MODES:
+                raise _Invalid(f"weights {calibration.weights!r} is not one of {', '.join(WEIGHT_MODES)}")
+            if "quantized_points" in data and data["quantized_points"] != len(tensors):
+                raise _Invalid(f"quantized_points says {data['quantized_points']} but {len(tensors)} points are listed")
+        except _Invalid as problem:
+            raise QtoolError(f"{source} is a damaged calibration file ({problem}); calibrate again") from None
+        return calibration
+
+    def check_model(self, model_path: Path, source: str = "the calibration") -> None:
+        """Refuse a calibration made for another model than the graph at `model_path`."""
+        if self.model != model_identity(model_path):
+            raise QtoolError(
+                f"{source} was calibrated for {self.model.get('source_model')} "
+                f"(sha256 {str(self.model.get('model_sha256'))[:12]}), not for {model_path}; "
+                "calibrate this model with `qtool calibrate`"
+            )
+
+
+def calibrate(stats: ActivationStats, config: CalibrateConfig) -> Calibration:
+    """The calibration of `config` from the statistics: a range for every point the recipe quantizes."""
     config.validate()
     calibrator = config.calibrator()
-    roles = check_scope(config.scope).roles
+    scope = check_scope(config.scope)
     kept, reason = kept_in_float(stats, config.keep_fp, config.mixed_precision, config.outlier_ratio)
-    tensors = {}
-    for point in stats.points:
-        if point.role not in roles or point.name in kept:
-            continue
-        estimated = calibrator.estimate(point, stats.stats[point.name])
-        tensors[point.name] = {
-            "tensor": point.tensor,
-            "role": point.role,
-            "method": calibrator.name,
-            "params": calibrator.params(),
-            **estimated.to_json(),
-        }
-    return {
-        "format": CALIBRATION_FORMAT,
-        "recipe": config.recipe_name(),
-        "model": stats.manifest["model"],
-        "statistics_sha256": stats.content_sha256,
-        "data": stats.manifest["data"],
-        "samples": stats.manifest["samples"],
-        "scope": config.scope,
-        "method": calibrator.name,
-        "params": calibrator.params(),
-        "weights": config.weights,
-        "embedding_tables_quantized": check_scope(config.scope).embedding_tables,
-        "grid": "symmetric int8, zero point 0, scale = amax / 127",
-        "kept_in_float": kept,
-        "kept_reason": reason,
-        "quantized_points": len(tensors),
-        "total_points": len(stats.points),
-        "tensors": tensors,
-        "qtool_version": __version__,
-    }
-
-
-def smoothed_graph(model_path: Path, stats: ActivationStats, alpha: float) -> tuple[Path, dict[str, list[float]]]:
-    """The FP32 graph with activation range migrated into the weights (`alpha`), written once beside
-    it as `<stem>.smooth<alpha>.onnx`, and the factors. Its identity names the transform, so
-    statistics of the plain graph are never taken for it."""
-    model_path = Path(model_path)
-    stats.check_model(model_path)
-    target = model_path.with_name(f"{model_path.stem}.smooth{alpha:g}.onnx")
-    record = manifest_path(target)
-    key = {"source_sha256": sha256_file(model_path), "statistics_sha256": stats.content_sha256, "alpha": alpha}
-    transform = f"smooth alpha={alpha!r} statistics={stats.content_sha256[:16]}"
-    if (
-        target.is_file()
-        and record.is_file()
-        and (cached := read_json(record)).get("key") == key
-        and model_identity(target).get("transform") == transform
-    ):
-        return target, cached["factors"]
-    record.unlink(missing_ok=True)  # never a record beside a graph it does not describe
-    model, _ = load_quant_points(model_path)
-    smoothed, factors = smooth_model(model, stats, SmoothConfig(alpha=alpha))
-    save_derived_graph(smoothed, model_path, target, {"precision": "fp32", "transform": transform})
-    write_json(record, {"key": key, "factors": factors})
-    log.info("wrote %s (%d LayerNorm outputs smoothed)", target, len(factors))
-    return target, factors
-
-
-def calibrate_model(
-    model_path: Path, stats: ActivationStats, config: CalibrateConfig, collect_stats
-) -> tuple[dict, ActivationStats]:
-    """`calibrate`, with the migration first when `config.smooth` is set: the smoothed graph's
-    statistics come from `collect_stats(graph_path)` (cached), and the document records the factors
-    so that the QDQ graph can be rebuilt from the FP32 graph. Returns the document and the
-    statistics it was calibrated on."""
-    if config.smooth is None:
-        return calibrate(stats, config), stats
-    config.validate()
-    graph, factors = smoothed_graph(model_path, stats, config.smooth)
-    smoothed_stats = collect_stats(graph)
-    document = calibrate(smoothed_stats, config)
-    document["model"] = model_identity(model_path)
-    document["smoothing"] = {
-        "alpha": config.smooth,
-        "graph": graph.name,
-        "fp32_statistics_sha256": stats.content_sha256,
-        "factors": factors,
-    }
-    return document, smoothed_stats
-
-
-def check_calibration(document: object, source: str = "the calibration") -> dict:
-    """`document` if it is a qtool calibration document, else a one-line error."""
-    if (
-        not isinstance(document, dict)
-        or document.get("format") != CALIBRATION_FORMAT
-        or not isinstance(document.get("tensors"), dict)
-    ):
-        raise QtoolError(f"{source} is not a qtool calibration file; write one with `qtool calibrate`")
-    return document
-
-
-def load_calibration(path: Path, model_path: Path | None = None) -> dict:
-    """A calibration file, checked to be one and, given `model_path`, to belong to that model."""
-    document = check_calibration(read_json(path), str(path))
-    if model_path is None:
-        return document
-    expected = model_identity(model_path)
-    if document.get("model") != expected:
-        raise QtoolError(
-            f"{path} was calibrated for {document.get('model', {}).get('source_model')} "
-            f"(sha256 {str(document.get('model', {}).get('model_sha256'))[:12]}), not for {model_path}; "
-            "calibrate this model with `qtool calibrate`"
+    tensors = {
+        point.name: PointScale.from_range(
+            point, calibrator.name, calibrator.params(), calibrator.estimate(point, stats.stats[point.name])
         )
-    return document
-
-
-def prepared_model(model_path: Path, document: dict) -> tuple[onnx.ModelProto, list[QuantPoint]]:
-    """The FP32 graph at `model_path` as `document`'s QDQ graph is written on (smoothed when the
-    document records factors) and its quantization points; checked to be the calibrated model."""
-    if document["model"] != model_identity(model_path):
-        raise QtoolError(f"the calibration is for another model than {model_path}; calibrate this model")
-    model, points = load_quant_points(model_path)
-    if document.get("smoothing"):
-        try:
-            factors = {name: [float(v) for v in values] for name, values in document["smoothing"]["factors"].items()}
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise QtoolError("the calibration's smoothing record has no valid factors; calibrate again") from None
-        model = apply_smoothing(model, points, factors)
-        points = find_quant_points(model)
-    return model, points
-
-
-def qdq_model(prepared: tuple[onnx.ModelProto, list[QuantPoint]], document: dict, switches: bool = False):
-    """The QDQ model of `document` on a `prepared_model` (which stays unchanged, so one preparation
-    serves many documents of the same calibration)."""
-    model, points = prepared
-    missing = sorted(set(document["tensors"]) - {p.name for p in points})
-    if missing:
-        raise QtoolError(f"the calibration names points that the model does not have ({', '.join(missing[:3])})")
-    activations = {}
-    for name, entry in document["tensors"].items():
-        activations[name] = {"scale": entry["scale"], "groups": entry.get("groups")}
-    plan = QdqPlan(
-        activations=activations,
-        weights=document["weights"],
-        embedding_tables=document["embedding_tables_quantized"],
-        points=points,
-        switches=switches,
-        gemm_edges_only=check_scope(document["scope"]).gemm_edges_only,
+        for point in stats.points
+        if point.role in scope.roles and point.name not in kept
+    }
+    return Calibration(
+        recipe=config.recipe_name(),
+        model=stats.manifest["model"],
+        statistics_sha256=stats.content_sha256,
+        data=stats.manifest["data"],
+        samples=stats.manifest["samples"],
+        scope=config.scope,
+        method=calibrator.name,
+        params=calibrator.params(),
+        weights=config.weights,
+        embedding_tables_quantized=scope.embedding_tables,
+        kept_in_float=tuple(kept),
+        kept_reason=reason,
+        total_points=len(stats.points),
+        tensors=tensors,
     )
-    return write_qdq_model(model, plan)
 
 
-def calibrated_model(model_path: Path, document: dict, switches: bool = False):
-    """The QDQ model of `document` applied to the FP32 graph at `model_path` (in memory)."""
-    return qdq_model(prepared_model(model_path, document), document, switches)
+def load_calibration(path: Path, model_path: Path | None = None) -> Calibration:
+    """A calibration file, validated and, given `model_path`, checked to belong to that model."""
+    calibration = Calibration.from_json(read_json(path), str(path))
+    if model_path is not None:
+        calibration.check_model(model_path, str(path))
+    return calibration
 
 
-def write_calibrated_graph(model_path: Path, document: dict, output: Path) -> Path:
-    """The QDQ graph of `document` applied to the FP32 graph at `model_path`."""
-    qdq = calibrated_model(model_path, document)
-    metadata = {"precision": "int8-qdq", "recipe": document["recipe"], "scope": document["scope"]}
-    if document.get("smoothing"):
-        metadata["smoothing_alpha"] = f"{document['smoothing']['alpha']:g}"
-    return save_derived_graph(qdq, model_path, output, metadata)
-
-
-def write_calibration(document: dict, path: Path) -> Path:
-    return write_json(path, document)
+def write_calibration(calibration: Calibration, path: Path) -> Path:
+    return write_json(path, calibration.to_json())
 
 
 def calibration_paths(folder: Path, recipe: str) -> tuple[Path, Path]:
+    """Where a recipe's calibration file and QDQ graph live in `folder`."""
     return Path(folder) / f"{recipe}.calib.json", Path(folder) / f"{recipe}.qdq.onnx"
+

@@ -18,9 +18,10 @@ import onnx
 from qtool.analysis.collect import calibration_examples
 from qtool.data import QnliSplit
 from qtool.data.batching import padded_feeds
+from qtool.defaults import MAX_LENGTH
 from qtool.errors import QtoolError
-from qtool.exporter.onnx_export import save_derived_graph
 from qtool.fileio import atomic_path
+from qtool.graph import save_derived_graph
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def calibration_reader(batches: list[dict]):
 
 
 def quantize_with_ort(
-    name: str, fp32: Path, output: Path, split: QnliSplit, tokenizer, samples: int, max_length: int = 128
+    name: str, fp32: Path, output: Path, split: QnliSplit, tokenizer, samples: int, max_length: int = MAX_LENGTH
 ) -> dict:
     """Write `output` with ONNX Runtime's quantizer `name`; return what it used."""
     from onnxruntime.quantization import (

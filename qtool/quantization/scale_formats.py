@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import math
 import re
 import struct
 from collections.abc import Iterable
@@ -58,11 +57,11 @@ import numpy as np
 import onnx
 
 from qtool.calibrators.precision import SCOPES
-from qtool.quantization.calibration import check_calibration
 from qtool.errors import QtoolError
 from qtool.exporter.points import QuantPoint, find_quant_points
-from qtool.exporter.qdq import SHAPE_ONLY_OPS
 from qtool.fileio import read_json, write_json, write_text
+from qtool.graph import SAME_VALUE_OPS, GraphIndex
+from qtool.quantization.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -75,35 +74,25 @@ FORMATS = ("trt-cache", "ort-overrides")
 
 
 # -- the scales of a calibration document ----------------------------------------------------------
-# Ops whose output holds exactly the values of their first input, rearranged.
-SAME_VALUE_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
-
-
 def point_tensor_names(model: onnx.ModelProto, points: Iterable[QuantPoint]) -> dict[str, list[str]]:
     """Point name -> the ONNX tensors that carry its values in `model`: the point's tensor, the
     tensors it is reshaped from and to along a single-consumer chain of SAME_VALUE_OPS, and the
     attention MatMul input where qtool's QDQ writer places its Q/DQ (`matmul_input`)."""
     points = list(points)
-    producer = {out: node for node in model.graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        if node.op_type in SHAPE_ONLY_OPS:  # reads the shape, not the values
-            continue
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    index = GraphIndex(model.graph)
     owner = {p.tensor: p.name for p in points} | {p.matmul_input: p.name for p in points if p.matmul_input}
 
     def same_values(tensor: str, point: str) -> list[str]:
         names = [tensor]
-        while (node := producer.get(names[0])) is not None and node.op_type in SAME_VALUE_OPS:
+        while (node := index.producer.get(names[0])) is not None and node.op_type in SAME_VALUE_OPS:
             source = node.input[0]
-            if owner.get(source, point) != point or len(consumers.get(source, ())) != 1 or source in names:
+            if owner.get(source, point) != point or len(index.value_consumers(source)) != 1 or source in names:
                 break
             names.insert(0, source)
-        while len(following := consumers.get(names[-1], ())) == 1 and following[0].op_type in SAME_VALUE_OPS:
-            node = following[0]
+        while len(following := index.value_consumers(names[-1])) == 1 and following[0][0].op_type in SAME_VALUE_OPS:
+            node, slot = following[0]
             output = node.output[0]
-            if node.input[0] != names[-1] or owner.get(output, point) != point or output in names:
+            if slot != 0 or owner.get(output, point) != point or output in names:
                 break
             names.append(output)
         return names
@@ -117,15 +106,14 @@ def point_tensor_names(model: onnx.ModelProto, points: Iterable[QuantPoint]) -> 
     return names
 
 
-def tensor_scales(document: dict, model: onnx.ModelProto | None = None) -> dict[str, float]:
+def tensor_scales(calibration: Calibration, model: onnx.ModelProto | None = None) -> dict[str, float]:
     """ONNX tensor name -> float32 scale of every quantized point, sorted by tensor name.
 
     Without `model` (the FP32 graph), each point names its tensor only; with it, also the tensors
     that carry the same values (`point_tensor_names`). Raises if a point has several channel-group
     scales (PEG).
     """
-    check_calibration(document)
-    grouped = sorted(name for name, entry in document["tensors"].items() if len(entry.get("groups") or ()) > 1)
+    grouped = sorted(name for name, entry in calibration.tensors.items() if len(entry.groups or ()) > 1)
     if grouped:
         raise QtoolError(
             f"this calibration has per-embedding-group (PEG) scales ({len(grouped)} points, e.g. {grouped[0]}), "
@@ -135,18 +123,13 @@ def tensor_scales(document: dict, model: onnx.ModelProto | None = None) -> dict[
     names: dict[str, list[str]] | None = None
     if model is not None:
         names = point_tensor_names(model, find_quant_points(model))
-        missing = sorted(set(document["tensors"]) - set(names))
+        missing = sorted(set(calibration.tensors) - set(names))
         if missing:
             raise QtoolError(f"the calibration names points that the model does not have ({', '.join(missing[:3])})")
     scales: dict[str, float] = {}
-    for name, entry in document["tensors"].items():
-        if not isinstance(entry, dict) or "scale" not in entry or "tensor" not in entry:
-            raise QtoolError(f"point {name} of the calibration has no scale or tensor name; calibrate again")
-        groups = entry.get("groups")
-        scale = float(np.float32(groups[0]["scale"] if groups else entry["scale"]))
-        if not math.isfinite(scale) or scale <= 0:
-            raise QtoolError(f"point {name} has scale {scale}, not a positive number; recalibrate")
-        for tensor in names[name] if names is not None else [entry["tensor"]]:
+    for name, entry in calibration.tensors.items():
+        scale = float(np.float32(entry.tensor_scale))
+        for tensor in names[name] if names is not None else [entry.tensor]:
             if scales.get(tensor, scale) != scale:
                 raise QtoolError(f"tensor {tensor} would get two different scales (point {name} and another)")
             scales[tensor] = scale
@@ -182,13 +165,13 @@ def scale_hex(scale: float) -> str:
     return struct.pack(">f", scale).hex()
 
 
-def trt_cache_text(document: dict, header: str | None = None, model: onnx.ModelProto | None = None) -> str:
-    """The TensorRT calibration cache of `document`: the header line, then `name: hex` per tensor.
+def trt_cache_text(calibration: Calibration, header: str | None = None, model: onnx.ModelProto | None = None) -> str:
+    """The TensorRT calibration cache of `calibration`: the header line, then `name: hex` per tensor.
 
     Points kept in float are absent, so TensorRT runs the layers that read or produce them in
     higher precision. PEG calibrations with several groups are refused.
     """
-    return _trt_text(tensor_scales(document, model), header or trt_cache_header())
+    return _trt_text(tensor_scales(calibration, model), header or trt_cache_header())
 
 
 def _trt_text(scales: dict[str, float], header: str) -> str:
@@ -203,9 +186,9 @@ def _trt_text(scales: dict[str, float], header: str) -> str:
 
 
 def write_trt_cache(
-    document: dict, path: Path, header: str | None = None, model: onnx.ModelProto | None = None
+    calibration: Calibration, path: Path, header: str | None = None, model: onnx.ModelProto | None = None
 ) -> Path:
-    return write_text(path, trt_cache_text(document, header, model))
+    return write_text(path, trt_cache_text(calibration, header, model))
 
 
 def read_trt_cache(path: Path) -> dict[str, float]:
@@ -235,11 +218,11 @@ def read_trt_cache(path: Path) -> dict[str, float]:
 
 
 # -- ONNX Runtime TensorQuantOverrides -------------------------------------------------------------
-def ort_overrides(document: dict, model: onnx.ModelProto | None = None) -> dict:
-    """The JSON form of ONNX Runtime's `TensorQuantOverrides` for `document`'s activation scales:
+def ort_overrides(calibration: Calibration, model: onnx.ModelProto | None = None) -> dict:
+    """The JSON form of ONNX Runtime's `TensorQuantOverrides` for `calibration`'s activation scales:
     {tensor: [{"scale": s, "zero_point": 0, "quant_type": "QInt8"}]}. `load_ort_overrides` turns
     the written file into the objects `quantize_static` takes."""
-    return _ort_json(tensor_scales(document, model))
+    return _ort_json(tensor_scales(calibration, model))
 
 
 def _ort_json(scales: dict[str, float]) -> dict:
@@ -248,8 +231,8 @@ def _ort_json(scales: dict[str, float]) -> dict:
     }
 
 
-def write_ort_overrides(document: dict, path: Path, model: onnx.ModelProto | None = None) -> Path:
-    return write_json(path, ort_overrides(document, model))
+def write_ort_overrides(calibration: Calibration, path: Path, model: onnx.ModelProto | None = None) -> Path:
+    return write_json(path, ort_overrides(calibration, model))
 
 
 def load_ort_overrides(path: Path) -> dict:
@@ -279,25 +262,29 @@ def load_ort_overrides(path: Path) -> dict:
 
 
 # -- one entry point for the CLI -------------------------------------------------------------------
-def default_output(calibration: Path, document: dict, fmt: str) -> Path:
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise QtoolError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return fmt
+
+
+def default_output(calibration_file: Path, calibration: Calibration, fmt: str) -> Path:
     """`<recipe>.calib.cache` or `<recipe>.ort-overrides.json` beside the calibration file."""
     suffix = {"trt-cache": ".calib.cache", "ort-overrides": ".ort-overrides.json"}[fmt]
-    recipe = document.get("recipe") or Path(calibration).name.removesuffix(".json").removesuffix(".calib")
-    return Path(calibration).parent / f"{recipe}{suffix}"
+    return Path(calibration_file).parent / f"{calibration.recipe}{suffix}"
 
 
 def export_scales(
-    document: dict, fmt: str, output: Path, model: onnx.ModelProto | None = None, trt_version: str | None = None
+    calibration: Calibration, fmt: str, output: Path, model: onnx.ModelProto | None = None, trt_version: str | None = None
 ) -> dict:
-    """Write `document`'s scales as `fmt` to `output` (atomically); a summary of what was written."""
-    if fmt not in FORMATS:
-        raise QtoolError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    scales = tensor_scales(document, model)
-    summary = {"format": fmt, "output": str(output), "tensors": len(scales), "points": len(document["tensors"])}
-    scope = SCOPES.get(document.get("scope"))
+    """Write `calibration`'s scales as `fmt` to `output` (atomically); a summary of what was written."""
+    check_format(fmt)
+    scales = tensor_scales(calibration, model)
+    summary = {"format": fmt, "output": str(output), "tensors": len(scales), "points": len(calibration.tensors)}
+    scope = SCOPES.get(calibration.scope)
     if scope is not None and scope.gemm_edges_only:
         summary["placement_note"] = (
-            f"scope {document['scope']} quantizes values only where they enter a MatMul/Gemm and keeps the residual "
+            f"scope {calibration.scope} quantizes values only where they enter a MatMul/Gemm and keeps the residual "
             "path in float; a scale file cannot say where to quantize, and ONNX Runtime's quantize_static (and "
             "TensorRT) also feed the residual Add the quantized LayerNorm output, so accuracy may differ from qtool's "
             "QDQ graph: deploy that graph (`qtool build`) to keep the placement"

@@ -22,24 +22,30 @@ checked conservatively there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from qtool.analysis.collect import ActivationStats, calibration_examples
 from qtool.analysis.stats import TensorStats
-from qtool.calibrators.base import INT8_MAX
+from qtool.cache import read_record
 from qtool.data import QnliSplit, make_batches, tokenize_part
+from qtool.defaults import MAX_LENGTH, SEARCH_MAX_DROP
+from qtool.deployment.evaluate import logit_to_label, predict_logits
 from qtool.errors import QtoolError
+from qtool.exporter.grid import INT8_MAX
 from qtool.exporter.qdq import switch_input
-from qtool.fileio import dumps_stable, read_json, sha256_text, write_json
+from qtool.fileio import dumps_stable, sha256_text, write_json
 from qtool.progress import progress_bar
-from qtool.deployment.evaluate import logit_to_label
-from qtool.runners.ort import session_options
+from qtool.quantization.calibration import Calibration
+from qtool.quantization.graphs import prepared_model, qdq_model
+from qtool.runners.ort import OrtRunner
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +54,13 @@ SEARCH_FORMAT = "qtool-precision-search/1"
 
 @dataclass(frozen=True)
 class SearchConfig:
-    max_drop: float = 0.5  # accuracy points below FP32 on the tuning pairs
+    max_drop: float = SEARCH_MAX_DROP  # accuracy points below FP32 on the tuning pairs
     tune_samples: int = 1000
     sensitivity_samples: int = 256
     curve_extra: int = 3  # evaluations past the first set within budget, to show the curve's shape
     batch_size: int = 32
     threads: int | None = None
-    max_length: int = 128
+    max_length: int = MAX_LENGTH
 
     def validate(self) -> None:
         if not 0 <= self.max_drop <= 100:
@@ -81,20 +87,10 @@ def expected_sqnr_db(stats: TensorStats, scale: float) -> float:
     return 10.0 * math.log10(signal / noise) if noise > 0 else math.inf
 
 
-def without_points(document: dict, kept: list[str], reason: str) -> dict:
-    """A copy of a calibration document with the points in `kept` left in float."""
-    result = dict(document)
-    result["tensors"] = {name: entry for name, entry in document["tensors"].items() if name not in kept}
-    result["kept_in_float"] = [name for name in document["tensors"] if name in kept]
-    result["kept_reason"] = reason
-    result["quantized_points"] = len(result["tensors"])
-    return result
-
-
 class _TuningSet:
     """Tokenized tuning pairs, their labels and FP32 logits."""
 
-    def __init__(self, model_path: Path, split: QnliSplit, tokenizer, config: SearchConfig, session_factory):
+    def __init__(self, model_path: Path, split: QnliSplit, tokenizer, config: SearchConfig):
         examples, self.sources = calibration_examples(split, config.tune_samples)
         part = tokenize_part(tokenizer, examples, config.max_length)
         self.labels = part.labels
@@ -103,25 +99,13 @@ class _TuningSet:
         sensitivity = tokenize_part(tokenizer, examples[: config.sensitivity_samples], config.max_length)
         self.sensitivity_batches = make_batches(sensitivity, config.batch_size)
         self.size, self.sensitivity_size = len(part), len(sensitivity)
-        fp32 = session_factory(str(model_path))
-        self.fp32_logits = _run(fp32, self.batches, self.size, {})
-        self.fp32_sensitivity_logits = _run(fp32, self.sensitivity_batches, self.sensitivity_size, {})
+        with OrtRunner(model_path, threads=config.threads) as fp32:
+            self.fp32_logits = predict_logits(fp32, self.batches, self.size)
+            self.fp32_sensitivity_logits = predict_logits(fp32, self.sensitivity_batches, self.sensitivity_size)
         self.fp32_accuracy = self.accuracy(self.fp32_logits)
 
     def accuracy(self, logits: np.ndarray) -> float:
         return float((self.label_of_logit[logits.argmax(-1)] == self.labels).mean())
-
-
-def _run(session, batches, size: int, extra_feeds: dict) -> np.ndarray:
-    names = {i.name for i in session.get_inputs()}
-    logits = None
-    for batch in batches:
-        feeds = {k: v for k, v in batch.feeds.items() if k in names} | extra_feeds
-        output = session.run(["logits"], feeds)[0]
-        if logits is None:
-            logits = np.zeros((size, output.shape[-1]), dtype=np.float32)
-        logits[batch.indices] = output
-    return logits
 
 
 def _kl_divergence(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -141,13 +125,9 @@ class _Cache:
         self.path, self.key = path, key
         self.entries: dict[str, dict] = {}
         self.reused = 0
-        if path is not None and Path(path).is_file():
-            try:
-                cached = read_json(path)
-            except QtoolError:
-                cached = {}
-            if isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("entries"), dict):
-                self.entries = cached["entries"]
+        cached = read_record(path, key) if path is not None else None
+        if cached is not None and isinstance(cached.get("entries"), dict):
+            self.entries = cached["entries"]
 
     def get(self, kind: str, names: list[str]) -> dict | None:
         entry = self.entries.get(self._id(kind, names))
@@ -166,122 +146,107 @@ class _Cache:
         return f"{kind}:{sha256_text(*sorted(names))[:16]}"
 
 
-def search_precision(
-    model_path: Path,
-    stats: ActivationStats,
-    document: dict,
-    split: QnliSplit,
-    tokenizer,
-    config: SearchConfig = SearchConfig(),
-    cache_path: Path | None = None,
-) -> dict:
-    """Search the points of `document` (a calibration with nothing kept in float) to keep in float."""
-    import onnxruntime as ort
+class _Evaluator:
+    """The search's evaluations of one calibration on the tuning set, each cached by what it keeps in float."""
 
-    from qtool.quantization.calibration import prepared_model, qdq_model
+    def __init__(self, model_path: Path, calibration: Calibration, tuning: _TuningSet, config: SearchConfig, cache):
+        self.prepared = prepared_model(model_path, calibration)  # loaded (and smoothed) once for every candidate
+        self.calibration, self.tuning, self.config, self.cache = calibration, tuning, config, cache
+        self.evaluations = 0
 
-    config.validate()
-    if document["kept_in_float"]:
-        raise QtoolError("the automatic search starts from a calibration with no point kept in float; drop --keep-fp")
-    started = time.perf_counter()
-    options = session_options(config.threads)
-
-    def session(model) -> ort.InferenceSession:
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-    prepared = prepared_model(model_path, document)  # loaded (and smoothed) once for every candidate
-    tuning = _TuningSet(model_path, split, tokenizer, config, session)
-    names = list(document["tensors"])
-    cache = _Cache(
-        cache_path,
-        {
-            "format": SEARCH_FORMAT,
-            "model": document["model"],  # prepared_model checked it is model_path's identity
-            "calibration": sha256_text(
-                dumps_stable(
-                    {
-                        key: document.get(key)
-                        for key in ("recipe", "scope", "tensors", "weights", "embedding_tables_quantized", "smoothing")
-                    }
-                )
-            ),
-            "data": split.describe(),
-            "tune_samples": config.tune_samples,
-            "sensitivity_samples": config.sensitivity_samples,
-            "batch_size": config.batch_size,
-            "max_length": config.max_length,
-        },
-    )
-    evaluations = 0
-
-    # 1. sensitivity
-    sqnr = {n: expected_sqnr_db(stats.stats[n], document["tensors"][n]["scale"]) for n in names}
-    switched = None
-    sensitivity = []
-    with progress_bar("sensitivity", total=len(names)) as bar:
-        for name in names:
-            result = cache.get("alone", [name])
-            if result is None:
-                if switched is None:
-                    switched = session(qdq_model(prepared, document, switches=True).SerializeToString())
-                switches = {switch_input(n): np.array(n == name) for n in names}
-                logits = _run(switched, tuning.sensitivity_batches, tuning.sensitivity_size, switches)
-                flips = float((logits.argmax(-1) != tuning.fp32_sensitivity_logits.argmax(-1)).mean())
-                result = cache.put(
-                    "alone", [name], {"kl": _kl_divergence(tuning.fp32_sensitivity_logits, logits), "flips": flips}
-                )
-                evaluations += 1
-            sensitivity.append({"name": name, **result, "expected_sqnr_db": round(sqnr[name], 3)})
-            bar.advance(1, status=name)
-    switched = None
-    position = {name: index for index, name in enumerate(names)}
-    ranked = sorted(sensitivity, key=lambda s: (-s["kl"], s["expected_sqnr_db"], position[s["name"]]))
-    order = [s["name"] for s in ranked]
-
-    def tuning_accuracy(kept: list[str]) -> dict:
-        nonlocal evaluations
-        result = cache.get("kept", kept)
+    def alone(self, name: str, switched: Callable[[], OrtRunner]) -> dict:
+        """Output divergence from FP32 with only `name` quantized (weights quantized everywhere)."""
+        result = self.cache.get("alone", [name])
         if result is None:
-            candidate = without_points(document, kept, "search candidate")
-            logits = _run(
-                session(qdq_model(prepared, candidate).SerializeToString()),
-                tuning.batches,
-                tuning.size,
-                {},
-            )
-            accuracy = tuning.accuracy(logits)
-            result = cache.put(
+            tuning = self.tuning
+            switches = {switch_input(n): np.array(n == name) for n in self.calibration.tensors}
+            logits = predict_logits(switched(), tuning.sensitivity_batches, tuning.sensitivity_size, switches)
+            flips = float((logits.argmax(-1) != tuning.fp32_sensitivity_logits.argmax(-1)).mean())
+            kl = _kl_divergence(tuning.fp32_sensitivity_logits, logits)
+            result = self.cache.put("alone", [name], {"kl": kl, "flips": flips})
+            self.evaluations += 1
+        return result
+
+    def kept(self, kept: list[str]) -> dict:
+        """Tuning accuracy of the QDQ graph with the points in `kept` in float."""
+        result = self.cache.get("kept", kept)
+        if result is None:
+            candidate = self.calibration.without_points(kept, "search candidate")
+            model = qdq_model(self.prepared, candidate).SerializeToString()
+            with OrtRunner(model, threads=self.config.threads) as runner:
+                logits = predict_logits(runner, self.tuning.batches, self.tuning.size)
+            accuracy = self.tuning.accuracy(logits)
+            result = self.cache.put(
                 "kept",
                 kept,
                 {
                     "accuracy": accuracy,
-                    "drop": round(100 * (tuning.fp32_accuracy - accuracy), 6),
-                    "flips": float((logits.argmax(-1) != tuning.fp32_logits.argmax(-1)).mean()),
+                    "drop": round(100 * (self.tuning.fp32_accuracy - accuracy), 6),
+                    "flips": float((logits.argmax(-1) != self.tuning.fp32_logits.argmax(-1)).mean()),
                 },
             )
-            evaluations += 1
-        return {**result, "within": result["drop"] <= config.max_drop}
+            self.evaluations += 1
+        return {**result, "within": result["drop"] <= self.config.max_drop}
 
-    # 2. the curve: the n most sensitive points in float
+
+def _cache_key(calibration: Calibration, split: QnliSplit, config: SearchConfig) -> dict:
+    recorded = calibration.to_json()
+    fields = ("recipe", "scope", "tensors", "weights", "embedding_tables_quantized", "smoothing")
+    return {
+        "format": SEARCH_FORMAT,
+        "model": calibration.model,  # prepared_model checks it is the graph's identity
+        "calibration": sha256_text(dumps_stable({key: recorded.get(key) for key in fields})),
+        "data": split.describe(),
+        "tune_samples": config.tune_samples,
+        "sensitivity_samples": config.sensitivity_samples,
+        "batch_size": config.batch_size,
+        "max_length": config.max_length,
+    }
+
+
+def _ranked_by_sensitivity(evaluator: _Evaluator, stats: ActivationStats) -> list[dict]:
+    """Every point's sensitivity, most sensitive first (measured KL; expected SQNR breaks ties)."""
+    calibration = evaluator.calibration
+    names = list(calibration.tensors)
+    sensitivity = []
+    with contextlib.ExitStack() as stack, progress_bar("sensitivity", total=len(names)) as bar:
+        switched: list[OrtRunner] = []
+
+        def switched_runner() -> OrtRunner:  # one session for every point, built when first needed
+            if not switched:
+                model = qdq_model(evaluator.prepared, calibration, switches=True).SerializeToString()
+                switched.append(stack.enter_context(OrtRunner(model, threads=evaluator.config.threads)))
+            return switched[0]
+
+        for name in names:
+            sqnr = expected_sqnr_db(stats.stats[name], calibration.tensors[name].scale)
+            result = evaluator.alone(name, switched_runner)
+            sensitivity.append({"name": name, **result, "expected_sqnr_db": round(sqnr, 3)})
+            bar.advance(1, status=name)
+    position = {name: index for index, name in enumerate(names)}
+    return sorted(sensitivity, key=lambda s: (-s["kl"], s["expected_sqnr_db"], position[s["name"]]))
+
+
+def _choose(evaluator: _Evaluator, order: list[str]) -> dict:
+    """The curve over the n most sensitive points in float, then greedy pruning of the first set in budget."""
+    config = evaluator.config
     curve = []
     first_within = None
     with progress_bar("search", total=None) as bar:
         for n in range(len(order) + 1):
-            point = tuning_accuracy(order[:n])
+            point = evaluator.kept(order[:n])
             curve.append({"float_points": n, **point})
             bar.advance(1, status=f"{n} in float: {100 * point['accuracy']:.2f}")
             if point["within"] and first_within is None:
                 first_within = n
             if first_within is not None and n >= first_within + config.curve_extra:
                 break
-        within_budget = first_within is not None
         pruning = []
-        if within_budget:
+        if first_within is not None:
             chosen, final = order[:first_within], curve[first_within]
-            # 3. pruning: quantize each chosen point again, least sensitive first, while the budget holds
-            for name in reversed(order[:first_within]):
+            for name in reversed(order[:first_within]):  # least sensitive first, while the budget holds
                 trial = [n for n in chosen if n != name]
-                point = tuning_accuracy(trial)
+                point = evaluator.kept(trial)
                 pruning.append({"quantized_again": name, "float_points": len(trial), **point})
                 if point["within"]:
                     chosen, final = trial, point
@@ -296,6 +261,35 @@ def search_precision(
                 len(chosen),
             )
     return {
+        "chosen": [n for n in order if n in chosen],
+        "within_budget": first_within is not None,
+        "tuning_accuracy": final["accuracy"],
+        "tuning_drop": final["drop"],
+        "curve": curve,
+        "pruning": pruning,
+    }
+
+
+def search_precision(
+    model_path: Path,
+    stats: ActivationStats,
+    calibration: Calibration,
+    split: QnliSplit,
+    tokenizer,
+    config: SearchConfig = SearchConfig(),
+    cache_path: Path | None = None,
+) -> dict:
+    """Search the points of `calibration` (nothing kept in float yet) to keep in float."""
+    config.validate()
+    if calibration.kept_in_float:
+        raise QtoolError("the automatic search starts from a calibration with no point kept in float; drop --keep-fp")
+    started = time.perf_counter()
+    tuning = _TuningSet(model_path, split, tokenizer, config)
+    cache = _Cache(cache_path, _cache_key(calibration, split, config))
+    evaluator = _Evaluator(model_path, calibration, tuning, config, cache)
+    ranked = _ranked_by_sensitivity(evaluator, stats)
+    chosen = _choose(evaluator, [s["name"] for s in ranked])
+    return {
         "format": SEARCH_FORMAT,
         "max_drop": config.max_drop,
         "config": asdict(config),
@@ -305,14 +299,11 @@ def search_precision(
             "sensitivity_pairs": tuning.sensitivity_size,
             "fp32_accuracy": tuning.fp32_accuracy,
         },
-        "chosen": [n for n in order if n in chosen],
-        "within_budget": within_budget,
-        "tuning_accuracy": final["accuracy"],
-        "tuning_drop": final["drop"],
+        **{key: chosen[key] for key in ("chosen", "within_budget", "tuning_accuracy", "tuning_drop")},
         "sensitivity": ranked,
-        "curve": curve,
-        "pruning": pruning,
-        "evaluations": evaluations,
+        "curve": chosen["curve"],
+        "pruning": chosen["pruning"],
+        "evaluations": evaluator.evaluations,
         "reused_evaluations": cache.reused,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -344,17 +335,15 @@ def auto_recipe_name(base_recipe: str, max_drop: float) -> str:
 def auto_calibrate(
     model_path: Path,
     stats: ActivationStats,
-    base: dict,
+    base: Calibration,
     split: QnliSplit,
     tokenizer,
     config: SearchConfig,
     folder: Path,
-) -> tuple[dict, dict, Path]:
-    """The calibration `base` with the searched points kept in float, the full search record
-    (written to `<recipe>.search.json`, with timings), and the curve figure."""
-    from qtool.report.figures import precision_search_curve
-
-    recipe = auto_recipe_name(base["recipe"], config.max_drop)
+) -> tuple[Calibration, dict]:
+    """The calibration `base` with the searched points kept in float, and the full search record
+    (written to `<recipe>.search.json` in `folder`, with timings)."""
+    recipe = auto_recipe_name(base.recipe, config.max_drop)
     folder = Path(folder)
     search = search_precision(
         model_path, stats, base, split, tokenizer, config, cache_path=folder / f"{recipe}.search-cache.json"
@@ -368,18 +357,14 @@ def auto_calibrate(
         else f"automatic search: no set met {config.max_drop:g} points of FP32 on {tuning['pairs']} tuning pairs; "
         "the most sensitive points up to the best tuning accuracy found"
     )
-    document = without_points(base, search["chosen"], reason)
-    document["recipe"] = recipe
-    document["mixed_precision"] = {
+    mixed_precision = {
         "search": SEARCH_FORMAT,
         "max_drop": config.max_drop,
         "tuning_pairs": tuning["pairs"],
         "tuning_sources": tuning["sources"],
         "record": f"{recipe}.search.json",
     }
-    search = {"recipe": recipe, "model": base["model"], "data": split.describe(), **search}
+    calibration = replace(base.without_points(search["chosen"], reason), recipe=recipe, mixed_precision=mixed_precision)
+    search = {"recipe": recipe, "model": base.model, "data": split.describe(), **search}
     write_json(folder / f"{recipe}.search.json", search)
-    figure = precision_search_curve(
-        search, folder / f"{recipe}.search.png", f"Mixed-precision search: {recipe} ({base['model']['source_model']})"
-    )
-    return document, search, figure
+    return calibration, search

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtool.analysis.plots import _pyplot, _save
+from qtool.plotting import pyplot, save_figure
 
 
 def _rows(result: dict, method: str) -> list[dict]:
@@ -24,7 +24,7 @@ def _fp32_line(axis, result: dict) -> None:
 
 
 def accuracy_by_configuration(result: dict, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     rows = result["results"]
     figure, axis = plt.subplots(figsize=(10, 5))
     accuracies = [100 * r["accuracy"] for r in rows]
@@ -40,14 +40,14 @@ def accuracy_by_configuration(result: dict, path: Path) -> Path:
     _fp32_line(axis, result)
     axis.set_title(f"Accuracy by configuration: {result['model']}")
     axis.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def accuracy_by_parameter(result: dict, method: str, key: str, label: str, path: Path) -> Path | None:
     rows = sorted(_rows(result, method), key=lambda r: r["params"][key])
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
     xs = [r["params"][key] for r in rows]
     axis.errorbar(
@@ -68,14 +68,14 @@ def accuracy_by_parameter(result: dict, method: str, key: str, label: str, path:
     axis.set_title(f"{method}: accuracy against {label} ({result['model']})", fontsize=9)
     axis.legend()
     axis.grid(alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def accuracy_against_latency(result: dict, path: Path) -> Path | None:
     rows = [r for r in result["results"] if r.get("latency")]
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(8, 5))
     for row in rows:
         axis.scatter(row["latency"]["p50_ms"], 100 * row["accuracy"])
@@ -87,7 +87,7 @@ def accuracy_against_latency(result: dict, path: Path) -> Path | None:
     axis.set_ylabel("eval accuracy %")
     axis.set_title(f"Accuracy against latency: {result['model']}")
     axis.grid(alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def write_study_figures(result: dict, folder: Path) -> dict[str, str]:
@@ -108,7 +108,7 @@ def write_study_figures(result: dict, folder: Path) -> dict[str, str]:
 def precision_search_curve(search: dict, path: Path, title: str) -> Path:
     """Tuning accuracy against the number of points kept in float (most sensitive first), and the
     set the search settled on after pruning."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(8, 4.5))
     curve = search["curve"]
     axis.plot(
@@ -134,4 +134,4 @@ def precision_search_curve(search: dict, path: Path, title: str) -> Path:
     axis.set_title(title, fontsize=9)
     axis.legend()
     axis.grid(alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)

@@ -18,40 +18,11 @@ code { background: #f4f4f4; padding: 0 3px; }
 """
 
 
-def _inline(text: str) -> str:
-    escaped = html.escape(text)
-    parts = escaped.split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-
-
 def markdown_to_html(markdown: str) -> str:
-    """Enough Markdown for the report qtool writes: headings, lists, pipe tables, paragraphs."""
-    out, table = [], []
+    """CommonMark with GitHub's pipe tables, rendered by markdown-it-py."""
+    from markdown_it import MarkdownIt
 
-    def flush_table() -> None:
-        if not table:
-            return
-        header, *body = [row for row in table if not set(row.replace("|", "").strip()) <= {"-", " "}]
-        cells = lambda row: [c.strip() for c in row.strip().strip("|").split("|")]  # noqa: E731
-        out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells(header)) + "</tr>")
-        out.extend("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells(row)) + "</tr>" for row in body)
-        out.append("</table>")
-        table.clear()
-
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        flush_table()
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
-        elif line.startswith("- "):
-            out.append(f"<ul><li>{_inline(line[2:])}</li></ul>")
-        elif line.strip():
-            out.append(f"<p>{_inline(line)}</p>")
-    flush_table()
-    return "\n".join(out)
+    return MarkdownIt("commonmark").enable("table").render(markdown)
 
 
 def write_html_report(markdown_path: Path, figures: dict[str, str], path: Path, title: str) -> Path:

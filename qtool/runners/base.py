@@ -1,12 +1,11 @@
 """The one runner protocol: a context manager with `infer(feeds) -> outputs`.
 
-Backends implement `_activate`, `_infer` and `_deactivate`; input checks and timing live here once.
+Backends implement `_activate`, `_infer` and `_deactivate`; input checks live here once.
 Expensive objects (sessions, engines) are built lazily in `_activate`, on entry.
 """
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
@@ -20,7 +19,6 @@ class Runner(ABC):
 
     def __init__(self) -> None:
         self.is_active = False
-        self.last_inference_seconds: float | None = None
 
     def __enter__(self) -> Runner:
         self._activate()
@@ -50,7 +48,8 @@ class Runner(ABC):
         missing = [name for name in expected if name not in feeds]
         if missing:
             raise QtoolError(f"{self.name}: missing inputs {missing}; the model expects {expected}")
-        started = time.perf_counter()
-        outputs = self._infer({name: feeds[name] for name in expected})
-        self.last_inference_seconds = time.perf_counter() - started
-        return outputs
+        return self._infer(self._select(feeds))
+
+    def _select(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The feeds `_infer` gets: the model's inputs, in its order."""
+        return {name: feeds[name] for name in self.input_names()}

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from qtool.errors import QtoolError
+from qtool.graph import load_model
 from qtool.runners.base import Runner
 
 log = logging.getLogger(__name__)
@@ -18,16 +19,8 @@ OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 def check_onnx_file(path: Path) -> Path:
     """Fail with a one-line error for a missing or unreadable ONNX file."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise QtoolError(f"{path} does not exist; export a model first with `qtool export`")
-    try:
-        onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise QtoolError(f"{path} is not a readable ONNX model ({exc.__class__.__name__}); re-export it") from None
-    return path
+    load_model(path, load_external_data=False)
+    return Path(path)
 
 
 def session_options(threads: int | None = None, optimization_level: str = "all"):
@@ -50,11 +43,13 @@ def session_options(threads: int | None = None, optimization_level: str = "all")
 
 
 class OrtRunner(Runner):
+    """An ONNX Runtime session of an ONNX file, or of a serialized model (bytes) built in memory."""
+
     name = "onnxruntime"
 
     def __init__(
         self,
-        model_path: Path,
+        model_path: Path | bytes,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int | None = None,
         optimization_level: str = "all",
@@ -66,7 +61,7 @@ class OrtRunner(Runner):
             raise QtoolError(
                 f"unknown optimization level {optimization_level!r}; choose {', '.join(OPTIMIZATION_LEVELS)}"
             )
-        self.model_path = Path(model_path)
+        self.model_path = model_path if isinstance(model_path, bytes) else Path(model_path)
         self.providers = list(providers)
         self.threads = threads
         self.optimization_level = optimization_level
@@ -77,7 +72,9 @@ class OrtRunner(Runner):
     def _activate(self) -> None:
         import onnxruntime as ort
 
-        check_onnx_file(self.model_path)
+        in_memory = isinstance(self.model_path, bytes)
+        if not in_memory:
+            check_onnx_file(self.model_path)
         available = ort.get_available_providers()
         unknown = [p for p in self.providers if p not in available]
         if unknown:
@@ -91,9 +88,11 @@ class OrtRunner(Runner):
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(self.model_path), options, providers=self.providers)
+            model = self.model_path if in_memory else str(self.model_path)
+            self.session = ort.InferenceSession(model, options, providers=self.providers)
         except Exception as exc:
-            raise QtoolError(f"ONNX Runtime cannot load {self.model_path}: {str(exc).splitlines()[0]}") from None
+            where = "the graph in memory" if in_memory else self.model_path
+            raise QtoolError(f"ONNX Runtime cannot load {where}: {str(exc).splitlines()[0]}") from None
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from qtool.data.batching import INPUT_NAMES
 from qtool.runners.base import Runner
 
 
 class TorchRunner(Runner):
-    """A Hugging Face sequence classifier run by PyTorch in eval mode, without autograd."""
+    """A Hugging Face sequence classifier run by PyTorch in eval mode, without autograd.
+
+    The model needs its main input (`input_ids`); every other feed that names a parameter of its
+    `forward` (`attention_mask`, `token_type_ids`, ...) is passed on as well.
+    """
 
     name = "torch-eager"
 
@@ -21,6 +25,7 @@ class TorchRunner(Runner):
         self.model_dir = Path(model_dir)
         self.threads = threads
         self.model = None
+        self._parameters: frozenset[str] = frozenset()
 
     def _activate(self) -> None:
         import torch
@@ -31,12 +36,16 @@ class TorchRunner(Runner):
         self.model = AutoModelForSequenceClassification.from_pretrained(
             self.model_dir, attn_implementation="eager"
         ).eval()
+        self._parameters = frozenset(inspect.signature(self.model.forward).parameters)
 
     def _deactivate(self) -> None:
         self.model = None
 
     def input_names(self) -> list[str]:
-        return list(INPUT_NAMES)
+        return [self.model.main_input_name]
+
+    def _select(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: value for name, value in feeds.items() if name in self._parameters}
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch

@@ -10,17 +10,17 @@ import torch
 from transformers import BertForSequenceClassification
 
 from qtool.analysis import CollectConfig, collect
-from qtool.quantization.calibration import CalibrateConfig, calibrate, write_calibrated_graph
 from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
-from qtool.models.resolve import load_tokenizer
 from qtool.exporter.ort_cpu import (
-    build_for_ort_cpu,
     check_fused,
     count_fused_integer_ops,
     rewrite_file_for_ort_cpu,
     rewrite_for_ort_cpu,
 )
-from tests.conftest import build_bert_classifier, export_tiny
+from qtool.models.resolve import load_tokenizer
+from qtool.quantization.calibration import CalibrateConfig, calibrate
+from qtool.quantization.graphs import write_calibrated_graph
+from tests.helpers.models import build_bert_classifier, export_tiny
 
 RECIPES = {
     "gemm": CalibrateConfig(scope="gemm"),
@@ -174,9 +174,10 @@ def test_onnx_runtime_fuses_every_gemm_of_the_rewritten_graph(calibrated, recipe
 
 
 def test_build_reports_the_scope_and_notes_residual_quantization(calibrated, tmp_path):
+    from qtool.stages.deploy import build_ort
+
     reports = {
-        r: build_for_ort_cpu(calibrated["graphs"][r], tmp_path / f"{r}.ort.onnx")
-        for r in ("gemm", "all", "gemm-inputs")
+        r: build_ort(calibrated["graphs"][r], tmp_path / f"{r}.ort.onnx") for r in ("gemm", "all", "gemm-inputs")
     }
     assert {recipe: report["scope"] for recipe, report in reports.items()} == {r: r for r in reports}
     assert "note" not in reports["gemm-inputs"]
@@ -214,7 +215,7 @@ def test_fp32_graph_is_left_unchanged(calibrated):
 
 
 def test_rewritten_file_points_at_the_tokenizer(calibrated, tmp_path):
-    from qtool.exporter.onnx_export import read_qtool_metadata
+    from qtool.graph import read_qtool_metadata
 
     target = rewrite_file_for_ort_cpu(calibrated["graphs"]["gemm"], tmp_path / "elsewhere" / "model.ort.onnx")
     metadata = read_qtool_metadata(onnx.load(str(target), load_external_data=False))

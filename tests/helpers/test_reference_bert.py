@@ -7,23 +7,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from tests.reference_bert import bert_forward
-
-LAYER_POINTS = (
-    "attention.query",
-    "attention.key",
-    "attention.value",
-    "attention.probs",
-    "attention.context",
-    "attention.output",
-    "attention.residual_sum",
-    "attention.layernorm",
-    "ffn.intermediate",
-    "ffn.activation",
-    "ffn.output",
-    "ffn.residual_sum",
-    "ffn.layernorm",
-)
+from tests.helpers.reference_bert import LAYER_POINTS, bert_forward
 
 
 @pytest.fixture(scope="module")

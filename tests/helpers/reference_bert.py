@@ -33,6 +33,24 @@ Hook = Callable[[str, np.ndarray], np.ndarray]
 F32 = np.float32
 
 
+# The per-layer quantization point names, in graph order (`layer.N.` + each).
+LAYER_POINTS = (
+    "attention.query",
+    "attention.key",
+    "attention.value",
+    "attention.probs",
+    "attention.context",
+    "attention.output",
+    "attention.residual_sum",
+    "attention.layernorm",
+    "ffn.intermediate",
+    "ffn.activation",
+    "ffn.output",
+    "ffn.residual_sum",
+    "ffn.layernorm",
+)
+
+
 def _identity(_name: str, x: np.ndarray) -> np.ndarray:
     return x
 

@@ -16,7 +16,7 @@ from qtool.errors import QtoolError
 from qtool.exporter.points import QuantPoint, find_quant_points
 from qtool.exporter.smooth import SmoothConfig, apply_smoothing, smooth_model, smoothing_factors
 from qtool.models.resolve import load_tokenizer
-from tests.conftest import build_bert_classifier, export_tiny
+from tests.helpers.models import build_bert_classifier, export_tiny
 
 OUTLIER_CHANNEL = 7
 OUTLIER_POINT = "layer.0.attention.layernorm"
@@ -348,7 +348,7 @@ def test_every_kind_of_consumer_on_a_hand_built_graph():
 def test_calibrate_with_smoothing_records_factors_and_rebuilds_the_same_graph(outlier, session_data, tmp_path):
     from typer.testing import CliRunner
 
-    from qtool.analysis.collect import model_identity
+    from qtool.graph import model_identity
     from qtool.cli import app
 
     runner = CliRunner()
@@ -388,8 +388,8 @@ def test_calibrate_with_smoothing_records_factors_and_rebuilds_the_same_graph(ou
 
 
 def test_smoothed_graph_is_rewritten_when_its_file_and_record_disagree(outlier, split, tmp_path):
-    from qtool.analysis.collect import model_identity
-    from qtool.quantization.calibration import smoothed_graph
+    from qtool.graph import model_identity
+    from qtool.quantization.graphs import smoothed_graph
 
     graph = tmp_path / "fp32.onnx"
     graph.write_bytes(outlier["path"].read_bytes())
@@ -408,7 +408,9 @@ def test_smoothed_graph_is_rewritten_when_its_file_and_record_disagree(outlier, 
 
 
 def test_gemm_inputs_scope_with_smoothing_quantizes_only_the_gemm_edges(outlier, split, tmp_path):
-    from qtool.quantization.calibration import CalibrateConfig, calibrate_model, calibrated_model
+    from qtool.quantization.calibration import CalibrateConfig
+    from qtool.quantization.graphs import calibrated_model
+    from qtool.stages.calibrate import calibrate_model
 
     graph = tmp_path / "fp32.onnx"
     graph.write_bytes(outlier["path"].read_bytes())

@@ -13,6 +13,13 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from qtool.analysis import CollectConfig, collect
+from qtool.cli import app
+from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
+from qtool.errors import QtoolError
+from qtool.exporter.points import load_quant_points
+from qtool.fileio import read_json
+from qtool.models.resolve import load_tokenizer
+from qtool.quantization.calibration import CalibrateConfig, calibrate, calibration_paths, write_calibration
 from qtool.quantization.scale_formats import (
     export_scales,
     load_ort_overrides,
@@ -25,13 +32,6 @@ from qtool.quantization.scale_formats import (
     write_ort_overrides,
     write_trt_cache,
 )
-from qtool.quantization.calibration import CalibrateConfig, calibrate, calibration_paths, write_calibration
-from qtool.cli import app
-from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
-from qtool.errors import QtoolError
-from qtool.exporter.points import load_quant_points
-from qtool.fileio import read_json
-from qtool.models.resolve import load_tokenizer
 
 runner = CliRunner()
 CACHE_LINE = re.compile(r"^(?P<name>\S.*): (?P<hex>[0-9a-f]{8})$")
@@ -56,7 +56,7 @@ def tiny(tiny_onnx, session_data):
 
 def _calibration_file(tiny, name, folder):
     document = tiny["documents"][name]
-    return write_calibration(document, calibration_paths(folder, document["recipe"])[0])
+    return write_calibration(document, calibration_paths(folder, document.recipe)[0])
 
 
 # -- TensorRT cache ------------------------------------------------------------------------------
@@ -84,29 +84,29 @@ def test_trt_cache_is_tensorrt_text_format_and_reads_back_exactly(tiny, tmp_path
     assert back == tensor_scales(document, tiny["model"])
     assert set(back) == set(written)
     by_point = {p.name: p for p in tiny["points"]}
-    for name, entry in document["tensors"].items():
-        expected = np.float32(entry["scale"])
-        assert written[entry["tensor"]] == struct.pack(">f", expected).hex()  # big-endian IEEE-754 bits
-        assert np.float32(back[entry["tensor"]]) == expected  # exactly, as float32
+    for name, entry in document.tensors.items():
+        expected = np.float32(entry.scale)
+        assert written[entry.tensor] == struct.pack(">f", expected).hex()  # big-endian IEEE-754 bits
+        assert np.float32(back[entry.tensor]) == expected  # exactly, as float32
         if by_point[name].matmul_input:  # the attention MatMul input carries the same values and scale
             assert np.float32(back[by_point[name].matmul_input]) == expected
     assert sum(1 for p in tiny["points"] if p.matmul_input) >= 6
-    assert len(back) > len(document["tensors"])  # the reshapes and MatMul inputs are named too
+    assert len(back) > len(document.tensors)  # the reshapes and MatMul inputs are named too
 
 
 def test_without_the_graph_each_point_names_its_own_tensor(tiny):
     document = tiny["documents"]["max"]
     scales = tensor_scales(document)
-    assert scales == {e["tensor"]: float(np.float32(e["scale"])) for e in document["tensors"].values()}
-    assert trt_cache_text(document, "TRT-101401-EntropyCalibration2").count("\n") == len(document["tensors"]) + 1
+    assert scales == {e.tensor: float(np.float32(e.scale)) for e in document.tensors.values()}
+    assert trt_cache_text(document, "TRT-101401-EntropyCalibration2").count("\n") == len(document.tensors) + 1
 
 
 def test_points_kept_in_float_are_absent(tiny):
     document = tiny["documents"]["mixed"]
-    assert document["kept_in_float"]
+    assert document.kept_in_float
     tensors = tensor_scales(document, tiny["model"])
     point_tensors = {p.name: p.tensor for p in tiny["points"]}
-    for name in document["kept_in_float"]:
+    for name in document.kept_in_float:
         assert point_tensors[name] not in tensors
     assert set(ort_overrides(document, tiny["model"])) == set(tensors)
 
@@ -227,7 +227,7 @@ def _one_line_error(result, *fragments):
 
 def test_export_scales_cli_writes_both_formats(tiny, tmp_path):
     calibration = _calibration_file(tiny, "max", tmp_path)
-    recipe = tiny["documents"]["max"]["recipe"]
+    recipe = tiny["documents"]["max"].recipe
     result = runner.invoke(
         app, ["export-scales", str(calibration), "--format", "trt-cache", "--model", str(tiny["graph"])]
     )

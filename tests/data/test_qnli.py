@@ -6,7 +6,7 @@ import pytest
 from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
 from qtool.data.qnli import question_position
 from qtool.errors import QtoolError
-from tests.conftest import write_glue_tsv
+from tests.helpers.models import write_glue_tsv
 
 
 def _questions(rows):

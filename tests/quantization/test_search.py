@@ -8,14 +8,15 @@ import pytest
 from typer.testing import CliRunner
 
 from qtool.analysis.stats import TensorStats
-from qtool.quantization.calibration import CalibrateConfig, calibrate, calibrated_model
-from qtool.quantization.search import SearchConfig, expected_sqnr_db, search_precision, without_points
 from qtool.cli import app
 from qtool.data import QnliSplit, make_batches, tokenize_part
 from qtool.data.qnli import Example
 from qtool.errors import QtoolError
 from qtool.exporter.qdq import switch_input
 from qtool.models.resolve import load_tokenizer
+from qtool.quantization.calibration import CalibrateConfig, calibrate
+from qtool.quantization.graphs import calibrated_model
+from qtool.quantization.search import SearchConfig, expected_sqnr_db, search_precision
 
 runner = CliRunner()
 
@@ -53,14 +54,14 @@ def relabelled(scaled_model):
 def test_switches_select_exactly_the_quantized_points(scaled_model, relabelled, scope):
     split, tokenizer = relabelled
     document = calibrate(scaled_model["stats"], CalibrateConfig(method="max", scope=scope))
-    names = list(document["tensors"])
+    names = list(document.tensors)
     switched = _session(calibrated_model(scaled_model["graph"], document, switches=True))
     batch = make_batches(tokenize_part(tokenizer, split.parts["eval"][:12], 128), 12)[0]
     rng = np.random.default_rng(0)
     subsets = [set(), set(names), {names[3]}] + [set(rng.choice(names, size=len(names) // 2, replace=False))]
     for on in subsets:
         kept = [n for n in names if n not in on]
-        plain = _session(calibrated_model(scaled_model["graph"], without_points(document, kept, "test")))
+        plain = _session(calibrated_model(scaled_model["graph"], document.without_points(kept, "test")))
         switches = {switch_input(n): np.array(n in on) for n in names}
         np.testing.assert_array_equal(_logits(switched, batch, switches), _logits(plain, batch))
 
@@ -93,10 +94,10 @@ def test_search_keeps_the_outlier_points_and_meets_the_budget(scaled_model, rela
     # Every point left in float was tried quantized again and broke the budget.
     failed = {p["quantized_again"] for p in result["pruning"] if not p["within"]}
     assert set(result["chosen"]) <= failed
-    assert len(result["chosen"]) < len(document["tensors"])
+    assert len(result["chosen"]) < len(document.tensors)
 
     # The chosen graph, built for real, gives the reported tuning accuracy.
-    chosen = without_points(document, result["chosen"], "test")
+    chosen = document.without_points(result["chosen"], "test")
     session = _session(calibrated_model(scaled_model["graph"], chosen), ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     examples = split.parts["calibration"] + split.parts["train"][: 120 - len(split.parts["calibration"])]
     part = tokenize_part(tokenizer, examples, 128)
@@ -119,7 +120,7 @@ def test_search_without_a_set_in_budget_keeps_the_best_and_says_so(scaled_model,
     config = SearchConfig(max_drop=0.0, tune_samples=60, sensitivity_samples=24, batch_size=16)
     result = search_precision(scaled_model["graph"], scaled_model["stats"], document, split, tokenizer, config)
     assert not result["within_budget"] and result["pruning"] == []
-    assert len(result["curve"]) == len(document["tensors"]) + 1  # every n was tried
+    assert len(result["curve"]) == len(document.tensors) + 1  # every n was tried
     best = max(c["accuracy"] for c in result["curve"])
     assert result["tuning_accuracy"] == best
     assert len(result["chosen"]) == min(c["float_points"] for c in result["curve"] if c["accuracy"] == best)
@@ -151,7 +152,7 @@ def test_calibrate_auto_cli_writes_calibration_record_and_curve(scaled_model, se
     assert document["mixed_precision"]["max_drop"] == 5 and "seconds" not in json.dumps(document)
     assert (tmp_path / f"{recipe}.qdq.onnx").is_file() and (tmp_path / f"{recipe}.search.png").is_file()
     record = json.loads((tmp_path / f"{recipe}.search.json").read_text())
-    assert set(record["chosen"]) == set(summary["kept_in_float"]) and record["seconds"] >= 0
+    assert set(record["chosen"]) == set(summary["kept_in_float"])
     first = (tmp_path / f"{recipe}.calib.json").read_bytes()
     assert runner.invoke(app, args).exit_code == 0
     assert (tmp_path / f"{recipe}.calib.json").read_bytes() == first

@@ -20,21 +20,24 @@ import numpy as np
 import pytest
 
 from qtool.data.batching import INPUT_NAMES
+from qtool.deployment import trt_build
+from qtool.deployment.trt_build import (
+    TrtBuildConfig,
+    build_engine,
+    check_network_inputs,
+    profile_shapes,
+    read_onnx_facts,
+)
 from qtool.errors import QtoolError
 from qtool.fileio import manifest_path, sha256_file, write_json
 from qtool.runners import device
 from qtool.runners import trt as backend
 from qtool.runners.device import GpuInfo
 from qtool.runners.trt import (
-    TrtBuildConfig,
     TrtRunner,
-    build_engine,
     check_feed_shape,
-    check_network_inputs,
     check_plan_compatibility,
     import_tensorrt,
-    profile_shapes,
-    read_onnx_facts,
     read_plan_manifest,
 )
 
@@ -365,7 +368,8 @@ def use_fake(monkeypatch):
         monkeypatch.setitem(sys.modules, "polygraphy", polygraphy)
         monkeypatch.setitem(sys.modules, "polygraphy.cuda", polygraphy.cuda)
         monkeypatch.setitem(sys.modules, "polygraphy.exception", polygraphy.exception)
-        monkeypatch.setattr(backend, "current_gpu", lambda: gpu)
+        for module in (backend, trt_build):  # the runner checks the GPU, and so does the build
+            monkeypatch.setattr(module, "current_gpu", lambda: gpu)
         return trt
 
     return install
@@ -626,7 +630,7 @@ def test_timing_cache_is_saved_reused_and_replaced_when_stale(use_fake, tiny_gra
     build_engine(tiny_graph, tmp_path / "b.plan", config)
     assert trt.state.timing_cache_loaded == b"+tactics" and cache.read_bytes() == b"+tactics+tactics"
     cache.write_bytes(b"written by another GPU")
-    with caplog.at_level(logging.WARNING, logger="qtool.runners.trt"):
+    with caplog.at_level(logging.WARNING, logger="qtool.deployment.trt_build"):
         build_engine(tiny_graph, tmp_path / "c.plan", config)
     assert "was written by another GPU or TensorRT version" in caplog.text
     assert trt.state.timing_cache_loaded == b"" and cache.read_bytes() == b"+tactics"

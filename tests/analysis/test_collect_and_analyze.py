@@ -17,8 +17,8 @@ from qtool.data.qnli import question_position
 from qtool.errors import QtoolError
 from qtool.exporter.points import find_quant_points
 from qtool.models.resolve import load_tokenizer
-from tests.conftest import build_bert_classifier, export_tiny
-from tests.test_reference_bert import LAYER_POINTS
+from tests.helpers.models import build_bert_classifier, export_tiny
+from tests.helpers.reference_bert import LAYER_POINTS
 
 runner = CliRunner()
 

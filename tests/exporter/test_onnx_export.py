@@ -12,7 +12,8 @@ from qtool.exporter import ExportConfig, export_onnx, read_qtool_metadata
 from qtool.fileio import manifest_path, sha256_file
 from qtool.models import resolve_model
 from qtool.runners import OrtRunner
-from tests.conftest import build_bert_classifier
+from qtool.stages.model import export_stage
+from tests.helpers.models import build_bert_classifier
 
 
 def _dims(value_info):
@@ -38,7 +39,8 @@ def _check_structure(graph_path, layers: int):
 def test_tiny_export_structure_parity_and_manifest(tiny_classifier, tiny_data, tmp_path):
     split = load_qnli(DataConfig(source=str(tiny_data)))
     target = tmp_path / "out" / "fp32.onnx"
-    manifest = export_onnx(resolve_model(str(tiny_classifier)), split, target, ExportConfig())
+    exported = export_stage(str(tiny_classifier), split, tmp_path / "artifacts", ExportConfig(), output=target)
+    manifest = exported.manifest
     model = _check_structure(target, layers=2)
     metadata = read_qtool_metadata(model)
     assert json.loads(metadata["labels"]) == ["entailment", "not_entailment"]
@@ -47,9 +49,16 @@ def test_tiny_export_structure_parity_and_manifest(tiny_classifier, tiny_data, t
     shapes = manifest["parity"]["batch_shapes"]
     assert len({s[1] for s in shapes}) >= 3 and [1] in [s[:1] for s in shapes]
     recorded = json.loads(manifest_path(target).read_text())
-    assert recorded["onnx_sha256"] == sha256_file(target)
-    assert recorded["parity"]["data_split"]["fingerprint"] == split.fingerprint
+    assert recorded["artifact_sha256"] == manifest["onnx_sha256"] == sha256_file(target)
+    assert recorded["result"]["parity"]["data_split"]["fingerprint"] == split.fingerprint
     assert not [p for p in target.parent.iterdir() if p.name.endswith(".tmp")]
+    written = target.stat().st_mtime_ns
+    again = export_stage(str(tiny_classifier), split, tmp_path / "artifacts", ExportConfig(), output=target)
+    assert again.manifest == manifest and target.stat().st_mtime_ns == written  # reused, not exported again
+    target.write_bytes(target.read_bytes() + b"\0")  # a graph changed behind the record is exported again
+    export_stage(str(tiny_classifier), split, tmp_path / "artifacts", ExportConfig(), output=target)
+    assert sha256_file(target) == json.loads(manifest_path(target).read_text())["artifact_sha256"]
+    _check_structure(target, layers=2)
 
 
 def test_export_runs_at_any_batch_and_length(tiny_classifier, tiny_data, tmp_path):

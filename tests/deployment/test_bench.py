@@ -14,22 +14,19 @@ import numpy as np
 import pytest
 
 from qtool.data import DataConfig, load_qnli
-from qtool.errors import QtoolError
-from qtool.deployment import bench
-from qtool.runners.base import Runner
+from qtool.deployment import memory
 from qtool.deployment.bench import (
     BenchConfig,
     bench_compare,
     bench_model,
     benchmark_inputs,
     compare,
-    max_positions,
-    model_size_bytes,
     run_benchmark,
-    runner_factory,
     summarize,
-    tokenizer_for_model,
 )
+from qtool.deployment.model_files import max_positions, model_size_bytes, runner_factory, tokenizer_for_model
+from qtool.errors import QtoolError
+from qtool.runners.base import Runner
 from qtool.runners.ort import OrtRunner
 
 QUICK = BenchConfig(warmup=2, iterations=5, sequence_lengths=(16,))
@@ -210,7 +207,7 @@ def test_run_benchmark_reports_latency_memory_and_size(tiny_onnx, feeds):
 
 
 def test_peak_rss_falls_back_to_sampling_off_linux(monkeypatch):
-    monkeypatch.setattr(bench, "_reset_kernel_peak_rss", lambda: False)
+    monkeypatch.setattr(memory, "_reset_kernel_peak_rss", lambda: False)
     calls: list[str] = []
     result = run_benchmark(lambda: RecordingRunner("a", calls), {"input_ids": np.zeros((1, 4), np.int64)}, QUICK)
     assert result["memory"]["rss_peak_method"].startswith("sampled every")

@@ -1,0 +1,357 @@
+"""Every command-line option, declared once. Defaults live in the stage configs, `qtool.defaults`
+and the registries; help texts read them there, and None means "the config's default"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qtool.analysis.collect import CollectConfig
+from qtool.analysis.outliers import OutlierConfig
+from qtool.calibrators.methods import CALIBRATORS
+from qtool.calibrators.precision import MIXED_PRECISION_PRESETS, SCOPES
+from qtool.data.qnli import PARTS, DataConfig
+from qtool.defaults import BASE_METHOD, DEPLOY_MAX_DROP
+from qtool.deployment.bench import INPUT_KINDS, BenchConfig
+from qtool.deployment.evaluate import EvalConfig
+from qtool.deployment.trt_build import TrtBuildConfig
+from qtool.exporter.onnx_export import ExportConfig
+from qtool.exporter.qdq import WEIGHT_MODES
+from qtool.models.finetune import FinetuneConfig
+from qtool.quantization.calibration import CalibrateConfig
+from qtool.quantization.scale_formats import FORMATS
+from qtool.quantization.search import SearchConfig
+from qtool.stages.deploy import BACKENDS
+
+ARTIFACTS_ENV = "QTOOL_ARTIFACTS"
+AUTO_METHOD = "auto"
+
+
+def _triple(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
+
+
+# -- shared ------------------------------------------------------------------------------------------
+Model = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Local Hugging Face folder or hub id. Default: the embedded all-MiniLM-L6-v2."),
+]
+Data = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Folder with GLUE QNLI TSV files (dev.tsv, optional train.tsv), or 'hub'. "
+        "Default: $QTOOL_DATA, else the Hugging Face hub.",
+    ),
+]
+Seed = Annotated[
+    int | None, typer.Option("--seed", help=f"Seed of the data split and of training. Default: {DataConfig.seed}.")
+]
+Artifacts = Annotated[
+    Path | None,
+    typer.Option(
+        "--artifacts",
+        help=f"Output folder for models, graphs and reports. Default: ${ARTIFACTS_ENV}, else ./artifacts.",
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+Wide = Annotated[
+    bool, typer.Option("--wide", help="Print every table column, however wide (default: what fits 80 columns).")
+]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        help=f"Batch size. Default: {EvalConfig.batch_size} (fine-tuning: {FinetuneConfig.batch_size}).",
+        show_default=False,
+    ),
+]
+Limit = Annotated[int | None, typer.Option("--limit", help="Evaluate only the first N pairs of the part (for quick checks).")]
+Threads = Annotated[int | None, typer.Option("--threads", help="Intra-op threads for ONNX Runtime. Default: all cores.")]
+Force = Annotated[bool, typer.Option("--force", help="Recompute even if a matching cached result exists.")]
+Samples = Annotated[
+    int | None,
+    typer.Option(
+        "--samples",
+        help=f"Calibration pairs (calibration part, topped up from train). Default: {CollectConfig.samples}.",
+    ),
+]
+Stats = Annotated[Path | None, typer.Option("--stats", help="Statistics file. Default: <model>.stats.npz beside the graph.")]
+
+
+def graph_argument(text: str):
+    return Annotated[Path, typer.Argument(help=text, show_default=False)]
+
+
+Fp32Graph = graph_argument("FP32 ONNX graph written by `qtool export`.")
+CalibrationFile = graph_argument("Calibration JSON written by `qtool calibrate`.")
+
+# -- finetune and export ---------------------------------------------------------------------------
+Epochs = Annotated[float | None, typer.Option(help=f"Training epochs. Default: {FinetuneConfig.epochs:g}.")]
+LearningRate = Annotated[
+    float | None, typer.Option("--lr", help=f"Peak AdamW learning rate. Default: {FinetuneConfig.learning_rate:g}.")
+]
+WarmupRatio = Annotated[
+    float | None, typer.Option(help=f"Share of steps for linear warm-up. Default: {FinetuneConfig.warmup_ratio:g}.")
+]
+MaxSteps = Annotated[int | None, typer.Option(help="Stop after N optimizer steps (for quick checks).")]
+RetrainForce = Annotated[
+    bool, typer.Option("--force", help="Train again even if a matching fine-tuned model is cached.")
+]
+ExportOutput = Annotated[
+    Path | None, typer.Option("--output", "-o", help="ONNX file to write. Default: ARTIFACTS/<model>/fp32.onnx.")
+]
+Opset = Annotated[int | None, typer.Option(help=f"ONNX opset, 17 or newer. Default: {ExportConfig.opset}.")]
+ReexportForce = Annotated[
+    bool, typer.Option("--force", help="Export again even if the graph of the same weights and options exists.")
+]
+
+# -- eval ------------------------------------------------------------------------------------------
+EvalGraph = graph_argument("ONNX graph written by `qtool export` (or any QNLI classifier graph).")
+Part = Annotated[
+    str | None, typer.Option(help=f"Data part: {', '.join(PARTS)}. Default: {EvalConfig.part}.")
+]
+Tokenizer = Annotated[
+    Path | None, typer.Option(help="Tokenizer folder. Default: the one exported beside the graph.")
+]
+
+# -- collect and analyze ---------------------------------------------------------------------------
+Bins = Annotated[
+    int | None, typer.Option(help=f"Histogram bins of |x| (power of two). Default: {CollectConfig.histogram_bins}.")
+]
+AnalysisOut = Annotated[
+    Path | None,
+    typer.Option(
+        "--out", "-o", help="Folder for analysis.json, analysis.csv and PNG figures. Default: <graph folder>/analysis."
+    ),
+]
+Top = Annotated[int | None, typer.Option("--top", help="Show only the N points with the highest kurtosis.")]
+Sigma = Annotated[
+    float | None,
+    typer.Option(
+        help="Outlier rule: channel max |x| above SIGMA standard deviations of the tensor. "
+        f"Default: {OutlierConfig.sigma:g}."
+    ),
+]
+Figures = Annotated[bool, typer.Option("--figures/--no-figures", help="Write PNG figures.")]
+
+# -- calibrate -------------------------------------------------------------------------------------
+Method = Annotated[
+    str | None,
+    typer.Option(
+        "--method",
+        help=f"Calibration method: {', '.join(CALIBRATORS)}, or {AUTO_METHOD} (search the points to keep in float, "
+        f"see --max-drop). Default: {CalibrateConfig.method}.",
+    ),
+]
+Percentile = Annotated[
+    float | None,
+    typer.Option("--p", help=f"Percentile of |x| for --method percentile, in (0, 100]. Default: {CalibrateConfig.p:g}."),
+]
+Groups = Annotated[
+    int | None,
+    typer.Option("--groups", "-k", help=f"Channel groups K for --method peg (K >= 1). Default: {CalibrateConfig.groups}."),
+]
+Permute = Annotated[
+    bool,
+    typer.Option(
+        "--permute/--no-permute",
+        help="PEG: sort channels by range before grouping (Bondarenko et al.), or keep contiguous groups.",
+    ),
+]
+Scope = Annotated[
+    str | None,
+    typer.Option(help=f"What is quantized: {', '.join(SCOPES)} (see README). Default: {CalibrateConfig.scope}."),
+]
+Weights = Annotated[
+    str | None, typer.Option(help=f"Weight scales: {', '.join(WEIGHT_MODES)}. Default: {CalibrateConfig.weights}.")
+]
+KeepFp = Annotated[
+    list[str] | None,
+    typer.Option("--keep-fp", help="Keep the points matching this glob (e.g. 'layer.*.ffn.output') in float; repeatable."),
+]
+MixedPrecision = Annotated[
+    str | None,
+    typer.Option("--mixed-precision", help=f"Preset of points kept in float: {', '.join(MIXED_PRECISION_PRESETS)}."),
+]
+OutlierRatio = Annotated[
+    float | None,
+    typer.Option(
+        help="--mixed-precision outliers keeps points with max|x| >= RATIO x p99.99. "
+        f"Default: {CalibrateConfig.outlier_ratio:g}."
+    ),
+]
+Smooth = Annotated[
+    float | None,
+    typer.Option(
+        "--smooth",
+        help="Migrate activation range into the following weights first (SmoothQuant-style, strength ALPHA "
+        "in [0, 1], folded into the LayerNorms); statistics of the smoothed graph are collected once.",
+    ),
+]
+BaseMethod = Annotated[
+    str | None,
+    typer.Option(
+        "--base-method",
+        help=f"--method {AUTO_METHOD}: the ranges of the quantized points ({', '.join(CALIBRATORS)}; --p, --groups "
+        f"apply). Default: {BASE_METHOD}.",
+    ),
+]
+SearchMaxDrop = Annotated[
+    float | None,
+    typer.Option(
+        "--max-drop",
+        help=f"--method {AUTO_METHOD}: accuracy points below FP32 allowed on the tuning pairs. "
+        f"Default: {SearchConfig.max_drop:g}.",
+    ),
+]
+TuneSamples = Annotated[
+    int | None,
+    typer.Option(
+        "--tune-samples",
+        help=f"--method {AUTO_METHOD}: tuning pairs (calibration part, topped up from train; never eval). "
+        f"Default: {SearchConfig.tune_samples}.",
+    ),
+]
+SensitivitySamples = Annotated[
+    int | None,
+    typer.Option(
+        "--sensitivity-samples",
+        help=f"--method {AUTO_METHOD}: pairs for the one-point-at-a-time sensitivity runs (the first tuning pairs). "
+        f"Default: {SearchConfig.sensitivity_samples}.",
+    ),
+]
+CalibrationOut = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Folder for <recipe>.calib.json and <recipe>.qdq.onnx. Default: the graph's folder."),
+]
+EvaluateAccuracy = Annotated[
+    bool, typer.Option("--eval/--no-eval", help="Evaluate the QDQ graph and FP32 on the eval part.")
+]
+
+# -- quantize and export-scales --------------------------------------------------------------------
+QdqOutput = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="QDQ graph to write. Default: <recipe>.qdq.onnx beside the graph."),
+]
+ScaleFormat = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        "-f",
+        help=f"One of {', '.join(FORMATS)}. trt-cache: TensorRT calibration cache (trtexec --int8 --calib=FILE); "
+        "ort-overrides: ONNX Runtime TensorQuantOverrides JSON for quantize_static.",
+        show_default=False,
+    ),
+]
+ScalesOutput = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="File to write. Default: <recipe>.calib.cache or <recipe>.ort-overrides.json beside the calibration.",
+    ),
+]
+CalibratedModel = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="The FP32 graph the calibration was made for (checked). Recommended: the scales are then also "
+        "given to the tensors that carry the same values (attention MatMul inputs, reshapes).",
+    ),
+]
+TrtVersion = Annotated[
+    str | None,
+    typer.Option(
+        "--trt-version",
+        help="TensorRT version named in the cache header, e.g. 10.14.1; use the one that reads the cache. "
+        "Default: the installed tensorrt package, else 10.14.1.",
+    ),
+]
+
+# -- bench -----------------------------------------------------------------------------------------
+BenchModels = Annotated[
+    list[Path], typer.Argument(help="Engines to measure: .onnx (ONNX Runtime) or .plan (TensorRT).", show_default=False)
+]
+Compare = Annotated[
+    bool, typer.Option("--compare", help="Run the models interleaved on the same inputs and print ratios to the first.")
+]
+BenchBatch = Annotated[
+    list[str] | None,
+    typer.Option("--batch", help=f"Batch size(s); a list makes a sweep (1,8). Default: {BenchConfig.batch_sizes[0]}."),
+]
+SeqLen = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--seq-len", help=f"Sequence length(s); a list makes a sweep. Default: {BenchConfig.sequence_lengths[0]}."
+    ),
+]
+Warmup = Annotated[int | None, typer.Option(help=f"Untimed runs first. Default: {BenchConfig.warmup}.")]
+Iterations = Annotated[int | None, typer.Option(help=f"Timed runs. Default: {BenchConfig.iterations}.")]
+Duration = Annotated[float | None, typer.Option(help="Run for this many seconds instead of --iterations.")]
+Inputs = Annotated[
+    str | None,
+    typer.Option(help=f"Inputs: {', '.join(INPUT_KINDS)} (real tokenized pairs). Default: {BenchConfig.inputs}."),
+]
+Provider = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--provider",
+        help="ONNX Runtime execution provider(s) in priority order, e.g. CUDAExecutionProvider. Default: CPU.",
+    ),
+]
+Isolated = Annotated[bool, typer.Option("--isolated", help="Measure peak memory of each model in its own process.")]
+WithEval = Annotated[bool, typer.Option("--eval", help="Add eval-part accuracy from the same runner.")]
+
+# -- build -----------------------------------------------------------------------------------------
+BuildGraph = graph_argument("QDQ (or FP32) ONNX graph, e.g. <recipe>.qdq.onnx.")
+Backend = Annotated[
+    str,
+    typer.Option(help=f"Target: {', '.join(BACKENDS)} (ONNX Runtime CPU graph, or TensorRT engine)."),
+]
+BuildOutput = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="File to write. Default: <graph>.ort.onnx (ort) or <graph>.plan (trt)."),
+]
+Fp16 = Annotated[bool, typer.Option("--fp16", help="trt: let layers without Q/DQ run in FP16 (TensorRT 10).")]
+ProfileBatch = Annotated[
+    str | None,
+    typer.Option(
+        "--batch", help=f"trt: batch MIN,OPT,MAX of the optimization profile. Default: {_triple(TrtBuildConfig.batch)}."
+    ),
+]
+ProfileSequence = Annotated[
+    str | None,
+    typer.Option("--sequence", help=f"trt: sequence length MIN,OPT,MAX. Default: {_triple(TrtBuildConfig.sequence)}."),
+]
+WorkspaceMib = Annotated[int | None, typer.Option(help="trt: builder workspace limit in MiB. Default: TensorRT's.")]
+TimingCache = Annotated[Path | None, typer.Option(help="trt: timing cache file, read and updated. Default: none.")]
+OptimizationLevel = Annotated[
+    int | None,
+    typer.Option(help=f"trt: builder optimization level 0-5. Default: {TrtBuildConfig.optimization_level}."),
+]
+
+# -- reproduce -------------------------------------------------------------------------------------
+Configurations = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Run only this configuration (repeatable), e.g. fp32, max-all, peg-k4-all. Default: all of them.",
+    ),
+]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--config-file", help="TOML file with more configurations: [configurations.NAME] method = ..., groups = ..."
+    ),
+]
+DeployMaxDrop = Annotated[
+    float | None,
+    typer.Option(help=f"Accuracy budget in points for the 'what to deploy' advice. Default: {DEPLOY_MAX_DROP:g}."),
+]

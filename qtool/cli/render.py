@@ -1,0 +1,287 @@
+"""What the commands print: tables on a terminal (readable at 80 columns, and when piped), or JSON.
+
+A table shows its essential columns and folds long cells instead of cutting them; `--wide` shows
+every column at the width it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    right: bool = True  # numbers are right-aligned
+    essential: bool = True  # shown without --wide
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def note(text: str) -> None:
+    stdout.print(text, highlight=False, soft_wrap=True)
+
+
+def print_table(title: str, columns: list[Column], rows: list[list[str]], wide: bool = False) -> None:
+    shown = [index for index, column in enumerate(columns) if wide or column.essential]
+    table = Table(title=title, title_justify="left")
+    for index in shown:
+        column = columns[index]
+        table.add_column(column.name, justify="right" if column.right else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*(row[index] for index in shown))
+    width = None
+    if wide:
+        width = max(stdout.width, Measurement.get(stdout, stdout.options, table).maximum)
+    stdout.print(table, width=width)
+
+
+def print_fields(title: str, rows: list[tuple[str, Any]]) -> None:
+    """A two-column table of named values."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("field", style="bold", overflow="fold")
+    table.add_column("value", overflow="fold")
+    for key, value in rows:
+        table.add_row(key, str(value))
+    stdout.print(table)
+
+
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+# -- analyze -----------------------------------------------------------------------------------------
+ANALYSIS_COLUMNS = [
+    Column("point", right=False),
+    Column("kurtosis"),
+    Column("top-1% energy"),
+    Column("max |x|", essential=False),
+    Column("p99.99", essential=False),
+    Column("max/p99.99"),
+    Column("outlier channels (max |x|)", right=False),
+]
+
+
+def analysis_tables(document: dict, paths: dict, top: int | None, wide: bool) -> None:
+    rows = document["points"]
+    if top:
+        rows = sorted((r for r in rows if r["kurtosis"] is not None), key=lambda r: -r["kurtosis"])[:top]
+    cells = []
+    for r in rows:
+        channels = ", ".join(f"{c['channel']} ({c['absmax']:.0f})" for c in r["outlier_channels"][:4])
+        extra = len(r["outlier_channels"]) - 4
+        cells.append(
+            [
+                r["name"],
+                fmt(r["kurtosis"], ".1f"),
+                percent(r["top_energy_share"]),
+                f"{r['absmax']:.2f}",
+                f"{r['percentile']:.2f}",
+                fmt(r["absmax_over_percentile"], ".1f"),
+                channels + (f" +{extra}" if extra > 0 else ""),
+            ]
+        )
+    print_table(f"activation outliers: {document['model'].get('source_model')}", ANALYSIS_COLUMNS, cells, wide)
+    layer_columns = [
+        Column("layer", right=False),
+        Column("max kurtosis"),
+        Column("at", right=False, essential=False),
+        Column("max top-1% energy"),
+        Column("at", right=False, essential=False),
+        Column("residual outlier channels", right=False),
+    ]
+    layer_rows = [
+        [
+            s["layer"],
+            fmt(s["max_kurtosis"], ".1f"),
+            s["max_kurtosis_point"] or "-",
+            percent(s["max_top_energy_share"]),
+            s["max_top_energy_point"] or "-",
+            " ".join(map(str, s["residual_outlier_channels"])) or "-",
+        ]
+        for s in document["layers"]
+    ]
+    print_table("per layer", layer_columns, layer_rows, wide)
+    for key, text in document["definitions"].items():
+        stdout.print(f"[dim]{key}: {text}[/]", highlight=False)
+    stdout.print(
+        f"[dim]{document['samples']} pairs {document['sample_sources']} from {document['data']['name']}; "
+        f"outputs in {Path(paths['json']).parent}[/]",
+        highlight=False,
+    )
+
+
+# -- calibrate ---------------------------------------------------------------------------------------
+def calibration_summary(summary: dict) -> None:
+    rows = [
+        ("recipe", summary["recipe"]),
+        ("scope", summary["scope"]),
+        ("quantized points", f"{summary['quantized_points']} of {summary['total_points']}"),
+        ("kept in float", ", ".join(summary["kept_in_float"]) or "-"),
+    ]
+    if summary.get("smoothing"):
+        rows.append(("smoothing", f"alpha {summary['smoothing']['alpha']:g} ({summary['smoothing']['graph']})"))
+    rows += [("calibration", summary["calibration"]), ("QDQ graph", summary["qdq_graph"])]
+    if "qdq_accuracy" in summary:
+        drop = 100 * (summary["qdq_accuracy"] - summary["fp32_accuracy"])
+        rows += [
+            ("FP32 accuracy", f"{summary['fp32_accuracy']:.4f}"),
+            ("QDQ accuracy", f"{summary['qdq_accuracy']:.4f} ({drop:+.2f} points)"),
+            ("eval pairs", summary["eval_examples"]),
+        ]
+    print_fields("calibration", rows)
+    if summary.get("search"):
+        search_summary(summary["search"])
+
+
+def search_summary(search: dict) -> None:
+    tuning = search["tuning"]
+    columns = [Column("points in float"), Column("accuracy"), Column("vs FP32"), Column("within budget")]
+    rows = [
+        [str(p["float_points"]), f"{100 * p['accuracy']:.2f}", f"{-p['drop']:+.2f}", "yes" if p["within"] else "no"]
+        for p in search["curve"]
+    ]
+    print_table(f"mixed-precision search: accuracy on {tuning['pairs']} tuning pairs", columns, rows)
+    if not search["within_budget"]:
+        note(
+            f"budget not met: no set kept in float came within {search['max_drop']:g} points of FP32 on the "
+            "tuning pairs; kept the most sensitive points up to the best tuning accuracy (raise --max-drop)"
+        )
+    note(
+        f"FP32 {100 * tuning['fp32_accuracy']:.2f} on the tuning pairs; chosen after pruning: "
+        f"{len(search['chosen'])} points in float ({100 * search['tuning_accuracy']:.2f}, "
+        f"{-search['tuning_drop']:+.2f}); {search['evaluations']} evaluations ({search['reused_evaluations']} reused) "
+        f"in {search['seconds']:.0f} s; curve {search['figure']}"
+    )
+
+
+def export_scales_summary(target: Path, summary: dict, smoothing: dict | None, with_model: bool) -> None:
+    header = f" (header {summary['header']})" if "header" in summary else ""
+    note(f"wrote {target}: {summary['tensors']} tensor scales from {summary['points']} quantized points{header}")
+    if "placement_note" in summary:
+        note(f"note: {summary['placement_note']}")
+    if smoothing:
+        note(
+            "note: this calibration migrates activation range into the weights (--smooth); use the scales with "
+            f"the smoothed graph {smoothing['graph']} beside the FP32 graph, not with the FP32 graph"
+        )
+    if not with_model:
+        note(
+            "note: without --model only each point's own tensor is named; pass --model FP32.onnx to also name "
+            "the attention MatMul inputs and reshapes that carry the same values"
+        )
+
+
+# -- bench -------------------------------------------------------------------------------------------
+LATENCY_COLUMNS = [
+    Column("model", right=False),
+    Column("shape", essential=False),
+    Column("p50 ms"),
+    Column("mean ms", essential=False),
+    Column("p90 ms", essential=False),
+    Column("p99 ms"),
+    Column("min ms", essential=False),
+    Column("max ms", essential=False),
+    Column("seq/s"),
+    Column("runner RSS MB", essential=False),
+    Column("size MB"),
+]
+
+
+def _latency_row(name: str, entry: dict) -> list[str]:
+    latency, memory = entry["latency"], entry.get("memory", {})
+    added = memory.get("rss_runner_added_bytes")
+    return [
+        name,
+        f"{entry['batch']}x{entry['sequence_length']}",
+        *(f"{latency[key]:.2f}" for key in ("p50_ms", "mean_ms", "p90_ms", "p99_ms", "min_ms", "max_ms")),
+        f"{latency['throughput_per_s']:.1f}",
+        "-" if added is None else f"{added / 2**20:.0f}",
+        f"{entry['model_bytes'] / 2**20:.1f}",
+    ]
+
+
+def bench_tables(result: dict, compare: bool, inputs: str, threads: int | None, wide: bool) -> None:
+    columns = LATENCY_COLUMNS + ([Column("speedup vs first")] if compare else [])
+    if compare:
+        rows = [
+            _latency_row(c["name"], {**c, "batch": r["batch"], "sequence_length": r["sequence_length"]})
+            + [f"{c['speedup']:.2f}x"]
+            for r in result["results"]
+            for c in r["candidates"]
+        ]
+    else:
+        rows = [_latency_row(Path(run["model"]).name, entry) for run in result["runs"] for entry in run["results"]]
+    shapes = {row[1] for row in rows}
+    title = "latency" + (f" at batch x sequence {shapes.pop()}" if len(shapes) == 1 else "")
+    if len(shapes) > 1:  # a sweep: the shape column is needed to read the rows
+        columns = [Column(c.name, c.right, True) if c.name == "shape" else c for c in columns]
+    print_table(title, columns, rows, wide)
+    for model, evaluation in result.get("accuracy", {}).items():
+        note(f"{Path(model).name}: accuracy {evaluation['accuracy']:.4f} on {evaluation['examples']} pairs")
+    stdout.print(
+        f"[dim]inputs: {inputs}; threads: {threads or 'default'}; host memory is the RSS added by creating the "
+        "runner (--isolated for per-process peaks); --wide shows every column[/]",
+        highlight=False,
+    )
+
+
+# -- build and reproduce -------------------------------------------------------------------------------
+def build_summary(report: dict) -> None:
+    if report["backend"] == "ort":
+        kernels = ", ".join(f"{k} {v}" for k, v in sorted(report["integer_ops"].items())) or "none"
+        rows = [
+            ("graph", report["graph"]),
+            ("fused integer kernels", kernels),
+            ("float MatMuls fed by two DequantizeLinear", report["float_matmuls_two_dequantized_inputs"]),
+            ("QuantizeLinear / DequantizeLinear left", f"{report['quantize_linear']} / {report['dequantize_linear']}"),
+            *([("note", report["note"])] if report.get("note") else []),
+        ]
+    else:
+        rows = [
+            ("engine", report["engine"]),
+            ("TensorRT", report.get("tensorrt_version", "-")),
+            ("GPU", report.get("gpu", "-")),
+        ]
+    print_fields(f"build ({report['backend']})", rows)
+
+
+def reproduce_table(result: dict, report: Path) -> None:
+    columns = [
+        Column("configuration", right=False),
+        Column("scope", right=False),
+        Column("accuracy %"),
+        Column("95 % CI"),
+        Column("vs FP32"),
+    ]
+    fp32 = result["results"][0]["accuracy"]
+    rows = [
+        [
+            row["configuration"],
+            row["scope"],
+            f"{100 * row['accuracy']:.2f}",
+            f"{100 * row['accuracy_ci95'][0]:.1f}-{100 * row['accuracy_ci95'][1]:.1f}",
+            f"{100 * (row['accuracy'] - fp32):+.2f}",
+        ]
+        for row in result["results"]
+    ]
+    print_table(f"qtool reproduce: {result['model']}", columns, rows)
+    split = result["data_split"]
+    note(f"data: {split['name']} (fingerprint {split['fingerprint']}); report: {report}")

@@ -1,0 +1,11 @@
+"""Defaults shared by several stages, declared once. Stage configs and help texts read them here."""
+
+MAX_LENGTH = 128  # tokens per (question, sentence) pair, special tokens included
+SEED = 0  # data split, fine-tuning and random benchmark inputs
+PERCENTILE = 99.99  # --method percentile
+PEG_GROUPS = 4  # --method peg
+SMOOTH_ALPHA = 0.5  # SmoothQuant-style migration strength (the study's --smooth configurations)
+BASE_METHOD = "max"  # --method auto: the ranges of the points that stay quantized
+SEARCH_MAX_DROP = 0.5  # --method auto: accuracy points below FP32 on the tuning pairs
+DEPLOY_MAX_DROP = 1.0  # qtool reproduce: accuracy budget of the "what to deploy" advice
+OUTLIER_RATIO = 4.0  # --mixed-precision outliers: max |x| at least this many times p99.99

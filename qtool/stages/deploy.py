@@ -1,0 +1,144 @@
+"""The stages that deploy and measure a graph: build (ONNX Runtime CPU form, TensorRT engine),
+evaluate, and benchmark."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from qtool.cache import cached_stage
+from qtool.calibrators.precision import SCOPES
+from qtool.data import DataConfig, QnliSplit, load_qnli
+from qtool.deployment.bench import (
+    BenchConfig,
+    bench_compare,
+    bench_model,
+    benchmark_inputs,
+    run_benchmark,
+    runner_factory,
+    tokenizer_for_model,
+)
+from qtool.deployment.evaluate import EvalConfig, evaluate, logit_to_label, tokenizer_for
+from qtool.deployment.trt_build import TrtBuildConfig, build_engine
+from qtool.errors import QtoolError
+from qtool.exporter.ort_cpu import check_fused, rewrite_file_for_ort_cpu
+from qtool.fileio import manifest_path, sha256_file
+from qtool.graph import graph_metadata
+from qtool.runners.ort import check_onnx_file
+
+QDQ_PRECISION = "int8-qdq"  # the metadata of the graphs `qtool calibrate` writes
+
+
+def build_ort(graph: Path, output: Path | None = None, options: TrtBuildConfig | None = None) -> dict:
+    """The ONNX Runtime CPU form `<graph stem>.ort.onnx`, rebuilt only when the graph changed; the
+    report says what ONNX Runtime fused in it and, for a scope that quantizes the residual path, how
+    to leave fewer Q/DQ passes."""
+    graph = Path(graph)
+    target = Path(output or graph.with_name(f"{graph.stem}.ort.onnx"))
+
+    def run() -> dict:
+        scope = graph_metadata(graph).get("scope")
+        rewrite_file_for_ort_cpu(graph, target)
+        report = {"backend": "ort", "graph": str(target), "scope": scope, **check_fused(target)}
+        if scope in SCOPES and not SCOPES[scope].gemm_edges_only:
+            report["note"] = (
+                f"scope {scope} also quantizes the residual path (a Q/DQ pair per residual input); "
+                "`qtool calibrate --scope gemm-inputs` quantizes values only where they enter a MatMul/Gemm, "
+                "which leaves fewer Q/DQ passes"
+            )
+        return report
+
+    key = {"source_sha256": sha256_file(graph), "form": "onnxruntime-cpu"}
+    return cached_stage(manifest_path(target), key, run, artifact=target)
+
+
+def build_trt(graph: Path, output: Path | None = None, options: TrtBuildConfig | None = None) -> dict:
+    """A TensorRT engine `<graph>.plan` with its build manifest (needs TensorRT and an NVIDIA GPU)."""
+    target = Path(output or Path(graph).with_suffix(".plan"))
+    return {"backend": "trt", "engine": str(target), **build_engine(graph, target, options or TrtBuildConfig())}
+
+
+BACKENDS: dict[str, Callable[[Path, Path | None, TrtBuildConfig | None], dict]] = {
+    "ort": build_ort,
+    "trt": build_trt,
+}
+
+
+def build_stage(graph: Path, backend: str, output: Path | None = None, options: TrtBuildConfig | None = None) -> dict:
+    """`qtool build`: a deployable artifact of `graph` for `backend` (a key of BACKENDS)."""
+    check_onnx_file(graph)
+    if backend not in BACKENDS:
+        raise QtoolError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[backend](Path(graph), output, options)
+
+
+def deployed_form(graph: Path) -> Path:
+    """What is deployed on a CPU for `graph`: the ONNX Runtime form of a QDQ graph, else the graph itself."""
+    if graph_metadata(graph).get("precision") == QDQ_PRECISION:
+        return Path(build_ort(graph)["graph"])
+    return Path(graph)
+
+
+def latency_stage(graph: Path, split: QnliSplit, config: BenchConfig) -> dict:
+    """Latency of the deployed CPU form of `graph` at the first batch and sequence length of
+    `config`, on eval pairs, cached beside it (`<form>.bench.json`) by content and settings."""
+    deployed = deployed_form(graph)
+    batch, seq_len = config.batch_sizes[0], config.sequence_lengths[0]
+
+    def run() -> dict:
+        feeds = benchmark_inputs(tokenizer_for(graph), split.part("eval"), batch, seq_len)
+        measured = run_benchmark(runner_factory(deployed, config.threads), feeds, config)
+        return {
+            "graph": str(deployed),
+            "batch": batch,
+            "sequence_length": seq_len,
+            **measured["latency"],
+            "runner_rss_mb": measured["memory"].get("rss_runner_added_bytes", 0) / 2**20,
+            "size_mb": measured["model_bytes"] / 2**20,
+        }
+
+    key = {"graph_sha256": sha256_file(deployed), "bench": config.to_record()}
+    return cached_stage(deployed.with_name(deployed.name + ".bench.json"), key, run)
+
+
+def engine_accuracy(
+    models: Sequence[Path], data_config: DataConfig, config: EvalConfig, providers: Sequence[str]
+) -> dict[str, dict]:
+    """Eval-part accuracy of each graph or engine through the runner that benchmarks it."""
+    split = load_qnli(data_config)
+    accuracy = {}
+    for model in models:
+        labels = logit_to_label(model) if Path(model).suffix == ".onnx" else None
+        with runner_factory(model, config.threads, providers)() as runner:
+            accuracy[str(model)] = evaluate(
+                runner,
+                tokenizer_for_model(model),
+                split,
+                config,
+                labels,
+                data_config.max_length,
+                description=f"eval {Path(model).name}",
+            )
+    return accuracy
+
+
+def bench_stage(
+    models: Sequence[Path],
+    config: BenchConfig,
+    data_config: DataConfig,
+    compare: bool = False,
+    isolated: bool = False,
+    evaluation: EvalConfig | None = None,
+) -> dict:
+    """`qtool bench`: latency, throughput and memory of each model (interleaved with `compare`), and
+    with `evaluation` the accuracy of the same runners."""
+    config.validate()
+    if compare:
+        result = bench_compare(models, config, data_config, isolated_memory=isolated)
+    else:
+        result = {"runs": [bench_model(model, config, data_config, isolated=isolated) for model in models]}
+    if evaluation is not None:
+        evaluation = replace(evaluation, threads=evaluation.threads or config.threads)
+        result["accuracy"] = engine_accuracy(models, data_config, evaluation, config.providers)
+    return result

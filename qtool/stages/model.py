@@ -1,0 +1,52 @@
+"""The stages that make the FP32 classifier graph: fine-tune (when the model has no head) and export."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from qtool.cache import cached_stage
+from qtool.data import QnliSplit
+from qtool.exporter.onnx_export import ExportConfig, export_onnx
+from qtool.fileio import manifest_path
+from qtool.models.finetune import FinetuneConfig, classifier_for, finetune
+from qtool.models.resolve import ModelSource, resolve_model
+
+
+@dataclass(frozen=True)
+class Exported:
+    source: ModelSource  # the classifier that was exported
+    graph: Path
+    manifest: dict
+    finetune: dict | None  # the fine-tuning manifest when the model had no head of its own
+
+
+def finetune_stage(
+    model: str | None, split: QnliSplit, config: FinetuneConfig, artifacts: Path, max_length: int, force: bool = False
+) -> tuple[Path, dict]:
+    """`qtool finetune`: the fine-tuned classifier's folder under ARTIFACTS/models/ and its manifest."""
+    return finetune(resolve_model(model), split, config, Path(artifacts), max_length, force=force)
+
+
+def export_stage(
+    model: str | None,
+    split: QnliSplit,
+    artifacts: Path,
+    config: ExportConfig = ExportConfig(),
+    finetune_config: FinetuneConfig = FinetuneConfig(),
+    output: Path | None = None,
+    allow_finetune: bool = False,
+    force: bool = False,
+) -> Exported:
+    """`qtool export`: ARTIFACTS/<model>/fp32.onnx (or `output`), reused while the source weights and
+    export options are unchanged. A model without a QNLI head is replaced by its fine-tuned copy,
+    which is trained first only with `allow_finetune`."""
+    source, finetuned = classifier_for(
+        model, split, finetune_config, Path(artifacts), config.max_length, allow_finetune=allow_finetune
+    )
+    target = Path(output or Path(artifacts) / source.slug / "fp32.onnx")
+    key = {"model_sha256": source.content_hash, "config": asdict(config)}
+    manifest = cached_stage(
+        manifest_path(target), key, lambda: export_onnx(source, split, target, config), artifact=target, force=force
+    )
+    return Exported(source, target, manifest, finetuned)

@@ -1,0 +1,54 @@
+"""The stages that read activations: collect statistics once, and measure the outliers in them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtool.analysis.collect import ActivationStats, CollectConfig, collect_or_load, default_stats_path
+from qtool.analysis.outliers import OutlierConfig
+from qtool.analysis.writer import analysis_document, write_analysis
+from qtool.data import QnliSplit
+from qtool.deployment.evaluate import tokenizer_for
+from qtool.errors import QtoolError
+from qtool.runners.ort import check_onnx_file
+
+
+def collect_stage(
+    model_path: Path,
+    split: QnliSplit,
+    config: CollectConfig = CollectConfig(),
+    stats_path: Path | None = None,
+    force: bool = False,
+) -> tuple[ActivationStats, Path]:
+    """`qtool collect`: statistics at every quantization point, cached in `<graph>.stats.npz`."""
+    check_onnx_file(model_path)
+    target = Path(stats_path or default_stats_path(model_path))
+    return collect_or_load(model_path, split, tokenizer_for(model_path), config, target, force=force), target
+
+
+def statistics_for(
+    model_path: Path,
+    split: QnliSplit | None,
+    config: CollectConfig = CollectConfig(),
+    stats_path: Path | None = None,
+    force: bool = False,
+) -> ActivationStats:
+    """Statistics of `model_path` on `split`: a given file (refused if it belongs to another model or
+    data split, when `split` is given), or the cached file beside the graph, collected when missing or
+    stale (which needs `split`)."""
+    if stats_path is None:
+        return collect_stage(model_path, split, config, force=force)[0]
+    collected = ActivationStats.load(stats_path)
+    collected.check_model(model_path)
+    if split is not None and collected.manifest["data"] != split.describe():
+        raise QtoolError(f"{stats_path} was collected on another data split; run `qtool collect {model_path}` again")
+    return collected
+
+
+def analyze_stage(
+    stats: ActivationStats, config: OutlierConfig, folder: Path, figures: bool = True
+) -> tuple[dict, dict[str, str]]:
+    """`qtool analyze`: the outlier document and the files written (analysis.json, .csv, figures)."""
+    config.validate()
+    document = analysis_document(stats, config)
+    return document, write_analysis(stats, document, folder, figures=figures)
