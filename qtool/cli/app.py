@@ -380,7 +380,7 @@ def bench(
 
 @command()
 def build(
-    model_path: o.BuildGraph, backend: o.Backend = "ort", output: o.BuildOutput = None, fp16: o.Fp16 = False,
+    model_path: o.BuildGraph, backend: o.Backend = o.DEFAULT_BACKEND, output: o.BuildOutput = None, fp16: o.Fp16 = False,
     batch: o.ProfileBatch = None, sequence: o.ProfileSequence = None, workspace_mib: o.WorkspaceMib = None,
     timing_cache: o.TimingCache = None, optimization_level: o.OptimizationLevel = None, as_json: o.Json = False,
 ) -> None:

@@ -21,7 +21,7 @@ from qtool.exporter.onnx_export import ExportConfig
 from qtool.exporter.qdq import WEIGHT_MODES
 from qtool.models.finetune import FinetuneConfig
 from qtool.quantization.calibration import CalibrateConfig
-from qtool.quantization.scale_formats import FORMATS
+from qtool.quantization.scale_formats import FALLBACK_TRT_VERSION, FORMATS
 from qtool.quantization.search import SearchConfig
 from qtool.stages.deploy import BACKENDS
 
@@ -270,7 +270,7 @@ TrtVersion = Annotated[
     typer.Option(
         "--trt-version",
         help="TensorRT version named in the cache header, e.g. 10.14.1; use the one that reads the cache. "
-        "Default: the installed tensorrt package, else 10.14.1.",
+        f"Default: the installed tensorrt package, else {FALLBACK_TRT_VERSION}.",
     ),
 ]
 
@@ -310,6 +310,7 @@ WithEval = Annotated[bool, typer.Option("--eval", help="Add eval-part accuracy f
 
 # -- build -----------------------------------------------------------------------------------------
 BuildGraph = graph_argument("QDQ (or FP32) ONNX graph, e.g. <recipe>.qdq.onnx.")
+DEFAULT_BACKEND = next(iter(BACKENDS))
 Backend = Annotated[
     str,
     typer.Option(help=f"Target: {', '.join(BACKENDS)} (ONNX Runtime CPU graph, or TensorRT engine)."),

@@ -43,10 +43,11 @@ def print_table(title: str, columns: list[Column], rows: list[list[str]], wide: 
         table.add_column(column.name, justify="right" if column.right else "left", overflow="fold")
     for row in rows:
         table.add_row(*(row[index] for index in shown))
-    width = None
-    if wide:
-        width = max(stdout.width, Measurement.get(stdout, stdout.options, table).maximum)
-    stdout.print(table, width=width)
+    console = stdout
+    if wide:  # as wide as the table needs, even past the terminal or the 80 columns of a pipe
+        needed = Measurement.get(stdout, stdout.options.update(max_width=10**4), table).maximum
+        console = Console(file=stdout.file, width=max(stdout.width, needed), force_terminal=stdout.is_terminal)
+    console.print(table)
 
 
 def print_fields(title: str, rows: list[tuple[str, Any]]) -> None:

@@ -24,12 +24,6 @@ KERNEL_PEAK = "kernel high-water mark"
 SAMPLED_PEAK = f"sampled every {RSS_SAMPLE_INTERVAL_S * 1e3:g} ms"
 
 
-def current_rss_bytes() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
 def _reset_kernel_peak_rss() -> bool:
     """Reset the kernel's RSS high-water mark of this process to its current RSS (Linux 4.0+)."""
     try:

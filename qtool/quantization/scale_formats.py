@@ -73,7 +73,7 @@ ORT_QUANT_TYPE = "QInt8"
 FORMATS = ("trt-cache", "ort-overrides")
 
 
-# -- the scales of a calibration document ----------------------------------------------------------
+# -- the scales of a calibration ------------------------------------------------------------------
 def point_tensor_names(model: onnx.ModelProto, points: Iterable[QuantPoint]) -> dict[str, list[str]]:
     """Point name -> the ONNX tensors that carry its values in `model`: the point's tensor, the
     tensors it is reshaped from and to along a single-consumer chain of SAME_VALUE_OPS, and the

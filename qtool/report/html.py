@@ -19,10 +19,10 @@ code { background: #f4f4f4; padding: 0 3px; }
 
 
 def markdown_to_html(markdown: str) -> str:
-    """CommonMark with GitHub's pipe tables, rendered by markdown-it-py."""
+    """CommonMark with GitHub's pipe tables, rendered by markdown-it-py; raw HTML is escaped."""
     from markdown_it import MarkdownIt
 
-    return MarkdownIt("commonmark").enable("table").render(markdown)
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
 
 
 def write_html_report(markdown_path: Path, figures: dict[str, str], path: Path, title: str) -> Path:

@@ -348,8 +348,8 @@ def test_every_kind_of_consumer_on_a_hand_built_graph():
 def test_calibrate_with_smoothing_records_factors_and_rebuilds_the_same_graph(outlier, session_data, tmp_path):
     from typer.testing import CliRunner
 
-    from qtool.graph import model_identity
     from qtool.cli import app
+    from qtool.graph import model_identity
 
     runner = CliRunner()
     graph = tmp_path / "model" / "fp32.onnx"

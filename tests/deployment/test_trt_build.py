@@ -1,0 +1,286 @@
+"""TensorRT engine build: config, profiles and ONNX facts run everywhere; real engines need a GPU.
+
+Without a GPU, the build runs against the fake TensorRT in `tests.helpers.fake_tensorrt`. Tests marked
+`gpu`/`tensorrt` build and run real engines and skip cleanly where TensorRT or a CUDA device is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qtool.data.batching import INPUT_NAMES
+from qtool.deployment.trt_build import (
+    TrtBuildConfig,
+    build_engine,
+    check_network_inputs,
+    profile_shapes,
+    read_onnx_facts,
+)
+from qtool.errors import QtoolError
+from qtool.fileio import manifest_path, sha256_file
+from qtool.runners.trt import TrtRunner, read_plan_manifest
+from tests.helpers.fake_tensorrt import (
+    BUILD_GPU,
+    FAKE_PLAN_MAGIC,
+    TRT_VERSION,
+    fake_installer,
+    fake_tensorrt,
+    no_tmp_files,
+    skip_without_tensorrt_gpu,
+    write_tiny_graph,
+)
+
+# --- configuration and profiles -------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_graph(tmp_path: Path) -> Path:
+    return write_tiny_graph(tmp_path / "model" / "int8.qdq.onnx")
+
+
+def test_default_config_is_valid_and_frozen():
+    config = TrtBuildConfig()
+    config.validate(max_positions=512)
+    assert config.fp16 is False and config.batch == (1, 1, 32) and config.sequence == (1, 128, 128)
+    with pytest.raises(AttributeError):
+        config.fp16 = True
+
+
+@pytest.mark.parametrize(
+    ("config", "max_positions", "words"),
+    [
+        (TrtBuildConfig(batch=(0, 1, 8)), None, ["--batch", "0,1,8"]),
+        (TrtBuildConfig(batch=(1, 16, 8)), None, ["--batch", "1,16,8"]),
+        (TrtBuildConfig(sequence=(64, 32, 128)), None, ["--sequence", "64,32,128"]),
+        (TrtBuildConfig(sequence=(1, 2)), None, ["--sequence", "1,2"]),
+        (TrtBuildConfig(sequence=(1, 128, 1024)), 512, ["--sequence", "1024", "512"]),
+        (TrtBuildConfig(workspace_mib=0), None, ["--workspace-mib", "0"]),
+        (TrtBuildConfig(optimization_level=6), None, ["--optimization-level", "0 to 5", "6"]),
+    ],
+)
+def test_config_validation_names_the_problem_on_one_line(config, max_positions, words):
+    with pytest.raises(QtoolError) as raised:
+        config.validate(max_positions=max_positions)
+    message = str(raised.value)
+    assert "\n" not in message and all(word in message for word in words)
+
+
+def test_timing_cache_must_be_a_file(tmp_path):
+    with pytest.raises(QtoolError, match="--timing-cache .* is a folder"):
+        TrtBuildConfig(timing_cache=tmp_path).validate()
+
+
+def test_profile_shapes_pairs_batch_and_sequence_per_input():
+    shapes = profile_shapes(TrtBuildConfig(batch=(1, 4, 16), sequence=(8, 64, 256)), INPUT_NAMES)
+    assert list(shapes) == list(INPUT_NAMES)
+    for name in INPUT_NAMES:
+        assert shapes[name] == ((1, 8), (4, 64), (16, 256))
+    assert profile_shapes(TrtBuildConfig(), ["input_ids"]) == {"input_ids": ((1, 1), (1, 128), (32, 128))}
+
+
+def test_network_inputs_must_be_batch_by_sequence_and_fit_fixed_axes():
+    shapes = profile_shapes(TrtBuildConfig(), ["input_ids"])
+    check_network_inputs({"input_ids": (-1, -1)}, shapes)
+    with pytest.raises(QtoolError, match=r"input_ids has shape \[-1, -1, 4\]"):
+        check_network_inputs({"input_ids": (-1, -1, 4)}, shapes)
+    with pytest.raises(QtoolError, match="fixed size 64 on axis 1; set --sequence 64,64,64"):
+        check_network_inputs({"input_ids": (-1, 64)}, shapes)
+    check_network_inputs(
+        {"input_ids": (-1, 128)}, profile_shapes(TrtBuildConfig(sequence=(128, 128, 128)), ["input_ids"])
+    )
+
+
+def test_onnx_facts_come_from_the_graph(tiny_graph, tmp_path):
+    facts = read_onnx_facts(tiny_graph)
+    assert facts.max_positions == 512 and facts.quantize_nodes == 1
+    assert json.loads(facts.metadata["labels"]) == ["entailment", "not_entailment"]
+    with pytest.raises(QtoolError, match="does not exist"):
+        read_onnx_facts(tmp_path / "missing.onnx")
+
+
+def test_config_errors_come_before_the_tensorrt_import(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    short_positions = write_tiny_graph(tmp_path / "short.onnx", positions=64)
+    with pytest.raises(QtoolError, match="--sequence max 128 exceeds the model's 64 positions"):
+        build_engine(short_positions, tmp_path / "engine.plan")
+
+
+# --- building against the fake TensorRT -----------------------------------------------------------
+
+
+@pytest.fixture
+def use_fake(monkeypatch):
+    """Install a fake TensorRT (and polygraphy) and a fixed current GPU; returns a function to swap TRT."""
+    return fake_installer(monkeypatch)
+
+
+def test_build_writes_plan_and_manifest_strongly_typed(use_fake, tiny_graph, tmp_path):
+    trt = use_fake()
+    plan = tmp_path / "engines" / "int8.plan"
+    manifest = build_engine(tiny_graph, plan)
+    state = trt.state
+    assert state.network_flags == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert state.builder_flags == set() and state.memory_pool_limits == {} and state.optimization_level == 3
+    assert state.profiles == [{name: ((1, 1), (1, 128), (32, 128)) for name in INPUT_NAMES}]
+    assert plan.read_bytes().startswith(FAKE_PLAN_MAGIC) and no_tmp_files(plan.parent)
+    assert json.loads(manifest_path(plan).read_text()) == manifest
+    assert manifest["kind"] == "tensorrt-engine" and manifest["plan_sha256"] == sha256_file(plan)
+    assert manifest["tensorrt_version"] == TRT_VERSION and manifest["gpu"] == BUILD_GPU.to_manifest()
+    assert manifest["onnx"] == "../model/int8.qdq.onnx" and manifest["onnx_sha256"] == sha256_file(tiny_graph)
+    assert manifest["precision"]["strongly_typed"] and manifest["precision"]["quantize_nodes"] == 1
+    assert manifest["profiles"]["input_ids"] == {"min": [1, 1], "opt": [1, 128], "max": [32, 128]}
+    assert json.loads(manifest["onnx_metadata"]["labels"]) == ["entailment", "not_entailment"]
+    assert read_plan_manifest(plan) == manifest
+
+
+def test_fp16_build_is_weakly_typed_with_fp16_and_int8_flags(use_fake, tiny_graph, tmp_path):
+    trt = use_fake()
+    config = TrtBuildConfig(fp16=True, workspace_mib=512, optimization_level=5, batch=(1, 8, 8), sequence=(16, 64, 64))
+    manifest = build_engine(tiny_graph, tmp_path / "fp16.plan", config)
+    assert trt.state.network_flags == 0 and trt.state.builder_flags == {"FP16", "INT8"}
+    assert trt.state.memory_pool_limits == {"WORKSPACE": 512 << 20} and trt.state.optimization_level == 5
+    assert manifest["precision"]["builder_flags"] == ["FP16", "INT8"]
+    assert manifest["profiles"]["token_type_ids"] == {"min": [1, 16], "opt": [8, 64], "max": [8, 64]}
+
+
+def test_fp16_on_tensorrt_11_is_refused(use_fake, tiny_graph, tmp_path):
+    use_fake(fake_tensorrt(version="11.4.0.106", weakly_typed_flags=False))
+    plan = tmp_path / "fp16.plan"
+    with pytest.raises(QtoolError, match="--fp16 needs TensorRT 10; TensorRT 11.4.0.106 takes precision only"):
+        build_engine(tiny_graph, plan, TrtBuildConfig(fp16=True))
+    assert not plan.exists()
+
+
+def test_timing_cache_is_saved_reused_and_replaced_when_stale(use_fake, tiny_graph, tmp_path, caplog):
+    trt = use_fake()
+    cache = tmp_path / "caches" / "timing.cache"
+    config = TrtBuildConfig(timing_cache=cache)
+    build_engine(tiny_graph, tmp_path / "a.plan", config)
+    assert trt.state.timing_cache_loaded == b"" and cache.read_bytes() == b"+tactics"
+    build_engine(tiny_graph, tmp_path / "b.plan", config)
+    assert trt.state.timing_cache_loaded == b"+tactics" and cache.read_bytes() == b"+tactics+tactics"
+    cache.write_bytes(b"written by another GPU")
+    with caplog.at_level(logging.WARNING, logger="qtool.deployment.trt_build"):
+        build_engine(tiny_graph, tmp_path / "c.plan", config)
+    assert "was written by another GPU or TensorRT version" in caplog.text
+    assert trt.state.timing_cache_loaded == b"" and cache.read_bytes() == b"+tactics"
+
+
+def test_parse_errors_are_one_line_and_name_the_node(use_fake, tiny_graph, tmp_path):
+    trt = use_fake()
+    trt.state.parse_error = ("Unsupported operator\nNonZero", "/bert/encoder/NonZero_3", "NonZero")
+    plan = tmp_path / "x.plan"
+    with pytest.raises(QtoolError) as raised:
+        build_engine(tiny_graph, plan)
+    message = str(raised.value)
+    assert "\n" not in message and "at node /bert/encoder/NonZero_3 (NonZero): Unsupported operator NonZero" in message
+    assert "(and 1 more)" in message and "polygraphy inspect capability" in message
+    assert not plan.exists()
+
+
+def test_build_failure_reports_tensorrt_reason(use_fake, tiny_graph, tmp_path):
+    trt = use_fake()
+    trt.state.build_error = "Internal Error: out of memory during tactic selection"
+    with pytest.raises(QtoolError, match="could not build an engine .*out of memory during tactic selection"):
+        build_engine(tiny_graph, tmp_path / "x.plan")
+
+
+def test_build_needs_a_gpu(use_fake, tiny_graph, tmp_path):
+    use_fake(gpu=None)
+    with pytest.raises(QtoolError, match="no CUDA GPU is visible"):
+        build_engine(tiny_graph, tmp_path / "x.plan")
+
+
+def test_fixed_sequence_graph_needs_a_matching_profile(use_fake, tmp_path):
+    use_fake()
+    graph = write_tiny_graph(tmp_path / "fixed.onnx", fixed_sequence=32)
+    with pytest.raises(QtoolError, match="fixed size 32 on axis 1; set --sequence 32,32,32"):
+        build_engine(graph, tmp_path / "x.plan")
+    build_engine(graph, tmp_path / "x.plan", TrtBuildConfig(sequence=(32, 32, 32)))
+
+
+# --- real engines: need TensorRT and a CUDA GPU ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def eval_batches(tiny_classifier, session_data) -> list[dict]:
+    """Real tokenized eval batches of several shapes for the tiny classifier behind `tiny_onnx`."""
+    from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
+    from qtool.models.resolve import load_tokenizer
+
+    split = load_qnli(DataConfig(source=str(session_data)))
+    batches = make_batches(tokenize_part(load_tokenizer(tiny_classifier), split.part("eval"), 128), 8)
+    return [batches[0].feeds, batches[len(batches) // 2].feeds, batches[-1].feeds]
+
+
+def _ort_logits(onnx_path: Path, feeds: dict) -> np.ndarray:
+    from qtool.runners import OrtRunner
+
+    with OrtRunner(onnx_path) as runner:
+        return runner.infer(feeds)["logits"]
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@skip_without_tensorrt_gpu
+def test_gpu_fp32_engine_matches_onnxruntime(tiny_onnx, eval_batches, tmp_path):
+    onnx_path, batches = tiny_onnx, eval_batches
+    plan = tmp_path / "fp32.plan"
+    cache = tmp_path / "timing.cache"
+    manifest = build_engine(onnx_path, plan, TrtBuildConfig(timing_cache=cache, batch=(1, 8, 8)))
+    assert manifest["precision"]["quantize_nodes"] == 0 and cache.stat().st_size > 0
+    with TrtRunner(plan) as runner:
+        assert runner.device_memory_bytes > 0
+        for feeds in batches:
+            expected = _ort_logits(onnx_path, feeds)
+            # The random tiny model's logits are ~1e-2; TF32 matmuls may move them by a few per cent.
+            np.testing.assert_allclose(runner.infer(feeds)["logits"], expected, atol=0.1 * np.abs(expected).max())
+
+
+def _ort_qdq_graph(onnx_path: Path, batches: list[dict], target: Path) -> Path:
+    """A Q/DQ graph as TensorRT takes it (symmetric INT8 on MatMul/Gemm inputs, float biases), made by ONNX Runtime."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.remaining = iter(batches)
+
+        def get_next(self):
+            return next(self.remaining, None)
+
+    quantize_static(
+        str(onnx_path),
+        str(target),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+    )
+    return target
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@skip_without_tensorrt_gpu
+def test_gpu_qdq_engine_builds_strongly_typed_and_runs(tiny_onnx, eval_batches, tmp_path):
+    onnx_path, batches = tiny_onnx, eval_batches
+    qdq = _ort_qdq_graph(onnx_path, batches, tmp_path / "int8.qdq.onnx")
+    plan = tmp_path / "int8.plan"
+    manifest = build_engine(qdq, plan, TrtBuildConfig(batch=(1, 8, 8)))
+    assert manifest["precision"]["strongly_typed"] and manifest["precision"]["quantize_nodes"] > 0
+    with TrtRunner(plan) as runner:
+        for feeds in batches:
+            logits = runner.infer(feeds)["logits"]
+            assert logits.shape == (len(feeds["input_ids"]), 2) and np.isfinite(logits).all()
+            reference = _ort_logits(onnx_path, feeds)
+            simulated_error = np.abs(_ort_logits(qdq, feeds) - reference).max()
+            # TensorRT's INT8 engine should stray from FP32 about as far as ONNX Runtime's run of the same graph.
+            assert np.abs(logits - reference).max() <= 3 * simulated_error + 0.02 * np.abs(reference).max()

@@ -1,0 +1,392 @@
+"""A fake of the slice of the TensorRT 10 Python API that qtool calls, and the builders its tests share.
+
+Without a GPU, the build and runner code paths run against `fake_tensorrt()` (names checked against the real
+bindings) and `fake_polygraphy()`, a fake of polygraphy's CUDA buffers. `skip_without_tensorrt_gpu` skips the
+tests that build and run real engines where TensorRT or a CUDA device is absent.
+
+Used by tests/runners/test_trt.py and tests/deployment/test_trt_build.py; import from here, never from a conftest.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qtool.data.batching import INPUT_NAMES
+from qtool.deployment import trt_build
+from qtool.errors import QtoolError
+from qtool.runners import device
+from qtool.runners import trt as backend
+from qtool.runners.device import GpuInfo
+from qtool.runners.trt import import_tensorrt
+
+BUILD_GPU = GpuInfo(compute_capability="8.6", name="NVIDIA A10", driver_version="550.54")
+TRT_VERSION = "10.16.1.11"
+
+
+# --- a tiny BERT-shaped graph built in code -------------------------------------------------------
+
+
+def write_tiny_graph(path: Path, positions: int = 512, fixed_sequence: int | None = None) -> Path:
+    """[batch, sequence] int64 inputs, a position table, one Q/DQ pair and [batch, 2] logits."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    sequence = fixed_sequence or "sequence"
+    inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", sequence]) for name in INPUT_NAMES]
+    output = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])
+    initializers = [
+        numpy_helper.from_array(
+            rng.standard_normal((positions, 4)).astype(np.float32), "bert.embeddings.position_embeddings.weight"
+        ),
+        numpy_helper.from_array(np.array(0.05, np.float32), "scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "zero_point"),
+        numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "classifier.weight"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["bert.embeddings.position_embeddings.weight", "input_ids"], ["embedded"]),
+        helper.make_node("QuantizeLinear", ["embedded", "scale", "zero_point"], ["quantized"]),
+        helper.make_node("DequantizeLinear", ["quantized", "scale", "zero_point"], ["dequantized"]),
+        helper.make_node("ReduceMean", ["dequantized"], ["pooled"], axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "classifier.weight"], ["logits"]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", inputs, [output], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.metadata_props.add(key="qtool.labels", value=json.dumps(["entailment", "not_entailment"]))
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+# --- a fake of the TensorRT 10 Python API surface qtool uses --------------------------------------
+
+
+class Severity(enum.IntEnum):
+    INTERNAL_ERROR = 0
+    ERROR = 1
+    WARNING = 2
+    INFO = 3
+    VERBOSE = 4
+
+
+class DataType(enum.IntEnum):
+    FLOAT = 0
+    INT32 = 3
+    INT64 = 10
+
+
+NUMPY_TYPES = {DataType.FLOAT: np.float32, DataType.INT32: np.int32, DataType.INT64: np.int64}
+FAKE_PLAN_MAGIC = b"FAKEPLAN"
+
+
+def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -> types.ModuleType:
+    """A `tensorrt` module: builder, parser, runtime and engine, recording what qtool asks of them."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    state = types.SimpleNamespace(
+        parse_error=None, build_error=None, timing_cache_loaded=None, builder_flags=set(), profiles=[]
+    )
+    trt.state = state
+
+    class ILogger:
+        def __init__(self) -> None:
+            pass
+
+    ILogger.Severity = Severity
+    trt.ILogger = ILogger
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 1})
+    flags = {"FP16": 0, "INT8": 1, "TF32": 7} if weakly_typed_flags else {"TF32": 7}
+    trt.BuilderFlag = enum.IntEnum("BuilderFlag", flags)
+    trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0})
+    trt.TensorIOMode = enum.IntEnum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})
+    trt.nptype = lambda data_type: NUMPY_TYPES[data_type]
+
+    class Tensor:
+        def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+            self.name, self.shape = name, shape
+
+    class Network:
+        def __init__(self, flags: int) -> None:
+            state.network_flags = flags
+            self.inputs: list[Tensor] = []
+
+        @property
+        def num_inputs(self) -> int:
+            return len(self.inputs)
+
+        def get_input(self, index: int) -> Tensor:
+            return self.inputs[index]
+
+    class ParserError:
+        def __init__(self, description: str, node: str, operator: str) -> None:
+            self._description, self._node, self._operator = description, node, operator
+
+        def desc(self) -> str:
+            return self._description
+
+        def node_name(self) -> str:
+            return self._node
+
+        def node_operator(self) -> str:
+            return self._operator
+
+    class OnnxParser:
+        def __init__(self, network: Network, logger) -> None:
+            self.network, self.errors = network, []
+
+        @property
+        def num_errors(self) -> int:
+            return len(self.errors)
+
+        def get_error(self, index: int) -> ParserError:
+            return self.errors[index]
+
+        def parse_from_file(self, path: str) -> bool:
+            import onnx
+
+            if state.parse_error:
+                self.errors = [ParserError(*state.parse_error), ParserError("second", "n2", "Op")]
+                return False
+            graph = onnx.load(path, load_external_data=False).graph
+            for graph_input in graph.input:
+                dims = tuple(d.dim_value if d.dim_value else -1 for d in graph_input.type.tensor_type.shape.dim)
+                self.network.inputs.append(Tensor(graph_input.name, dims))
+            return True
+
+    class TimingCache:
+        def __init__(self, data: bytes) -> None:
+            self.data = bytes(data)
+
+        def serialize(self) -> bytes:
+            return self.data
+
+    class OptimizationProfile:
+        def __init__(self) -> None:
+            self.shapes: dict = {}
+
+        def set_shape(self, name, minimum, optimum, maximum) -> None:
+            self.shapes[name] = (tuple(minimum), tuple(optimum), tuple(maximum))
+
+    class BuilderConfig:
+        builder_optimization_level = 3
+
+        def __init__(self) -> None:
+            self.cache: TimingCache | None = None
+            state.memory_pool_limits = {}
+
+        def set_flag(self, flag) -> None:
+            state.builder_flags.add(flag.name)
+
+        def set_memory_pool_limit(self, pool, size: int) -> None:
+            state.memory_pool_limits[pool.name] = size
+
+        def add_optimization_profile(self, profile: OptimizationProfile) -> int:
+            state.profiles.append(profile.shapes)
+            return len(state.profiles) - 1
+
+        def create_timing_cache(self, data: bytes) -> TimingCache:
+            return TimingCache(data)
+
+        def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
+            if cache.data == b"written by another GPU":
+                return False
+            state.timing_cache_loaded, self.cache = cache.data, cache
+            return True
+
+        def get_timing_cache(self) -> TimingCache:
+            return TimingCache(self.cache.data + b"+tactics")
+
+    class Builder:
+        def __init__(self, logger) -> None:
+            self.logger = logger
+
+        def create_network(self, flags: int = 0) -> Network:
+            return Network(flags)
+
+        def create_builder_config(self) -> BuilderConfig:
+            return BuilderConfig()
+
+        def create_optimization_profile(self) -> OptimizationProfile:
+            return OptimizationProfile()
+
+        def build_serialized_network(self, network: Network, config: BuilderConfig):
+            state.optimization_level = config.builder_optimization_level
+            if state.build_error:
+                self.logger.log(Severity.ERROR, state.build_error)
+                return None
+            plan = {"profile": {k: [list(s) for s in v] for k, v in state.profiles[0].items()}}
+            return FAKE_PLAN_MAGIC + json.dumps(plan).encode()
+
+    class ExecutionContext:
+        def __init__(self) -> None:
+            self.shapes: dict = {}
+            self.addresses: dict = {}
+
+        def set_input_shape(self, name: str, shape) -> bool:
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            return (self.shapes["input_ids"][0], 2)
+
+        def set_tensor_address(self, name: str, address: int) -> None:
+            self.addresses[name] = address
+
+        def execute_async_v3(self, stream_handle: int) -> bool:
+            ids = FAKE_DEVICE_MEMORY[self.addresses["input_ids"]]
+            mask = FAKE_DEVICE_MEMORY[self.addresses["attention_mask"]]
+            logits = FAKE_DEVICE_MEMORY[self.addresses["logits"]]
+            logits[:, 0], logits[:, 1] = ids.sum(axis=1), mask.sum(axis=1)
+            return True
+
+    class Engine:
+        device_memory_size_v2 = 12345
+
+        def __init__(self, plan: dict) -> None:
+            self.profile = plan["profile"]
+            self.names = [*self.profile, "logits"]
+
+        @property
+        def num_io_tensors(self) -> int:
+            return len(self.names)
+
+        def get_tensor_name(self, index: int) -> str:
+            return self.names[index]
+
+        def get_tensor_mode(self, name: str):
+            return trt.TensorIOMode.INPUT if name in self.profile else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name: str) -> DataType:
+            return DataType.INT64 if name in self.profile else DataType.FLOAT
+
+        def get_tensor_profile_shape(self, name: str, profile_index: int) -> list:
+            return self.profile[name]
+
+        def create_execution_context(self) -> ExecutionContext:
+            return ExecutionContext()
+
+    class Runtime:
+        def __init__(self, logger) -> None:
+            self.logger = logger
+
+        def deserialize_cuda_engine(self, data: bytes):
+            if not data.startswith(FAKE_PLAN_MAGIC):
+                self.logger.log(Severity.ERROR, "Serialization assertion magicTagRead == kMAGIC_TAG failed")
+                return None
+            return Engine(json.loads(data[len(FAKE_PLAN_MAGIC) :]))
+
+    trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
+    return trt
+
+
+FAKE_DEVICE_MEMORY: dict[int, np.ndarray] = {}
+
+
+def fake_polygraphy() -> types.ModuleType:
+    """polygraphy.cuda's DeviceArray and Stream, with 'device memory' kept in FAKE_DEVICE_MEMORY."""
+    cuda = types.ModuleType("polygraphy.cuda")
+    addresses = iter(range(1000, 10**6))
+
+    class DeviceArray:
+        def __init__(self, shape=None, dtype=None) -> None:
+            self.dtype, self.ptr = np.dtype(dtype), 0
+            self.resize(shape)
+
+        def resize(self, shape):
+            self.free()
+            self.ptr = next(addresses)
+            FAKE_DEVICE_MEMORY[self.ptr] = np.zeros(shape, self.dtype)
+            return self
+
+        def copy_from(self, host, stream=None):
+            FAKE_DEVICE_MEMORY[self.ptr][...] = host
+            return self
+
+        def copy_to(self, host, stream=None):
+            host[...] = FAKE_DEVICE_MEMORY[self.ptr]
+            return host
+
+        def free(self) -> None:
+            FAKE_DEVICE_MEMORY.pop(self.ptr, None)
+            self.ptr = 0
+
+    class Stream:
+        ptr = 42
+
+        def synchronize(self) -> None:
+            pass
+
+        def free(self) -> None:
+            pass
+
+    cuda.DeviceArray, cuda.Stream = DeviceArray, Stream
+    package = types.ModuleType("polygraphy")
+    package.cuda = cuda
+    exception = types.ModuleType("polygraphy.exception")
+    exception.PolygraphyException = type("PolygraphyException", (Exception,), {})
+    package.exception = exception
+    return package
+
+
+def fake_installer(monkeypatch):
+    """The body of the `use_fake` fixture: installs a fake TensorRT (and polygraphy) and a fixed current GPU.
+
+    Returns a function to swap TRT. `current_gpu` is patched where each module reads it.
+    """
+
+    def install(trt: types.ModuleType | None = None, gpu: GpuInfo | None = BUILD_GPU) -> types.ModuleType:
+        trt = trt or fake_tensorrt()
+        polygraphy = fake_polygraphy()
+        FAKE_DEVICE_MEMORY.clear()
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        monkeypatch.setitem(sys.modules, "polygraphy", polygraphy)
+        monkeypatch.setitem(sys.modules, "polygraphy.cuda", polygraphy.cuda)
+        monkeypatch.setitem(sys.modules, "polygraphy.exception", polygraphy.exception)
+        for module in (backend, trt_build):  # the runner checks the GPU, and so does the build
+            monkeypatch.setattr(module, "current_gpu", lambda: gpu)
+        return trt
+
+    return install
+
+
+def no_tmp_files(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+# --- plan manifests -------------------------------------------------------------------------------
+
+
+def engine_manifest(**changes) -> dict:
+    manifest = {
+        "kind": "tensorrt-engine",
+        "plan": "int8.plan",
+        "tensorrt_version": TRT_VERSION,
+        "gpu": BUILD_GPU.to_manifest(),
+    }
+    return {**manifest, **changes}
+
+
+# --- real engines: need TensorRT and a CUDA GPU ---------------------------------------------------
+
+
+def _why_no_tensorrt_gpu() -> str | None:
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed"
+    try:
+        import_tensorrt()
+    except QtoolError as exc:
+        return str(exc)
+    return None if device.current_gpu() is not None else "no CUDA GPU is visible"
+
+
+_NO_TENSORRT_GPU = _why_no_tensorrt_gpu()
+skip_without_tensorrt_gpu = pytest.mark.skipif(_NO_TENSORRT_GPU is not None, reason=_NO_TENSORRT_GPU or "")
