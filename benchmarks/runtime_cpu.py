@@ -68,7 +68,8 @@ def _ort_quantized(fp32: Path, folder: Path, tokenizer, split) -> dict[str, Path
 def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]:
     from qtool.analysis import CollectConfig, collect_or_load
     from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu
-    from qtool.quantization.calibration import CalibrateConfig, calibrate, write_calibrated_graph
+    from qtool.quantization.calibration import CalibrateConfig, calibrate
+    from qtool.quantization.graphs import write_calibrated_graph
 
     stats = collect_or_load(
         fp32, split, tokenizer, CollectConfig(samples=CALIBRATION_PAIRS), stats_path=folder / f"{fp32.stem}.stats.npz"
@@ -147,11 +148,11 @@ def main() -> None:
     from qtool.data import DataConfig, load_qnli
     from qtool.deployment.bench import BenchConfig, benchmark_inputs, compare
     from qtool.deployment.evaluate import tokenizer_for
-    from qtool.fileio import manifest_path, read_json
+    from qtool.stages.model import export_manifest
 
     split = load_qnli(DataConfig(source=args.data))
     tokenizer = tokenizer_for(args.fp32)
-    model_dir = Path(read_json(manifest_path(args.fp32))["source_path"])
+    model_dir = Path(export_manifest(args.fp32)["source_path"])
     batches = args.batch or [1, 8]
     config = BenchConfig(warmup=args.warmup, iterations=args.iterations, threads=args.threads)
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""

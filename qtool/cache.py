@@ -1,9 +1,9 @@
 """The one cached-stage helper: a stage's result is reused when its content key matches.
 
 A stage writes a record, a JSON file holding `{"key": ..., "result": ...}` and, when the stage
-also writes a file or folder (`artifact`), that artifact's sha256 (a folder: its existence). The
-key holds everything the result depends on (content hashes of the inputs, options), never paths
-or thread counts, so a rerun, a resumed run and a run on another machine reuse the same files.
+also writes a file (`artifact`), that file's sha256. The key holds everything the result depends
+on (content hashes of the inputs, the options that change it), never paths, so a rerun, a resumed
+run and a run from another folder reuse the same files; callers re-point paths in the result.
 A record that is missing, unreadable, or keyed otherwise, or an artifact that changed since, means
 the stage runs again; the record is removed before the stage runs and written after it, so a
 record never describes an artifact it did not see written.
@@ -45,8 +45,6 @@ def _fresh(data: dict | None, artifact: Path | None) -> bool:
     if data is None:
         return False
     if artifact is None:
-        return True
-    if artifact.is_dir():
         return True
     return artifact.is_file() and data.get("artifact_sha256") == _artifact_hash(artifact)
 

@@ -40,11 +40,17 @@ def artifacts_folder(path: Path | None) -> Path:
     return Path(path or os.environ.get(o.ARTIFACTS_ENV) or "artifacts")
 
 
-def load_split(data: str | None, seed: int | None):
-    """The data config of the options and the QNLI split it names."""
-    from qtool.data import DataConfig, load_qnli
+def data_options(data: str | None, seed: int | None):
+    from qtool.data import DataConfig
 
-    config = configured(DataConfig, source=data, seed=seed)
+    return configured(DataConfig, source=data, seed=seed)
+
+
+def load_split(data: str | None, seed: int | None):
+    """The data config of the options and the QNLI split it names (loaded after the options are checked)."""
+    from qtool.data import load_qnli
+
+    config = data_options(data, seed)
     return config, load_qnli(config)
 
 
@@ -216,10 +222,13 @@ def collect(
     Per tensor: count, min, max, four moments (float64); per channel: min, max, energy; a histogram
     of |x|. Padding is excluded. Every calibrator and `qtool analyze` read this one file.
     """
+    from qtool.runners.ort import check_onnx_file
     from qtool.stages.statistics import collect_stage
 
-    data_config, split = load_split(data, seed)
-    config = collect_config(samples, batch_size, threads, data_config.max_length, bins)
+    config = collect_config(samples, batch_size, threads, data_options(data, seed).max_length, bins)
+    config.validate()
+    check_onnx_file(model_path)
+    split = load_split(data, seed)[1]
     result, target = collect_stage(model_path, split, config, stats, force)
     manifest = result.manifest
     summary = {key: manifest[key] for key in ("samples", "sample_sources", "tokens", "model")}
@@ -301,19 +310,23 @@ def calibrate(
     (never the eval part) stays within --max-drop points of FP32; it also writes
     <recipe>.search.json (sensitivities, the accuracy curve, timings) and <recipe>.search.png.
     """
-    from qtool.stages.calibrate import calibration_command
+    from qtool.runners.ort import check_onnx_file
+    from qtool.stages.calibrate import calibrate_and_evaluate
 
-    data_config, split = load_split(data, seed)
+    max_length = data_options(data, seed).max_length
     config, search = calibrate_configs(
         method, base_method,
         dict(max_drop=max_drop, tune_samples=tune_samples, sensitivity_samples=sensitivity_samples,
-             batch_size=batch_size, threads=threads, max_length=data_config.max_length),
+             batch_size=batch_size, threads=threads, max_length=max_length),
         dict(p=p, groups=groups, permute=permute, scope=scope, weights=weights, keep_fp=tuple(keep_fp or ()),
              mixed_precision=mixed_precision, outlier_ratio=outlier_ratio, smooth=smooth),
     )
-    collect = collect_config(samples, batch_size, threads, data_config.max_length)
-    evaluation = eval_config(batch_size, limit, threads) if evaluate_accuracy else None
-    summary = calibration_command(model_path, split, config, search, collect, stats, out, evaluation)
+    collect, evaluation = collect_config(samples, batch_size, threads, max_length), None
+    if evaluate_accuracy:
+        evaluation = eval_config(batch_size, limit, threads)
+    check_onnx_file(model_path)
+    split = load_split(data, seed)[1]
+    summary = calibrate_and_evaluate(model_path, split, config, search, collect, stats, out, evaluation)
     render.print_json(summary) if as_json else render.calibration_summary(summary)
 
 
@@ -361,7 +374,6 @@ def bench(
     With several models and --compare they run interleaved, so machine noise hits all alike.
     Speed is measured, never assumed: compare candidates in one run on the same machine.
     """
-    from qtool.data import DataConfig
     from qtool.deployment.bench import BenchConfig
     from qtool.stages.deploy import bench_stage
 
@@ -371,8 +383,7 @@ def bench(
         providers=tuple(provider) if provider else None,
     )
     evaluation = eval_config(limit=limit, threads=threads) if with_eval else None
-    data_config = configured(DataConfig, source=data, seed=seed)
-    result = bench_stage(models, config, data_config, compare_models, isolated, evaluation)
+    result = bench_stage(models, config, data_options(data, seed), compare_models, isolated, evaluation)
     if as_json:
         return render.print_json(result)
     render.bench_tables(result, compare_models, config.inputs, config.threads, wide)

@@ -195,7 +195,7 @@ def summarize(latencies_s: Sequence[float], batch: int) -> dict:
 
 def _runner_file(runner: Runner) -> Path | None:
     path = getattr(runner, "model_path", None) or getattr(runner, "plan_path", None)
-    return Path(path) if path is not None else None
+    return Path(path) if isinstance(path, str | Path) else None  # None for a graph held in memory
 
 
 def _describe(runner: Runner) -> dict:

@@ -155,4 +155,4 @@ def evaluate_graph(
         "max_length": max_length,
     }
     record = model_path.with_name(model_path.name + f".eval-{config.part}.json")
-    return cached_stage(record, key, run, description=f"the evaluation of {model_path}")
+    return {**cached_stage(record, key, run, description=f"the evaluation of {model_path}"), "model": str(model_path)}

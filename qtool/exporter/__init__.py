@@ -1,4 +1,5 @@
-"""PyTorch to ONNX export (FP32), with parity checks against PyTorch."""
+"""PyTorch to ONNX export with parity checks, quantization points from the graph's structure, the INT8
+grid, and the graph passes: the QDQ writer, smoothing and the ONNX Runtime CPU form."""
 
 from qtool.exporter.onnx_export import ExportConfig, export_onnx
 from qtool.graph import read_qtool_metadata

@@ -337,20 +337,17 @@ def check_fused(model_path: Path, optimized_model_path: Path | None = None, leve
     """
     import onnxruntime as ort
 
-    levels = {
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
+    from qtool.runners.ort import session_options
+
+    levels = ("extended", "all")
     if level not in levels:
         raise ValueError(f"level must be one of {', '.join(levels)}")
     with tempfile.TemporaryDirectory(prefix="qtool-ort-") as scratch:
         target = Path(optimized_model_path) if optimized_model_path else Path(scratch) / "optimized.onnx"
         target.parent.mkdir(parents=True, exist_ok=True)
         for attempt in [level, "extended"] if level == "all" else [level]:
-            options = ort.SessionOptions()
-            options.graph_optimization_level = levels[attempt]
+            options = session_options(optimization_level=attempt)
             options.optimized_model_filepath = str(target)
-            options.log_severity_level = 3
             options.add_session_config_entry(
                 "session.optimized_model_external_initializers_file_name", f"{target.name}.data"
             )

@@ -21,6 +21,7 @@ from qtool.quantization.calibration import Calibration
 log = logging.getLogger(__name__)
 
 Prepared = tuple[onnx.ModelProto, list[QuantPoint]]
+QDQ_PRECISION = "int8-qdq"  # the `precision` metadata of the QDQ graphs written here
 
 
 def smoothed_graph(model_path: Path, stats: ActivationStats, alpha: float) -> tuple[Path, dict[str, list[float]]]:
@@ -89,7 +90,7 @@ def calibrated_model(model_path: Path, calibration: Calibration, switches: bool 
 def write_calibrated_graph(model_path: Path, calibration: Calibration, output: Path) -> Path:
     """Write the QDQ graph of `calibration` applied to the FP32 graph at `model_path`."""
     qdq = calibrated_model(model_path, calibration)
-    metadata = {"precision": "int8-qdq", "recipe": calibration.recipe, "scope": calibration.scope}
+    metadata = {"precision": QDQ_PRECISION, "recipe": calibration.recipe, "scope": calibration.scope}
     if calibration.smoothing:
         metadata["smoothing_alpha"] = f"{calibration.smoothing['alpha']:g}"
     return save_derived_graph(qdq, model_path, output, metadata)

@@ -121,7 +121,7 @@ def export_scales_stage(
     return calibration, scale_formats.export_scales(calibration, fmt, target, model=model, trt_version=trt_version)
 
 
-def calibration_command(
+def calibrate_and_evaluate(
     model_path: Path,
     split: QnliSplit,
     config: CalibrateConfig,

@@ -7,6 +7,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import onnxruntime
+
+from qtool import __version__
 from qtool.cache import cached_stage
 from qtool.calibrators.precision import SCOPES
 from qtool.data import DataConfig, QnliSplit, load_qnli
@@ -25,9 +28,8 @@ from qtool.errors import QtoolError
 from qtool.exporter.ort_cpu import check_fused, rewrite_file_for_ort_cpu
 from qtool.fileio import manifest_path, sha256_file
 from qtool.graph import graph_metadata
+from qtool.quantization.graphs import QDQ_PRECISION
 from qtool.runners.ort import check_onnx_file
-
-QDQ_PRECISION = "int8-qdq"  # the metadata of the graphs `qtool calibrate` writes
 
 
 def build_ort(graph: Path, output: Path | None = None, options: TrtBuildConfig | None = None) -> dict:
@@ -49,8 +51,9 @@ def build_ort(graph: Path, output: Path | None = None, options: TrtBuildConfig |
             )
         return report
 
-    key = {"source_sha256": sha256_file(graph), "form": "onnxruntime-cpu"}
-    return cached_stage(manifest_path(target), key, run, artifact=target)
+    key = {"source_sha256": sha256_file(graph), "qtool": __version__, "onnxruntime": onnxruntime.__version__}
+    report = cached_stage(manifest_path(target), key, run, artifact=target)
+    return {**report, "graph": str(target), "model": str(target)}  # where it is now, not where it was built
 
 
 def build_trt(graph: Path, output: Path | None = None, options: TrtBuildConfig | None = None) -> dict:
@@ -99,7 +102,7 @@ def latency_stage(graph: Path, split: QnliSplit, config: BenchConfig) -> dict:
         }
 
     key = {"graph_sha256": sha256_file(deployed), "bench": config.to_record()}
-    return cached_stage(deployed.with_name(deployed.name + ".bench.json"), key, run)
+    return {**cached_stage(deployed.with_name(deployed.name + ".bench.json"), key, run), "graph": str(deployed)}
 
 
 def engine_accuracy(

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from qtool.cache import cached_stage
 from qtool.data import QnliSplit
-from qtool.exporter.onnx_export import ExportConfig, export_onnx
-from qtool.fileio import manifest_path
+from qtool.errors import QtoolError
+from qtool.exporter.onnx_export import TOKENIZER_DIR, ExportConfig, export_onnx
+from qtool.fileio import manifest_path, read_json
 from qtool.models.finetune import FinetuneConfig, classifier_for, finetune
 from qtool.models.resolve import ModelSource, resolve_model
 
@@ -46,7 +47,16 @@ def export_stage(
     )
     target = Path(output or Path(artifacts) / source.slug / "fp32.onnx")
     key = {"model_sha256": source.content_hash, "config": asdict(config)}
+    force = force or not (target.parent / TOKENIZER_DIR).is_dir()  # the graph is read with its tokenizer
     manifest = cached_stage(
         manifest_path(target), key, lambda: export_onnx(source, split, target, config), artifact=target, force=force
     )
     return Exported(source, target, manifest, finetuned)
+
+
+def export_manifest(graph: Path) -> dict:
+    """What `export_stage` recorded about the FP32 graph at `graph` (source model, parity, versions)."""
+    data = read_json(manifest_path(graph))
+    if not isinstance(data, dict) or not isinstance(data.get("result"), dict):
+        raise QtoolError(f"{graph} has no export record beside it; export it with `qtool export`")
+    return data["result"]

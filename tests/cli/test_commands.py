@@ -233,3 +233,12 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         "reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--config-file", extra
     )
     _one_line_error(bad, "unknown keys")
+
+
+def test_options_and_the_graph_are_checked_before_any_data_is_loaded(tmp_path):
+    no_data = ["--data", str(tmp_path / "no-such-folder")]
+    _one_line_error(_run("calibrate", tmp_path / "m.onnx", "--method", "kmeans", *no_data), "unknown calibration method")
+    _one_line_error(_run("calibrate", tmp_path / "m.onnx", "--max-drop", "1", *no_data), "need --method auto")
+    _one_line_error(_run("calibrate", tmp_path / "m.onnx", *no_data), "does not exist")
+    _one_line_error(_run("collect", tmp_path / "m.onnx", "--bins", "100", *no_data), "--bins")
+    _one_line_error(_run("collect", tmp_path / "m.onnx", *no_data), "does not exist")
