@@ -1,10 +1,10 @@
 """Show that a change kept qtool's behaviour: the same calibration files and QDQ graphs, byte for byte,
 from this working tree and from an earlier revision, and the same accuracies in two study runs.
 
-    python benchmarks/same_outputs.py graphs FP32.onnx --before REV --data ../shared/data/QNLI
+    python benchmarks/same_outputs.py graphs FP32.onnx --before REV [--after REV] --data ../shared/data/QNLI
     python benchmarks/same_outputs.py results OLD/report/results.json NEW/report/results.json
 
-`graphs` checks out REV in a temporary git worktree, copies the FP32 graph and its tokenizer into
+`graphs` checks out REV (and --after, else it uses this working tree) in a temporary git worktree, copies the FP32 graph and its tokenizer into
 one scratch folder per side, and runs `qtool calibrate` there for each recipe (statistics are
 collected on each side, so collection is compared too): max-all, peg-k4-all and the
 mixed-precision search max-all-mp-auto0.5 by default. It prints one line per file with both sha256
@@ -52,21 +52,28 @@ def _side(code: Path, fp32: Path, folder: Path, data: str, recipes: list[str]) -
     return hashes
 
 
-def compare_graphs(fp32: Path, before: str, data: str, recipes: list[str]) -> int:
+def _worktree(revision: str, folder: Path) -> Path:
+    subprocess.run(["git", "-C", str(REPOSITORY), "worktree", "add", "--detach", str(folder), revision],
+                   check=True, capture_output=True)
+    return folder
+
+
+def compare_graphs(fp32: Path, before: str, after: str | None, data: str, recipes: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="qtool-same-") as scratch:
-        worktree = Path(scratch) / "before"
-        subprocess.run(["git", "-C", str(REPOSITORY), "worktree", "add", "--detach", str(worktree), before],
-                       check=True, capture_output=True)
+        trees = [_worktree(before, Path(scratch) / "before")]
         try:
-            old = _side(worktree, fp32, Path(scratch) / "old", data, recipes)
-            new = _side(REPOSITORY, fp32, Path(scratch) / "new", data, recipes)
+            if after is not None:
+                trees.append(_worktree(after, Path(scratch) / "after"))
+            old = _side(trees[0], fp32, Path(scratch) / "old", data, recipes)
+            new = _side(trees[-1] if after else REPOSITORY, fp32, Path(scratch) / "new", data, recipes)
         finally:
-            subprocess.run(["git", "-C", str(REPOSITORY), "worktree", "remove", "--force", str(worktree)], check=False)
+            for tree in trees:
+                subprocess.run(["git", "-C", str(REPOSITORY), "worktree", "remove", "--force", str(tree)], check=False)
     differ = 0
     for name in old:
         same = old[name] == new[name]
         differ += not same
-        print(f"{'same' if same else 'DIFFERENT'}  {name}  {before[:12]} {old[name][:16]}  now {new[name][:16]}")
+        print(f"{'same' if same else 'DIFFERENT'}  {name}  {before[:12]} {old[name][:16]}  {(after or 'now')[:12]} {new[name][:16]}")
     print(f"{len(old) - differ} of {len(old)} files byte-identical")
     return 1 if differ else 0
 
@@ -91,6 +98,7 @@ def main() -> int:
     graphs = commands.add_parser("graphs", help="calibration files and QDQ graphs, this tree against --before")
     graphs.add_argument("fp32", type=Path, help="FP32 graph written by `qtool export` (its tokenizer beside it)")
     graphs.add_argument("--before", required=True, help="git revision to compare with")
+    graphs.add_argument("--after", help="git revision to compare (default: this working tree)")
     graphs.add_argument("--data", required=True, help="GLUE QNLI folder, as for qtool --data")
     graphs.add_argument("--recipe", action="append", choices=sorted(RECIPES), help="default: all")
     results = commands.add_parser("results", help="accuracies of two results.json files")
@@ -99,7 +107,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.command == "graphs":
         data = str(Path(args.data).resolve()) if Path(args.data).exists() else args.data
-        return compare_graphs(args.fp32.resolve(), args.before, data, args.recipe or list(RECIPES))
+        return compare_graphs(args.fp32.resolve(), args.before, args.after, data, args.recipe or list(RECIPES))
     return compare_results(args.old, args.new)
 
 
