@@ -16,6 +16,7 @@ PEG_ROLES = frozenset(
     {
         "embeddings_sum",
         "embeddings_output",
+        "embeddings_projection",
         "query",
         "key",
         "value",

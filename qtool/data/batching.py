@@ -117,6 +117,7 @@ def padded_feeds(tokenizer, examples: Sequence[Example], batch_size: int, length
             truncation=True,
             max_length=length,
             padding="max_length",
+            return_token_type_ids=True,
             return_tensors="np",
         )
         batches.append({name: encoded[name].astype(np.int64) for name in INPUT_NAMES})

@@ -17,12 +17,19 @@ import numpy as np
 
 from qtool import __version__
 from qtool.data import LABELS, QnliSplit, make_batches, tokenize_part
-from qtool.data.batching import INPUT_NAMES, Batch
+from qtool.data.batching import Batch
 from qtool.defaults import MAX_LENGTH
 from qtool.errors import QtoolError
 from qtool.fileio import atomic_dir, atomic_path, sha256_file
 from qtool.graph import METADATA_PREFIX
-from qtool.models.resolve import ModelSource, has_qnli_head, load_config, load_tokenizer
+from qtool.models.resolve import (
+    ModelSource,
+    check_family,
+    has_qnli_head,
+    load_config,
+    load_tokenizer,
+)
+from qtool.runners.torch_eager import model_input_names
 
 log = logging.getLogger(__name__)
 
@@ -58,27 +65,28 @@ def parity_batches(tokenizer, split: QnliSplit, config: ExportConfig) -> list[Ba
     return chosen
 
 
-def _torch_logits(model, batch: Batch) -> np.ndarray:
+def _torch_logits(model, batch: Batch, names: tuple[str, ...]) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        feeds = {k: torch.from_numpy(v) for k, v in batch.feeds.items()}
-        return model(**feeds).logits.numpy()
+        return model(**{name: torch.from_numpy(batch.feeds[name]) for name in names}).logits.numpy()
 
 
-def _export_graph(model, example: Batch, path: Path, opset: int) -> None:
+def _export_graph(model, example: Batch, names: tuple[str, ...], path: Path, opset: int) -> None:
+    """Trace `model` with its token inputs passed by keyword, so each lands in its own parameter."""
     import torch
 
-    dynamic = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
     dynamic["logits"] = {0: "batch"}
-    args = tuple(torch.from_numpy(example.feeds[name]) for name in INPUT_NAMES)
+    kwargs = {name: torch.from_numpy(example.feeds[name]) for name in names}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
-            args,
+            (),
             str(path),
-            input_names=list(INPUT_NAMES),
+            kwargs=kwargs,
+            input_names=list(names),
             output_names=["logits"],
             dynamic_axes=dynamic,
             opset_version=opset,
@@ -102,6 +110,7 @@ def export_onnx(
 
     config.validate()
     model_config = load_config(source)
+    check_family(model_config, source.name)
     if not has_qnli_head(model_config):
         raise QtoolError(
             f"{source.name} has no two-way classification head; fine-tune it first "
@@ -109,11 +118,12 @@ def export_onnx(
         )
     tokenizer = load_tokenizer(source.path)
     model = AutoModelForSequenceClassification.from_pretrained(source.path, attn_implementation="eager").eval()
+    names = model_input_names(model, tokenizer)
     batches = parity_batches(tokenizer, split, config)
     output = Path(output)
 
     with atomic_path(output) as tmp:
-        _export_graph(model, batches[-1], tmp, config.opset)
+        _export_graph(model, batches[-1], names, tmp, config.opset)
         graph = onnx.load(str(tmp))
         onnx.checker.check_model(graph, full_check=True)
         labels = label_names(model_config)
@@ -133,7 +143,7 @@ def export_onnx(
         with OrtRunner(tmp, optimization_level="disable") as runner:
             for batch in batches:
                 onnx_logits = runner.infer(batch.feeds)["logits"]
-                diff = float(np.max(np.abs(onnx_logits - _torch_logits(model, batch))))
+                diff = float(np.max(np.abs(onnx_logits - _torch_logits(model, batch, names))))
                 max_diff = max(max_diff, diff)
                 shapes.append(list(batch.feeds["input_ids"].shape))
         if max_diff > config.parity_tolerance:
@@ -151,6 +161,8 @@ def export_onnx(
         "source_path": str(source.path),
         "model_sha256": source.content_hash,
         "opset": config.opset,
+        "family": model_config.model_type,
+        "inputs": list(names),
         "labels": labels,
         "parity": {
             "max_abs_logit_diff": max_diff,

@@ -4,13 +4,17 @@ A quantization point is an activation tensor that a full W8A8 deployment quantiz
 stable readable name (`layer.3.ffn.residual_sum`), a role, and a layout that says which axes
 hold tokens (so padding can be excluded) and which axis holds channels.
 
-The walk starts at the embeddings LayerNorm and follows each encoder layer through its own
-structure: the three projections that read the hidden state, the attention-score MatMul they
+The walk starts at the embeddings LayerNorm (and the projection that widens it, in ELECTRA models
+whose embeddings are narrower than the encoder: `embeddings.projection`) and follows each encoder
+layer through its own structure: the three projections that read the hidden state, the attention-score MatMul they
 feed (query at input 0, key at input 1), the context MatMul (probabilities and value), the
 output projection, the residual Add and LayerNorm, then the FFN (intermediate projection,
 activation, output projection, residual Add, LayerNorm). It stops when a hidden state feeds no
-more projections; the pooler and classifier inputs follow. No layer count, width or head count
-is assumed.
+more projections; the pooler and classifier inputs follow (BERT's pooler, or the first dense layer
+of RoBERTa's, ELECTRA's and DistilBERT's classification heads). No layer count, width or head count
+is assumed, and no family: BERT, RoBERTa, DistilBERT, MPNet (whose relative position bias is added
+to the attention scores) and ELECTRA give the same point names, so presets and `--keep-fp` globs
+mean the same thing on each.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ POOLED_LAYOUT = "pooled"  # [batch, channels]
 ROLES = {
     "embeddings_sum": TOKEN_LAYOUT,
     "embeddings_output": TOKEN_LAYOUT,
+    "embeddings_projection": TOKEN_LAYOUT,
     "query": TOKEN_LAYOUT,
     "key": TOKEN_LAYOUT,
     "value": TOKEN_LAYOUT,
@@ -170,6 +175,10 @@ def find_quant_points(model: onnx.ModelProto, path_hint: str = "the model") -> l
     add("embeddings.sum", "embeddings_sum", None, embeddings_ln.input[0])
     add("embeddings.output", "embeddings_output", None, embeddings_ln.output[0])
     hidden = embeddings_ln.output[0]
+    projected = graph.projections_of(hidden)
+    if len(projected) == 1:  # ELECTRA: embeddings narrower than the encoder, projected up to its width
+        hidden = graph.biased_output(projected[0])
+        add("embeddings.projection", "embeddings_projection", None, hidden)
 
     layer = 0
     while len(projections := graph.projections_of(hidden)) >= 3:

@@ -21,8 +21,16 @@ from qtool.data import LABELS, QnliSplit, make_batches, tokenize_part
 from qtool.defaults import MAX_LENGTH, SEED
 from qtool.errors import QtoolError
 from qtool.fileio import atomic_dir, sha256_text, write_json
-from qtool.models.resolve import ModelSource, has_qnli_head, load_config, load_tokenizer
+from qtool.models.resolve import (
+    ModelSource,
+    check_family,
+    has_qnli_head,
+    is_classifier,
+    load_config,
+    load_tokenizer,
+)
 from qtool.progress import progress_bar
+from qtool.runners.torch_eager import model_input_names
 
 log = logging.getLogger(__name__)
 
@@ -82,20 +90,20 @@ def _label_config() -> dict:
     }
 
 
-def _torch_batches(batches):
+def _torch_batches(batches, names: tuple[str, ...]):
     import torch
 
     for batch in batches:
-        yield {k: torch.from_numpy(v) for k, v in batch.feeds.items()}, torch.from_numpy(batch.labels)
+        yield {name: torch.from_numpy(batch.feeds[name]) for name in names}, torch.from_numpy(batch.labels)
 
 
-def _accuracy(model, part, batch_size: int) -> float:
+def _accuracy(model, part, batch_size: int, names: tuple[str, ...]) -> float:
     import torch
 
     correct = 0
     model.eval()
     with torch.inference_mode():
-        for feeds, labels in _torch_batches(make_batches(part, batch_size)):
+        for feeds, labels in _torch_batches(make_batches(part, batch_size), names):
             correct += int((model(**feeds).logits.argmax(-1) == labels).sum())
     return correct / len(part)
 
@@ -119,7 +127,9 @@ def finetune(
         log.info("reusing fine-tuned model %s (eval accuracy %.4f)", directory, cached["eval_accuracy"])
         return directory, cached
 
-    if has_qnli_head(load_config(source)):
+    model_config = load_config(source)
+    check_family(model_config, source.name)
+    if has_qnli_head(model_config):
         log.warning("%s already has a two-way classification head; fine-tuning it further", source.name)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
@@ -127,6 +137,7 @@ def finetune(
     model = AutoModelForSequenceClassification.from_pretrained(
         source.path, attn_implementation="eager", ignore_mismatched_sizes=True, **_label_config()
     )
+    inputs = model_input_names(model, tokenizer)
     train = tokenize_part(tokenizer, split.part("train"), max_length)
     evaluation = tokenize_part(tokenizer, split.part("eval"), max_length)
 
@@ -150,7 +161,7 @@ def finetune(
         epoch = 0
         while step < total_steps:
             for feeds, labels in _torch_batches(
-                make_batches(train, config.batch_size, shuffle_seed=config.seed + epoch)
+                make_batches(train, config.batch_size, shuffle_seed=config.seed + epoch), inputs
             ):
                 loss = model(**feeds, labels=labels).loss
                 loss.backward()
@@ -167,7 +178,7 @@ def finetune(
                     break
             epoch += 1
     train_seconds = time.perf_counter() - started
-    accuracy = _accuracy(model, evaluation, config.eval_batch_size)
+    accuracy = _accuracy(model, evaluation, config.eval_batch_size, inputs)
     log.info("fine-tuned %d steps in %.0f s; eval accuracy %.4f", step, train_seconds, accuracy)
 
     manifest = {
@@ -197,8 +208,16 @@ def classifier_for(
     from qtool.models.resolve import resolve_model
 
     source = resolve_model(spec)
-    if has_qnli_head(load_config(source)):
+    model_config = load_config(source)
+    check_family(model_config, source.name)
+    if has_qnli_head(model_config):
         return source, None
+    labels = getattr(model_config, "num_labels", 2)
+    if not allow_finetune and is_classifier(model_config) and labels != 2:
+        raise QtoolError(
+            f"{source.name} classifies into {labels} labels and QNLI into 2 (entailment, not_entailment); "
+            f"train a two-way head first: qtool finetune --model {source.spec}"
+        )
     key = finetune_key(source, split, config, max_length)
     directory = finetuned_dir(artifacts, source, key)
     manifest = cached_finetune(directory, key)

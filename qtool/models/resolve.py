@@ -100,15 +100,39 @@ def load_config(source: ModelSource):
         ) from None
 
 
+# BERT-family encoders whose exported graphs qtool finds quantization points in (`model_type` of the config).
+FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "electra")
+def check_family(config, where: str) -> None:
+    """A one-line error for a model outside the BERT family."""
+    family = getattr(config, "model_type", None)
+    if family not in FAMILIES:
+        raise QtoolError(
+            f"{where} is a {family or 'unknown'} model; qtool quantizes BERT-family encoders: {', '.join(FAMILIES)}"
+        )
+
+
+def is_classifier(config) -> bool:
+    """True when the checkpoint is a sequence classifier (of any number of labels)."""
+    return any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or [])
+
+
 def has_qnli_head(config) -> bool:
     """True when the checkpoint already is a two-way sequence classifier."""
-    architectures = getattr(config, "architectures", None) or []
-    return any(a.endswith("ForSequenceClassification") for a in architectures) and config.num_labels == 2
+    return is_classifier(config) and config.num_labels == 2
+
+
+# A tokenizer folder holds at least one of these; without them transformers makes an empty vocabulary.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
 
 
 def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
+    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise QtoolError(
+            f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the model's tokenizer beside it "
+            "with tokenizer.save_pretrained(FOLDER)"
+        )
     try:
         return AutoTokenizer.from_pretrained(path)
     except Exception as exc:

@@ -79,7 +79,11 @@ def quantize_with_ort(
         else:
             pairs = samples if method == "MinMax" else min(samples, HISTOGRAM_PAIRS)
             examples, _ = calibration_examples(split, pairs)
-            batches = padded_feeds(tokenizer, examples, 16, max_length)
+            inputs = {value.name for value in onnx.load(str(fp32), load_external_data=False).graph.input}
+            batches = [
+                {name: array for name, array in feeds.items() if name in inputs}
+                for feeds in padded_feeds(tokenizer, examples, 16, max_length)
+            ]
             used = len(examples)
 
             chatter = io.StringIO()  # quantize_static prints progress with print(); keep stdout for results

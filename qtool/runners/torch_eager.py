@@ -10,13 +10,28 @@ import numpy as np
 
 from qtool.runners.base import Runner
 
+# What QNLI pairs are tokenized into; a model takes the ones its forward() accepts.
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_input_names(model, tokenizer=None) -> tuple[str, ...]:
+    """The token inputs a transformers `model` takes, by keyword, in its forward() order.
+
+    `token_type_ids` only when the model has a segment table to read them with (RoBERTa's holds one
+    row, DistilBERT and MPNet have none) and the tokenizer, when given, produces them.
+    """
+    accepted = list(inspect.signature(model.forward).parameters)
+    names = [name for name in TOKEN_INPUTS if name in accepted]
+    segments = getattr(model.config, "type_vocab_size", 0) or 0
+    produced = getattr(tokenizer, "model_input_names", TOKEN_INPUTS) if tokenizer is not None else TOKEN_INPUTS
+    if "token_type_ids" in names and (segments < 2 or "token_type_ids" not in produced):
+        names.remove("token_type_ids")
+    return tuple(sorted(names, key=accepted.index))
+
 
 class TorchRunner(Runner):
-    """A Hugging Face sequence classifier run by PyTorch in eval mode, without autograd.
-
-    The model needs its main input (`input_ids`); every other feed that names a parameter of its
-    `forward` (`attention_mask`, `token_type_ids`, ...) is passed on as well.
-    """
+    """A Hugging Face sequence classifier run by PyTorch in eval mode, without autograd, fed the
+    token inputs it takes (`model_input_names`)."""
 
     name = "torch-eager"
 
@@ -25,7 +40,7 @@ class TorchRunner(Runner):
         self.model_dir = Path(model_dir)
         self.threads = threads
         self.model = None
-        self._parameters: frozenset[str] = frozenset()
+        self._inputs: tuple[str, ...] = ()
 
     def _activate(self) -> None:
         import torch
@@ -36,16 +51,13 @@ class TorchRunner(Runner):
         self.model = AutoModelForSequenceClassification.from_pretrained(
             self.model_dir, attn_implementation="eager"
         ).eval()
-        self._parameters = frozenset(inspect.signature(self.model.forward).parameters)
+        self._inputs = model_input_names(self.model)
 
     def _deactivate(self) -> None:
         self.model = None
 
     def input_names(self) -> list[str]:
-        return [self.model.main_input_name]
-
-    def _select(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {name: value for name, value in feeds.items() if name in self._parameters}
+        return list(self._inputs)
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch

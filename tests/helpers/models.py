@@ -106,3 +106,51 @@ def outlier_classifier(
     stats = collect(graph, split, load_tokenizer(graph.parent / "tokenizer"), CollectConfig(samples=40, batch_size=8))
     state = {k: v.numpy().astype(np.float32) for k, v in model.state_dict().items()}
     return {"graph": graph, "stats": stats, "split": split, "model": model, "state": state}
+
+
+FAMILIES = ("bert", "roberta", "distilbert", "mpnet", "electra")
+
+
+def build_family_classifier(folder: Path, tokenizer, family: str, *, num_labels: int = 2, seed: int = 0) -> Path:
+    """A randomly initialised two-layer, 40-wide, 4-head sequence classifier of `family` (ELECTRA with a
+    24-wide embedding projected up to 40, as ELECTRA-small's 128 -> 256), saved with `tokenizer`."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        ElectraConfig,
+        ElectraForSequenceClassification,
+        MPNetConfig,
+        MPNetForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    labels = ("entailment", "not_entailment", "neutral")[:num_labels]
+    common = {
+        "vocab_size": tokenizer.vocab_size,
+        "num_labels": num_labels,
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: index for index, label in enumerate(labels)},
+    }
+    bert_like = {"hidden_size": 40, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 80}
+    configs = {
+        "bert": (BertForSequenceClassification, BertConfig(**bert_like, **common)),
+        "roberta": (
+            RobertaForSequenceClassification,
+            RobertaConfig(**bert_like, max_position_embeddings=514, type_vocab_size=1, pad_token_id=0, **common),
+        ),
+        "distilbert": (
+            DistilBertForSequenceClassification,
+            DistilBertConfig(dim=40, n_layers=2, n_heads=4, hidden_dim=80, **common),
+        ),
+        "mpnet": (MPNetForSequenceClassification, MPNetConfig(**bert_like, **common)),
+        "electra": (ElectraForSequenceClassification, ElectraConfig(embedding_size=24, **bert_like, **common)),
+    }
+    model_class, config = configs[family]
+    torch.manual_seed(seed)
+    model_class(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return Path(folder)
