@@ -11,7 +11,13 @@ ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qtool-installed
 
-.PHONY: setup test reproduce lint clean
+# The study subset on a 12-layer, 768-wide model (all-mpnet-base-v2, fetched from the package index).
+MPNET_DIR ?= $(HOME)/.cache/qtool-models/all-mpnet-base-v2
+MPNET_CONFIGS := fp32 max-all max-gemm-inputs percentile-99.9-all percentile-99.99-all peg-k3-all peg-k4-all \
+	peg-k6-all max-all-mp-paper max-all-mp-outliers max-all-mp-auto0.5 ort-static-minmax ort-static-percentile \
+	ort-static-entropy ort-dynamic
+
+.PHONY: setup test reproduce reproduce-mpnet lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +34,11 @@ test: $(STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/qtool reproduce --data $(DATA) $(ARGS)
+
+reproduce-mpnet: $(STAMP)
+	bash ../shared/models/fetch-all-mpnet-base-v2.sh $(MPNET_DIR)
+	$(BIN)/qtool reproduce --model $(MPNET_DIR) --data $(DATA) --artifacts artifacts/mpnet \
+		$(foreach c,$(MPNET_CONFIGS),-c $(c)) $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check qtool tests

@@ -154,3 +154,14 @@ def test_models_qtool_cannot_take_are_one_line_errors(case, words, tmp_path, emb
         errors = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and words in errors[0] and result.stderr.strip().endswith(errors[0]), result.stderr
         assert not artifacts.exists() or not any(artifacts.rglob("*.onnx"))
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "mpnet"])
+def test_finetune_gives_a_three_way_checkpoint_a_qnli_head_that_exports(family, tmp_path, embedded_tokenizer, tiny_data):
+    folder = build_family_classifier(tmp_path / "model", embedded_tokenizer, family, num_labels=3)
+    common = ["--data", str(tiny_data), "--artifacts", str(tmp_path / "artifacts"), "--json"]
+    tuned = runner.invoke(app, ["finetune", "--model", str(folder), "--max-steps", "2", *common])
+    assert tuned.exit_code == 0, tuned.output
+    exported = runner.invoke(app, ["export", "--model", json.loads(tuned.stdout)["model_dir"], *common])
+    assert exported.exit_code == 0, exported.output
+    assert json.loads(exported.stdout)["inputs"] == INPUTS[family]
