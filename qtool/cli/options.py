@@ -10,7 +10,7 @@ import typer
 
 from qtool.analysis.collect import CollectConfig
 from qtool.analysis.outliers import OutlierConfig
-from qtool.calibrators.methods import CALIBRATORS
+from qtool.calibrators.methods import CALIBRATORS, PEG_GROUPINGS
 from qtool.calibrators.precision import MIXED_PRECISION_PRESETS, SCOPES
 from qtool.data.qnli import PARTS, DataConfig
 from qtool.defaults import BASE_METHOD, DEPLOY_MAX_DROP
@@ -155,6 +155,14 @@ Percentile = Annotated[
 Groups = Annotated[
     int | None,
     typer.Option("--groups", "-k", help=f"Channel groups K for --method peg (K >= 1). Default: {CalibrateConfig.groups}."),
+]
+Grouping = Annotated[
+    str | None,
+    typer.Option(
+        "--grouping",
+        help=f"PEG group boundaries: {', '.join(PEG_GROUPINGS)} (optimal: the least expected rounding noise, "
+        f"see README; equal: groups of equal size, as in the study). Default: {CalibrateConfig.grouping}.",
+    ),
 ]
 Permute = Annotated[
     bool,

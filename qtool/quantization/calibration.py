@@ -19,7 +19,7 @@ from qtool.analysis.collect import ActivationStats
 from qtool.calibrators.base import ActivationRange
 from qtool.calibrators.methods import CALIBRATORS, make_calibrator
 from qtool.calibrators.precision import SCOPES, check_scope, kept_in_float
-from qtool.defaults import OUTLIER_RATIO, PEG_GROUPS, PERCENTILE
+from qtool.defaults import OUTLIER_RATIO, PEG_GROUPING, PEG_GROUPS, PERCENTILE
 from qtool.errors import QtoolError
 from qtool.exporter.qdq import WEIGHT_MODES
 from qtool.exporter.smooth import SmoothConfig
@@ -36,6 +36,7 @@ class CalibrateConfig:
     p: float = PERCENTILE
     groups: int = PEG_GROUPS
     permute: bool = True
+    grouping: str = PEG_GROUPING
     scope: str = next(iter(SCOPES))
     weights: str = WEIGHT_MODES[0]
     keep_fp: tuple[str, ...] = ()
@@ -54,7 +55,9 @@ class CalibrateConfig:
             SmoothConfig(alpha=self.smooth).validate()
 
     def calibrator(self):
-        return make_calibrator(self.method, p=self.p, groups=self.groups, permute=self.permute)
+        return make_calibrator(
+            self.method, p=self.p, groups=self.groups, permute=self.permute, grouping=self.grouping
+        )
 
     def recipe_name(self) -> str:
         parts = [self.calibrator().label(), self.scope]

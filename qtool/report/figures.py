@@ -43,25 +43,42 @@ def accuracy_by_configuration(result: dict, path: Path) -> Path:
     return save_figure(figure, path)
 
 
+def _series(rows: list[dict], method: str) -> dict[str, list[dict]]:
+    """Rows by curve: PEG by grouping (one group is the same either way, so K = 1 joins every curve)."""
+    if method != "peg":
+        return {method: rows}
+    groupings = sorted({r["params"].get("grouping", "equal") for r in rows if r["params"]["groups"] > 1})
+    return {
+        f"{grouping} groups": [
+            r for r in rows if r["params"].get("grouping", "equal") == grouping or r["params"]["groups"] == 1
+        ]
+        for grouping in groupings or ["equal"]
+    }
+
+
 def accuracy_by_parameter(result: dict, method: str, key: str, label: str, path: Path) -> Path | None:
     rows = sorted(_rows(result, method), key=lambda r: r["params"][key])
     if not rows:
         return None
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    xs = [r["params"][key] for r in rows]
-    axis.errorbar(
-        xs,
-        [100 * r["accuracy"] for r in rows],
-        marker="o",
-        yerr=[
-            [100 * (r["accuracy"] - r["accuracy_ci95"][0]) for r in rows],
-            [100 * (r["accuracy_ci95"][1] - r["accuracy"]) for r in rows],
-        ],
-        capsize=3,
-    )
+    for name, series in _series(rows, method).items():
+        # Percentiles crowd near 100: plot how much of the distribution is clipped, 100 - p, on a log axis.
+        xs = [100 - r["params"][key] if method == "percentile" else r["params"][key] for r in series]
+        axis.errorbar(
+            xs,
+            [100 * r["accuracy"] for r in series],
+            marker="o",
+            yerr=[
+                [100 * (r["accuracy"] - r["accuracy_ci95"][0]) for r in series],
+                [100 * (r["accuracy_ci95"][1] - r["accuracy"]) for r in series],
+            ],
+            capsize=3,
+            label=name,
+        )
     if method == "percentile":
-        axis.set_xscale("logit")
+        axis.set_xscale("log")
+        label = "100 - percentile p (share of |x| above the range, %)"
     _fp32_line(axis, result)
     axis.set_xlabel(label)
     axis.set_ylabel("eval accuracy %")

@@ -104,6 +104,8 @@ RECIPES = {
     "percentile": CalibrateConfig(method="percentile", p=99.9),
     "peg-k3-sorted": CalibrateConfig(method="peg", groups=3),
     "peg-k3-contiguous": CalibrateConfig(method="peg", groups=3, permute=False),
+    "peg-k3-equal-sorted": CalibrateConfig(method="peg", groups=3, grouping="equal"),
+    "peg-k5-equal-contiguous": CalibrateConfig(method="peg", groups=5, grouping="equal", permute=False),
     "gemm-scope": CalibrateConfig(scope="gemm"),
     "gemm-inputs-scope": CalibrateConfig(scope="gemm-inputs"),
     "peg-k3-gemm-inputs-scope": CalibrateConfig(method="peg", groups=3, scope="gemm-inputs"),
