@@ -330,10 +330,10 @@ def calibrate(
     render.print_json(summary) if as_json else render.calibration_summary(summary)
 
 
-def eval_config(batch_size=None, limit=None, threads=None):
+def eval_config(batch_size=None, limit=None, threads=None, part=None):
     from qtool.deployment.evaluate import EvalConfig
 
-    return configured(EvalConfig, batch_size=batch_size, limit=limit, threads=threads)
+    return configured(EvalConfig, batch_size=batch_size, limit=limit, threads=threads, part=part)
 
 
 @command()
@@ -367,7 +367,8 @@ def bench(
     models: o.BenchModels, compare_models: o.Compare = False, batch: o.BenchBatch = None, seq_len: o.SeqLen = None,
     warmup: o.Warmup = None, iterations: o.Iterations = None, duration: o.Duration = None, threads: o.Threads = None,
     inputs: o.Inputs = None, provider: o.Provider = None, isolated: o.Isolated = False, with_eval: o.WithEval = False,
-    data: o.Data = None, seed: o.Seed = None, limit: o.Limit = None, as_json: o.Json = False, wide: o.Wide = False,
+    data: o.Data = None, seed: o.Seed = None, part: o.Part = None, limit: o.Limit = None, as_json: o.Json = False,
+    wide: o.Wide = False,
 ) -> None:
     """Latency (mean, p50, p90, p99, min, max), throughput, host memory and size of engines.
 
@@ -382,7 +383,7 @@ def bench(
         warmup=warmup, iterations=iterations, duration_seconds=duration, threads=threads, inputs=inputs,
         providers=tuple(provider) if provider else None,
     )
-    evaluation = eval_config(limit=limit, threads=threads) if with_eval else None
+    evaluation = eval_config(limit=limit, threads=threads, part=part) if with_eval else None
     result = bench_stage(models, config, data_options(data, seed), compare_models, isolated, evaluation)
     if as_json:
         return render.print_json(result)

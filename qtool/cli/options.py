@@ -12,7 +12,7 @@ from qtool.analysis.collect import CollectConfig
 from qtool.analysis.outliers import OutlierConfig
 from qtool.calibrators.methods import CALIBRATORS, PEG_GROUPINGS
 from qtool.calibrators.precision import MIXED_PRECISION_PRESETS, SCOPES
-from qtool.data.qnli import PARTS, DataConfig
+from qtool.data.qnli import EVAL_PARTS, DataConfig
 from qtool.defaults import BASE_METHOD, DEPLOY_MAX_DROP
 from qtool.deployment.bench import INPUT_KINDS, BenchConfig
 from qtool.deployment.evaluate import EvalConfig
@@ -44,7 +44,7 @@ Data = Annotated[
         "--data",
         "-d",
         help="Folder with GLUE QNLI TSV files (dev.tsv, optional train.tsv), or 'hub'. "
-        "Default: $QTOOL_DATA, else the Hugging Face hub.",
+        "A QNLI-format TSV file works too (see --part all). Default: $QTOOL_DATA, else the Hugging Face hub.",
     ),
 ]
 Seed = Annotated[
@@ -113,7 +113,11 @@ ReexportForce = Annotated[
 # -- eval ------------------------------------------------------------------------------------------
 EvalGraph = graph_argument("ONNX graph written by `qtool export` (or any QNLI classifier graph).")
 Part = Annotated[
-    str | None, typer.Option(help=f"Data part: {', '.join(PARTS)}. Default: {EvalConfig.part}.")
+    str | None,
+    typer.Option(
+        help=f"Data part: {', '.join(EVAL_PARTS)} (all: every row of the file given to --data, or of its dev.tsv). "
+        f"Default: {EvalConfig.part}."
+    ),
 ]
 Tokenizer = Annotated[
     Path | None, typer.Option(help="Tokenizer folder. Default: the one exported beside the graph.")

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 LABELS = ("entailment", "not_entailment")
 LABEL_IDS = {name: index for index, name in enumerate(LABELS)}
 PARTS = ("train", "calibration", "eval")
+ALL = "all"  # every row of the evaluation file (dev.tsv, a given TSV, or the hub's validation split), in order
+EVAL_PARTS = (*PARTS, ALL)
 HUB_DATASET = ("nyu-mll/glue", "qnli")
 DATA_ENV = "QTOOL_DATA"
 
@@ -56,6 +58,7 @@ class QnliSplit:
     name: str
     parts: dict[str, list[Example]]
     fingerprints: dict[str, str] = field(default_factory=dict)
+    all_rows: list[Example] = field(default_factory=list, repr=False)  # the evaluation file whole (part "all")
 
     def __post_init__(self) -> None:
         self.fingerprints = {part: _fingerprint(rows) for part, rows in self.parts.items()}
@@ -69,9 +72,9 @@ class QnliSplit:
         return {part: len(rows) for part, rows in self.parts.items()}
 
     def part(self, name: str) -> list[Example]:
-        if name not in self.parts:
-            raise QtoolError(f"unknown data part {name!r}; choose one of {', '.join(PARTS)}")
-        rows = self.parts[name]
+        if name not in self.parts and name != ALL:
+            raise QtoolError(f"unknown data part {name!r}; choose one of {', '.join(EVAL_PARTS)}")
+        rows = self.all_rows if name == ALL else self.parts[name]
         if not rows:
             raise QtoolError(f"the {name} part of {self.name} is empty; check --data")
         return rows
@@ -152,7 +155,7 @@ def _split_by_question(rows: list[Example], seed: int, cuts: dict[str, float]) -
     return parts
 
 
-def _from_dev_only(rows: list[Example], config: DataConfig, origin: str) -> QnliSplit:
+def _from_dev_only(rows: list[Example], config: DataConfig, label: str) -> QnliSplit:
     eval_fraction = 1.0 - config.train_fraction - config.calibration_fraction
     if eval_fraction <= 0:
         raise QtoolError("train and calibration fractions must leave room for an eval part")
@@ -162,10 +165,10 @@ def _from_dev_only(rows: list[Example], config: DataConfig, origin: str) -> Qnli
         {"train": config.train_fraction, "calibration": config.calibration_fraction, "eval": eval_fraction},
     )
     name = (
-        f"qnli:{origin}/dev.tsv question-grouped split seed={config.seed} "
+        f"qnli:{label} question-grouped split seed={config.seed} "
         f"train/calibration/eval={config.train_fraction:g}/{config.calibration_fraction:g}/{eval_fraction:g}"
     )
-    return QnliSplit(name=name, parts={p: parts[p] for p in PARTS})
+    return QnliSplit(name=name, parts={p: parts[p] for p in PARTS}, all_rows=rows)
 
 
 def _from_train_and_dev(train: list[Example], dev: list[Example], config: DataConfig, origin: str) -> QnliSplit:
@@ -178,7 +181,8 @@ def _from_train_and_dev(train: list[Example], dev: list[Example], config: DataCo
         f"qnli:{origin} train (minus a question-grouped {config.train_calibration_fraction:g} calibration "
         f"slice, seed={config.seed}) / validation as eval"
     )
-    return QnliSplit(name=name, parts={"train": held["train"], "calibration": held["calibration"], "eval": dev})
+    parts = {"train": held["train"], "calibration": held["calibration"], "eval": dev}
+    return QnliSplit(name=name, parts=parts, all_rows=dev)
 
 
 def _load_from_hub() -> tuple[list[Example], list[Example]]:
@@ -203,10 +207,15 @@ def load_qnli(config: DataConfig = DataConfig()) -> QnliSplit:
     if source == "hub":
         train, dev = _load_from_hub()
         split = _from_train_and_dev(train, dev, config, "hub")
+    elif Path(source).is_file():  # one QNLI-format TSV: split like a dev.tsv, and whole as part "all"
+        file = Path(source)
+        split = _from_dev_only(read_glue_tsv(file), config, f"{file.parent.name}/{file.name}")
     else:
         folder = Path(source)
         if not folder.is_dir():
-            raise QtoolError(f"--data {folder} is not a folder; give a folder with GLUE QNLI dev.tsv (and train.tsv)")
+            raise QtoolError(
+                f"--data {folder} does not exist; give a QNLI TSV file or a folder with GLUE QNLI dev.tsv (and train.tsv)"
+            )
         dev_path = folder / "dev.tsv"
         if not dev_path.is_file():
             raise QtoolError(f"--data {folder} has no dev.tsv; give a folder in GLUE TSV layout (train.tsv, dev.tsv)")
@@ -215,6 +224,6 @@ def load_qnli(config: DataConfig = DataConfig()) -> QnliSplit:
         if train_path.is_file():
             split = _from_train_and_dev(read_glue_tsv(train_path), dev, config, folder.name)
         else:
-            split = _from_dev_only(dev, config, folder.name)
+            split = _from_dev_only(dev, config, f"{folder.name}/dev.tsv")
     log.info("data %s: %s (fingerprint %s)", split.name, split.sizes, split.fingerprint)
     return split

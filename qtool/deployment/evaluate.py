@@ -15,6 +15,7 @@ import numpy as np
 from qtool.cache import cached_stage
 from qtool.data import LABELS, QnliSplit, make_batches, tokenize_part
 from qtool.data.batching import Batch
+from qtool.data.qnli import EVAL_PARTS
 from qtool.defaults import MAX_LENGTH
 from qtool.errors import QtoolError
 from qtool.fileio import sha256_file
@@ -35,6 +36,8 @@ class EvalConfig:
     threads: int | None = None
 
     def validate(self) -> None:
+        if self.part not in EVAL_PARTS:
+            raise QtoolError(f"--part must be one of {', '.join(EVAL_PARTS)}, got {self.part!r}")
         if self.batch_size < 1:
             raise QtoolError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:

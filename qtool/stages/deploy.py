@@ -137,6 +137,8 @@ def bench_stage(
     """`qtool bench`: latency, throughput and memory of each model (interleaved with `compare`), and
     with `evaluation` the accuracy of the same runners."""
     config.validate()
+    if evaluation is not None:
+        evaluation.validate()
     if compare:
         result = bench_compare(models, config, data_config, isolated_memory=isolated)
     else:

@@ -242,3 +242,19 @@ def test_options_and_the_graph_are_checked_before_any_data_is_loaded(tmp_path):
     _one_line_error(_run("calibrate", tmp_path / "m.onnx", *no_data), "does not exist")
     _one_line_error(_run("collect", tmp_path / "m.onnx", "--bins", "100", *no_data), "--bins")
     _one_line_error(_run("collect", tmp_path / "m.onnx", *no_data), "does not exist")
+
+
+def test_eval_part_all_scores_every_row_of_a_file_or_folder(tiny_onnx, tmp_path):
+    from tests.helpers.models import write_glue_tsv
+
+    file = write_glue_tsv(tmp_path / "external" / "my-test.tsv", rows=37, seed=11)
+    scored = json.loads(_run("eval", tiny_onnx, "--data", file, "--part", "all", "--json").stdout)
+    assert scored["examples"] == 37 and scored["data_part"] == "all" and "my-test.tsv" in scored["data_split"]["name"]
+    folder = write_glue_tsv(tmp_path / "folder" / "dev.tsv", rows=29, seed=12).parent
+    assert json.loads(_run("eval", tiny_onnx, "--data", folder, "--part", "all", "--json").stdout)["examples"] == 29
+    benched = _run("bench", tiny_onnx, "--eval", "--part", "all", "--data", file, "--iterations", "2", "--json")
+    assert json.loads(benched.stdout)["accuracy"][str(tiny_onnx)]["examples"] == 37
+    broken = tmp_path / "broken.tsv"
+    broken.write_text(file.read_text() + "38\tonly a question\n")
+    _one_line_error(_run("eval", tiny_onnx, "--data", broken, "--part", "all"), "broken.tsv")
+    _one_line_error(_run("eval", tiny_onnx, "--data", file, "--part", "everything"), "--part")
