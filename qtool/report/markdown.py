@@ -30,9 +30,10 @@ def _pct(value: float) -> str:
 
 def _latency_cells(latency: dict | None) -> str:
     if not latency:
-        return "- | - | - | -"
+        return "- | - | - | - | -"
     return (
         f"{latency['p50_ms']:.1f} | {latency['throughput_per_s']:.1f} | {latency['runner_rss_mb']:.0f} | "
+        f"{latency.get('peak_rss_mb', 0):.0f} | "
         f"{latency['size_mb']:.1f}"
     )
 
@@ -62,8 +63,8 @@ def accuracy_table(result: dict) -> list[str]:
     fp32 = next(r for r in result["results"] if r["configuration"] == "fp32")["accuracy"]
     lines = [
         "| configuration | scope | quantized points | accuracy % | 95 % CI | vs FP32 (points) | published (BERT-base) % "
-        "| p50 ms | throughput seq/s | runner RSS MB | size MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| p50 ms | throughput seq/s | session RSS MB | peak RSS MB | size MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["results"]:
         low, high = row["accuracy_ci95"]
@@ -196,9 +197,11 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         PUBLISHED_NOTE,
         "",
         f"Latency: ONNX Runtime CPU form of each graph, batch x sequence "
-        f"{_shape(result)}, {result['environment'].get('threads')} threads, p50 of timed runs after warm-up; host memory "
-        "is the resident memory added by creating the session. Measured one configuration after another, so machine "
-        "noise is not shared; use `qtool bench --compare` for interleaved ratios.",
+        f"{_shape(result)}, {result['environment'].get('threads')} threads, p50 of timed runs after warm-up. Each "
+        "configuration runs in a process of its own: session RSS is the resident memory that creating its ONNX Runtime "
+        "session added (weights, buffers), peak RSS the most the process held above its baseline while running. "
+        "Measured one configuration after another, so machine noise is not shared; use `qtool bench --compare` for "
+        "interleaved ratios.",
         "",
         *_section("Migrating activation range into the weights", smoothing_table(result), SMOOTHING_NOTE),
         *_section("Automatic mixed precision", search_lines(result)),

@@ -84,24 +84,29 @@ def deployed_form(graph: Path) -> Path:
 
 
 def latency_stage(graph: Path, split: QnliSplit, config: BenchConfig) -> dict:
-    """Latency of the deployed CPU form of `graph` at the first batch and sequence length of
-    `config`, on eval pairs, cached beside it (`<form>.bench.json`) by content and settings."""
+    """Latency and memory of the deployed CPU form of `graph` at the first batch and sequence length
+    of `config`, on eval pairs, cached beside it (`<form>.bench.json`) by content and settings.
+
+    Each form runs in a process of its own, so the resident memory its session adds (weights,
+    buffers, ONNX Runtime's arena) and the peak are its own, not what earlier sessions left behind."""
     deployed = deployed_form(graph)
     batch, seq_len = config.batch_sizes[0], config.sequence_lengths[0]
 
     def run() -> dict:
         feeds = benchmark_inputs(tokenizer_for(graph), split.part("eval"), batch, seq_len)
-        measured = run_benchmark(runner_factory(deployed, config.threads), feeds, config)
+        measured = run_benchmark(runner_factory(deployed, config.threads), feeds, config, isolated=True)
         return {
             "graph": str(deployed),
             "batch": batch,
             "sequence_length": seq_len,
             **measured["latency"],
-            "runner_rss_mb": measured["memory"].get("rss_runner_added_bytes", 0) / 2**20,
+            "runner_rss_mb": measured["memory"]["rss_runner_added_bytes"] / 2**20,
+            "peak_rss_mb": measured["memory"]["rss_peak_added_bytes"] / 2**20,
+            "memory_scope": measured["memory"]["scope"],
             "size_mb": measured["model_bytes"] / 2**20,
         }
 
-    key = {"graph_sha256": sha256_file(deployed), "bench": config.to_record()}
+    key = {"graph_sha256": sha256_file(deployed), "bench": config.to_record(), "memory": "isolated process"}
     return {**cached_stage(deployed.with_name(deployed.name + ".bench.json"), key, run), "graph": str(deployed)}
 
 

@@ -198,6 +198,8 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     assert searched["search"]["curve"][0]["float_points"] == 0 and "search_max-all-mp-auto0.5" in summary["figures"]
     assert summary["results"][3]["params"]["calibration_pairs"] == 16
     assert all(r["latency"]["p50_ms"] > 0 for r in summary["results"])
+    assert {r["latency"]["memory_scope"] for r in summary["results"]} == {"isolated process"}  # one process each
+    assert all(r["latency"]["peak_rss_mb"] >= r["latency"]["runner_rss_mb"] > 0 for r in summary["results"])
     assert (artifacts / "report" / "report.html").read_text().count("data:image/png;base64") >= 4
     for row in summary["results"]:
         low, high = row["accuracy_ci95"]
