@@ -1,21 +1,48 @@
-"""What to deploy: the fastest configuration within an accuracy budget."""
+"""What to deploy: the fastest configuration within an accuracy budget, decided on an interleaved run."""
 
 from __future__ import annotations
 
+import statistics
 
-def recommend(rows: list[dict], max_drop: float) -> dict | None:
-    """The fastest configuration whose accuracy is within `max_drop` points of FP32."""
+
+def within_budget(rows: list[dict], max_drop: float) -> list[dict]:
+    """The rows (FP32 first) whose accuracy is within `max_drop` points of FP32 and that were timed."""
     fp32 = rows[0]["accuracy"]
-    eligible = [r for r in rows if r.get("latency") and 100 * (fp32 - r["accuracy"]) <= max_drop]
-    if not eligible:
+    return [r for r in rows if r.get("latency") and 100 * (fp32 - r["accuracy"]) <= max_drop]
+
+
+def recommend(rows: list[dict], max_drop: float, comparison: dict | None) -> dict | None:
+    """The winner, the runner-up and the margin between them, from `comparison`: the p50 of each
+    candidate in every repeat of an interleaved run (`{"p50_ms": {name: [per repeat]}, ...}`).
+    The spread of a candidate is (slowest - fastest repeat) / median: a margin inside the spread is
+    noise, and the advice says so."""
+    eligible = within_budget(rows, max_drop)
+    if not eligible or not comparison:
         return None
-    best = min(eligible, key=lambda r: r["latency"]["p50_ms"])
-    return {
+    runs = comparison["p50_ms"]
+    median = {name: statistics.median(values) for name, values in runs.items()}
+    spread = {name: (max(values) - min(values)) / median[name] for name, values in runs.items()}
+    ranked = sorted((r for r in eligible if r["configuration"] in median), key=lambda r: median[r["configuration"]])
+    best = ranked[0]
+    fp32 = rows[0]
+    advice = {
         "configuration": best["configuration"],
         "max_drop_points": max_drop,
         "accuracy": best["accuracy"],
-        "drop_points": 100 * (fp32 - best["accuracy"]),
-        "p50_ms": best["latency"]["p50_ms"],
-        "speedup_vs_fp32": rows[0]["latency"]["p50_ms"] / best["latency"]["p50_ms"],
+        "drop_points": 100 * (fp32["accuracy"] - best["accuracy"]),
+        "p50_ms": median[best["configuration"]],
+        "speedup_vs_fp32": median[fp32["configuration"]] / median[best["configuration"]],
+        "spread": spread[best["configuration"]],
+        "repeats": comparison["repeats"],
+        "candidates": len(ranked),
     }
-
+    if len(ranked) > 1:
+        second = ranked[1]["configuration"]
+        margin = median[second] / median[best["configuration"]] - 1
+        advice |= {
+            "runner_up": second,
+            "runner_up_p50_ms": median[second],
+            "margin": margin,
+            "margin_within_spread": margin <= max(spread[best["configuration"]], spread[second]),
+        }
+    return advice

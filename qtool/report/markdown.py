@@ -50,13 +50,25 @@ def deploy_paragraph(result: dict) -> list[str]:
         if advice["configuration"] == "fp32"
         else "qtool's graph in its ONNX Runtime CPU form, `qtool build --backend ort`"
     )
-    return [
-        f"Within {advice['max_drop_points']:g} accuracy point(s) of FP32, the fastest configuration on this machine is "
-        f"`{advice['configuration']}` ({form}): {100 * advice['accuracy']:.2f} % "
-        f"({-advice['drop_points']:+.2f} points vs FP32), p50 {advice['p50_ms']:.1f} ms, "
-        f"{advice['speedup_vs_fp32']:.2f}x the speed of FP32. Latencies come from one run per configuration; "
-        "confirm a close call with `qtool bench --compare`."
+    lines = [
+        f"Within {advice['max_drop_points']:g} accuracy point(s) of FP32, the fastest of the {advice['candidates']} "
+        f"configurations in budget on this machine is `{advice['configuration']}` ({form}): "
+        f"{100 * advice['accuracy']:.2f} % ({-advice['drop_points']:+.2f} points vs FP32), p50 {advice['p50_ms']:.1f} ms, "
+        f"{advice['speedup_vs_fp32']:.2f}x the speed of FP32. The candidates ran interleaved (all sessions loaded, "
+        f"round-robin on the same inputs), {advice['repeats']} times; p50 is the median of those runs."
     ]
+    if "runner_up" in advice:
+        verdict = (
+            "within the run-to-run spread, so the two are level on this machine"
+            if advice["margin_within_spread"]
+            else "beyond the run-to-run spread"
+        )
+        lines.append(
+            f"Runner-up: `{advice['runner_up']}`, p50 {advice['runner_up_p50_ms']:.1f} ms; the winner is "
+            f"{100 * advice['margin']:.1f} % faster (spread of the winner's repeats {100 * advice['spread']:.1f} %), "
+            f"{verdict}."
+        )
+    return lines
 
 
 def accuracy_table(result: dict) -> list[str]:

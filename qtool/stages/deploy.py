@@ -18,6 +18,7 @@ from qtool.deployment.bench import (
     bench_compare,
     bench_model,
     benchmark_inputs,
+    compare,
     run_benchmark,
     runner_factory,
     tokenizer_for_model,
@@ -108,6 +109,27 @@ def latency_stage(graph: Path, split: QnliSplit, config: BenchConfig) -> dict:
 
     key = {"graph_sha256": sha256_file(deployed), "bench": config.to_record(), "memory": "isolated process"}
     return {**cached_stage(deployed.with_name(deployed.name + ".bench.json"), key, run), "graph": str(deployed)}
+
+
+def interleaved_comparison(
+    graphs: dict[str, Path], split: QnliSplit, config: BenchConfig, record: Path, repeats: int = 3
+) -> dict:
+    """p50 of every graph in `repeats` interleaved runs (all sessions loaded, round-robin on the same
+    eval inputs), cached in `record` by the graphs' content and the settings. The first graph's
+    tokenizer makes the inputs."""
+    batch, seq_len = config.batch_sizes[0], config.sequence_lengths[0]
+
+    def run() -> dict:
+        feeds = benchmark_inputs(tokenizer_for(next(iter(graphs.values()))), split.part("eval"), batch, seq_len)
+        candidates = [(name, runner_factory(graph, config.threads)) for name, graph in graphs.items()]
+        p50: dict[str, list[float]] = {name: [] for name in graphs}
+        for _ in range(repeats):
+            for candidate in compare(candidates, feeds, config)["candidates"]:
+                p50[candidate["name"]].append(candidate["latency"]["p50_ms"])
+        return {"p50_ms": p50, "repeats": repeats, "batch": batch, "sequence_length": seq_len}
+
+    key = {"graphs": {name: sha256_file(graph) for name, graph in graphs.items()}, "bench": config.to_record()}
+    return cached_stage(record, key | {"repeats": repeats}, run, description="the interleaved comparison")
 
 
 def engine_accuracy(

@@ -34,13 +34,13 @@ from qtool.progress import progress_bar
 from qtool.quantization.calibration import CalibrateConfig
 from qtool.quantization.ort_quantizers import PEERS, quantize_with_ort
 from qtool.quantization.search import SearchConfig, auto_recipe_name
-from qtool.report.advice import recommend
+from qtool.report.advice import recommend, within_budget
 from qtool.report.figures import write_study_figures
 from qtool.report.html import write_html_report
 from qtool.report.intervals import wilson_interval
 from qtool.report.markdown import write_markdown_report
 from qtool.stages.calibrate import calibrate_stage
-from qtool.stages.deploy import latency_stage
+from qtool.stages.deploy import interleaved_comparison, latency_stage
 from qtool.stages.model import export_stage
 from qtool.stages.statistics import analyze_stage, collect_stage
 
@@ -207,6 +207,16 @@ def _calibrated_row(
     return _result_row(name, made.qdq_graph, evaluation, calibration.scope, extra)
 
 
+def _recommendation(rows: list[dict], split: QnliSplit, config: ReproduceConfig, folder: Path) -> dict | None:
+    """What to deploy: every configuration within the budget, timed again side by side (interleaved)."""
+    eligible = within_budget(rows, config.max_drop)
+    graphs = {row["configuration"]: Path(row["latency"]["graph"]) for row in eligible}
+    if not graphs:
+        return None
+    comparison = interleaved_comparison(graphs, split, config.bench, folder / "deploy-comparison.json")
+    return recommend(rows, config.max_drop, comparison)
+
+
 def _environment(config: ReproduceConfig) -> dict:
     return {
         "platform": platform.platform(),
@@ -255,7 +265,7 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
         },
         "analysis": {"layers": analysis["layers"], "definitions": analysis["definitions"], "files": analysis_paths},
         "results": rows,
-        "recommendation": recommend(rows, config.max_drop),
+        "recommendation": _recommendation(rows, split, config, artifacts / "report"),
         "environment": _environment(config),
     }
     write_study_report(result, artifacts / "report", analysis_paths)

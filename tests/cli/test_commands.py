@@ -199,6 +199,8 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     assert summary["results"][3]["params"]["calibration_pairs"] == 16
     assert all(r["latency"]["p50_ms"] > 0 for r in summary["results"])
     assert {r["latency"]["memory_scope"] for r in summary["results"]} == {"isolated process"}  # one process each
+    advice = summary["recommendation"]
+    assert advice["repeats"] == 3 and advice["candidates"] >= 1 and "interleaved" in report_text(artifacts)
     assert all(r["latency"]["peak_rss_mb"] >= r["latency"]["runner_rss_mb"] > 0 for r in summary["results"])
     assert (artifacts / "report" / "report.html").read_text().count("data:image/png;base64") >= 4
     for row in summary["results"]:
@@ -235,6 +237,10 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         "reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--config-file", extra
     )
     _one_line_error(bad, "unknown keys")
+
+
+def report_text(artifacts: Path) -> str:
+    return (artifacts / "report" / "report.md").read_text()
 
 
 def test_options_and_the_graph_are_checked_before_any_data_is_loaded(tmp_path):
