@@ -88,15 +88,35 @@ def accuracy_by_parameter(result: dict, method: str, key: str, label: str, path:
     return save_figure(figure, path)
 
 
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """The rows no other row beats on both latency and accuracy, fastest first."""
+    front: list[dict] = []
+    for row in sorted(rows, key=lambda r: (r["latency"]["p50_ms"], -r["accuracy"])):
+        if not front or row["accuracy"] > front[-1]["accuracy"]:
+            front.append(row)
+    return front
+
+
 def accuracy_against_latency(result: dict, path: Path) -> Path | None:
+    """Every configuration as a point; the Pareto front (nothing both faster and more accurate) drawn
+    as a line and labelled, the others left unlabelled so the labels stay legible."""
     rows = [r for r in result["results"] if r.get("latency")]
     if not rows:
         return None
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(8, 5))
-    for row in rows:
-        axis.scatter(row["latency"]["p50_ms"], 100 * row["accuracy"])
-        axis.annotate(row["configuration"], (row["latency"]["p50_ms"], 100 * row["accuracy"]), fontsize=7)
+    front = pareto_front(rows)
+    others = [r for r in rows if r not in front]
+    axis.scatter(
+        [r["latency"]["p50_ms"] for r in others], [100 * r["accuracy"] for r in others], color="silver", label="other"
+    )
+    xs, ys = [r["latency"]["p50_ms"] for r in front], [100 * r["accuracy"] for r in front]
+    axis.plot(xs, ys, drawstyle="steps-post", color="tab:blue", alpha=0.5)
+    axis.scatter(xs, ys, color="tab:blue", zorder=3, label="Pareto front")
+    for index, row in enumerate(front):  # labels alternate above and below the line
+        offset = (4, 6) if index % 2 == 0 else (4, -12)
+        axis.annotate(row["configuration"], (xs[index], ys[index]), xytext=offset, textcoords="offset points", fontsize=7)
+    axis.legend(loc="lower right")
     axis.set_xlabel(
         f"p50 latency ms (ONNX Runtime CPU, batch {rows[0]['latency']['batch']} x "
         f"{rows[0]['latency']['sequence_length']})"

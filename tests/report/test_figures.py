@@ -57,3 +57,20 @@ def test_peg_figure_draws_both_groupings_with_one_group_in_each(drawn, tmp_path)
         "equal groups": [1, 2, 3, 4],
         "optimal groups": [1, 2, 3, 4],
     }
+
+
+def test_latency_figure_draws_every_configuration_and_labels_the_front(drawn, tmp_path):
+    rows = [
+        {"configuration": name, "accuracy": accuracy, "latency": {"p50_ms": p50, "batch": 1, "sequence_length": 128}}
+        for name, accuracy, p50 in (
+            ("fp32", 0.82, 10.0), ("fast-bad", 0.50, 3.0), ("mid", 0.81, 5.0), ("slow-worse", 0.80, 8.0),
+            ("best", 0.821, 6.0),
+        )
+    ]
+    # fp32 and slow-worse are beaten by "best" on both counts
+    assert [r["configuration"] for r in figures.pareto_front(rows)] == ["fast-bad", "mid", "best"]
+    figures.accuracy_against_latency({"model": "m", "results": rows}, tmp_path / "l.png")
+    axis = drawn[0].axes[0]
+    drawn_points = sum(len(collection.get_offsets()) for collection in axis.collections)
+    assert drawn_points == len(rows)
+    assert sorted(text.get_text() for text in axis.texts) == sorted(["fast-bad", "mid", "best"])
