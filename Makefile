@@ -13,8 +13,8 @@ STAMP := $(VENV)/.qtool-installed
 
 # The study subset on a 12-layer, 768-wide model (all-mpnet-base-v2, fetched from the package index).
 MPNET_DIR ?= $(HOME)/.cache/qtool-models/all-mpnet-base-v2
-MPNET_CONFIGS := fp32 max-all max-gemm-inputs percentile-99.9-all percentile-99.99-all peg-k3-all peg-k4-all \
-	peg-k6-all max-all-mp-paper max-all-mp-outliers max-all-mp-auto0.5 ort-static-minmax ort-static-percentile \
+MPNET_CONFIGS := fp32 max-all max-gemm-inputs percentile-99.9-all percentile-99.99-all peg-k3-equal-all \
+	peg-k4-equal-all peg-k6-equal-all peg-k2-all peg-k4-all max-all-mp-paper max-all-mp-outliers max-all-mp-auto0.5 ort-static-minmax ort-static-percentile \
 	ort-static-entropy ort-dynamic
 
 .PHONY: setup test reproduce reproduce-mpnet lint clean

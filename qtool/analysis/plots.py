@@ -61,6 +61,9 @@ def energy_by_layer(reports: list[dict], path: Path, title: str) -> Path:
 def residual_heatmap(stats: ActivationStats, path: Path, title: str) -> Path:
     plt = pyplot()
     points = [p for p in stats.points if p.role in RESIDUAL_ROLES]
+    # The residual stream's width; ELECTRA's narrower embedding sum (before its projection) is left out.
+    width = stats.stats[points[-1].name].channel_absmax.size
+    points = [p for p in points if stats.stats[p.name].channel_absmax.size == width]
     matrix = np.stack([stats.stats[p.name].channel_absmax for p in points])
     figure, axis = plt.subplots(figsize=(11, 0.35 * len(points) + 2))
     image = axis.imshow(np.log10(np.maximum(matrix, 1e-3)), aspect="auto", cmap="magma", interpolation="nearest")

@@ -69,10 +69,15 @@ def rounding_noise(ranges: np.ndarray, bounds: list[int]) -> float:
 
 def optimal_group_starts(ranges: np.ndarray, groups: int) -> list[int]:
     """Where each of `groups` contiguous groups of `ranges` (channel max |x|, in grouping order)
-    starts so that `rounding_noise` is smallest: exact dynamic programming over every split, ties
-    to the earliest boundary, so the result is deterministic."""
+    starts so that `rounding_noise` is smallest: exact dynamic programming over every split. Among
+    equal splits the one whose cuts come earliest, last cut first, wins, so the result is
+    deterministic."""
     ranges = np.asarray(ranges, dtype=np.float64)
     width = ranges.size
+    if not 1 <= groups <= width:
+        raise QtoolError(f"--groups {groups} must be between 1 and the {width} channels")
+    if not np.all(np.isfinite(ranges)) or np.any(np.abs(ranges) > 1e150):
+        raise QtoolError("a channel range is not finite; collect the statistics again (`qtool collect --force`)")
     # cost[j]: the least noise of the first j channels in the groups so far; last[k, j]: where the
     # k-th group starts in that best split.
     cost = np.full(width + 1, np.inf)

@@ -40,7 +40,8 @@ class Example:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where QNLI comes from and how it is split. `source`: a GLUE TSV folder, or `hub`."""
+    """Where QNLI comes from and how it is split. `source`: a GLUE TSV folder, one QNLI-format TSV
+    file (split like a dev.tsv), or `hub`."""
 
     source: str | None = None
     seed: int = SEED
@@ -209,7 +210,7 @@ def load_qnli(config: DataConfig = DataConfig()) -> QnliSplit:
         split = _from_train_and_dev(train, dev, config, "hub")
     elif Path(source).is_file():  # one QNLI-format TSV: split like a dev.tsv, and whole as part "all"
         file = Path(source)
-        split = _from_dev_only(read_glue_tsv(file), config, f"{file.parent.name}/{file.name}")
+        split = _from_dev_only(read_glue_tsv(file), config, f"{file.resolve().parent.name}/{file.name}")
     else:
         folder = Path(source)
         if not folder.is_dir():

@@ -176,8 +176,10 @@ def find_quant_points(model: onnx.ModelProto, path_hint: str = "the model") -> l
     add("embeddings.output", "embeddings_output", None, embeddings_ln.output[0])
     hidden = embeddings_ln.output[0]
     projected = graph.projections_of(hidden)
-    if len(projected) == 1:  # ELECTRA: embeddings narrower than the encoder, projected up to its width
-        hidden = graph.biased_output(projected[0])
+    widened = graph.biased_output(projected[0]) if len(projected) == 1 else None
+    if widened is not None and len(graph.projections_of(widened)) >= 3:
+        # ELECTRA: embeddings narrower than the encoder, projected up to its width, then read by Q, K and V
+        hidden = widened
         add("embeddings.projection", "embeddings_projection", None, hidden)
 
     layer = 0

@@ -21,7 +21,7 @@ from qtool.data.batching import padded_feeds
 from qtool.defaults import MAX_LENGTH
 from qtool.errors import QtoolError
 from qtool.fileio import atomic_path
-from qtool.graph import save_derived_graph
+from qtool.graph import load_model, save_derived_graph
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def quantize_with_ort(
         else:
             pairs = samples if method == "MinMax" else min(samples, HISTOGRAM_PAIRS)
             examples, _ = calibration_examples(split, pairs)
-            inputs = {value.name for value in onnx.load(str(fp32), load_external_data=False).graph.input}
+            inputs = {value.name for value in load_model(fp32, load_external_data=False).graph.input}
             batches = [
                 {name: array for name, array in feeds.items() if name in inputs}
                 for feeds in padded_feeds(tokenizer, examples, 16, max_length)

@@ -11,6 +11,19 @@ def within_budget(rows: list[dict], max_drop: float) -> list[dict]:
     return [r for r in rows if r.get("latency") and 100 * (fp32 - r["accuracy"]) <= max_drop]
 
 
+CONTENDERS = 6  # the most configurations loaded side by side for the interleaved run
+CLOSE_CALL = 1.5  # configurations whose one-by-one p50 is within this factor of the fastest's contend
+
+
+def contenders(rows: list[dict], max_drop: float) -> list[dict]:
+    """What the interleaved run times: FP32 (the baseline) and the configurations within the budget
+    whose one-by-one p50 is within CLOSE_CALL of the fastest's, at most CONTENDERS of them, so that a
+    big model's sessions still fit in memory side by side."""
+    eligible = sorted(within_budget(rows, max_drop)[1:], key=lambda r: r["latency"]["p50_ms"])
+    close = [r for r in eligible if r["latency"]["p50_ms"] <= CLOSE_CALL * eligible[0]["latency"]["p50_ms"]]
+    return [rows[0], *close[:CONTENDERS]] if rows[0].get("latency") else close[:CONTENDERS]
+
+
 def recommend(rows: list[dict], max_drop: float, comparison: dict | None) -> dict | None:
     """The winner, the runner-up and the margin between them, from `comparison`: the p50 of each
     candidate in every repeat of an interleaved run (`{"p50_ms": {name: [per repeat]}, ...}`).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qtool.fileio import write_text
+from qtool.report.advice import CLOSE_CALL, CONTENDERS
 
 # The reference study (arXiv 2603.04308): BERT-base fine-tuned on GLUE QNLI, validation accuracy.
 PUBLISHED = {
@@ -40,7 +41,7 @@ def _latency_cells(latency: dict | None) -> str:
 
 def deploy_paragraph(result: dict) -> list[str]:
     advice = result.get("recommendation")
-    if advice is None:
+    if advice is None or advice["configuration"] == "fp32" and "runner_up" not in advice:
         return ["No quantized configuration stays within the accuracy budget; deploy FP32 or widen the budget."]
     row = next(r for r in result["results"] if r["configuration"] == advice["configuration"])
     form = (
@@ -52,7 +53,8 @@ def deploy_paragraph(result: dict) -> list[str]:
     )
     lines = [
         f"Within {advice['max_drop_points']:g} accuracy point(s) of FP32, the fastest of the {advice['candidates']} "
-        f"configurations in budget on this machine is `{advice['configuration']}` ({form}): "
+        f"close calls on this machine (FP32 and the configurations in budget within {CLOSE_CALL:g}x of the fastest "
+        f"one-by-one p50, at most {CONTENDERS}) is `{advice['configuration']}` ({form}): "
         f"{100 * advice['accuracy']:.2f} % ({-advice['drop_points']:+.2f} points vs FP32), p50 {advice['p50_ms']:.1f} ms, "
         f"{advice['speedup_vs_fp32']:.2f}x the speed of FP32. The candidates ran interleaved (all sessions loaded, "
         f"round-robin on the same inputs), {advice['repeats']} times; p50 is the median of those runs."

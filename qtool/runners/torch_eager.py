@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qtool.errors import QtoolError
 from qtool.runners.base import Runner
 
 # What QNLI pairs are tokenized into; a model takes the ones its forward() accepts.
@@ -26,6 +27,8 @@ def model_input_names(model, tokenizer=None) -> tuple[str, ...]:
     produced = getattr(tokenizer, "model_input_names", TOKEN_INPUTS) if tokenizer is not None else TOKEN_INPUTS
     if "token_type_ids" in names and (segments < 2 or "token_type_ids" not in produced):
         names.remove("token_type_ids")
+    if "input_ids" not in names:
+        raise QtoolError(f"{type(model).__name__}.forward takes no input_ids by keyword; qtool feeds BERT-family models")
     return tuple(sorted(names, key=accepted.index))
 
 

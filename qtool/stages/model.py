@@ -46,7 +46,8 @@ def export_stage(
         model, split, finetune_config, Path(artifacts), config.max_length, allow_finetune=allow_finetune
     )
     target = Path(output or Path(artifacts) / source.slug / "fp32.onnx")
-    key = {"model_sha256": source.content_hash, "config": asdict(config)}
+    # "inputs": exports before keyword inputs (2026-11-30) fed RoBERTa token types; they are made again.
+    key = {"model_sha256": source.content_hash, "config": asdict(config), "inputs": "model_input_names"}
     force = force or not (target.parent / TOKENIZER_DIR).is_dir()  # the graph is read with its tokenizer
     manifest = cached_stage(
         manifest_path(target), key, lambda: export_onnx(source, split, target, config), artifact=target, force=force

@@ -34,7 +34,7 @@ from qtool.progress import progress_bar
 from qtool.quantization.calibration import CalibrateConfig
 from qtool.quantization.ort_quantizers import PEERS, quantize_with_ort
 from qtool.quantization.search import SearchConfig, auto_recipe_name
-from qtool.report.advice import recommend, within_budget
+from qtool.report.advice import contenders, recommend
 from qtool.report.figures import write_study_figures
 from qtool.report.html import write_html_report
 from qtool.report.intervals import wilson_interval
@@ -133,6 +133,8 @@ def load_configuration_file(path: Path) -> tuple[tuple[str, CalibrateConfig], ..
     known = set(CalibrateConfig.__dataclass_fields__)
     loaded = []
     for name, options in tables.items():
+        if name == FP32 or name in PEERS:
+            raise QtoolError(f"{path}: configuration {name!r} is taken by a built-in row; choose another name")
         unknown = sorted(set(options) - known)
         if unknown:
             raise QtoolError(f"{path}: configuration {name!r} has unknown keys {unknown}; valid keys: {sorted(known)}")
@@ -208,9 +210,8 @@ def _calibrated_row(
 
 
 def _recommendation(rows: list[dict], split: QnliSplit, config: ReproduceConfig, folder: Path) -> dict | None:
-    """What to deploy: every configuration within the budget, timed again side by side (interleaved)."""
-    eligible = within_budget(rows, config.max_drop)
-    graphs = {row["configuration"]: Path(row["latency"]["graph"]) for row in eligible}
+    """What to deploy: the close calls within the budget, timed again side by side (interleaved)."""
+    graphs = {row["configuration"]: Path(row["latency"]["graph"]) for row in contenders(rows, config.max_drop)}
     if not graphs:
         return None
     comparison = interleaved_comparison(graphs, split, config.bench, folder / "deploy-comparison.json")

@@ -128,3 +128,15 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_dev_file_splits_like_its_folder_wherever_it_is_named_from(tmp_path, monkeypatch):
+    from qtool.data import DataConfig, load_qnli
+
+    file = write_glue_tsv(tmp_path / "QNLI" / "dev.tsv", rows=120)
+    by_folder = load_qnli(DataConfig(source=str(file.parent)))
+    monkeypatch.chdir(file.parent)
+    for source in (str(file), "dev.tsv"):
+        split = load_qnli(DataConfig(source=source))
+        assert split.fingerprint == by_folder.fingerprint and split.name == by_folder.name
+        assert len(split.part("all")) == 120

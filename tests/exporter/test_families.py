@@ -62,6 +62,15 @@ def test_export_takes_the_inputs_of_the_family_with_parity(exported):
     assert len({shape[1] for shape in manifest["parity"]["batch_shapes"]}) >= 3  # several lengths
 
 
+def test_analyze_draws_every_family(exported, tmp_path):
+    from qtool.analysis.outliers import OutlierConfig
+    from qtool.stages.statistics import analyze_stage
+
+    stats, _ = collect_stage(exported["graph"], exported["split"])
+    document, paths = analyze_stage(stats, OutlierConfig(), tmp_path / "analysis")
+    assert {"residual_heatmap", "kurtosis_by_layer"} <= set(paths) and len(document["points"]) == len(stats.points)
+
+
 def test_points_have_the_same_names_in_every_family(exported):
     points = [p.name for p in find_quant_points(onnx.load(str(exported["graph"])))]
     head = ["embeddings.sum", "embeddings.output"]

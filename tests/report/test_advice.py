@@ -30,3 +30,16 @@ def test_a_margin_inside_the_spread_is_called_level():
     comparison = {"p50_ms": {"fp32": [10.0, 10.0, 10.0], "a": [5.0, 5.4, 4.8], "b": [5.1, 5.0, 5.2]}, "repeats": 3}
     advice = recommend(ROWS, 1.0, comparison)
     assert advice["margin_within_spread"]
+
+
+def test_only_close_calls_are_loaded_side_by_side():
+    from qtool.report.advice import CONTENDERS, contenders
+
+    rows = [ROWS[0]] + [
+        {"configuration": f"q{i}", "accuracy": 0.819, "latency": {"p50_ms": 5.0 + i}} for i in range(10)
+    ]
+    chosen = [r["configuration"] for r in contenders(rows, 1.0)]
+    assert chosen[0] == "fp32" and chosen[1:] == ["q0", "q1", "q2"]  # 5, 6, 7 ms are within 1.5x of 5 ms
+    many = [ROWS[0]] + [{"configuration": f"q{i}", "accuracy": 0.819, "latency": {"p50_ms": 5.0}} for i in range(9)]
+    assert len(contenders(many, 1.0)) == 1 + CONTENDERS
+    assert [r["configuration"] for r in contenders([ROWS[0], ROWS[3]], 1.0)] == ["fp32"]
