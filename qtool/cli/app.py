@@ -293,13 +293,13 @@ def calibrate_configs(method, base_method, search_options: dict, recipe_options:
 @command()
 def calibrate(
     model_path: o.Fp32Graph, method: o.Method = None, p: o.Percentile = None, groups: o.Groups = None,
-    grouping: o.Grouping = None, permute: o.Permute = True, scope: o.Scope = None, weights: o.Weights = None, keep_fp: o.KeepFp = None,
-    mixed_precision: o.MixedPrecision = None, outlier_ratio: o.OutlierRatio = None, smooth: o.Smooth = None,
-    base_method: o.BaseMethod = None, max_drop: o.SearchMaxDrop = None, tune_samples: o.TuneSamples = None,
-    sensitivity_samples: o.SensitivitySamples = None, stats: o.Stats = None, out: o.CalibrationOut = None,
-    evaluate_accuracy: o.EvaluateAccuracy = True, data: o.Data = None, seed: o.Seed = None,
-    samples: o.Samples = None, batch_size: o.BatchSize = None, limit: o.Limit = None, threads: o.Threads = None,
-    as_json: o.Json = False,
+    grouping: o.Grouping = None, permute: o.Permute = True, scope: o.Scope = None, weights: o.Weights = None,
+    keep_fp: o.KeepFp = None, mixed_precision: o.MixedPrecision = None, outlier_ratio: o.OutlierRatio = None,
+    smooth: o.Smooth = None, base_method: o.BaseMethod = None, max_drop: o.SearchMaxDrop = None,
+    tune_samples: o.TuneSamples = None, sensitivity_samples: o.SensitivitySamples = None, stats: o.Stats = None,
+    out: o.CalibrationOut = None, evaluate_accuracy: o.EvaluateAccuracy = True, data: o.Data = None,
+    seed: o.Seed = None, samples: o.Samples = None, batch_size: o.BatchSize = None, limit: o.Limit = None,
+    threads: o.Threads = None, as_json: o.Json = False,
 ) -> None:
     """Compute activation scales with one method and write the calibration JSON and the QDQ graph.
 
@@ -318,8 +318,8 @@ def calibrate(
         method, base_method,
         dict(max_drop=max_drop, tune_samples=tune_samples, sensitivity_samples=sensitivity_samples,
              batch_size=batch_size, threads=threads, max_length=max_length),
-        dict(p=p, groups=groups, grouping=grouping, permute=permute, scope=scope, weights=weights, keep_fp=tuple(keep_fp or ()),
-             mixed_precision=mixed_precision, outlier_ratio=outlier_ratio, smooth=smooth),
+        dict(p=p, groups=groups, grouping=grouping, permute=permute, scope=scope, weights=weights,
+             keep_fp=tuple(keep_fp or ()), mixed_precision=mixed_precision, outlier_ratio=outlier_ratio, smooth=smooth),
     )
     collect, evaluation = collect_config(samples, batch_size, threads, max_length), None
     if evaluate_accuracy:

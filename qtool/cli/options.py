@@ -70,8 +70,12 @@ BatchSize = Annotated[
         show_default=False,
     ),
 ]
-Limit = Annotated[int | None, typer.Option("--limit", help="Evaluate only the first N pairs of the part (for quick checks).")]
-Threads = Annotated[int | None, typer.Option("--threads", help="Intra-op threads for ONNX Runtime. Default: all cores.")]
+Limit = Annotated[
+    int | None, typer.Option("--limit", help="Evaluate only the first N pairs of the part (for quick checks).")
+]
+Threads = Annotated[
+    int | None, typer.Option("--threads", help="Intra-op threads for ONNX Runtime. Default: all cores.")
+]
 Force = Annotated[bool, typer.Option("--force", help="Recompute even if a matching cached result exists.")]
 Samples = Annotated[
     int | None,
@@ -80,7 +84,9 @@ Samples = Annotated[
         help=f"Calibration pairs (calibration part, topped up from train). Default: {CollectConfig.samples}.",
     ),
 ]
-Stats = Annotated[Path | None, typer.Option("--stats", help="Statistics file. Default: <model>.stats.npz beside the graph.")]
+Stats = Annotated[
+    Path | None, typer.Option("--stats", help="Statistics file. Default: <model>.stats.npz beside the graph.")
+]
 
 
 def graph_argument(text: str):
@@ -119,9 +125,7 @@ Part = Annotated[
         f"Default: {EvalConfig.part}."
     ),
 ]
-Tokenizer = Annotated[
-    Path | None, typer.Option(help="Tokenizer folder. Default: the one exported beside the graph.")
-]
+Tokenizer = Annotated[Path | None, typer.Option(help="Tokenizer folder. Default: the one exported beside the graph.")]
 
 # -- collect and analyze ---------------------------------------------------------------------------
 Bins = Annotated[
@@ -154,11 +158,15 @@ Method = Annotated[
 ]
 Percentile = Annotated[
     float | None,
-    typer.Option("--p", help=f"Percentile of |x| for --method percentile, in (0, 100]. Default: {CalibrateConfig.p:g}."),
+    typer.Option(
+        "--p", help=f"Percentile of |x| for --method percentile, in (0, 100]. Default: {CalibrateConfig.p:g}."
+    ),
 ]
 Groups = Annotated[
     int | None,
-    typer.Option("--groups", "-k", help=f"Channel groups K for --method peg (K >= 1). Default: {CalibrateConfig.groups}."),
+    typer.Option(
+        "--groups", "-k", help=f"Channel groups K for --method peg (K >= 1). Default: {CalibrateConfig.groups}."
+    ),
 ]
 Grouping = Annotated[
     str | None,
@@ -184,7 +192,9 @@ Weights = Annotated[
 ]
 KeepFp = Annotated[
     list[str] | None,
-    typer.Option("--keep-fp", help="Keep the points matching this glob (e.g. 'layer.*.ffn.output') in float; repeatable."),
+    typer.Option(
+        "--keep-fp", help="Keep the points matching this glob (e.g. 'layer.*.ffn.output') in float; repeatable."
+    ),
 ]
 MixedPrecision = Annotated[
     str | None,
@@ -239,7 +249,9 @@ SensitivitySamples = Annotated[
 ]
 CalibrationOut = Annotated[
     Path | None,
-    typer.Option("--out", "-o", help="Folder for <recipe>.calib.json and <recipe>.qdq.onnx. Default: the graph's folder."),
+    typer.Option(
+        "--out", "-o", help="Folder for <recipe>.calib.json and <recipe>.qdq.onnx. Default: the graph's folder."
+    ),
 ]
 EvaluateAccuracy = Annotated[
     bool, typer.Option("--eval/--no-eval", help="Evaluate the QDQ graph and FP32 on the eval part.")
