@@ -4,6 +4,7 @@ MAX_LENGTH = 128  # tokens per (question, sentence) pair, special tokens include
 SEED = 0  # data split, fine-tuning and random benchmark inputs
 PERCENTILE = 99.99  # --method percentile
 PEG_GROUPS = 4  # --method peg
+PEG_FORM = "scaled"  # --method peg: how the QDQ graph writes the groups (`gathered` for TensorRT)
 PEG_GROUPING = "optimal"  # --method peg: group boundaries that minimise the expected rounding noise
 SMOOTH_ALPHA = 0.5  # SmoothQuant-style migration strength (the study's --smooth configurations)
 BASE_METHOD = "max"  # --method auto: the ranges of the points that stay quantized

@@ -16,7 +16,7 @@ from rich.markup import escape
 from qtool import __version__
 from qtool.cli import options as o
 from qtool.cli import render
-from qtool.defaults import BASE_METHOD
+from qtool.defaults import BASE_METHOD, PEG_FORM
 from qtool.errors import QtoolError
 
 app = typer.Typer(
@@ -337,11 +337,16 @@ def eval_config(batch_size=None, limit=None, threads=None, part=None):
 
 
 @command()
-def quantize(model_path: o.Fp32Graph, calibration: o.CalibrationFile, output: o.QdqOutput = None) -> None:
-    """Write the QDQ graph of an existing calibration file (refused if it was made for another model)."""
+def quantize(
+    model_path: o.Fp32Graph, calibration: o.CalibrationFile, output: o.QdqOutput = None,
+    peg_form: o.PegForm = PEG_FORM,
+) -> None:
+    """Write the QDQ graph of an existing calibration file (refused if it was made for another model).
+
+    For TensorRT, write PEG calibrations with `--peg-form gathered`."""
     from qtool.stages.calibrate import quantize_stage
 
-    render.note(f"wrote {quantize_stage(model_path, calibration, output)}")
+    render.note(f"wrote {quantize_stage(model_path, calibration, output, peg_form)}")
 
 
 @command("export-scales")

@@ -13,12 +13,12 @@ from qtool.analysis.outliers import OutlierConfig
 from qtool.calibrators.methods import CALIBRATORS, PEG_GROUPINGS
 from qtool.calibrators.precision import MIXED_PRECISION_PRESETS, SCOPES
 from qtool.data.qnli import EVAL_PARTS, DataConfig
-from qtool.defaults import BASE_METHOD, DEPLOY_MAX_DROP
+from qtool.defaults import BASE_METHOD, DEPLOY_MAX_DROP, PEG_FORM
 from qtool.deployment.bench import INPUT_KINDS, BenchConfig
 from qtool.deployment.evaluate import EvalConfig
 from qtool.deployment.trt_build import TrtBuildConfig
 from qtool.exporter.onnx_export import ExportConfig
-from qtool.exporter.qdq import WEIGHT_MODES
+from qtool.exporter.qdq import PEG_FORMS, WEIGHT_MODES
 from qtool.models.finetune import FinetuneConfig
 from qtool.quantization.calibration import CalibrateConfig
 from qtool.quantization.scale_formats import FALLBACK_TRT_VERSION, FORMATS
@@ -258,6 +258,15 @@ EvaluateAccuracy = Annotated[
 ]
 
 # -- quantize and export-scales --------------------------------------------------------------------
+PegForm = Annotated[
+    str,
+    typer.Option(
+        "--peg-form",
+        help=f"How PEG groups are written: {' or '.join(PEG_FORMS)} (scaled: per-channel scales around one "
+        "QuantizeLinear, fast on ONNX Runtime; gathered: per-tensor scales per group, the form TensorRT "
+        f"accepts). Default: {PEG_FORM}.",
+    ),
+]
 QdqOutput = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="QDQ graph to write. Default: <recipe>.qdq.onnx beside the graph."),

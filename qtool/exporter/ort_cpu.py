@@ -41,6 +41,7 @@ import logging
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -94,22 +95,38 @@ def _activations_to_uint8(graph: GraphIndex) -> int:
         scale = graph.array(node.input[1])
         if zero_point is None or scale is None or scale.size != 1:
             continue
-        quantized = node.output[0]
-        readers = graph.consumers[quantized]
-        if quantized in graph.graph_outputs or not readers:
-            continue
-        if any(reader.op_type != "DequantizeLinear" or index != 0 for reader, index in readers):
+        readers = _code_readers(graph, node.output[0])
+        if readers is None:
             log.debug("QuantizeLinear %s feeds more than DequantizeLinear; left in int8", node.name)
             continue
-        if any(_scalar_int8_zero_point(graph, reader) != zero_point for reader, _ in readers):
+        if any(_scalar_int8_zero_point(graph, reader) != zero_point for reader in readers):
             continue
         value = zero_point + UINT8_OFFSET
         if value not in zero_point_names:
             zero_point_names[value] = graph.add_initializer(f"ort_cpu/uint8_zero_point_{value}", np.uint8(value))
-        for member in (node, *(reader for reader, _ in readers)):
+        for member in (node, *readers):
             member.input[2] = zero_point_names[value]
         converted += 1
     return converted
+
+
+def _code_readers(graph: GraphIndex, codes: str) -> list[onnx.NodeProto] | None:
+    """The DequantizeLinear nodes that read the codes `codes`, directly or through Gathers of some of
+    their channels (PEG's `scaled` form); None when anything else reads them."""
+    readers = graph.consumers[codes]
+    if codes in graph.graph_outputs or not readers:
+        return None
+    found: list[onnx.NodeProto] = []
+    for reader, index in readers:
+        if index != 0:
+            return None
+        if reader.op_type == "DequantizeLinear":
+            found.append(reader)
+        elif reader.op_type == "Gather" and (gathered := _code_readers(graph, reader.output[0])):
+            found.extend(gathered)
+        else:
+            return None
+    return found
 
 
 # -- step 2: embedding tables gathered before dequantization ---------------------------------------
@@ -174,19 +191,36 @@ def _weight_dequantize(graph: GraphIndex, tensor: str) -> onnx.NodeProto | None:
     return node
 
 
-def _biased_projection(graph: GraphIndex, node: onnx.NodeProto) -> tuple[bool, str, onnx.NodeProto | None, str] | None:
-    """(weight transposed, bias tensor, bias Add or None, output) of MatMul -> Add or Gemm with a bias."""
+def _single_follower(graph: GraphIndex, tensor: str, op_type: str) -> onnx.NodeProto | None:
+    followers = graph.consumers[tensor]
+    if len(followers) != 1 or tensor in graph.graph_outputs or followers[0][0].op_type != op_type:
+        return None
+    return followers[0][0]
+
+
+class _Projection(NamedTuple):
+    transposed: bool  # the weight is [N, K] (Gemm transB=1)
+    bias: str
+    add: onnx.NodeProto | None  # the bias Add that the fused node replaces
+    total: onnx.NodeProto | None  # the Sum of a PEG split GEMM whose first partial takes the bias
+
+
+def _biased_projection(graph: GraphIndex, node: onnx.NodeProto) -> _Projection | None:
+    """MatMul -> Add(b) or Gemm with a bias, or the first partial product of a PEG split GEMM,
+    MatMul -> Sum -> Add(b), whose bias then joins that partial."""
     if node.op_type == "MatMul":
-        followers = graph.consumers[node.output[0]]
-        if len(followers) != 1 or node.output[0] in graph.graph_outputs or followers[0][0].op_type != "Add":
+        total = _single_follower(graph, node.output[0], "Sum")
+        if total is not None and total.input[0] != node.output[0]:
             return None
-        add = followers[0][0]
-        bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
-        return False, bias, add, add.output[0]
+        add = _single_follower(graph, (total or node).output[0], "Add")
+        if add is None:
+            return None
+        bias = add.input[1] if add.input[0] == (total or node).output[0] else add.input[0]
+        return _Projection(False, bias, add, total)
     if node.op_type == "Gemm" and len(node.input) == 3 and node.input[2]:
         if attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0:
             return None
-        return bool(attribute(node, "transB", 0)), node.input[2], None, node.output[0]
+        return _Projection(bool(attribute(node, "transB", 0)), node.input[2], None, None)
     return None
 
 
@@ -201,7 +235,7 @@ def _projections_to_matmul_integer_to_float(graph: GraphIndex) -> int:
         projection = _biased_projection(graph, node)
         if projection is None:
             continue
-        transposed, bias, add, output = projection
+        transposed, bias, add, total = projection
         activation_dq = _activation_dequantize(graph, node.input[0])
         weight_dq = _weight_dequantize(graph, node.input[1])
         if activation_dq is None or weight_dq is None:
@@ -229,12 +263,14 @@ def _projections_to_matmul_integer_to_float(graph: GraphIndex) -> int:
                 weight_zero_point,
                 bias_source,
             ],
-            [output],
+            [node.output[0] if total is not None or add is None else add.output[0]],
             name=node.name,
             domain=MS_DOMAIN,
         )
         if add is not None:
-            graph.replace_node(add, [])  # first: the fused node takes over the Add's output name
+            graph.replace_node(add, [])  # first: the fused node (or the Sum) takes over the Add's output
+        if total is not None:
+            total.output[0] = add.output[0]
         graph.replace_node(node, [fused_node])
         fused += 1
     return fused

@@ -1,15 +1,28 @@
 """Write a QDQ graph: QuantizeLinear/DequantizeLinear pairs at the calibrated points and weights.
 
 Activations are quantized per tensor (symmetric INT8, zero point 0); weights per output channel
-or per tensor. Per-embedding-group (PEG) ranges stay deployable with per-tensor activation
-scales only, as TensorRT requires:
+or per tensor. A per-embedding-group (PEG) range has one scale per group of channels; its QDQ graph
+comes in two forms that compute the same quantized values (`PEG_FORMS`):
 
-    X --Gather(channels of group k)--> Q(s_k) -> DQ(s_k) --> X_k            for k = 1..K
-    MatMul(X, W)  becomes  Sum_k MatMul(X_k, W[channels of group k, :])      (split GEMM)
-    any other consumer reads  Gather(Concat(X_1..X_K), inverse permutation)  (X rebuilt)
+- `scaled` (default; what ONNX Runtime runs fast). Each channel's value is divided by its group's
+  scale and quantized with scale 1, so the codes are those of the per-group quantizers:
 
-Each group is an ordinary per-tensor Q/DQ pair; the split GEMM adds the partial products of the
-groups, which equals the GEMM of the fake-quantized X. K = 1 is plain per-tensor quantization.
+      X --Div(s_c)--> Q(1) --> codes --DQ(1)--> Mul(s_c) --> X_q        (non-GEMM readers)
+      MatMul(X, W)  becomes  MatMul(DQ(codes, s_b), W with the rows outside group b zeroed)
+                             + Sum_{k != b} MatMul(DQ(Gather(codes, group k), s_k), W[group k, :])
+
+  where b is the largest group, so only the few channels of the other groups are gathered. Each
+  partial product is an ordinary integer GEMM with a per-tensor activation scale. (ONNX's per-axis
+  QuantizeLinear would say the same in one node, but ONNX Runtime's CPU kernel for a per-axis
+  scale on the last axis is about 20 times slower than Div + QuantizeLinear.)
+- `gathered` (per-tensor activation scales only, as TensorRT requires):
+
+      X --Gather(channels of group k)--> Q(s_k) -> DQ(s_k) --> X_k            for k = 1..K
+      MatMul(X, W)  becomes  Sum_k MatMul(X_k, W[channels of group k, :])      (split GEMM)
+      any other consumer reads  Gather(Concat(X_1..X_K), inverse permutation)  (X rebuilt)
+
+Both split GEMMs add partial products of the groups, which equals the GEMM of the fake-quantized
+X. K = 1 is plain per-tensor quantization.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from qtool.defaults import PEG_FORM
 from qtool.exporter.grid import quantize, weight_scales
 from qtool.exporter.points import PROJECTION_OPS, QuantPoint
 from qtool.graph import GraphIndex, attribute, live_nodes
@@ -28,6 +42,7 @@ from qtool.graph import GraphIndex, attribute, live_nodes
 log = logging.getLogger(__name__)
 
 WEIGHT_MODES = ("per-channel", "per-tensor")
+PEG_FORMS = ("scaled", "gathered")
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,8 @@ class QdqPlan:
     # Only the MatMul/Gemm readers of a point read its quantized value; other readers (a residual
     # Add) keep the float tensor. A point with no MatMul/Gemm reader is quantized for all readers.
     gemm_edges_only: bool = False
+    # How PEG points are written (see the module docstring); with switches always `gathered`.
+    peg_form: str = PEG_FORM
 
 
 def switch_input(point_name: str) -> str:
@@ -133,14 +150,22 @@ class _Writer:
         )
         return dequantized
 
-    def weight_slice(self, node: onnx.NodeProto, rows: np.ndarray, prefix: str) -> str:
-        """The rows of a MatMul weight that one PEG group multiplies (dequantized if weights are quantized)."""
+    def weight_slice(self, node: onnx.NodeProto, rows: np.ndarray, prefix: str, keep_shape: bool = False) -> str:
+        """The rows of a MatMul weight that one PEG group multiplies (dequantized if weights are
+        quantized); with `keep_shape`, the whole weight with every other row zero."""
+
+        def taken(weight: np.ndarray) -> np.ndarray:
+            if not keep_shape:
+                return weight[rows]
+            kept = np.zeros_like(weight)
+            kept[rows] = weight[rows]
+            return kept
+
         name = node.input[1]
         if name in self.quantized_weights:
             quantized, scales, axis = self.quantized_weights[name]
-            return self.dequantized_weight(f"{prefix}/weight", quantized[rows], scales, axis)
-        weight = numpy_helper.to_array(self.initializers[name])
-        return self.constant(f"{prefix}/weight", weight[rows])
+            return self.dequantized_weight(f"{prefix}/weight", taken(quantized), scales, axis)
+        return self.constant(f"{prefix}/weight", taken(numpy_helper.to_array(self.initializers[name])))
 
     # -- activations ---------------------------------------------------------------------------
     def readers(self, tensor: str) -> list[tuple[onnx.NodeProto, int]]:
@@ -166,7 +191,63 @@ class _Writer:
             for node, index in consumers:
                 self.rewire[(node.name, index)] = dequantized
             return
-        self.quantize_groups(point, groups, self.readers(point.tensor))
+        if self.plan.peg_form == "scaled" and not self.plan.switches:
+            self.scale_groups(point, groups, self.readers(point.tensor))
+        else:
+            self.quantize_groups(point, groups, self.readers(point.tensor))
+
+    def scale_groups(self, point: QuantPoint, groups: list[dict], consumers) -> None:
+        """The `scaled` PEG form: one code tensor at scale 1 after dividing each channel by its scale."""
+        members = [np.asarray(group["channels"], dtype=np.int64) for group in groups]
+        scales = np.empty(sum(m.size for m in members), dtype=np.float32)
+        for channels, group in zip(members, groups, strict=True):
+            scales[channels] = np.float32(group["scale"])
+        name = point.name
+        channel_scales = self.constant(f"{name}/channel_scales", scales)
+        unit = self.constant(f"{name}/unit_scale", np.array(1.0, dtype=np.float32))
+        zero = self.constant(f"{name}/zero_point", np.array(0, dtype=np.int8))
+        divided, codes = f"{name}/divided", f"{name}/quantized"
+        nodes = [
+            helper.make_node("Div", [point.tensor, channel_scales], [divided], name=f"{name}/DivideByScale"),
+            helper.make_node("QuantizeLinear", [divided, unit, zero], [codes], name=f"{name}/QuantizeLinear"),
+        ]
+        bulk = max(range(len(members)), key=lambda k: (members[k].size, -k))
+        group_inputs: list[str] = []  # the dequantized codes each group's partial GEMM reads
+        rebuilt = None
+        for node, index in consumers:
+            if not self.is_projection(node, index):
+                if rebuilt is None:
+                    unscaled, rebuilt = f"{name}/unit_dequantized", f"{name}/dequantized"
+                    nodes.append(
+                        helper.make_node(
+                            "DequantizeLinear", [codes, unit, zero], [unscaled], name=f"{name}/DequantizeLinear"
+                        )
+                    )
+                    nodes.append(
+                        helper.make_node("Mul", [unscaled, channel_scales], [rebuilt], name=f"{name}/MultiplyByScale")
+                    )
+                self.rewire[(node.name, index)] = rebuilt
+                continue
+            if not group_inputs:
+                for k, (channels, group) in enumerate(zip(members, groups, strict=True)):
+                    prefix = f"{name}/group{k}"
+                    source = codes
+                    if k != bulk:
+                        source = f"{prefix}/quantized"
+                        indices = self.constant(f"{prefix}/channels", channels)
+                        nodes.append(
+                            helper.make_node("Gather", [codes, indices], [source], name=f"{prefix}/Gather", axis=-1)
+                        )
+                    scale = self.constant(f"{prefix}/scale", np.array(group["scale"], dtype=np.float32))
+                    dequantized = f"{prefix}/dequantized"
+                    nodes.append(
+                        helper.make_node(
+                            "DequantizeLinear", [source, scale, zero], [dequantized], name=f"{prefix}/DequantizeLinear"
+                        )
+                    )
+                    group_inputs.append(dequantized)
+            self.split_projection(node, point, list(zip(members, group_inputs, strict=True)), whole=bulk)
+        self.after.setdefault(point.tensor, []).extend(nodes)
 
     def quantize_groups(self, point: QuantPoint, groups: list[dict], consumers) -> None:
         nodes: list[onnx.NodeProto] = []
@@ -204,12 +285,14 @@ class _Writer:
     def is_projection(self, node: onnx.NodeProto, index: int) -> bool:
         return node.op_type == "MatMul" and index == 0 and node.input[1] in self.initializers
 
-    def split_projection(self, node: onnx.NodeProto, point: QuantPoint, parts) -> None:
+    def split_projection(self, node: onnx.NodeProto, point: QuantPoint, parts, whole: int | None = None) -> None:
+        """MatMul(X, W) as the sum of one MatMul per channel group; group `whole` reads all of X
+        (the other channels' rows of its weight are zero)."""
         replacement = []
         partials = []
         for k, (channels, dequantized) in enumerate(parts):
             prefix = f"{node.name}/group{k}"
-            weight = self.weight_slice(node, channels, prefix)
+            weight = self.weight_slice(node, channels, prefix, keep_shape=k == whole)
             partial = f"{prefix}/partial"
             replacement.append(helper.make_node("MatMul", [dequantized, weight], [partial], name=f"{prefix}/MatMul"))
             partials.append(partial)
@@ -257,6 +340,8 @@ def write_qdq_model(model: onnx.ModelProto, plan: QdqPlan) -> onnx.ModelProto:
     """A new model with the plan's Q/DQ nodes; the input model is not changed."""
     if plan.weights not in (None, *WEIGHT_MODES):
         raise ValueError(f"weights must be one of {WEIGHT_MODES} or None")
+    if plan.peg_form not in PEG_FORMS:
+        raise ValueError(f"peg_form must be one of {PEG_FORMS}")
     result = _Writer(model, plan).run()
     onnx.checker.check_model(result)
     return result

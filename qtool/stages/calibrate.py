@@ -9,9 +9,11 @@ from pathlib import Path
 
 from qtool.analysis.collect import ActivationStats, CollectConfig
 from qtool.data import QnliSplit
+from qtool.defaults import PEG_FORM
 from qtool.deployment.evaluate import EvalConfig, evaluate_graph, tokenizer_for
 from qtool.errors import QtoolError
 from qtool.exporter.points import load_quant_points
+from qtool.exporter.qdq import PEG_FORMS
 from qtool.graph import model_identity
 from qtool.quantization import scale_formats
 from qtool.quantization.calibration import (
@@ -96,12 +98,16 @@ def calibrate_stage(
     return Calibrated(calibration, calibration_file, qdq_file, summary)
 
 
-def quantize_stage(model_path: Path, calibration_file: Path, output: Path | None = None) -> Path:
+def quantize_stage(
+    model_path: Path, calibration_file: Path, output: Path | None = None, peg_form: str = PEG_FORM
+) -> Path:
     """`qtool quantize`: the QDQ graph of an existing calibration (refused for another model)."""
     check_onnx_file(model_path)
+    if peg_form not in PEG_FORMS:
+        raise QtoolError(f"unknown --peg-form {peg_form!r}; choose one of {', '.join(PEG_FORMS)}")
     calibration = load_calibration(calibration_file, model_path)
     target = output or calibration_paths(Path(model_path).parent, calibration.recipe)[1]
-    return write_calibrated_graph(model_path, calibration, target)
+    return write_calibrated_graph(model_path, calibration, target, peg_form)
 
 
 def export_scales_stage(
@@ -151,12 +157,18 @@ def calibrate_and_evaluate(
         "calibration": str(made.calibration_file),
         "qdq_graph": str(made.qdq_graph),
         "data_split": split.describe(),
-        "smoothing": {k: v for k, v in calibration.smoothing.items() if k != "factors"} if calibration.smoothing else None,
+        "smoothing": {k: v for k, v in calibration.smoothing.items() if k != "factors"}
+        if calibration.smoothing
+        else None,
     }
     if made.search is not None:
         summary["search"] = made.search
     if evaluation is not None:
         fp32 = evaluate_graph(model_path, split, evaluation, collect.max_length)
         qdq = evaluate_graph(made.qdq_graph, split, evaluation, collect.max_length)
-        summary |= {"fp32_accuracy": fp32["accuracy"], "qdq_accuracy": qdq["accuracy"], "eval_examples": qdq["examples"]}
+        summary |= {
+            "fp32_accuracy": fp32["accuracy"],
+            "qdq_accuracy": qdq["accuracy"],
+            "eval_examples": qdq["examples"],
+        }
     return summary

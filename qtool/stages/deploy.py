@@ -59,6 +59,11 @@ def build_ort(graph: Path, output: Path | None = None, options: TrtBuildConfig |
 
 def build_trt(graph: Path, output: Path | None = None, options: TrtBuildConfig | None = None) -> dict:
     """A TensorRT engine `<graph>.plan` with its build manifest (needs TensorRT and an NVIDIA GPU)."""
+    if graph_metadata(graph).get("peg_form", "gathered") != "gathered":
+        raise QtoolError(
+            f"{graph} writes PEG groups with per-channel activation scales, which TensorRT does not take; "
+            "write the TensorRT form with `qtool quantize FP32.onnx CALIB.json --peg-form gathered`"
+        )
     target = Path(output or Path(graph).with_suffix(".plan"))
     return {"backend": "trt", "engine": str(target), **build_engine(graph, target, options or TrtBuildConfig())}
 

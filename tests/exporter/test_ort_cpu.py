@@ -27,6 +27,8 @@ RECIPES = {
     "gemm-inputs": CalibrateConfig(scope="gemm-inputs"),
     "all": CalibrateConfig(scope="all"),
     "peg-k3-all": CalibrateConfig(method="peg", groups=3),
+    "peg-k3-all-gathered": CalibrateConfig(method="peg", groups=3),
+    "peg-k5-equal-all": CalibrateConfig(method="peg", groups=5, grouping="equal"),
 }
 LAYERS = 2
 LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
@@ -48,7 +50,12 @@ def calibrated(tmp_path_factory, embedded_tokenizer, session_data):
     tokenizer = load_tokenizer(fp32.parent / "tokenizer")
     stats = collect(fp32, split, tokenizer, CollectConfig(samples=32, batch_size=8))
     graphs = {
-        recipe: write_calibrated_graph(fp32, calibrate(stats, config), root / f"{recipe}.qdq.onnx")
+        recipe: write_calibrated_graph(
+            fp32,
+            calibrate(stats, config),
+            root / f"{recipe}.qdq.onnx",
+            "gathered" if recipe.endswith("gathered") else "scaled",
+        )
         for recipe, config in RECIPES.items()
     }
     part = tokenize_part(tokenizer, split.parts["eval"][:24], 128)
@@ -171,6 +178,24 @@ def test_onnx_runtime_fuses_every_gemm_of_the_rewritten_graph(calibrated, recipe
             assert integer["QLinearAdd"] == 2 * LAYERS  # quantized residual sums
         if recipe == "gemm-inputs":  # residual Adds read float: no DequantizeLinear left between kernels
             assert report["dequantize_linear"] == 1  # but the last LayerNorm's, read by the pooler's Gather
+
+
+@pytest.mark.parametrize("recipe", ["peg-k3-all", "peg-k5-equal-all"])
+def test_onnx_runtime_runs_every_peg_projection_on_integer_kernels(calibrated, recipe, tmp_path):
+    """The scaled PEG form: every partial product of a projection is an integer GEMM; only the
+    attention MatMuls (scores and context), which read per-channel scaled values, stay float."""
+    source = calibrated["graphs"][recipe]
+    qdq = onnx.load(str(source))
+    partials = sum(n.op_type == "MatMul" and "/group" in n.name for n in qdq.graph.node)
+    plain = sum(n.op_type in ("MatMul", "Gemm") and "/group" not in n.name for n in qdq.graph.node)
+    path = rewrite_file_for_ort_cpu(source, tmp_path / f"{recipe}.ort.onnx")
+    report = check_fused(path)
+    assert report["float_matmuls_two_dequantized_inputs"] == 0
+    assert report["float_matmuls_one_dequantized_input"] == LAYERS  # quantized probabilities x scaled values
+    assert report["float_matmuls"] == 2 * LAYERS, report
+    integer = report["integer_ops"]
+    assert integer["MatMulIntegerToFloat"] + integer.get("QLinearMatMul", 0) == partials + plain - 2 * LAYERS
+    assert "Gather" not in {n.op_type for n in qdq.graph.node if n.name.startswith("layer.") and "group" not in n.name}
 
 
 def test_build_reports_the_scope_and_notes_residual_quantization(calibrated, tmp_path):

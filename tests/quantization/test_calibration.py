@@ -15,6 +15,7 @@ from qtool.cli import app
 from qtool.data import make_batches, tokenize_part
 from qtool.errors import QtoolError
 from qtool.fileio import dumps_stable
+from qtool.graph import graph_metadata
 from qtool.models.resolve import load_tokenizer
 from qtool.quantization.calibration import CalibrateConfig, calibrate
 from qtool.quantization.graphs import write_calibrated_graph
@@ -100,6 +101,12 @@ def assert_matches_reference(scaled_model, graph_path, activation, weight, float
 
 
 RECIPES = {
+    "peg-k3-sorted-gathered": (CalibrateConfig(method="peg", groups=3), "gathered"),
+    "peg-k5-equal-contiguous-gathered": (
+        CalibrateConfig(method="peg", groups=5, grouping="equal", permute=False),
+        "gathered",
+    ),
+    "peg-k3-gemm-inputs-scope-gathered": (CalibrateConfig(method="peg", groups=3, scope="gemm-inputs"), "gathered"),
     "max": CalibrateConfig(),
     "percentile": CalibrateConfig(method="percentile", p=99.9),
     "peg-k3-sorted": CalibrateConfig(method="peg", groups=3),
@@ -116,8 +123,9 @@ RECIPES = {
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_qdq_graph_equals_numpy_fake_quantization(recipe, scaled_model, tmp_path):
-    document = calibrate(scaled_model["stats"], RECIPES[recipe])
-    graph = write_calibrated_graph(scaled_model["graph"], document, tmp_path / "model.qdq.onnx")
+    config, peg_form = RECIPES[recipe] if isinstance(RECIPES[recipe], tuple) else (RECIPES[recipe], "scaled")
+    document = calibrate(scaled_model["stats"], config)
+    graph = write_calibrated_graph(scaled_model["graph"], document, tmp_path / "model.qdq.onnx", peg_form)
     activation, weight = _reference_hooks(document)
     assert_matches_reference(scaled_model, graph, activation, weight, document.scope == "gemm-inputs")
     with OrtRunner(graph) as optimized, OrtRunner(scaled_model["graph"]) as fp32:
@@ -176,15 +184,27 @@ def test_qdq_structure_scope_and_per_tensor_activation_scales(scaled_model, tmp_
         if node.op_type == "LayerNormalization":
             assert producers[node.input[0]].op_type in ("DequantizeLinear", "Gather"), node.name
     peg = calibrate(scaled_model["stats"], CalibrateConfig(method="peg", groups=4))
-    peg_path = write_calibrated_graph(scaled_model["graph"], peg, tmp_path / "peg.qdq.onnx")
+    peg_path = write_calibrated_graph(scaled_model["graph"], peg, tmp_path / "peg.qdq.onnx", "gathered")
     onnx.checker.check_model(onnx.load(str(peg_path)), full_check=True)
     scales = _activation_q_scales(peg_path)
     assert len(scales) > len(_activation_q_scales(graph_path))  # several groups per PEG point
     assert all(scale.ndim == 0 for scale in scales)  # TensorRT takes per-tensor activation scales only
+    # The scaled form: one QuantizeLinear per point; only the codes of the small groups are gathered.
+    scaled_path = write_calibrated_graph(scaled_model["graph"], peg, tmp_path / "peg.scaled.qdq.onnx")
+    scaled = onnx.load(str(scaled_path))
+    onnx.checker.check_model(scaled, full_check=True)
+    assert len(_activation_q_scales(scaled_path)) == len(_activation_q_scales(graph_path))
+    producers = {o: n for n in scaled.graph.node for o in n.output}
+    grouped = {name for name, entry in peg.tensors.items() if entry.groups and len(entry.groups) > 1}
+    gathers = [n for n in scaled.graph.node if n.op_type == "Gather" and n.name.split("/")[0] in peg.tensors]
+    assert gathers and all(producers[n.input[0]].op_type == "QuantizeLinear" for n in gathers)
+    assert {n.name.split("/")[0] for n in gathers} <= grouped
+    partials = [n for n in scaled.graph.node if n.op_type == "MatMul" and "/group" in n.name]
+    assert partials
+    for node in partials:  # integer GEMMs: both inputs dequantized with per-tensor activation scales
+        assert [producers[name].op_type for name in node.input] == ["DequantizeLinear"] * 2, node.name
     gemm = calibrate(scaled_model["stats"], CalibrateConfig(scope="gemm"))
-    assert not any(
-        t.role in ("residual_sum", "ffn_intermediate", "embeddings_sum") for t in gemm.tensors.values()
-    )
+    assert not any(t.role in ("residual_sum", "ffn_intermediate", "embeddings_sum") for t in gemm.tensors.values())
     assert gemm.scope == "gemm" and document.scope == "all"
     inputs = calibrate(scaled_model["stats"], CalibrateConfig(scope="gemm-inputs"))
     assert set(inputs.tensors) == set(gemm.tensors) - {
@@ -295,3 +315,19 @@ def test_calibrate_cli_evaluates_and_refuses_bad_input(scaled_model, session_dat
         onnx.load(str(p)).graph for p in (tmp_path / "y.onnx", tmp_path / "out" / "peg-k3-all.qdq.onnx")
     )
     assert rebuilt.SerializeToString() == original.SerializeToString()
+    # The TensorRT form of the same calibration: per-tensor activation scales only; TensorRT refuses
+    # the scaled form with the command that writes the other one.
+    result = runner.invoke(app, ["quantize", str(graph), str(calibration), "--peg-form", "sideways", "-o", "z.onnx"])
+    assert result.exit_code == 2 and "--peg-form" in result.stderr and not (tmp_path / "z.onnx").exists()
+    gathered = tmp_path / "gathered.onnx"
+    result = runner.invoke(
+        app, ["quantize", str(graph), str(calibration), "--peg-form", "gathered", "-o", str(gathered)]
+    )
+    assert result.exit_code == 0, result.output
+    assert all(scale.ndim == 0 for scale in _activation_q_scales(gathered))
+    assert (
+        graph_metadata(gathered)["peg_form"] == "gathered"
+        and graph_metadata(tmp_path / "y.onnx")["peg_form"] == "scaled"
+    )
+    result = runner.invoke(app, ["build", str(tmp_path / "y.onnx"), "--backend", "trt"])
+    assert result.exit_code == 2 and "--peg-form gathered" in result.stderr.strip().splitlines()[-1]
