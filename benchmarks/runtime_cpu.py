@@ -4,7 +4,9 @@ Candidates, timed interleaved on the same real QNLI inputs (qtool.deployment.ben
 PyTorch eager FP32, ONNX Runtime FP32, qtool's static W8A8 graph (max calibration) with scope
 gemm (TensorRT's placement) as written for TensorRT and rewritten for ONNX Runtime's CPU kernels
 (`qtool build --backend ort`), the same with scope gemm-inputs (Q/DQ only on the edges into
-MatMul/Gemm, residual path in float) rewritten for ONNX Runtime, and ONNX Runtime's own
+MatMul/Gemm, residual path in float) rewritten for ONNX Runtime, scope all (every point) and PEG
+with K = 4 range-optimal groups at every point in its scaled and gathered forms, both rewritten for
+ONNX Runtime, and ONNX Runtime's own
 quantize_static (QDQ, U8 activations, S8 per-channel weights, MinMax on the same calibration
 pairs) and quantize_dynamic outputs of the same model.
 
@@ -25,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 CALIBRATION_PAIRS = 128
+PEG_GROUPS = 4  # range-optimal groups, scope all, in both PEG forms
 # Idle OpenMP threads of PyTorch must sleep, not spin, while the other candidates run.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -68,6 +71,7 @@ def _ort_quantized(fp32: Path, folder: Path, tokenizer, split) -> dict[str, Path
 def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]:
     from qtool.analysis import CollectConfig, collect_or_load
     from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu
+    from qtool.exporter.qdq import PEG_FORMS
     from qtool.quantization.calibration import CalibrateConfig, calibrate
     from qtool.quantization.graphs import write_calibrated_graph
 
@@ -75,12 +79,17 @@ def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]
         fp32, split, tokenizer, CollectConfig(samples=CALIBRATION_PAIRS), stats_path=folder / f"{fp32.stem}.stats.npz"
     )
     graphs = {}
-    for scope in ("gemm", "gemm-inputs"):
+    for scope in ("gemm", "gemm-inputs", "all"):
         document = calibrate(stats, CalibrateConfig(method="max", scope=scope))
         qdq = write_calibrated_graph(fp32, document, folder / f"qtool-max-{scope}.qdq.onnx")
         if scope == "gemm":
             graphs[f"qtool-w8a8-{scope} (QDQ, TensorRT form)"] = qdq
         graphs[f"qtool-w8a8-{scope} (ORT form)"] = rewrite_file_for_ort_cpu(qdq, folder / f"qtool-max-{scope}.ort.onnx")
+    peg = calibrate(stats, CalibrateConfig(method="peg", groups=PEG_GROUPS, scope="all"))
+    for form in PEG_FORMS:
+        qdq = write_calibrated_graph(fp32, peg, folder / f"qtool-{peg.recipe}-{form}.qdq.onnx", form)
+        ort_form = rewrite_file_for_ort_cpu(qdq, folder / f"qtool-{peg.recipe}-{form}.ort.onnx")
+        graphs[f"qtool-{peg.recipe} {form} (ORT form)"] = ort_form
     return graphs
 
 

@@ -25,6 +25,10 @@ whose float result is the same up to rounding:
   points, b). ONNX Runtime's QDQ fusion leaves the bias Add outside (and then fuses it into
   BiasGelu, which is slower than Gelu); here the int32 accumulation is exact, so the result
   differs from the float graph only by float rounding, as ONNX Runtime's own fusion does;
+- with `fuse_bias`, PEG's division of each channel by its scale (its `scaled` form, Div before
+  QuantizeLinear) moves into the producer where that is a biased MatMulIntegerToFloat or a
+  LayerNormalization: the weight scales and bias, or the LayerNorm's scale and bias, are divided
+  instead, which saves a pass over the tensor and changes float rounding only;
 - `fuse_bias=False`: Gemm(DQ(x), DQ(W), b) becomes Gemm(DQ(x), DQ(W)) + Add(b), since the QDQ
   Gemm fusion (QGemm) needs the bias absent or int32-quantized (which would change its values).
   With `fuse_bias=False` the rewritten graph computes bit-for-bit what the QDQ graph computes
@@ -65,6 +69,7 @@ INTEGER_OPS = frozenset(
     }
 )
 FLOAT_MATMUL_OPS = frozenset({"MatMul", "Gemm", "FusedMatMul", "FusedGemm"})
+FORM_VERSION = 2  # bumped whenever the rewrite changes, so cached ONNX Runtime forms are rebuilt
 UINT8_OFFSET = 128  # uint8 code = int8 code + 128 for the same real value
 EIGHT_BIT_TYPES = (np.dtype(np.int8), np.dtype(np.uint8))
 
@@ -206,12 +211,12 @@ class _Projection(NamedTuple):
 
 
 def _biased_projection(graph: GraphIndex, node: onnx.NodeProto) -> _Projection | None:
-    """MatMul -> Add(b) or Gemm with a bias, or the first partial product of a PEG split GEMM,
-    MatMul -> Sum -> Add(b), whose bias then joins that partial."""
+    """MatMul -> Add(b) or Gemm with a bias, or a partial product of a PEG split GEMM, MatMul -> Sum
+    -> Add(b): the first partial takes the bias, the others have none (bias "")."""
     if node.op_type == "MatMul":
         total = _single_follower(graph, node.output[0], "Sum")
         if total is not None and total.input[0] != node.output[0]:
-            return None
+            return _Projection(False, "", None, None)
         add = _single_follower(graph, (total or node).output[0], "Add")
         if add is None:
             return None
@@ -225,7 +230,8 @@ def _biased_projection(graph: GraphIndex, node: onnx.NodeProto) -> _Projection |
 
 
 def _projections_to_matmul_integer_to_float(graph: GraphIndex) -> int:
-    """DQ(x) -> MatMul(DQ(W)) -> Add(b) and Gemm(DQ(x), DQ(W), b) -> MatMulIntegerToFloat(..., b).
+    """DQ(x) -> MatMul(DQ(W)) -> Add(b) and Gemm(DQ(x), DQ(W), b) -> MatMulIntegerToFloat(..., b), and
+    the partial products of PEG's split GEMMs (the bias joins the first).
 
     MatMulIntegerToFloat reads the weight as [K, N] with a per-tensor or per-column (N) scale;
     a Gemm weight with transB=1 is transposed in int8, its per-row scales becoming per-column.
@@ -244,9 +250,11 @@ def _projections_to_matmul_integer_to_float(graph: GraphIndex) -> int:
         output_axis = 0 if transposed else 1
         if scale is None or (scale.size > 1 and attribute(weight_dq, "axis", 1) % 2 != output_axis):
             continue
-        bias_source = graph.constant_source(bias)
+        bias_source = graph.constant_source(bias) if bias else ""
         bias_array = graph.array(bias_source) if bias_source else None
-        if bias_array is None or bias_array.dtype != np.float32 or bias_array.shape != (weight.shape[output_axis],):
+        if bias and (
+            bias_array is None or bias_array.dtype != np.float32 or bias_array.shape != (weight.shape[output_axis],)
+        ):
             continue
         weight_name = weight_dq.input[0]
         if transposed:
@@ -297,6 +305,55 @@ def _gemm_bias_to_add(graph: GraphIndex) -> int:
     return rewritten
 
 
+# -- step 4: PEG's channel division folded into its producer ---------------------------------------
+def _division_targets(graph: GraphIndex, node: onnx.NodeProto) -> list[tuple[onnx.NodeProto, int]] | None:
+    """The per-channel constants to divide so that `node`'s output arrives divided: the weight scales
+    and bias of a biased MatMulIntegerToFloat (or of every partial of a PEG split GEMM's Sum), or a
+    LayerNormalization's scale and bias over the last axis; None when there is no such fold."""
+    if node.op_type == "LayerNormalization" and len(node.input) == 3 and attribute(node, "axis", -1) == -1:
+        return [(node, 1), (node, 2)]
+    if node.op_type == "MatMulIntegerToFloat" and len(node.input) > 6 and node.input[6]:
+        return [(node, 3), (node, 6)]
+    if node.op_type != "Sum":
+        return None
+    partials = [graph.producer.get(name) for name in node.input]
+    if any(p is None or p.op_type != "MatMulIntegerToFloat" or len(graph.consumers[p.output[0]]) != 1 for p in partials):
+        return None
+    biased = [p for p in partials if len(p.input) > 6 and p.input[6]]
+    return [(p, 3) for p in partials] + [(p, 6) for p in biased] if len(biased) == 1 else None
+
+
+def _fold_channel_division(graph: GraphIndex) -> int:
+    """Div(X, s) of PEG's scaled form, with X computed by one of `_division_targets`' nodes and read by
+    nothing else (but Shape): those constants are divided by s instead, so X arrives divided. Only
+    float rounding differs."""
+    folded = 0
+    for div in list(graph.graph.node):
+        producer = graph.producer.get(div.input[0]) if div.op_type == "Div" else None
+        scales = graph.array(div.input[1]) if producer is not None else None
+        if scales is None or scales.ndim != 1 or scales.dtype != np.float32 or not np.all(scales > 0):
+            continue
+        targets = _division_targets(graph, producer)
+        readers = graph.consumers[div.input[0]]
+        if targets is None or div.input[0] in graph.graph_outputs or any(
+            reader is not div and reader.op_type != "Shape" for reader, _ in readers
+        ):
+            continue
+        values = [graph.constant_value(node.input[index]) for node, index in targets]
+        if any(v is None or v.dtype != np.float32 or v.size not in (1, scales.size) for v in values):
+            continue
+        for (node, index), value in zip(targets, values, strict=True):
+            divided = (np.broadcast_to(value.reshape(-1), scales.shape) / scales).astype(np.float32)
+            node.input[index] = graph.add_initializer(f"{node.input[index]}/divided", divided)
+        for reader, index in readers:
+            if reader is not div:
+                reader.input[index] = div.output[0]  # the same shape
+        graph.replace_node(div, [])  # first: nodes are found by their first output
+        producer.output[0] = div.output[0]
+        folded += 1
+    return folded
+
+
 # -- assembly -----------------------------------------------------------------------------------------
 def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True) -> onnx.ModelProto:
     """A copy of a qtool QDQ graph that ONNX Runtime's CPU provider runs on integer kernels.
@@ -319,6 +376,7 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True) -> on
             o.domain == MS_DOMAIN for o in rewritten.opset_import
         ):
             rewritten.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+        counts["peg_divisions_folded"] = _fold_channel_division(GraphIndex(rewritten.graph))
     counts["gemm_bias_to_add"] = _gemm_bias_to_add(GraphIndex(rewritten.graph))
     prune_dead_nodes(rewritten)
     log.info("ONNX Runtime CPU rewrite: %s", ", ".join(f"{key} {value}" for key, value in counts.items()))

@@ -26,6 +26,7 @@ from qtool.deployment.bench import (
 from qtool.deployment.evaluate import EvalConfig, evaluate, logit_to_label, tokenizer_for
 from qtool.deployment.trt_build import TrtBuildConfig, build_engine
 from qtool.errors import QtoolError
+from qtool.exporter.ort_cpu import FORM_VERSION as ORT_FORM_VERSION
 from qtool.exporter.ort_cpu import check_fused, rewrite_file_for_ort_cpu
 from qtool.fileio import manifest_path, sha256_file
 from qtool.graph import graph_metadata
@@ -52,7 +53,12 @@ def build_ort(graph: Path, output: Path | None = None, options: TrtBuildConfig |
             )
         return report
 
-    key = {"source_sha256": sha256_file(graph), "qtool": __version__, "onnxruntime": onnxruntime.__version__}
+    key = {
+        "source_sha256": sha256_file(graph),
+        "qtool": __version__,
+        "form": ORT_FORM_VERSION,
+        "onnxruntime": onnxruntime.__version__,
+    }
     report = cached_stage(manifest_path(target), key, run, artifact=target)
     return {**report, "graph": str(target), "model": str(target)}  # where it is now, not where it was built
 
