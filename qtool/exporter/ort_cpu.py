@@ -215,12 +215,13 @@ def _biased_projection(graph: GraphIndex, node: onnx.NodeProto) -> _Projection |
     -> Add(b): the first partial takes the bias, the others have none (bias "")."""
     if node.op_type == "MatMul":
         total = _single_follower(graph, node.output[0], "Sum")
-        if total is not None and total.input[0] != node.output[0]:
+        result = (total or node).output[0]
+        add = _single_follower(graph, result, "Add")
+        if total is not None and (total.input[0] != node.output[0] or add is None):
             return _Projection(False, "", None, None)
-        add = _single_follower(graph, (total or node).output[0], "Add")
         if add is None:
             return None
-        bias = add.input[1] if add.input[0] == (total or node).output[0] else add.input[0]
+        bias = add.input[1] if add.input[0] == result else add.input[0]
         return _Projection(False, bias, add, total)
     if node.op_type == "Gemm" and len(node.input) == 3 and node.input[2]:
         if attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0:
@@ -271,7 +272,7 @@ def _projections_to_matmul_integer_to_float(graph: GraphIndex) -> int:
                 weight_zero_point,
                 bias_source,
             ],
-            [node.output[0] if total is not None or add is None else add.output[0]],
+            [add.output[0] if add is not None and total is None else node.output[0]],
             name=node.name,
             domain=MS_DOMAIN,
         )

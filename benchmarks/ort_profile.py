@@ -1,0 +1,69 @@
+"""Where ONNX Runtime's CPU time goes in one graph: kernel time per op type, from its profiler.
+
+    python benchmarks/ort_profile.py artifacts/<model>/peg-k4-all.qdq.ort.onnx --batch 1 --threads 2
+
+Random token ids (1000-1999), full attention mask, sequence 128; the profiler's own overhead
+inflates every op a little, so compare shares and counts between graphs, not milliseconds with
+`qtool bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("graph", type=Path)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="qtool-profile-") as scratch:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        options.enable_profiling = True
+        options.log_severity_level = 3
+        options.profile_file_prefix = str(Path(scratch) / "profile")
+        session = ort.InferenceSession(str(args.graph), options, providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        shape = (args.batch, args.seq_len)
+        feeds = {}
+        for graph_input in session.get_inputs():
+            if graph_input.name == "input_ids":
+                feeds[graph_input.name] = rng.integers(1000, 2000, shape).astype(np.int64)
+            elif "mask" in graph_input.name:
+                feeds[graph_input.name] = np.ones(shape, np.int64)
+            else:
+                feeds[graph_input.name] = np.zeros(shape, np.int64)
+        for _ in range(args.runs):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+
+    total_us: collections.Counter = collections.Counter()
+    count: collections.Counter = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            total_us[event["args"]["op_name"]] += event["dur"]
+            count[event["args"]["op_name"]] += 1
+    overall = sum(total_us.values())
+    print(f"{args.graph.name}: batch {args.batch} x {args.seq_len}, {args.threads} threads, {args.runs} runs")
+    print("| op | ms per run | share | nodes per run |\n| --- | --- | --- | --- |")
+    for op, micros in total_us.most_common(args.top):
+        print(f"| {op} | {micros / args.runs / 1000:.2f} | {micros / overall:.1%} | {count[op] / args.runs:.0f} |")
+    print(f"| all kernels | {overall / args.runs / 1000:.2f} | 100% | |")
+
+
+if __name__ == "__main__":
+    main()
