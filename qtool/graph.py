@@ -258,6 +258,14 @@ def graph_metadata(model_path: Path) -> dict[str, str]:
     return read_qtool_metadata(onnx.load(str(model_path), load_external_data=False))
 
 
+QDQ_PRECISION = "int8-qdq"  # the `precision` metadata of qtool's QDQ graphs (and of their runtime forms)
+
+
+def is_recipe_graph(metadata: dict[str, str]) -> bool:
+    """A QDQ graph as qtool wrote it from a calibration (not a form rewritten for a runtime)."""
+    return metadata.get("precision") == QDQ_PRECISION and "runtime_form" not in metadata
+
+
 def save_derived_graph(model: onnx.ModelProto, source: Path, output: Path, metadata: dict[str, str]) -> Path:
     """Write a graph derived from `source` (QDQ, rewritten, peer) atomically, with its qtool metadata
     updated and the tokenizer path re-pointed so that it resolves from the output's folder."""

@@ -19,13 +19,15 @@ from qtool.data.qnli import EVAL_PARTS
 from qtool.defaults import MAX_LENGTH
 from qtool.errors import QtoolError
 from qtool.fileio import sha256_file
-from qtool.graph import graph_metadata
+from qtool.graph import graph_metadata, is_recipe_graph
 from qtool.models.resolve import load_tokenizer
 from qtool.progress import ProgressTask, progress_bar
 from qtool.runners.base import Runner
 from qtool.runners.ort import OrtRunner, check_onnx_file
 
 log = logging.getLogger(__name__)
+
+RECIPE_LEVEL = "disable"  # ONNX Runtime's optimizations for a recipe's accuracy: none (see `scoring_level`)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,14 @@ def tokenizer_for(model_path: Path, tokenizer_path: Path | None = None):
     if not Path(tokenizer_path).is_dir():
         raise QtoolError(f"tokenizer folder {tokenizer_path} is missing; re-export the model or pass --tokenizer")
     return load_tokenizer(tokenizer_path)
+
+
+def scoring_level(model_path: Path) -> str:
+    """The ONNX Runtime optimization level a graph is scored at. A QDQ graph as qtool wrote it runs
+    with optimizations off: its recipe accuracy, computed as the QDQ semantics (and the NumPy
+    reference) say, so it does not depend on which integer kernels a CPU fuses and how they round.
+    Every other graph (FP32, a runtime form, a peer) runs as it is deployed, with all of them."""
+    return RECIPE_LEVEL if is_recipe_graph(graph_metadata(model_path)) else "all"
 
 
 def logit_to_label(model_path: Path) -> np.ndarray:
@@ -130,13 +140,14 @@ def evaluate_graph(
     use_cache: bool = True,
     tokenizer_path: Path | None = None,
 ) -> dict:
-    """Accuracy of an ONNX graph through ONNX Runtime on the CPU, cached beside the graph as
-    `<graph>.eval-<part>.json`, keyed by the graph's sha256, the data split and the options."""
+    """Accuracy of an ONNX graph through ONNX Runtime on the CPU at its `scoring_level`, cached beside
+    the graph as `<graph>.eval-<part>.json`, keyed by the graph's sha256, the data split and the options."""
     check_onnx_file(model_path)
     model_path = Path(model_path)
+    level = scoring_level(model_path)
 
     def run() -> dict:
-        with OrtRunner(model_path, threads=config.threads) as runner:
+        with OrtRunner(model_path, threads=config.threads, optimization_level=level) as runner:
             result = evaluate(
                 runner,
                 tokenizer_for(model_path, tokenizer_path),
@@ -146,7 +157,7 @@ def evaluate_graph(
                 max_length,
                 description=f"eval {model_path.name}",
             )
-        return {"model": str(model_path), **result}
+        return {"model": str(model_path), "optimization_level": level, **result}
 
     if not use_cache:
         return run()
@@ -156,6 +167,7 @@ def evaluate_graph(
         "part": config.part,
         "limit": config.limit,
         "max_length": max_length,
+        "optimization_level": level,
     }
     record = model_path.with_name(model_path.name + f".eval-{config.part}.json")
     return {**cached_stage(record, key, run, description=f"the evaluation of {model_path}"), "model": str(model_path)}

@@ -16,13 +16,12 @@ from qtool.exporter.points import QuantPoint, find_quant_points, load_quant_poin
 from qtool.exporter.qdq import QdqPlan, write_qdq_model
 from qtool.exporter.smooth import SmoothConfig, apply_smoothing, smooth_model
 from qtool.fileio import manifest_path, sha256_file
-from qtool.graph import model_identity, save_derived_graph
+from qtool.graph import QDQ_PRECISION, model_identity, save_derived_graph
 from qtool.quantization.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
 Prepared = tuple[onnx.ModelProto, list[QuantPoint]]
-QDQ_PRECISION = "int8-qdq"  # the `precision` metadata of the QDQ graphs written here
 
 
 def smoothed_graph(model_path: Path, stats: ActivationStats, alpha: float) -> tuple[Path, dict[str, list[float]]]:

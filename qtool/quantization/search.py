@@ -37,7 +37,7 @@ from qtool.analysis.stats import TensorStats
 from qtool.cache import read_record
 from qtool.data import QnliSplit, make_batches, tokenize_part
 from qtool.defaults import MAX_LENGTH, SEARCH_MAX_DROP
-from qtool.deployment.evaluate import logit_to_label, predict_logits
+from qtool.deployment.evaluate import RECIPE_LEVEL, logit_to_label, predict_logits
 from qtool.errors import QtoolError
 from qtool.exporter.grid import INT8_MAX
 from qtool.exporter.qdq import switch_input
@@ -49,7 +49,7 @@ from qtool.runners.ort import OrtRunner
 
 log = logging.getLogger(__name__)
 
-SEARCH_FORMAT = "qtool-precision-search/1"
+SEARCH_FORMAT = "qtool-precision-search/2"  # 2: QDQ graphs scored with optimizations off
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ class _Evaluator:
         if result is None:
             candidate = self.calibration.without_points(kept, "search candidate")
             model = qdq_model(self.prepared, candidate).SerializeToString()
-            with OrtRunner(model, threads=self.config.threads) as runner:
+            with OrtRunner(model, threads=self.config.threads, optimization_level=RECIPE_LEVEL) as runner:
                 logits = predict_logits(runner, self.tuning.batches, self.tuning.size)
             accuracy = self.tuning.accuracy(logits)
             result = self.cache.put(
@@ -215,7 +215,8 @@ def _ranked_by_sensitivity(evaluator: _Evaluator, stats: ActivationStats) -> lis
         def switched_runner() -> OrtRunner:  # one session for every point, built when first needed
             if not switched:
                 model = qdq_model(evaluator.prepared, calibration, switches=True).SerializeToString()
-                switched.append(stack.enter_context(OrtRunner(model, threads=evaluator.config.threads)))
+                runner = OrtRunner(model, threads=evaluator.config.threads, optimization_level=RECIPE_LEVEL)
+                switched.append(stack.enter_context(runner))
             return switched[0]
 
         for name in names:

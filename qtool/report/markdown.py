@@ -39,6 +39,14 @@ def _latency_cells(latency: dict | None) -> str:
     )
 
 
+def _deployed_cell(row: dict) -> str:
+    """The deployed form's accuracy where it is another graph than the recipe's, `=` where equal."""
+    deployed = row.get("deployed_accuracy")
+    if deployed is None:
+        return "-"
+    return "=" if deployed == row["accuracy"] else _pct(deployed)
+
+
 def deploy_paragraph(result: dict) -> list[str]:
     advice = result.get("recommendation")
     if advice is None or advice["configuration"] == "fp32" and "runner_up" not in advice:
@@ -76,9 +84,9 @@ def deploy_paragraph(result: dict) -> list[str]:
 def accuracy_table(result: dict) -> list[str]:
     fp32 = next(r for r in result["results"] if r["configuration"] == "fp32")["accuracy"]
     lines = [
-        "| configuration | scope | quantized points | accuracy % | 95 % CI | vs FP32 (points) | published (BERT-base) % "
-        "| p50 ms | throughput seq/s | session RSS MB | peak RSS MB | size MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| configuration | scope | quantized points | accuracy % | 95 % CI | vs FP32 (points) | deployed % "
+        "| published (BERT-base) % | p50 ms | throughput seq/s | session RSS MB | peak RSS MB | size MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["results"]:
         low, high = row["accuracy_ci95"]
@@ -86,7 +94,7 @@ def accuracy_table(result: dict) -> list[str]:
         published = PUBLISHED.get(row["configuration"])
         lines.append(
             f"| {row['configuration']} | {row['scope']} | {points} | {_pct(row['accuracy'])} | "
-            f"{_pct(low)}-{_pct(high)} | {100 * (row['accuracy'] - fp32):+.2f} | "
+            f"{_pct(low)}-{_pct(high)} | {100 * (row['accuracy'] - fp32):+.2f} | {_deployed_cell(row)} | "
             f"{'-' if published is None else f'{published:.2f}'} | {_latency_cells(row.get('latency'))} |"
         )
     return lines
@@ -209,6 +217,11 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         *accuracy_table(result),
         "",
         PUBLISHED_NOTE,
+        "",
+        "Accuracy % is the recipe's: qtool's QDQ graph scored with ONNX Runtime's graph optimizations off, as the "
+        "QDQ semantics (and the NumPy reference of the tests) compute it, so it does not depend on how a CPU's fused "
+        "integer kernels round. Deployed % is the ONNX Runtime CPU form that the latency columns time, with every "
+        "optimization on (`=`: the same accuracy). FP32 and the peers are scored as deployed.",
         "",
         f"Latency: ONNX Runtime CPU form of each graph, batch x sequence "
         f"{_shape(result)}, {result['environment'].get('threads')} threads, p50 of timed runs after warm-up. Each "

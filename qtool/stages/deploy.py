@@ -29,8 +29,7 @@ from qtool.errors import QtoolError
 from qtool.exporter.ort_cpu import FORM_VERSION as ORT_FORM_VERSION
 from qtool.exporter.ort_cpu import check_fused, rewrite_file_for_ort_cpu
 from qtool.fileio import manifest_path, sha256_file
-from qtool.graph import graph_metadata
-from qtool.quantization.graphs import QDQ_PRECISION
+from qtool.graph import graph_metadata, is_recipe_graph
 from qtool.runners.ort import check_onnx_file
 
 
@@ -90,7 +89,7 @@ def build_stage(graph: Path, backend: str, output: Path | None = None, options: 
 
 def deployed_form(graph: Path) -> Path:
     """What is deployed on a CPU for `graph`: the ONNX Runtime form of a QDQ graph, else the graph itself."""
-    if graph_metadata(graph).get("precision") == QDQ_PRECISION:
+    if is_recipe_graph(graph_metadata(graph)):
         return Path(build_ort(graph)["graph"])
     return Path(graph)
 

@@ -204,6 +204,8 @@ def _calibrated_row(
         "calibration": str(made.calibration_file),
         "latency": latency_stage(made.qdq_graph, split, config.bench),
     }
+    deployed = evaluate_graph(Path(extra["latency"]["graph"]), split, config.eval, config.export.max_length)
+    extra |= {"deployed_accuracy": deployed["accuracy"], "deployed_correct": deployed["correct"]}
     if made.search is not None:
         extra["search"] = made.search
     return _result_row(name, made.qdq_graph, evaluation, calibration.scope, extra)

@@ -208,6 +208,10 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         assert low <= row["accuracy"] <= high
     report = (artifacts / "report" / "report.md").read_text()
     assert "peg-k2-all" in report and summary["data_split"]["fingerprint"] in report
+    calibrated = [r for r in summary["results"] if "calibration" in r]  # the recipe and its deployed form
+    assert len(calibrated) == 5 and all(0 <= r["deployed_accuracy"] <= 1 for r in calibrated)
+    assert not any("deployed_accuracy" in r for r in summary["results"] if "calibration" not in r)
+    assert "Deployed % is the ONNX Runtime CPU form" in report
     migration = report.split("## Migrating activation range into the weights")[1].split("##")[0]
     assert "| max-all | all |" in migration and "| 0.5 |" in migration
     assert "## Automatic mixed precision" in report

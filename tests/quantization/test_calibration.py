@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -331,3 +332,25 @@ def test_calibrate_cli_evaluates_and_refuses_bad_input(scaled_model, session_dat
     )
     result = runner.invoke(app, ["build", str(tmp_path / "y.onnx"), "--backend", "trt"])
     assert result.exit_code == 2 and "--peg-form gathered" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("recipe", ["max", "peg-k3-sorted"])
+def test_recipe_accuracy_is_scored_with_reference_semantics(recipe, scaled_model, tmp_path):
+    """A QDQ graph is scored with ONNX Runtime's optimizations off: the values the QDQ semantics (and
+    the NumPy reference) give, whatever integer kernels a CPU would fuse. ONNX Runtime's basic level,
+    which fuses none, gives the same logits bit for bit; the runtime form is scored as deployed."""
+    from qtool.deployment.evaluate import EvalConfig, evaluate_graph
+    from qtool.stages.deploy import build_ort
+
+    graph = write_calibrated_graph(
+        scaled_model["graph"], calibrate(scaled_model["stats"], RECIPES[recipe]), tmp_path / "q.onnx"
+    )
+    logits = {}
+    for level in ("disable", "basic"):
+        with OrtRunner(graph, optimization_level=level) as runner:
+            logits[level] = np.concatenate([runner.infer(b.feeds)["logits"] for b in _batches(scaled_model)])
+    np.testing.assert_array_equal(logits["disable"], logits["basic"])
+    recipe_score = evaluate_graph(graph, scaled_model["split"], EvalConfig(limit=40))
+    deployed = evaluate_graph(Path(build_ort(graph)["graph"]), scaled_model["split"], EvalConfig(limit=40))
+    assert (recipe_score["optimization_level"], deployed["optimization_level"]) == ("disable", "all")
+    assert recipe_score["examples"] == deployed["examples"] == 40
