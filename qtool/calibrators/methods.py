@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import numpy as np
 
 from qtool.analysis.stats import TensorStats
 from qtool.calibrators.base import ActivationRange, Calibrator, ChannelGroup
-from qtool.defaults import PEG_GROUPING, PEG_GROUPS, PERCENTILE
+from qtool.defaults import PEG_AUTO_MAX_GROUPS, PEG_AUTO_NOISE_FACTOR, PEG_GROUPING, PEG_GROUPS, PERCENTILE
 from qtool.errors import QtoolError
 from qtool.exporter.points import QuantPoint
 
@@ -67,58 +68,90 @@ def rounding_noise(ranges: np.ndarray, bounds: list[int]) -> float:
     return float(sum((end - start) * ranges[start:end].max() ** 2 for start, end in itertools.pairwise(edges)))
 
 
-def optimal_group_starts(ranges: np.ndarray, groups: int) -> list[int]:
-    """Where each of `groups` contiguous groups of `ranges` (channel max |x|, in grouping order)
-    starts so that `rounding_noise` is smallest: exact dynamic programming over every split. Among
-    equal splits the one whose cuts come earliest, last cut first, wins, so the result is
-    deterministic."""
+def _checked_ranges(ranges: np.ndarray) -> np.ndarray:
     ranges = np.asarray(ranges, dtype=np.float64)
-    width = ranges.size
-    if not 1 <= groups <= width:
-        raise QtoolError(f"--groups {groups} must be between 1 and the {width} channels")
     if not np.all(np.isfinite(ranges)) or np.any(np.abs(ranges) > 1e150):
         raise QtoolError("a channel range is not finite; collect the statistics again (`qtool collect --force`)")
-    # cost[j]: the least noise of the first j channels in the groups so far; last[k, j]: where the
-    # k-th group starts in that best split.
+    return ranges
+
+
+def optimal_splits(ranges: np.ndarray) -> Iterator[list[int]]:
+    """For K = 1, 2, ... up to the channel count, the group starts of the split of `ranges` (channel
+    max |x|, in grouping order) into K contiguous groups whose `rounding_noise` is smallest: exact
+    dynamic programming over every split, one more group per step. Among equal splits the one whose
+    cuts come earliest, last cut first, wins, so the result is deterministic."""
+    ranges = _checked_ranges(ranges)
+    width = ranges.size
+    # cost[j]: the least noise of the first j channels in the groups so far; lasts[k - 1][j]: where
+    # the k-th group starts in that best split.
     cost = np.full(width + 1, np.inf)
     cost[0] = 0.0
-    last = np.zeros((groups + 1, width + 1), dtype=np.int64)
+    lasts: list[np.ndarray] = []
     # tail[j][i] = (j - i) * max(ranges[i:j])^2: the noise of one group holding channels i .. j-1.
     tail = [np.array([])] + [
         (j - np.arange(j)) * np.maximum.accumulate(ranges[j - 1 :: -1])[::-1] ** 2 for j in range(1, width + 1)
     ]
-    for k in range(1, groups + 1):
-        following = np.full(width + 1, np.inf)
+    for k in range(1, width + 1):
+        following, last = np.full(width + 1, np.inf), np.zeros(width + 1, dtype=np.int64)
         for j in range(k, width + 1):
             candidates = cost[:j] + tail[j]
-            last[k, j] = int(np.argmin(candidates))
-            following[j] = candidates[last[k, j]]
+            last[j] = int(np.argmin(candidates))
+            following[j] = candidates[last[j]]
         cost = following
-    starts, j = [], width
-    for k in range(groups, 0, -1):
-        j = int(last[k, j])
-        starts.append(j)
-    return starts[::-1]
+        lasts.append(last)
+        starts, j = [], width
+        for row in reversed(lasts):
+            j = int(row[j])
+            starts.append(j)
+        yield starts[::-1]
+
+
+def optimal_group_starts(ranges: np.ndarray, groups: int) -> list[int]:
+    """Where each of `groups` contiguous groups of `ranges` starts in the least-noise split (`optimal_splits`)."""
+    width = np.asarray(ranges).size
+    if not 1 <= groups <= width:
+        raise QtoolError(f"--groups {groups} must be between 1 and the {width} channels")
+    return next(itertools.islice(optimal_splits(ranges), groups - 1, None))
+
+
+def equal_splits(ranges: np.ndarray) -> Iterator[list[int]]:
+    """For K = 1, 2, ...: the starts of K groups of near-equal size (as `np.array_split` cuts)."""
+    width = np.asarray(ranges).size
+    for k in range(1, width + 1):
+        sizes = [part.size for part in np.array_split(np.arange(width), k)]
+        yield [0, *itertools.accumulate(sizes[:-1])]
+
+
+def smallest_split(splits: Iterator[list[int]], ranges: np.ndarray, factor: float, most: int) -> list[int]:
+    """The first of `splits` (fewer groups first) whose `rounding_noise` is at most `factor` times
+    that of per-channel quantization, or the one with `most` groups."""
+    ranges = _checked_ranges(ranges)
+    target = factor * float(np.sum(ranges**2))
+    for starts in splits:
+        if len(starts) >= most or rounding_noise(ranges, starts) <= target * (1 + 1e-12):
+            return starts
+    raise AssertionError("unreachable: the splits end with one channel per group")
 
 
 PEG_GROUPINGS = ("optimal", "equal")
+AUTO_GROUPS = "auto"
 
 
 class PegCalibrator(Calibrator):
     """Per-embedding-group ranges: channels sorted by range (or kept in order with `permute=False`)
     and cut into K groups (K need not divide the width), one range per group. `grouping="optimal"`
     places the cuts where the expected rounding noise is least (`rounding_noise`); `"equal"` cuts
-    into groups of near-equal size, as Bondarenko et al. do."""
+    into groups of near-equal size, as Bondarenko et al. do. `groups="auto"` takes, per tensor, the
+    smallest K whose expected rounding noise is at most `PEG_AUTO_NOISE_FACTOR` times that of
+    per-channel quantization (at most `PEG_AUTO_MAX_GROUPS` groups)."""
 
     name = "peg"
     options = ("groups", "permute", "grouping")
 
-    def __init__(self, groups: int = PEG_GROUPS, permute: bool = True, grouping: str = PEG_GROUPING):
-        if groups < 1:
-            raise QtoolError(f"--groups must be at least 1, got {groups}")
+    def __init__(self, groups: int | str = PEG_GROUPS, permute: bool = True, grouping: str = PEG_GROUPING):
+        self.groups = peg_groups(groups)
         if grouping not in PEG_GROUPINGS:
             raise QtoolError(f"unknown --grouping {grouping!r}; choose one of {', '.join(PEG_GROUPINGS)}")
-        self.groups = int(groups)
         self.permute = bool(permute)
         self.grouping = grouping
 
@@ -127,12 +160,16 @@ class PegCalibrator(Calibrator):
 
     def label(self) -> str:
         grouping = "" if self.grouping == PEG_GROUPING else f"-{self.grouping}"
-        return f"peg-k{self.groups}{grouping}" + ("" if self.permute else "-contiguous")
+        count = "auto" if self.groups == AUTO_GROUPS else f"k{self.groups}"
+        return f"peg-{count}{grouping}" + ("" if self.permute else "-contiguous")
 
     def _members(self, order: np.ndarray, ranges: np.ndarray) -> list[np.ndarray]:
-        if self.grouping == "equal":
-            return np.array_split(order, self.groups)
-        starts = optimal_group_starts(ranges[order], self.groups)
+        ordered = ranges[order]
+        splits = optimal_splits(ordered) if self.grouping == "optimal" else equal_splits(ordered)
+        if self.groups == AUTO_GROUPS:
+            starts = smallest_split(splits, ordered, PEG_AUTO_NOISE_FACTOR, PEG_AUTO_MAX_GROUPS)
+        else:
+            starts = next(itertools.islice(splits, self.groups - 1, None))
         return np.split(order, starts[1:])
 
     def estimate(self, point: QuantPoint, stats: TensorStats) -> ActivationRange:
@@ -140,7 +177,7 @@ class PegCalibrator(Calibrator):
         if point.role not in PEG_ROLES or channel_absmax is None:
             return ActivationRange(stats.absmax)
         width = channel_absmax.size
-        if self.groups > width:
+        if self.groups != AUTO_GROUPS and self.groups > width:
             raise QtoolError(f"--groups {self.groups} exceeds the {width} channels of {point.name}")
         order = np.argsort(channel_absmax, kind="stable") if self.permute else np.arange(width)
         groups = tuple(
@@ -148,6 +185,19 @@ class PegCalibrator(Calibrator):
             for members in self._members(order, channel_absmax)
         )
         return ActivationRange(stats.absmax, groups)
+
+
+def peg_groups(value: int | str) -> int | str:
+    """`--groups`: a group count K >= 1 (also as text, from the command line) or `auto`."""
+    if value == AUTO_GROUPS:
+        return value
+    try:
+        groups = int(value)
+    except (TypeError, ValueError):
+        raise QtoolError(f"--groups must be a whole number of groups or {AUTO_GROUPS}, got {value!r}") from None
+    if groups < 1 or str(groups) != str(value).strip():
+        raise QtoolError(f"--groups must be at least 1 (or {AUTO_GROUPS}), got {value!r}")
+    return groups
 
 
 CALIBRATORS: dict[str, type[Calibrator]] = {

@@ -13,7 +13,7 @@ from qtool.analysis.outliers import OutlierConfig
 from qtool.calibrators.methods import CALIBRATORS, PEG_GROUPINGS
 from qtool.calibrators.precision import MIXED_PRECISION_PRESETS, SCOPES
 from qtool.data.qnli import EVAL_PARTS, DataConfig
-from qtool.defaults import BASE_METHOD, DEPLOY_MAX_DROP, PEG_FORM
+from qtool.defaults import BASE_METHOD, DEPLOY_MAX_DROP, PEG_AUTO_MAX_GROUPS, PEG_AUTO_NOISE_FACTOR, PEG_FORM
 from qtool.deployment.bench import INPUT_KINDS, BenchConfig
 from qtool.deployment.evaluate import EvalConfig
 from qtool.deployment.trt_build import TrtBuildConfig
@@ -163,9 +163,13 @@ Percentile = Annotated[
     ),
 ]
 Groups = Annotated[
-    int | None,
+    str | None,
     typer.Option(
-        "--groups", "-k", help=f"Channel groups K for --method peg (K >= 1). Default: {CalibrateConfig.groups}."
+        "--groups",
+        "-k",
+        help=f"Channel groups K for --method peg (K >= 1), or auto: per tensor the smallest K whose expected "
+        f"rounding noise is at most {PEG_AUTO_NOISE_FACTOR:g}x per-channel quantization's (K <= {PEG_AUTO_MAX_GROUPS}). "
+        f"Default: {CalibrateConfig.groups}.",
     ),
 ]
 Grouping = Annotated[

@@ -34,7 +34,7 @@ GRID = "symmetric int8, zero point 0, scale = amax / 127"
 class CalibrateConfig:
     method: str = next(iter(CALIBRATORS))
     p: float = PERCENTILE
-    groups: int = PEG_GROUPS
+    groups: int | str = PEG_GROUPS  # or "auto"
     permute: bool = True
     grouping: str = PEG_GROUPING
     scope: str = next(iter(SCOPES))

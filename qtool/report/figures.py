@@ -15,6 +15,7 @@ def _rows(result: dict, method: str) -> list[dict]:
         and r["scope"] == "all"
         and not r.get("kept_in_float")
         and r.get("smoothing") is None
+        and (method != "peg" or isinstance(r["params"]["groups"], int))  # `auto` has no one K to plot at
     ]
 
 
@@ -47,7 +48,7 @@ def _series(rows: list[dict], method: str) -> dict[str, list[dict]]:
     """Rows by curve: PEG by grouping (one group is the same either way, so K = 1 joins every curve)."""
     if method != "peg":
         return {method: rows}
-    groupings = sorted({r["params"].get("grouping", "equal") for r in rows if r["params"]["groups"] > 1})
+    groupings = sorted({r["params"].get("grouping", "equal") for r in rows if r["params"]["groups"] != 1})
     return {
         f"{grouping} groups": [
             r for r in rows if r["params"].get("grouping", "equal") == grouping or r["params"]["groups"] == 1

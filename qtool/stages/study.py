@@ -22,6 +22,7 @@ from qtool import __version__
 from qtool.analysis.collect import CollectConfig
 from qtool.analysis.outliers import OutlierConfig
 from qtool.cache import cached_stage
+from qtool.calibrators.methods import AUTO_GROUPS
 from qtool.data import QnliSplit
 from qtool.defaults import DEPLOY_MAX_DROP, SEED, SMOOTH_ALPHA
 from qtool.deployment.bench import BenchConfig
@@ -69,6 +70,7 @@ def study_configurations() -> dict[str, CalibrateConfig | AutoMixedPrecision]:
     configs += [CalibrateConfig(method="peg", groups=k, grouping="equal") for k in (2, 3, 4, 6, 8)]
     # Beyond the study: group boundaries with the least expected rounding noise (K = 1 is one group either way).
     configs += [CalibrateConfig(method="peg", groups=k) for k in (1, 2, 3, 4, 6, 8)]
+    configs.append(CalibrateConfig(method="peg", groups=AUTO_GROUPS))
     configs += [CalibrateConfig(mixed_precision="paper"), CalibrateConfig(mixed_precision="outliers")]
     # Beyond the study: SmoothQuant-style migration before each kind of calibration.
     configs += [

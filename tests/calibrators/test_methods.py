@@ -9,6 +9,7 @@ import pytest
 
 from qtool.analysis.stats import TensorStats
 from qtool.calibrators.methods import PegCalibrator, make_calibrator, optimal_group_starts, rounding_noise
+from qtool.defaults import PEG_AUTO_MAX_GROUPS, PEG_AUTO_NOISE_FACTOR
 from qtool.errors import QtoolError
 from qtool.exporter.points import QuantPoint
 
@@ -71,3 +72,44 @@ def test_grouping_is_recorded_and_checked():
     assert make_calibrator("peg", groups=2).label() == "peg-k2"
     with pytest.raises(QtoolError, match="--grouping"):
         make_calibrator("peg", grouping="kmeans")
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("grouping", ["optimal", "equal"])
+def test_auto_groups_are_the_fewest_within_the_noise_factor(seed, grouping):
+    """`--groups auto`: per tensor, the smallest K whose expected rounding noise is at most
+    PEG_AUTO_NOISE_FACTOR x per-channel quantization's, checked against every K below it."""
+    rng = np.random.default_rng(seed)
+    ranges = np.abs(rng.standard_normal(24)) ** int(rng.integers(1, 5)) + 0.05
+    point = QuantPoint("p", "residual_sum", 0, "t", ())
+    result = PegCalibrator(groups="auto", grouping=grouping).estimate(point, _stats(ranges))
+    chosen = len(result.groups)
+    assert 1 <= chosen <= PEG_AUTO_MAX_GROUPS
+    assert sorted(c for g in result.groups for c in g.channels) == list(range(ranges.size))
+    per_channel = float(np.sum(ranges.astype(np.float64) ** 2))
+
+    def noise(k: int) -> float:
+        groups = PegCalibrator(groups=k, grouping=grouping).estimate(point, _stats(ranges)).groups
+        return sum(len(g.channels) * g.amax**2 for g in groups)
+
+    assert noise(chosen) == pytest.approx(sum(len(g.channels) * g.amax**2 for g in result.groups), rel=1e-6)
+    if chosen < PEG_AUTO_MAX_GROUPS:
+        assert noise(chosen) <= PEG_AUTO_NOISE_FACTOR * per_channel * (1 + 1e-6)
+    assert all(noise(k) > PEG_AUTO_NOISE_FACTOR * per_channel for k in range(1, chosen))
+
+
+def test_auto_groups_follow_the_tensor():
+    point = QuantPoint("p", "residual_sum", 0, "t", ())
+    flat = PegCalibrator(groups="auto").estimate(point, _stats(np.linspace(0.8, 1.0, 64)))
+    outlier = PegCalibrator(groups="auto").estimate(
+        point, _stats(np.concatenate([np.linspace(1.0, 12.5, 383), [221.7]]))
+    )
+    assert len(flat.groups) == 1  # similar ranges: one scale is already within the factor
+    assert len(outlier.groups) >= 2 and outlier.groups[-1].channels == (383,)
+    assert PegCalibrator(groups="auto").label() == "peg-auto" and PegCalibrator(groups="3").groups == 3
+
+
+@pytest.mark.parametrize("bad", [0, "0", "many", "2.5", -1, None])
+def test_groups_must_be_a_count_or_auto(bad):
+    with pytest.raises(QtoolError, match="--groups"):
+        PegCalibrator(groups=bad)

@@ -14,6 +14,7 @@ from qtool.analysis import CollectConfig, collect, point_reports
 from qtool.calibrators.methods import PEG_ROLES
 from qtool.cli import app
 from qtool.data import make_batches, tokenize_part
+from qtool.defaults import PEG_AUTO_MAX_GROUPS
 from qtool.errors import QtoolError
 from qtool.fileio import dumps_stable
 from qtool.graph import graph_metadata
@@ -112,6 +113,7 @@ RECIPES = {
     "percentile": CalibrateConfig(method="percentile", p=99.9),
     "peg-k3-sorted": CalibrateConfig(method="peg", groups=3),
     "peg-k3-contiguous": CalibrateConfig(method="peg", groups=3, permute=False),
+    "peg-auto": CalibrateConfig(method="peg", groups="auto"),
     "peg-k3-equal-sorted": CalibrateConfig(method="peg", groups=3, grouping="equal"),
     "peg-k5-equal-contiguous": CalibrateConfig(method="peg", groups=5, grouping="equal", permute=False),
     "gemm-scope": CalibrateConfig(scope="gemm"),
@@ -286,11 +288,26 @@ def test_calibrate_cli_evaluates_and_refuses_bad_input(scaled_model, session_dat
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["recipe"] == "peg-k3-all" and summary["eval_examples"] == 40
+    result = runner.invoke(
+        app, ["calibrate", str(graph), "--method", "peg", "-k", "auto", "--json", "--no-eval", *common]
+    )
+    assert result.exit_code == 0, result.output
+    auto = json.loads(result.stdout)
+    assert auto["recipe"] == "peg-auto-all" and auto["params"]["groups"] == "auto"
+    counts = {
+        len(t["groups"])
+        for t in json.loads(Path(auto["calibration"]).read_text())["tensors"].values()
+        if t.get("groups")
+    }
+    assert counts and max(counts) <= PEG_AUTO_MAX_GROUPS
+    result = runner.invoke(app, ["quantize", str(graph), auto["calibration"], "-o", str(tmp_path / "auto.onnx")])
+    assert result.exit_code == 0, result.output
 
     for bad, message in (
         (["--method", "percentile", "--p", "0"], "--p"),
         (["--method", "percentile", "--p", "101"], "--p"),
         (["--method", "peg", "--groups", "0"], "--groups"),
+        (["--method", "peg", "--groups", "many"], "--groups"),
         (["--method", "kmeans"], "unknown calibration method"),
         (["--scope", "most"], "unknown scope"),
         (["--keep-fp", "nothing.*"], "matches no quantization point"),
