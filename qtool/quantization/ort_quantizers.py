@@ -1,4 +1,10 @@
-"""ONNX Runtime's own quantizers on the same model and calibration pairs, as study peers.
+"""ONNX Runtime's own quantizers and transformer optimizer on the same model and calibration pairs,
+as study peers.
+
+`ort-optimizer-fp32` is the FP32 graph after ONNX Runtime's transformer optimizer (`optimize_model`,
+model type `bert`: fused Attention, SkipLayerNormalization, BiasGelu where its patterns match) and
+`ort-optimizer-dynamic` that graph through `quantize_dynamic`: the classic ONNX Runtime BERT recipe
+for CPUs. The optimizer finds the heads and width from the graph.
 
 `quantize_static` keeps every intermediate output of a calibration pass in memory before it
 builds histograms, and concatenates batches, so its inputs are padded to one length and its
@@ -11,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import onnx
@@ -25,11 +33,13 @@ from qtool.graph import load_model, save_derived_graph
 
 log = logging.getLogger(__name__)
 
-PEERS = {
-    "ort-static-minmax": "MinMax",
-    "ort-static-percentile": "Percentile",
-    "ort-static-entropy": "Entropy",
-    "ort-dynamic": None,
+PEERS = {  # name -> (transformer optimizer first, quantizer: a CalibrationMethod name, "dynamic", or None)
+    "ort-static-minmax": (False, "MinMax"),
+    "ort-static-percentile": (False, "Percentile"),
+    "ort-static-entropy": (False, "Entropy"),
+    "ort-dynamic": (False, "dynamic"),
+    "ort-optimizer-fp32": (True, None),
+    "ort-optimizer-dynamic": (True, "dynamic"),
 }
 HISTOGRAM_PAIRS = 128
 PEER_SCOPE = "ort-matmul"  # ONNX Runtime defaults: MatMul/Gemm inputs (U8) and weights (S8 per channel)
@@ -68,15 +78,24 @@ def quantize_with_ort(
         quantize_dynamic,
         quantize_static,
     )
+    from onnxruntime.transformers.optimizer import optimize_model
 
     if name not in PEERS:
         raise QtoolError(f"unknown peer {name!r}; choose one of {', '.join(PEERS)}")
-    method = PEERS[name]
+    optimize, method = PEERS[name]
     used = 0
-    with atomic_path(output) as tmp:
-        if method is None:
-            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
-        else:
+    with atomic_path(output) as tmp, tempfile.TemporaryDirectory(prefix="qtool-peer-") as scratch:
+        source = fp32
+        if optimize:
+            source = Path(scratch) / "optimized.onnx"
+            optimize_model(str(fp32), model_type="bert").save_model_to_file(str(source))
+            if method is None:
+                shutil.copyfile(source, tmp)
+        if method == "dynamic":
+            # The optimizer's com.microsoft ops leave some tensors without an inferred type: they are float.
+            extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if optimize else {}
+            quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True, extra_options=extra)
+        elif method is not None:
             pairs = samples if method == "MinMax" else min(samples, HISTOGRAM_PAIRS)
             examples, _ = calibration_examples(split, pairs)
             inputs = {value.name for value in load_model(fp32, load_external_data=False).graph.input}
@@ -105,4 +124,4 @@ def quantize_with_ort(
             log.debug("onnxruntime quantize_static said: %s", chatter.getvalue().strip())
         _copy_metadata(fp32, tmp, {"precision": f"int8-{name}", "recipe": name})
     log.info("%s written with %s calibration pairs", output, used)
-    return {"method": name, "calibration_pairs": used, "scope": PEER_SCOPE}
+    return {"method": name, "calibration_pairs": used, "scope": PEER_SCOPE if method else "none"}

@@ -208,7 +208,10 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "- quantization: symmetric INT8, zero point 0; activations per tensor (PEG: per channel group), weights per "
         "output channel; scope `all` = every weight and activation point, `gemm` = inputs of MatMul/Gemm and residual Adds, "
         "`gemm-inputs` = Q/DQ only on the edges into MatMul/Gemm (residual Adds read float), "
-        "`ort-matmul` = ONNX Runtime's quantizers with their defaults (MatMul/Gemm inputs as U8, weights as S8 per channel)",
+        "`ort-matmul` = ONNX Runtime's quantizers with their defaults (MatMul/Gemm inputs as U8, weights as S8 per channel); "
+        "`ort-optimizer-*` = ONNX Runtime's transformer optimizer (fused attention, LayerNorm and GELU kernels) alone "
+        "(FP32) or before `quantize_dynamic`. Every peer deploys its own graph on ONNX Runtime's CPU provider, where "
+        "it is meant to be fast; qtool's rows deploy their ONNX Runtime CPU form here and their QDQ graph on TensorRT",
         f"- environment: {environment['processor']}, {environment['platform']}, python {environment['python']}, "
         f"torch {environment['torch']}, onnxruntime {environment['onnxruntime']}, qtool {environment['qtool']}",
         "",
