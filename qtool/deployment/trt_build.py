@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qtool import __version__
+from qtool.deployment.trt_layers import inspect_engine
 from qtool.errors import QtoolError
 from qtool.fileio import atomic_path, manifest_path, sha256_file, write_json
 from qtool.graph import load_model, position_table_rows, read_qtool_metadata
-from qtool.runners.device import current_gpu
+from qtool.runners.device import current_gpu, missing_gpu_reason
 from qtool.runners.trt import ENGINE_KIND, ProfileShapes, Shape, import_tensorrt, one_line, trt_logger
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,8 @@ def _builder_config(trt, builder, config: TrtBuildConfig, shapes: ProfileShapes)
     if config.workspace_mib is not None:
         builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mib << 20)
     builder_config.builder_optimization_level = config.optimization_level
+    # Every layer's precision in the engine inspector (the manifest's `layer_precision`), not names only.
+    builder_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     profile = builder.create_optimization_profile()
     for name, (minimum, optimum, maximum) in shapes.items():
         profile.set_shape(name, minimum, optimum, maximum)
@@ -201,7 +204,8 @@ def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtB
     gpu = current_gpu()
     if gpu is None:
         raise QtoolError(
-            f"no CUDA GPU is visible to this process; TensorRT builds {plan_path.name} on the GPU that will run it"
+            f"no CUDA GPU is visible to this process ({missing_gpu_reason()}); TensorRT builds {plan_path.name} "
+            "on the GPU that will run it"
         )
     if not facts.quantize_nodes:
         log.warning("%s has no QuantizeLinear nodes; the engine will have no INT8 layers", onnx_path)
@@ -234,6 +238,14 @@ def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtB
     if config.timing_cache is not None:
         _save_timing_cache(builder_config, Path(config.timing_cache))
 
+    layers = inspect_engine(trt, trt.Runtime(logger), serialized)
+    if layers["gemms_not_int8"]:
+        log.warning(
+            "%d GEMM layer(s) of %s do not run INT8: %s",
+            len(layers["gemms_not_int8"]),
+            plan_path.name,
+            ", ".join(layers["gemms_not_int8"][:5]),
+        )
     manifest_path(plan_path).unlink(missing_ok=True)  # never leave an old manifest beside a new plan
     with atomic_path(plan_path) as tmp:
         tmp.write_bytes(serialized)
@@ -254,6 +266,7 @@ def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtB
             "strongly_typed": not config.fp16,
             "builder_flags": precision_flags,
         },
+        "layer_precision": layers,
         "profiles": {
             name: dict(zip(("min", "opt", "max"), map(list, shape), strict=True)) for name, shape in shapes.items()
         },

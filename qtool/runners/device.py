@@ -1,17 +1,27 @@
 """Which GPU this process runs on, for engine manifests and compatibility checks.
 
-The CUDA runtime (the library TensorRT itself uses, loaded through polygraphy's wrapper) gives the
-compute capability and PCI bus id of the CUDA device; NVML (`pynvml`, from `nvidia-ml-py`) then
-names that exact board by bus id, which stays right when CUDA and NVML number devices differently.
-Without NVML the name is unknown and only the compute capability is recorded.
+The CUDA runtime library (`libcudart`) gives the compute capability and PCI bus id of the CUDA
+device; NVML (`pynvml`, from `nvidia-ml-py`) then names that exact board by bus id, which stays
+right when CUDA and NVML number devices differently. Without NVML the name is unknown and only the
+compute capability is recorded.
+
+The runtime library is looked for where pip puts it first (`nvidia-cuda-runtime-cu12` installs
+`site-packages/nvidia/cuda_runtime/lib/libcudart.so.12`; the CUDA 13 wheels
+`site-packages/nvidia/cu13/lib/libcudart.so.13`), then under `CUDA_HOME`/`CUDA_PATH`, then where
+the system loader finds it. The one found is loaded globally, so polygraphy and TensorRT in the
+same process use it too.
 """
 
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import logging
-from collections.abc import Mapping
+import os
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +55,46 @@ class GpuInfo:
         )
 
 
+CUDA_RUNTIME_HINT = (
+    "install the CUDA runtime with `pip install nvidia-cuda-runtime-cu12` (or the CUDA toolkit, with CUDA_HOME set)"
+)
+
+
+def cuda_runtime_candidates(roots: Iterable[str | Path] | None = None) -> list[Path]:
+    """The CUDA runtime libraries on this machine, best first: pip's NVIDIA wheels under each of
+    `roots` (default: `sys.path`), then CUDA_HOME / CUDA_PATH, newest version first within each."""
+    found: list[Path] = []
+    for root in (sys.path if roots is None else roots):
+        nvidia = Path(root or ".") / "nvidia"
+        if nvidia.is_dir():
+            libraries = [*nvidia.glob("cuda_runtime/lib/libcudart.so*"), *nvidia.glob("cu[0-9]*/lib/libcudart.so*")]
+            found += sorted(libraries, key=lambda p: p.name, reverse=True)
+    for variable in ("CUDA_HOME", "CUDA_PATH"):
+        if home := os.environ.get(variable):
+            found += sorted(Path(home).glob("lib*/libcudart.so*"), key=lambda p: p.name, reverse=True)
+    return list(dict.fromkeys(path for path in found if path.is_file()))
+
+
+def load_cuda_runtime(roots: Iterable[str | Path] | None = None):
+    """The CUDA runtime library, loaded (globally); None when there is none on this machine."""
+    for path in [*cuda_runtime_candidates(roots), ctypes.util.find_library("cudart")]:
+        if not path:
+            continue
+        try:
+            library = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            log.debug("cannot load %s: %s", path, exc)
+            continue
+        log.debug("CUDA runtime: %s", path)
+        return library
+    return None
+
+
 def _cuda_device(device: int) -> tuple[str, str | None] | None:
     """(compute capability, PCI bus id) of CUDA device `device`, or None when there is none."""
-    try:
-        from polygraphy import cuda
-
-        cudart = cuda.wrapper().handle
-    except Exception as exc:  # polygraphy missing, or no CUDA runtime library to load
-        log.debug("CUDA runtime unavailable: %s", exc)
+    cudart = load_cuda_runtime()
+    if cudart is None:
+        log.debug("no CUDA runtime library: %s", CUDA_RUNTIME_HINT)
         return None
     count = ctypes.c_int(0)
     status = cudart.cudaGetDeviceCount(ctypes.byref(count))
@@ -97,3 +139,10 @@ def current_gpu(device: int = 0) -> GpuInfo | None:
     compute_capability, bus_id = found
     name, driver = _nvml_name_and_driver(bus_id) if bus_id else (None, None)
     return GpuInfo(compute_capability=compute_capability, name=name, driver_version=driver)
+
+
+def missing_gpu_reason() -> str:
+    """Why `current_gpu` found nothing, in words a user can act on."""
+    if load_cuda_runtime() is None:
+        return f"no CUDA runtime library was found; {CUDA_RUNTIME_HINT}"
+    return "the CUDA runtime sees no GPU (check the driver with `nvidia-smi`)"

@@ -22,6 +22,7 @@ from qtool.deployment.trt_build import (
     profile_shapes,
     read_onnx_facts,
 )
+from qtool.deployment.trt_layers import layer_precision, summarize_layers
 from qtool.errors import QtoolError
 from qtool.fileio import manifest_path, sha256_file
 from qtool.runners.trt import TrtRunner, read_plan_manifest
@@ -137,6 +138,28 @@ def test_build_writes_plan_and_manifest_strongly_typed(use_fake, tiny_graph, tmp
     assert manifest["profiles"]["input_ids"] == {"min": [1, 1], "opt": [1, 128], "max": [32, 128]}
     assert json.loads(manifest["onnx_metadata"]["labels"]) == ["entailment", "not_entailment"]
     assert read_plan_manifest(plan) == manifest
+    # Detailed profiling verbosity, so the inspector gives every layer's precision to the manifest.
+    assert state.profiling_verbosity == trt.ProfilingVerbosity.DETAILED
+    assert manifest["layer_precision"] == {
+        "layers": 7,
+        "by_precision": {"INT8": 2, "FP16": 3, "FP32": 1, "reformat": 1},  # the Q layer reads FP16
+        "gemms": 3,
+        "gemms_not_int8": ["/bert/pooler/dense/Gemm"],
+        "detailed": True,
+    }
+
+
+def test_inspector_with_layer_names_only_counts_nothing_as_known():
+    names_only = {"Layers": ["/bert/encoder/layer.0/attention/self/query/MatMul", "Reformatting CopyNode 0"]}
+    summary = summarize_layers(names_only)
+    assert summary["by_precision"] == {"unknown": 2} and not summary["detailed"] and summary["gemms"] == 0
+    assert (
+        layer_precision({"LayerType": "Myelin", "Inputs": [{"Format/Datatype": "Row major linear BF16 format"}]})
+        == "BF16"
+    )
+    assert (
+        layer_precision({"Inputs": [{"Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}]}) == "FP16"
+    )
 
 
 def test_fp16_build_is_weakly_typed_with_fp16_and_int8_flags(use_fake, tiny_graph, tmp_path):

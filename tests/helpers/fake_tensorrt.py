@@ -86,6 +86,10 @@ class DataType(enum.IntEnum):
 
 NUMPY_TYPES = {DataType.FLOAT: np.float32, DataType.INT32: np.int32, DataType.INT64: np.int64}
 FAKE_PLAN_MAGIC = b"FAKEPLAN"
+# The engine inspector's JSON for a tiny QDQ BERT, written by hand in the format TensorRT documents
+# for detailed verbosity (fields Name, LayerType, Inputs/Outputs with Format/Datatype); not recorded
+# on a GPU, since none is reachable here.
+INSPECTOR_SAMPLE = Path(__file__).with_name("trt_inspector_sample.json")
 
 
 def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -> types.ModuleType:
@@ -93,7 +97,12 @@ def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     state = types.SimpleNamespace(
-        parse_error=None, build_error=None, timing_cache_loaded=None, builder_flags=set(), profiles=[]
+        parse_error=None,
+        build_error=None,
+        timing_cache_loaded=None,
+        builder_flags=set(),
+        profiles=[],
+        profiling_verbosity=None,
     )
     trt.state = state
 
@@ -108,6 +117,8 @@ def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -
     trt.BuilderFlag = enum.IntEnum("BuilderFlag", flags)
     trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0})
     trt.TensorIOMode = enum.IntEnum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})
+    trt.ProfilingVerbosity = enum.IntEnum("ProfilingVerbosity", {"LAYER_NAMES_ONLY": 0, "NONE": 1, "DETAILED": 2})
+    trt.LayerInformationFormat = enum.IntEnum("LayerInformationFormat", {"ONELINE": 0, "JSON": 1})
     trt.nptype = lambda data_type: NUMPY_TYPES[data_type]
 
     class Tensor:
@@ -178,6 +189,7 @@ def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -
 
     class BuilderConfig:
         builder_optimization_level = 3
+        profiling_verbosity = None
 
         def __init__(self) -> None:
             self.cache: TimingCache | None = None
@@ -220,6 +232,7 @@ def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -
 
         def build_serialized_network(self, network: Network, config: BuilderConfig):
             state.optimization_level = config.builder_optimization_level
+            state.profiling_verbosity = config.profiling_verbosity
             if state.build_error:
                 self.logger.log(Severity.ERROR, state.build_error)
                 return None
@@ -273,6 +286,21 @@ def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -
 
         def create_execution_context(self) -> ExecutionContext:
             return ExecutionContext()
+
+        def create_engine_inspector(self):
+            return EngineInspector(state.profiling_verbosity)
+
+    class EngineInspector:
+        """Serves INSPECTOR_SAMPLE, or layer names only unless the build asked for detailed verbosity."""
+
+        def __init__(self, verbosity) -> None:
+            self.verbosity = verbosity
+
+        def get_engine_information(self, fmt) -> str:
+            layers = json.loads(INSPECTOR_SAMPLE.read_text())["Layers"]
+            if self.verbosity != trt.ProfilingVerbosity.DETAILED:
+                layers = [layer["Name"] for layer in layers]
+            return json.dumps({"Layers": layers})
 
     class Runtime:
         def __init__(self, logger) -> None:
