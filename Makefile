@@ -18,7 +18,9 @@ MPNET_CONFIGS := fp32 max-all max-gemm-inputs percentile-99.9-all percentile-99.
 	peg-k4-equal-all peg-k6-equal-all peg-k3-all peg-k4-all peg-k6-all max-all-mp-paper max-all-mp-outliers \
 	ort-static-minmax ort-static-percentile ort-static-entropy ort-dynamic max-all-mp-auto0.5
 
-.PHONY: setup test reproduce reproduce-mpnet lint clean
+GPU_ARTIFACTS ?= $(firstword $(wildcard artifacts/*-qnli-*/fp32.onnx))
+
+.PHONY: setup test reproduce reproduce-mpnet gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +44,11 @@ reproduce-mpnet: $(STAMP)
 	$(BIN)/qtool reproduce --model "$$($(BIN)/qtool finetune --model $(MPNET_DIR) --data $(DATA) --lr $(MPNET_LR) \
 		--artifacts artifacts/mpnet --json | $(PYTHON) -c 'import json, sys; print(json.load(sys.stdin)["model_dir"])')" \
 		--data $(DATA) --artifacts artifacts/mpnet $(foreach c,$(MPNET_CONFIGS),-c $(c)) $(ARGS)
+
+# TensorRT engines of the study's configurations on an NVIDIA GPU (needs `pip install -e ".[trt]"` and a
+# `make reproduce` first); on a machine without a GPU it stops with a one-line error.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(if $(GPU_ARTIFACTS),$(dir $(GPU_ARTIFACTS)),artifacts) --data $(DATA) $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check qtool tests

@@ -6,6 +6,7 @@ Without a GPU, the build runs against the fake TensorRT in `tests.helpers.fake_t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import sys
@@ -307,3 +308,21 @@ def test_gpu_qdq_engine_builds_strongly_typed_and_runs(tiny_onnx, eval_batches, 
             simulated_error = np.abs(_ort_logits(qdq, feeds) - reference).max()
             # TensorRT's INT8 engine should stray from FP32 about as far as ONNX Runtime's run of the same graph.
             assert np.abs(logits - reference).max() <= 3 * simulated_error + 0.02 * np.abs(reference).max()
+
+
+def test_gpu_check_stops_with_one_line_on_a_machine_without_a_gpu(tmp_path):
+    """`make gpu-check` runs benchmarks/gpu_check.py; without TensorRT or a GPU it writes nothing."""
+    import subprocess
+
+    from qtool.runners.device import current_gpu
+
+    if importlib.util.find_spec("tensorrt") is not None and current_gpu() is not None:
+        pytest.skip("a GPU with TensorRT is here: gpu-check would run for real")
+    script = Path(__file__).parents[2] / "benchmarks" / "gpu_check.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "--data", str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1 and "error:" in done.stderr
+    assert "TensorRT" in done.stderr or "NVIDIA GPU" in done.stderr
+    assert list(tmp_path.iterdir()) == []
