@@ -424,7 +424,8 @@ def build(
 def reproduce(
     model: o.Model = None, data: o.Data = None, seed: o.Seed = None, configs: o.Configurations = None,
     config_file: o.ConfigFile = None, max_drop: o.DeployMaxDrop = None, samples: o.Samples = None,
-    limit: o.Limit = None, artifacts: o.Artifacts = None, as_json: o.Json = False,
+    limit: o.Limit = None, artifacts: o.Artifacts = None, as_json: o.Json = False, executor: o.Executor = None,
+    address: o.RayAddress = None, cpus_per_task: o.CpusPerTask = None,
 ) -> None:
     """Run the study end to end: fine-tune if needed, export, collect, analyze, then calibrate and
     evaluate every configuration; writes ARTIFACTS/report/results.json and report.md.
@@ -433,13 +434,17 @@ def reproduce(
     3, 4, 6, 8; mixed precision paper and outliers. Every stage is cached, so a rerun (or a run after
     an interruption) only does what is missing.
     """
+    from qtool.executor import ExecutorConfig
     from qtool.stages.study import ReproduceConfig, load_configuration_file, run_reproduce
 
+    executor_config = configured(ExecutorConfig, kind=executor, address=address, cpus_per_task=cpus_per_task)
+    executor_config.validate()
     _, split = load_split(data, seed)
     config = configured(
         ReproduceConfig, seed=seed, configurations=tuple(configs) if configs else None, max_drop=max_drop,
         collect=collect_config(samples, None, None, None), eval=eval_config(limit=limit),
         extra_configurations=load_configuration_file(config_file) if config_file else None,
+        executor=executor_config,
     )
     result = run_reproduce(model, split, config, artifacts_folder(artifacts))
     if as_json:

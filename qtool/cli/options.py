@@ -17,6 +17,7 @@ from qtool.defaults import BASE_METHOD, DEPLOY_MAX_DROP, PEG_AUTO_MAX_GROUPS, PE
 from qtool.deployment.bench import INPUT_KINDS, BenchConfig
 from qtool.deployment.evaluate import EvalConfig
 from qtool.deployment.trt_build import TrtBuildConfig
+from qtool.executor import EXECUTORS, RAY_HINT, ExecutorConfig
 from qtool.exporter.onnx_export import ExportConfig
 from qtool.exporter.qdq import PEG_FORMS, WEIGHT_MODES
 from qtool.models.finetune import FinetuneConfig
@@ -392,4 +393,23 @@ ConfigFile = Annotated[
 DeployMaxDrop = Annotated[
     float | None,
     typer.Option(help=f"Accuracy budget in points for the 'what to deploy' advice. Default: {DEPLOY_MAX_DROP:g}."),
+]
+Executor = Annotated[
+    str | None,
+    typer.Option(
+        "--executor",
+        help=f"Where the configurations run: {' or '.join(EXECUTORS)} (Ray tasks on a cluster that sees the "
+        f"artifacts folder; {RAY_HINT}). Default: {ExecutorConfig.kind}.",
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option("--address", help="ray: the cluster to join ('auto': the running one). Default: start one here."),
+]
+CpusPerTask = Annotated[
+    int | None,
+    typer.Option(
+        "--cpus-per-task",
+        help="ray: CPUs each task reserves, also its ONNX Runtime threads. Default: all of this machine's.",
+    ),
 ]

@@ -19,7 +19,7 @@ import onnxruntime
 import torch
 
 from qtool import __version__
-from qtool.analysis.collect import CollectConfig
+from qtool.analysis.collect import ActivationStats, CollectConfig
 from qtool.analysis.outliers import OutlierConfig
 from qtool.cache import cached_stage
 from qtool.calibrators.methods import AUTO_GROUPS
@@ -28,10 +28,10 @@ from qtool.defaults import DEPLOY_MAX_DROP, SEED, SMOOTH_ALPHA
 from qtool.deployment.bench import BenchConfig
 from qtool.deployment.evaluate import EvalConfig, evaluate_graph, tokenizer_for
 from qtool.errors import QtoolError
+from qtool.executor import ExecutorConfig, run_tasks
 from qtool.exporter.onnx_export import ExportConfig
 from qtool.fileio import manifest_path, sha256_file, write_json
 from qtool.models.finetune import FinetuneConfig
-from qtool.progress import progress_bar
 from qtool.quantization.calibration import CalibrateConfig
 from qtool.quantization.ort_quantizers import PEERS, quantize_with_ort
 from qtool.quantization.search import SearchConfig, auto_recipe_name
@@ -94,6 +94,7 @@ class ReproduceConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     bench: BenchConfig = field(default_factory=lambda: BenchConfig(warmup=5, iterations=30))
     max_drop: float = DEPLOY_MAX_DROP  # accuracy points: the "what to deploy" budget
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where the configurations run
     extra_configurations: tuple[tuple[str, CalibrateConfig], ...] = ()  # from a TOML file
 
     def selected(self) -> dict[str, CalibrateConfig | AutoMixedPrecision | None]:
@@ -213,6 +214,29 @@ def _calibrated_row(
     return _result_row(name, made.qdq_graph, evaluation, calibration.scope, extra)
 
 
+def configuration_row(
+    name: str, recipe: CalibrateConfig | AutoMixedPrecision | None, fp32: Path, stats_path: Path, split: QnliSplit,
+    config: ReproduceConfig,
+) -> dict:
+    """One configuration of the study (an ONNX Runtime peer when `recipe` is None): a task of the
+    executor, which reads the FP32 graph and statistics from their files and writes through the cache."""
+    if recipe is None:
+        return _peer_row(name, fp32, split, config)
+    return _calibrated_row(name, recipe, fp32, ActivationStats.load(stats_path), split, config)
+
+
+def _for_tasks(config: ReproduceConfig) -> ReproduceConfig:
+    """`config` with ONNX Runtime's threads set to the CPUs a task reserves, when it reserves some."""
+    threads = config.executor.task_threads()
+    if threads is None:
+        return config
+    return replace(
+        config,
+        eval=replace(config.eval, threads=config.eval.threads or threads),
+        bench=replace(config.bench, threads=config.bench.threads or threads),
+    )
+
+
 def _recommendation(rows: list[dict], split: QnliSplit, config: ReproduceConfig, folder: Path) -> dict | None:
     """What to deploy: the close calls within the budget, timed again side by side (interleaved)."""
     graphs = {row["configuration"]: Path(row["latency"]["graph"]) for row in contenders(rows, config.max_drop)}
@@ -241,20 +265,18 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
     finetune_config = FinetuneConfig(**{**asdict(config.finetune), "seed": config.seed})
     exported = export_stage(model, split, artifacts, config.export, finetune_config, allow_finetune=True)
     fp32 = exported.graph
-    stats, _ = collect_stage(fp32, split, config.collect)
+    stats, stats_path = collect_stage(fp32, split, config.collect)
     analysis, analysis_paths = analyze_stage(stats, OutlierConfig(), fp32.parent / "analysis")
 
     fp32_evaluation = evaluate_graph(fp32, split, config.eval, config.export.max_length)
     rows = [
         _result_row(FP32, fp32, fp32_evaluation, "none (FP32)", {"latency": latency_stage(fp32, split, config.bench)})
     ]
-    with progress_bar("study configurations", total=len(configurations)) as bar:
-        for name, recipe in configurations.items():
-            if recipe is None:
-                rows.append(_peer_row(name, fp32, split, config))
-            else:
-                rows.append(_calibrated_row(name, recipe, fp32, stats, split, config))
-            bar.advance(1, status=f"{name}: {rows[-1]['accuracy']:.4f}")
+    tasks = [(name, recipe, fp32, stats_path, split, _for_tasks(config)) for name, recipe in configurations.items()]
+    rows += run_tasks(
+        configuration_row, tasks, config.executor, "study configurations",
+        label=lambda row: f"{row['configuration']}: {row['accuracy']:.4f}",
+    )
 
     result = {
         "model": exported.source.name,
