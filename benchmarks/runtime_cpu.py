@@ -6,9 +6,10 @@ gemm (TensorRT's placement) as written for TensorRT and rewritten for ONNX Runti
 (`qtool build --backend ort`), the same with scope gemm-inputs (Q/DQ only on the edges into
 MatMul/Gemm, residual path in float) rewritten for ONNX Runtime, scope all (every point) and PEG
 with K = 4 range-optimal groups at every point in its scaled and gathered forms, both rewritten for
-ONNX Runtime, and ONNX Runtime's own
-quantize_static (QDQ, U8 activations, S8 per-channel weights, MinMax on the same calibration
-pairs) and quantize_dynamic outputs of the same model.
+ONNX Runtime, and the study's peers: ONNX Runtime's quantize_static (QDQ, U8 activations, S8
+per-channel weights, MinMax on the same calibration
+pairs), quantize_dynamic, the transformer optimizer alone and before quantize_dynamic, and NNCF's
+nncf.quantize (when qtool[peers] is installed), each written as `qtool reproduce` writes its peers.
 
 Models: the fine-tuned default classifier (pass its FP32 graph) and a BERT-base-shaped model
 (12 layers, 768 wide, 12 heads, random weights built here). Usage:
@@ -32,40 +33,22 @@ PEG_GROUPS = 4  # range-optimal groups, scope all, in both PEG forms
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _calibration_batches(tokenizer, split, batch_size=16, seq_len=128):
-    from qtool.analysis.collect import calibration_examples
-    from qtool.data.batching import padded_feeds
+def _peer_graphs(fp32: Path, folder: Path, tokenizer, split) -> dict[str, Path]:
+    """The study's peers as `qtool reproduce` writes them: ONNX Runtime's quantizers and transformer
+    optimizer, and NNCF's post-training quantization when `qtool[peers]` is installed."""
+    from qtool.quantization.nncf_quantizers import nncf_missing, quantize_with_nncf
+    from qtool.quantization.ort_quantizers import quantize_with_ort
 
-    examples, _ = calibration_examples(split, CALIBRATION_PAIRS)
-    return padded_feeds(tokenizer, examples, batch_size, seq_len)
-
-
-def _ort_quantized(fp32: Path, folder: Path, tokenizer, split) -> dict[str, Path]:
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
-
-    from qtool.quantization.ort_quantizers import calibration_reader
-
-    static = folder / "ort-static-u8s8.onnx"
-    quantize_static(
-        str(fp32),
-        str(static),
-        calibration_reader(_calibration_batches(tokenizer, split)),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        op_types_to_quantize=["MatMul", "Gemm"],
-    )
-    dynamic = folder / "ort-dynamic.onnx"
-    quantize_dynamic(str(fp32), str(dynamic), weight_type=QuantType.QInt8)
-    return {"ort-static-u8s8": static, "ort-dynamic": dynamic}
+    graphs = {}
+    for name in ("ort-static-minmax", "ort-dynamic", "ort-optimizer-fp32", "ort-optimizer-dynamic"):
+        graphs[name] = folder / f"{name}.onnx"
+        quantize_with_ort(name, fp32, graphs[name], split, tokenizer, CALIBRATION_PAIRS)
+    if nncf_missing():
+        print(f"nncf-ptq left out: {nncf_missing()}")
+    else:
+        graphs["nncf-ptq (QDQ for OpenVINO, on ORT)"] = folder / "nncf-ptq.onnx"
+        quantize_with_nncf("nncf-ptq", fp32, graphs["nncf-ptq (QDQ for OpenVINO, on ORT)"], split, tokenizer, CALIBRATION_PAIRS)
+    return graphs
 
 
 def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]:
@@ -118,7 +101,7 @@ def _candidates(model_dir: Path, fp32: Path, folder: Path, split, tokenizer, thr
 
     graphs = {"ort-fp32": fp32}
     graphs |= _qtool_graphs(fp32, folder, split, tokenizer)
-    graphs |= _ort_quantized(fp32, folder, tokenizer, split)
+    graphs |= _peer_graphs(fp32, folder, tokenizer, split)
     candidates = [("torch-eager-fp32", lambda: TorchRunner(model_dir, threads))]
     candidates += [(name, runner_factory(path, threads)) for name, path in graphs.items()]
     return candidates, graphs

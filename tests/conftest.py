@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.models import build_bert_classifier, export_tiny, outlier_classifier, write_glue_tsv
+from tests.helpers.models import (
+    build_bert_classifier,
+    export_tiny,
+    outlier_classifier,
+    relabel_by_fp32,
+    write_glue_tsv,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_QNLI = Path(os.environ.get("QTOOL_DATA", REPO.parent / "shared" / "data" / "QNLI"))
@@ -69,3 +75,12 @@ def scaled_model(tmp_path_factory, embedded_tokenizer, session_data):
     return outlier_classifier(
         tmp_path_factory, embedded_tokenizer, session_data, weight_scale=8.0, outlier=30.0, seed=3, name="scaled"
     )
+
+
+@pytest.fixture(scope="session")
+def relabelled(scaled_model):
+    """The scaled model's split relabelled by FP32's predictions (FP32 scores 100 %), and its tokenizer."""
+    from qtool.models.resolve import load_tokenizer
+
+    tokenizer = load_tokenizer(scaled_model["graph"].parent / "tokenizer")
+    return relabel_by_fp32(scaled_model["graph"], scaled_model["split"], tokenizer), tokenizer

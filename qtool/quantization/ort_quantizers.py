@@ -19,6 +19,7 @@ import io
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import onnx
@@ -83,7 +84,7 @@ def quantize_with_ort(
     if name not in PEERS:
         raise QtoolError(f"unknown peer {name!r}; choose one of {', '.join(PEERS)}")
     optimize, method = PEERS[name]
-    used = 0
+    used, started = 0, time.perf_counter()
     with atomic_path(output) as tmp, tempfile.TemporaryDirectory(prefix="qtool-peer-") as scratch:
         source = fp32
         if optimize:
@@ -124,4 +125,5 @@ def quantize_with_ort(
             log.debug("onnxruntime quantize_static said: %s", chatter.getvalue().strip())
         _copy_metadata(fp32, tmp, {"precision": f"int8-{name}", "recipe": name})
     log.info("%s written with %s calibration pairs", output, used)
-    return {"method": name, "calibration_pairs": used, "scope": PEER_SCOPE if method else "none"}
+    seconds = round(time.perf_counter() - started, 1)
+    return {"method": name, "calibration_pairs": used, "scope": PEER_SCOPE if method else "none", "seconds": seconds}

@@ -87,8 +87,9 @@ def expected_sqnr_db(stats: TensorStats, scale: float) -> float:
     return 10.0 * math.log10(signal / noise) if noise > 0 else math.inf
 
 
-class _TuningSet:
-    """Tokenized tuning pairs, their labels and FP32 logits."""
+class TuningSet:
+    """Tokenized tuning pairs (the calibration part topped up from train, never eval), their labels and FP32
+    logits: what the search and the accuracy-controlled peers tune on."""
 
     def __init__(self, model_path: Path, split: QnliSplit, tokenizer, config: SearchConfig):
         examples, self.sources = calibration_examples(split, config.tune_samples)
@@ -149,7 +150,7 @@ class _Cache:
 class _Evaluator:
     """The search's evaluations of one calibration on the tuning set, each cached by what it keeps in float."""
 
-    def __init__(self, model_path: Path, calibration: Calibration, tuning: _TuningSet, config: SearchConfig, cache):
+    def __init__(self, model_path: Path, calibration: Calibration, tuning: TuningSet, config: SearchConfig, cache):
         self.prepared = prepared_model(model_path, calibration)  # loaded (and smoothed) once for every candidate
         self.calibration, self.tuning, self.config, self.cache = calibration, tuning, config, cache
         self.evaluations = 0
@@ -285,7 +286,7 @@ def search_precision(
     if calibration.kept_in_float:
         raise QtoolError("the automatic search starts from a calibration with no point kept in float; drop --keep-fp")
     started = time.perf_counter()
-    tuning = _TuningSet(model_path, split, tokenizer, config)
+    tuning = TuningSet(model_path, split, tokenizer, config)
     cache = _Cache(cache_path, _cache_key(calibration, split, config))
     evaluator = _Evaluator(model_path, calibration, tuning, config, cache)
     ranked = _ranked_by_sensitivity(evaluator, stats)

@@ -127,7 +127,8 @@ def search_lines(result: dict) -> list[str]:
     if not rows:
         return []
     fp32 = result["results"][0]["accuracy"]
-    presets = [r for r in result["results"] if r.get("kept_in_float") and not r.get("search")]
+    presets = [r for r in result["results"] if r.get("kept_in_float") and not r.get("search") and not r.get("peer")]
+    controlled = [r for r in result["results"] if "tuning_pairs" in r.get("peer_record", {})]
     lines = [
         "| configuration | points in float | eval accuracy % | vs FP32 (points) | tuning pairs | tuning accuracy % "
         "(FP32) | evaluations run (reused) | seconds this run |",
@@ -145,6 +146,13 @@ def search_lines(result: dict) -> list[str]:
             f"| {row['configuration']} | {len(row['kept_in_float'])} | {_pct(row['accuracy'])} | "
             f"{100 * (row['accuracy'] - fp32):+.2f} | {tuning} |"
         )
+    for row in controlled:  # NNCF's accuracy control, on the same tuning pairs and budget
+        peer = row["peer_record"]
+        lines.append(
+            f"| {row['configuration']} | {len(peer['kept_in_float'])} GEMMs | {_pct(row['accuracy'])} | "
+            f"{100 * (row['accuracy'] - fp32):+.2f} | {peer['tuning_pairs']} | {_pct(peer['tuning_accuracy'])} "
+            f"({_pct(peer['tuning_fp32_accuracy'])}) | {peer['evaluations']} | {peer['seconds']:.0f} |"
+        )
     for row in rows:
         search = row["search"]
         curve = ", ".join(f"{c['float_points']}: {_pct(c['accuracy'])}" for c in search["curve"])
@@ -158,6 +166,15 @@ def search_lines(result: dict) -> list[str]:
     return lines
 
 
+PEER_NOTE = (
+    "Peers start from the same FP32 export, calibrate on the same pairs and are scored on the same eval part. "
+    "`nncf-ptq` is `nncf.quantize` (ONNX backend, transformer model type); `nncf-accuracy-control` is "
+    "`nncf.quantize_with_accuracy_control` with qtool's search budget and tuning pairs, its candidates scored as "
+    "qtool's search scores them (ONNX Runtime optimizations off). Quantize seconds: the time to write the graph, "
+    "when it was written (a cached graph keeps its first figure)."
+)
+
+
 SMOOTHING_NOTE = (
     "Migration (SmoothQuant-style, Xiao et al. 2023): each LayerNorm output that feeds projections is divided per "
     "channel by s = max|x|^alpha / max|w|^(1 - alpha) (folded into the LayerNorm's gamma and beta) and the projection "
@@ -165,6 +182,37 @@ SMOOTHING_NOTE = (
     "same function. Statistics are collected again on the smoothed graph. Only LayerNorm outputs move: the FFN "
     "output and residual sums, where BERT's largest outliers sit, are not inputs of a projection and keep their range."
 )
+
+
+PEER_FORMS = {
+    "ort": "its own graph on ONNX Runtime's CPU provider, where it is meant to be fast",
+    "nncf": "its QDQ graph, meant for OpenVINO's CPU plugin; timed here on ONNX Runtime's CPU provider",
+}
+
+
+def peer_lines(result: dict) -> list[str]:
+    """What each peer deploys, where it is meant to be fast, what it cost to make and what it left in float."""
+    peers = [r for r in result["results"] if r.get("peer")]
+    lines = []
+    if peers:
+        lines += [
+            "| peer | deploys | accuracy % | p50 ms | quantize seconds | quantized ops | weight GEMMs in float |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+    for row in peers:
+        record = row.get("peer_record", {})
+        form = PEER_FORMS["nncf" if row["configuration"].startswith("nncf-") else "ort"]
+        seconds = record.get("seconds")
+        kept = record.get("kept_in_float")
+        lines.append(
+            f"| {row['configuration']} | {form} | {_pct(row['accuracy'])} | "
+            f"{(row.get('latency') or {}).get('p50_ms', float('nan')):.1f} | "
+            f"{'-' if seconds is None else f'{seconds:.0f}'} | {record.get('quantized_ops', '-')} | "
+            f"{'-' if kept is None else len(kept)} |"
+        )
+    for name, reason in (result.get("skipped") or {}).items():
+        lines += ["", f"`{name}` did not run: {reason}."]
+    return lines
 
 
 def outlier_table(result: dict) -> list[str]:
@@ -210,8 +258,10 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "`gemm-inputs` = Q/DQ only on the edges into MatMul/Gemm (residual Adds read float), "
         "`ort-matmul` = ONNX Runtime's quantizers with their defaults (MatMul/Gemm inputs as U8, weights as S8 per channel); "
         "`ort-optimizer-*` = ONNX Runtime's transformer optimizer (fused attention, LayerNorm and GELU kernels) alone "
-        "(FP32) or before `quantize_dynamic`. Every peer deploys its own graph on ONNX Runtime's CPU provider, where "
-        "it is meant to be fast; qtool's rows deploy their ONNX Runtime CPU form here and their QDQ graph on TensorRT",
+        "(FP32) or before `quantize_dynamic`; `nncf-transformer` = NNCF's transformer preset (projection inputs and "
+        "weights; attention MatMuls in float). The ONNX Runtime peers deploy their own graph on ONNX Runtime's CPU "
+        "provider, where they are meant to be fast; NNCF's graphs are meant for OpenVINO and are timed here on ONNX "
+        "Runtime; qtool's rows deploy their ONNX Runtime CPU form here and their QDQ graph on TensorRT",
         f"- environment: {environment['processor']}, {environment['platform']}, python {environment['python']}, "
         f"torch {environment['torch']}, onnxruntime {environment['onnxruntime']}, qtool {environment['qtool']}",
         "",
@@ -235,6 +285,7 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "",
         *_section("Migrating activation range into the weights", smoothing_table(result), SMOOTHING_NOTE),
         *_section("Automatic mixed precision", search_lines(result)),
+        *_section("Peers", peer_lines(result), PEER_NOTE),
         "## What to deploy",
         "",
         *deploy_paragraph(result),

@@ -9,10 +9,12 @@ interrupted run redoes only what is missing.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import platform
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import onnxruntime
@@ -24,7 +26,7 @@ from qtool.analysis.outliers import OutlierConfig
 from qtool.cache import cached_stage
 from qtool.calibrators.methods import AUTO_GROUPS
 from qtool.data import QnliSplit
-from qtool.defaults import DEPLOY_MAX_DROP, SEED, SMOOTH_ALPHA
+from qtool.defaults import DEPLOY_MAX_DROP, SEARCH_MAX_DROP, SEED, SMOOTH_ALPHA
 from qtool.deployment.bench import BenchConfig
 from qtool.deployment.evaluate import EvalConfig, evaluate_graph, tokenizer_for
 from qtool.errors import QtoolError
@@ -33,6 +35,7 @@ from qtool.exporter.onnx_export import ExportConfig
 from qtool.fileio import manifest_path, sha256_file, write_json
 from qtool.models.finetune import FinetuneConfig
 from qtool.quantization.calibration import CalibrateConfig
+from qtool.quantization.nncf_quantizers import NNCF_PEERS, nncf_missing, quantize_with_nncf
 from qtool.quantization.ort_quantizers import PEERS, quantize_with_ort
 from qtool.quantization.search import SearchConfig, auto_recipe_name
 from qtool.report.advice import contenders, recommend
@@ -102,16 +105,26 @@ class ReproduceConfig:
         available: dict[str, CalibrateConfig | AutoMixedPrecision | None] = {
             **study_configurations(),
             **dict.fromkeys(PEERS),
+            **dict.fromkeys(NNCF_PEERS),
         }
         available |= dict(self.extra_configurations)
         if self.configurations is None:
-            return available
+            return {name: recipe for name, recipe in available.items() if name not in self.skipped()}
         unknown = [c for c in self.configurations if c not in available and c != FP32]
         if unknown:
             raise QtoolError(
                 f"unknown configuration(s) {', '.join(unknown)}; choose from {FP32}, {', '.join(available)}"
             )
+        missing = nncf_missing()
+        asked = [name for name in self.configurations if name in NNCF_PEERS]
+        if asked and missing:
+            raise QtoolError(f"{', '.join(asked)} cannot run: {missing}")
         return {name: available[name] for name in self.configurations if name != FP32}
+
+    def skipped(self) -> dict[str, str]:
+        """Peers left out of a full study because their optional extra is missing, and why."""
+        missing = nncf_missing()
+        return dict.fromkeys(NNCF_PEERS, missing) if missing and self.configurations is None else {}
 
 
 def load_configuration_file(path: Path) -> tuple[tuple[str, CalibrateConfig], ...]:
@@ -136,7 +149,7 @@ def load_configuration_file(path: Path) -> tuple[tuple[str, CalibrateConfig], ..
     known = set(CalibrateConfig.__dataclass_fields__)
     loaded = []
     for name, options in tables.items():
-        if name == FP32 or name in PEERS:
+        if name == FP32 or name in PEERS or name in NNCF_PEERS:
             raise QtoolError(f"{path}: configuration {name!r} is taken by a built-in row; choose another name")
         unknown = sorted(set(options) - known)
         if unknown:
@@ -149,25 +162,32 @@ def load_configuration_file(path: Path) -> tuple[tuple[str, CalibrateConfig], ..
     return tuple(loaded)
 
 
-def _peer_row(name: str, fp32: Path, split: QnliSplit, config: ReproduceConfig) -> dict:
-    """An ONNX Runtime quantizer's graph, written once per FP32 graph and calibration size."""
-    graph = fp32.with_name(f"{name}.onnx")
+def _write_peer(name: str, fp32: Path, graph: Path, split: QnliSplit, config: ReproduceConfig) -> dict:
+    """A peer's graph, written once per FP32 graph, calibration size (and NNCF's budget and version)."""
     key = {"fp32_sha256": sha256_file(fp32), "samples": config.collect.samples, "data": split.describe()}
-    used = cached_stage(
-        manifest_path(graph),
-        key,
-        lambda: quantize_with_ort(
-            name, fp32, graph, split, tokenizer_for(fp32), config.collect.samples, config.export.max_length
-        ),
-        artifact=graph,
-    )
+    arguments = (name, fp32, graph, split, tokenizer_for(fp32), config.collect.samples, config.export.max_length)
+    if name in NNCF_PEERS:
+        key |= {"max_drop": SEARCH_MAX_DROP, "nncf": importlib.metadata.version("nncf")}
+        write = partial(quantize_with_nncf, *arguments, max_drop=SEARCH_MAX_DROP, threads=config.eval.threads)
+    else:
+        write = partial(quantize_with_ort, *arguments)
+    return cached_stage(manifest_path(graph), key, write, artifact=graph)
+
+
+def _peer_row(name: str, fp32: Path, split: QnliSplit, config: ReproduceConfig) -> dict:
+    """A peer quantizer's graph (ONNX Runtime's or NNCF's), scored and timed as it deploys."""
+    graph = fp32.with_name(f"{name}.onnx")
+    used = _write_peer(name, fp32, graph, split, config)
     evaluation = evaluate_graph(graph, split, config.eval, config.export.max_length)
     extra = {
         "method": name,
         "params": {"calibration_pairs": used["calibration_pairs"]},
         "peer": True,
+        "peer_record": used,
         "latency": latency_stage(graph, split, config.bench),
     }
+    if "kept_in_float" in used:
+        extra["kept_in_float"] = used["kept_in_float"]
     return _result_row(name, graph, evaluation, used["scope"], extra)
 
 
@@ -292,6 +312,7 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
         },
         "analysis": {"layers": analysis["layers"], "definitions": analysis["definitions"], "files": analysis_paths},
         "results": rows,
+        "skipped": config.skipped(),
         "recommendation": _recommendation(rows, split, config, artifacts / "report"),
         "environment": _environment(config),
     }

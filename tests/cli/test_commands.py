@@ -164,6 +164,8 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         "-c",
         "ort-dynamic",
         "-c",
+        "nncf-ptq",
+        "-c",
         "peg-k3-gemm-mine",
         "-c",
         "max-all-smooth0.5",
@@ -184,10 +186,13 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         "peg-k2-all",
         "ort-static-percentile",
         "ort-dynamic",
+        "nncf-ptq",
         "peg-k3-gemm-mine",
         "max-all-smooth0.5",
         "max-all-mp-auto0.5",
     ]
+    nncf = summary["results"][5]
+    assert nncf["peer"] and nncf["peer_record"]["quantized_ops"] > 0 and nncf["params"]["calibration_pairs"] == 16
     assert summary["results"][-3]["scope"] == "gemm" and summary["results"][-3]["params"]["groups"] == 3
     assert summary["results"][-2]["smoothing"] == 0.5 and summary["results"][1]["smoothing"] is None
     searched = summary["results"][-1]
@@ -215,6 +220,7 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     migration = report.split("## Migrating activation range into the weights")[1].split("##")[0]
     assert "| max-all | all |" in migration and "| 0.5 |" in migration
     assert "## Automatic mixed precision" in report
+    assert "| nncf-ptq | its QDQ graph, meant for OpenVINO" in report.split("## Peers")[1]
     assert json.loads((artifacts / "report" / "results.json").read_text()) == summary
     rerun = json.loads(_run(*args).stdout)
     assert rerun["results"][-1]["search"]["evaluations"] == 0  # every search evaluation came from the cache

@@ -154,3 +154,24 @@ def build_family_classifier(folder: Path, tokenizer, family: str, *, num_labels:
     model_class(config).eval().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return Path(folder)
+
+
+def relabel_by_fp32(graph: Path, split, tokenizer):
+    """`split` with every label replaced by the FP32 graph's prediction, so FP32 scores 100 % and any
+    accuracy drop counts flips caused by quantization."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from qtool.data import Example, QnliSplit, make_batches, tokenize_part
+
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    parts = {}
+    for name, examples in split.parts.items():
+        part = tokenize_part(tokenizer, examples, 128)
+        predicted = np.zeros(len(part), dtype=np.int64)
+        for batch in make_batches(part, 16):
+            feeds = {k: v for k, v in batch.feeds.items() if k in names}
+            predicted[batch.indices] = session.run(["logits"], feeds)[0].argmax(-1)
+        parts[name] = [Example(e.question, e.sentence, int(p)) for e, p in zip(examples, predicted, strict=True)]
+    return QnliSplit("relabelled", parts)

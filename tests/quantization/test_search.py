@@ -9,11 +9,9 @@ from typer.testing import CliRunner
 
 from qtool.analysis.stats import TensorStats
 from qtool.cli import app
-from qtool.data import QnliSplit, make_batches, tokenize_part
-from qtool.data.qnli import Example
+from qtool.data import make_batches, tokenize_part
 from qtool.errors import QtoolError
 from qtool.exporter.qdq import switch_input
-from qtool.models.resolve import load_tokenizer
 from qtool.quantization.calibration import CalibrateConfig, calibrate
 from qtool.quantization.graphs import calibrated_model
 from qtool.quantization.search import SearchConfig, expected_sqnr_db, search_precision
@@ -32,22 +30,6 @@ def _logits(session, batch, extra=None):
     names = {i.name for i in session.get_inputs()}
     feeds = {k: v for k, v in batch.feeds.items() if k in names} | (extra or {})
     return session.run(["logits"], feeds)[0]
-
-
-@pytest.fixture(scope="module")
-def relabelled(scaled_model):
-    """The scaled model's split with every label replaced by FP32's prediction, so FP32 scores 100 %
-    and any accuracy drop counts flips caused by quantization."""
-    tokenizer = load_tokenizer(scaled_model["graph"].parent / "tokenizer")
-    fp32 = ort.InferenceSession(str(scaled_model["graph"]), providers=["CPUExecutionProvider"])
-    parts = {}
-    for name, examples in scaled_model["split"].parts.items():
-        part = tokenize_part(tokenizer, examples, 128)
-        predicted = np.zeros(len(part), dtype=np.int64)
-        for batch in make_batches(part, 16):
-            predicted[batch.indices] = _logits(fp32, batch).argmax(-1)
-        parts[name] = [Example(e.question, e.sentence, int(p)) for e, p in zip(examples, predicted, strict=True)]
-    return QnliSplit("relabelled", parts), tokenizer
 
 
 @pytest.mark.parametrize("scope", ["all", "gemm-inputs"])
@@ -172,12 +154,13 @@ def test_calibrate_auto_cli_writes_calibration_record_and_curve(scaled_model, se
 
 
 def test_tuning_accuracy_reads_logits_in_the_graph_label_order():
-    from qtool.quantization.search import _TuningSet
+    from qtool.quantization.search import TuningSet
 
-    tuning = _TuningSet.__new__(_TuningSet)
+    tuning = TuningSet.__new__(TuningSet)
     tuning.labels = np.array([0, 1, 1])
     logits = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
     tuning.label_of_logit = np.array([0, 1])
     assert tuning.accuracy(logits) == 1.0
     tuning.label_of_logit = np.array([1, 0])  # a checkpoint whose first logit is label 1
     assert tuning.accuracy(logits) == 0.0
+
