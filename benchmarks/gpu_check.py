@@ -5,8 +5,9 @@
 
 For the FP32 export of a `qtool reproduce` folder and each configuration's calibration file there:
 1. the QDQ graph in the form TensorRT takes (PEG: `--peg-form gathered`), `<c>.trt.qdq.onnx`;
-2. its engine (`qtool build --backend trt`), whose manifest counts the layers by precision from the
-   engine inspector; and an FP16 engine of the FP32 export as the baseline;
+2. its engine (`qtool build --backend trt`: strongly typed, FP16 around the Q/DQ pairs), whose
+   manifest counts the layers by precision from the engine inspector; and the FP16 engine of the
+   FP32 export, built the same way, as the baseline;
 3. one interleaved comparison of every engine (`qtool bench --compare`, each in its own process for
    memory) with accuracy on the eval part from the same runners.
 It writes `gpu-check.json` and a Markdown table beside the graphs. On a machine without a GPU or
@@ -60,25 +61,33 @@ def _engines(folder: Path, configurations: list[str]) -> dict[str, Path]:
 
 
 def _table(engines: dict[str, Path], result: dict) -> list[str]:
-    """One row per engine and shape. Context MB is TensorRT's activation memory of the engine's
-    execution context (`device_memory_size_v2`), not all the VRAM it holds."""
+    """One row per engine and shape. VRAM comes from each engine's own process (`isolated_memory`):
+    device memory used after deserializing the engine (weights) and after creating its context
+    (activations), from cudaMemGetInfo differences; engine MB is the plan file."""
     from qtool.runners.trt import read_plan_manifest
 
+    def mb(value) -> str:
+        return "-" if value is None else f"{value / 2**20:.1f}"
+
     lines = [
-        "| engine | batch x seq | p50 ms | p99 ms | seq/s | context MB | engine MB | accuracy % | INT8 layers |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| engine | precision | batch x seq | p50 ms | p99 ms | seq/s | VRAM MB (weights + context) | engine MB "
+        "| accuracy % | INT8 layers |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for shape in result["results"]:
         for name, row in zip(engines, shape["candidates"], strict=True):
             latency, path = row["latency"], engines[name]
-            context = row["memory"].get("device_memory_bytes")
-            layers = (read_plan_manifest(path) or {}).get("layer_precision", {})
+            vram = row.get("isolated_memory", {})
+            manifest = read_plan_manifest(path) or {}
+            layers = manifest.get("layer_precision", {})
             accuracy = result["accuracy"][str(path)]["accuracy"]
             lines.append(
-                f"| {name} | {shape['batch']} x {shape['sequence_length']} | {latency['p50_ms']:.2f} | "
-                f"{latency['p99_ms']:.2f} | {latency['throughput_per_s']:.1f} | "
-                f"{'-' if context is None else f'{context / 2**20:.1f}'} | {path.stat().st_size / 2**20:.1f} | "
-                f"{100 * accuracy:.2f} | {layers.get('by_precision', {}).get('INT8', '-')}/{layers.get('layers', '-')} |"
+                f"| {name} | {manifest.get('precision', {}).get('engine', '-')} | {shape['batch']} x "
+                f"{shape['sequence_length']} | {latency['p50_ms']:.2f} | {latency['p99_ms']:.2f} | "
+                f"{latency['throughput_per_s']:.1f} | {mb(vram.get('vram_total_bytes'))} "
+                f"({mb(vram.get('vram_engine_bytes'))} + {mb(vram.get('vram_context_bytes'))}) | "
+                f"{path.stat().st_size / 2**20:.1f} | {100 * accuracy:.2f} | "
+                f"{layers.get('by_precision', {}).get('INT8', '-')}/{layers.get('layers', '-')} |"
             )
     return lines
 

@@ -13,3 +13,6 @@ BASE_METHOD = "max"  # --method auto: the ranges of the points that stay quantiz
 SEARCH_MAX_DROP = 0.5  # --method auto: accuracy points below FP32 on the tuning pairs
 DEPLOY_MAX_DROP = 1.0  # qtool reproduce: accuracy budget of the "what to deploy" advice
 OUTLIER_RATIO = 4.0  # --mixed-precision outliers: max |x| at least this many times p99.99
+TRT_FP16 = True  # qtool build --backend trt: float parts of the graph in FP16 (strongly typed), else FP32
+TRT_TF32 = True  # qtool build --backend trt: FP32 layers may use TF32 (TensorRT's own default)
+TRT_QUANTIZE_HEAD = False  # qtool build --backend trt: keep Q/DQ on the pooler/classifier GEMVs

@@ -356,7 +356,7 @@ def export_scales(
 ) -> None:
     """Write a calibration's activation scales for use outside qtool (per-tensor calibrations only).
 
-    TensorRT 10 (implicit quantization, deprecated since 10.1): `trtexec --onnx=FP32.onnx --int8
+    TensorRT 10 only (implicit quantization, deprecated since 10.1, removed in 11): `trtexec --onnx=FP32.onnx --int8
     --calib=FILE`. ONNX Runtime: `quantize_static(..., extra_options={"TensorQuantOverrides":
     qtool.quantization.scale_formats.load_ort_overrides(FILE), "ActivationSymmetric": True})`.
     Points kept in float are left out. PEG calibrations are refused: deploy their QDQ graph.
@@ -397,24 +397,28 @@ def bench(
 
 @command()
 def build(
-    model_path: o.BuildGraph, backend: o.Backend = o.DEFAULT_BACKEND, output: o.BuildOutput = None, fp16: o.Fp16 = False,
-    batch: o.ProfileBatch = None, sequence: o.ProfileSequence = None, workspace_mib: o.WorkspaceMib = None,
-    timing_cache: o.TimingCache = None, optimization_level: o.OptimizationLevel = None, as_json: o.Json = False,
+    model_path: o.BuildGraph, backend: o.Backend = o.DEFAULT_BACKEND, output: o.BuildOutput = None, fp16: o.Fp16 = None,
+    tf32: o.Tf32 = None, quantize_head: o.QuantizeHead = None, batch: o.ProfileBatch = None,
+    sequence: o.ProfileSequence = None, workspace_mib: o.WorkspaceMib = None, timing_cache: o.TimingCache = None,
+    optimization_level: o.OptimizationLevel = None, as_json: o.Json = False,
 ) -> None:
     """Build a deployable artifact from a graph: the ONNX Runtime CPU form or a TensorRT engine.
 
     ort: rewrites the TensorRT-style QDQ graph into the form ONNX Runtime's CPU kernels run fastest
     (same quantized values: int8 zero point 0 stored as uint8 zero point 128, fused integer
-    projections) and reports which integer kernels ONNX Runtime fused. trt: builds engine.plan
-    with explicit quantization, one optimization profile and a build manifest (needs TensorRT and
-    an NVIDIA GPU: pip install 'qtool[trt]').
+    projections) and reports which integer kernels ONNX Runtime fused. trt: writes the graph's
+    TensorRT form (<engine>.trt.onnx: FP16 around the Q/DQ pairs, float embedding tables and head)
+    and builds engine.plan from it, strongly typed, with one optimization profile and a build
+    manifest (needs TensorRT and an NVIDIA GPU: pip install 'qtool[trt]'). An FP32 export gives
+    the FP16 baseline.
     """
     from qtool.deployment.trt_build import TrtBuildConfig
     from qtool.stages.deploy import build_stage
 
     options = configured(
-        TrtBuildConfig, fp16=fp16, batch=int_triple(batch, "--batch"), sequence=int_triple(sequence, "--sequence"),
-        workspace_mib=workspace_mib, timing_cache=timing_cache, optimization_level=optimization_level,
+        TrtBuildConfig, fp16=fp16, tf32=tf32, quantize_head=quantize_head, batch=int_triple(batch, "--batch"),
+        sequence=int_triple(sequence, "--sequence"), workspace_mib=workspace_mib, timing_cache=timing_cache,
+        optimization_level=optimization_level,
     )
     report = build_stage(model_path, backend, output, options)
     render.print_json(report) if as_json else render.build_summary(report)

@@ -281,7 +281,8 @@ ScaleFormat = Annotated[
     typer.Option(
         "--format",
         "-f",
-        help=f"One of {', '.join(FORMATS)}. trt-cache: TensorRT calibration cache (trtexec --int8 --calib=FILE); "
+        help=f"One of {', '.join(FORMATS)}. trt-cache: TensorRT calibration cache (trtexec --int8 --calib=FILE), "
+        "TensorRT 10 and older only (11 removed implicit quantization: deploy the QDQ graph there); "
         "ort-overrides: ONNX Runtime TensorQuantOverrides JSON for quantize_static.",
         show_default=False,
     ),
@@ -307,7 +308,8 @@ TrtVersion = Annotated[
     str | None,
     typer.Option(
         "--trt-version",
-        help="TensorRT version named in the cache header, e.g. 10.14.1; use the one that reads the cache. "
+        help="TensorRT version named in the cache header, e.g. 10.14.1; use the one that reads the cache "
+        "(10 or older: TensorRT 11 reads no calibration cache). "
         f"Default: the installed tensorrt package, else {FALLBACK_TRT_VERSION}.",
     ),
 ]
@@ -357,7 +359,32 @@ BuildOutput = Annotated[
     Path | None,
     typer.Option("--output", "-o", help="File to write. Default: <graph>.ort.onnx (ort) or <graph>.plan (trt)."),
 ]
-Fp16 = Annotated[bool, typer.Option("--fp16", help="trt: let layers without Q/DQ run in FP16 (TensorRT 10).")]
+Fp16 = Annotated[
+    bool | None,
+    typer.Option(
+        "--fp16/--fp32",
+        help="trt: the float parts of the graph (all but its Q/DQ INT8 layers) in FP16 or FP32; the network is "
+        f"strongly typed either way. Default: {'--fp16' if TrtBuildConfig.fp16 else '--fp32'}.",
+        show_default=False,
+    ),
+]
+Tf32 = Annotated[
+    bool | None,
+    typer.Option(
+        "--tf32/--no-tf32",
+        help=f"trt: let FP32 layers use TF32 (recorded in the manifest). Default: {'on' if TrtBuildConfig.tf32 else 'off'}.",
+        show_default=False,
+    ),
+]
+QuantizeHead = Annotated[
+    bool | None,
+    typer.Option(
+        "--quantize-head",
+        help="trt: keep the Q/DQ pairs of the pooler and classifier GEMVs (dropped by default: INT8 gains nothing "
+        "on a batch-1 GEMV).",
+        show_default=False,
+    ),
+]
 ProfileBatch = Annotated[
     str | None,
     typer.Option(

@@ -261,6 +261,14 @@ def build_summary(report: dict) -> None:
             ("TensorRT", report.get("tensorrt_version", "-")),
             ("GPU", report.get("gpu", "-")),
         ]
+        precision, layers = report.get("precision", {}), report.get("layer_precision", {})
+        if precision:
+            tf32 = "allowed" if precision.get("tf32_allowed") else "off"
+            rows.append(("precision", f"{precision['engine']} (strongly typed; TF32 {tf32})"))
+        if layers.get("detailed"):
+            counts = ", ".join(f"{k} {v}" for k, v in layers["by_precision"].items())
+            rows.append(("layers", f"{layers['layers']}: {counts}"))
+            rows.append(("GEMMs not INT8", ", ".join(layers["gemms_not_int8"]) or "none"))
     print_fields(f"build ({report['backend']})", rows)
 
 

@@ -2,8 +2,10 @@
 
 Host memory is the process's RSS: the peak over a `with PeakRss()` block (on Linux the kernel's
 high-water mark, reset on entry; elsewhere sampled by a background thread every few milliseconds),
-and the RSS at any moment. Device memory is what the runner reports (`device_memory_bytes` of a
-TensorRT engine) and, when `pynvml` and a GPU are present, NVML's count of used device memory.
+and the RSS at any moment. Device memory is what the runner reports: for a TensorRT engine, the
+memory used after deserializing it and after creating its context (cudaMemGetInfo differences,
+meaningful in a process of its own: `isolated=True`), its context scratch size and its file size;
+and, when `pynvml` and a GPU are present, NVML's count of used device memory (all processes).
 """
 
 from __future__ import annotations
@@ -135,8 +137,13 @@ def import_backend(runner: Runner) -> None:
             importlib.import_module(module)
 
 
-def runner_device_memory(runner: Runner) -> dict[str, int]:
-    """The device memory a runner reports for itself (a TensorRT engine's activation memory)."""
+def runner_device_memory(runner: Runner) -> dict[str, int | str]:
+    """The device memory a runner reports for itself: a TensorRT runner's `device_memory()` (weights,
+    activations and all it holds, from cudaMemGetInfo, and the engine file's size), else its
+    `device_memory_bytes` (a TensorRT engine's context scratch size)."""
+    report = getattr(runner, "device_memory", None)
+    if callable(report):
+        return dict(report())
     reported = getattr(runner, "device_memory_bytes", None)
     return {"device_memory_bytes": int(reported)} if reported is not None else {}
 

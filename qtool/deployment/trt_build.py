@@ -1,13 +1,15 @@
 """Build a TensorRT engine (.plan) from a Q/DQ ONNX graph on this machine's GPU, with its manifest.
 
-Precision, TensorRT 10 and newer. INT8 comes only from the graph's QuantizeLinear/DequantizeLinear
-pairs (explicit quantization): no calibrator, and no INT8 builder flag for it (calibrators are
-deprecated since TensorRT 10.1, precision builder flags since 10.12, and both are gone in 11). By
-default the network is created STRONGLY_TYPED, as TensorRT recommends for explicit quantization:
-every tensor keeps its type from the graph, so whatever is not quantized runs in FP32 (TF32 where
-TensorRT allows it). `fp16=True` asks for the older weakly typed build with the FP16 and INT8 builder
-flags, which lets TensorRT run the unquantized layers in FP16; that exists only in TensorRT 10, and
-on 11 qtool says so instead of building something else.
+Precision, as TensorRT recommends for explicit quantization (TensorRT 10 and 11). The network is
+always created STRONGLY_TYPED: every tensor keeps the type the graph gives it, INT8 comes only from
+the graph's QuantizeLinear/DequantizeLinear pairs, and no precision builder flag (FP16, INT8: deprecated
+since TensorRT 10.12, gone in 11) is ever set. So that the unquantized layers (LayerNorm, Softmax,
+GELU, residual Adds, attention) run in FP16 rather than FP32/TF32, the graph is first rewritten into
+its TensorRT form (`qtool.exporter.trt_form`, written beside the engine as `<engine>.trt.onnx`):
+float parts in FP16 with FP16 Q/DQ scales, int64 ids in and float32 logits out, embedding tables in
+float, no Q/DQ on the head GEMVs, the attention scale before the score MatMul. `fp16=False` keeps the
+float parts in FP32 (TF32 allowed or not by `tf32`). The FP16 baseline is the FP32 export built the
+same way: its manifest says FP16 and no INT8.
 
 Inputs. The exported graph takes int64 `input_ids`, `attention_mask` and `token_type_ids` of shape
 [batch, sequence]. TensorRT 10 has a native INT64 tensor type (`trt.int64`), so the graph needs no
@@ -24,8 +26,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qtool import __version__
+from qtool.defaults import TRT_FP16, TRT_QUANTIZE_HEAD, TRT_TF32
 from qtool.deployment.trt_layers import inspect_engine
 from qtool.errors import QtoolError
+from qtool.exporter.trt_form import TrtFormConfig, write_trt_form
 from qtool.fileio import atomic_path, manifest_path, sha256_file, write_json
 from qtool.graph import load_model, position_table_rows, read_qtool_metadata
 from qtool.runners.device import current_gpu, missing_gpu_reason
@@ -41,7 +45,9 @@ AXIS_OPTIONS = ("--batch", "--sequence")
 class TrtBuildConfig:
     """How an engine is built. `batch` and `sequence` are (min, opt, max) of its one optimization profile."""
 
-    fp16: bool = False
+    fp16: bool = TRT_FP16  # the graph's float parts in FP16 (its TensorRT form), else FP32
+    tf32: bool = TRT_TF32  # FP32 layers may use TF32 (TensorRT's default)
+    quantize_head: bool = TRT_QUANTIZE_HEAD  # keep Q/DQ on the pooler/classifier GEMVs
     batch: tuple[int, int, int] = (1, 1, 32)
     sequence: tuple[int, int, int] = (1, 128, 128)
     workspace_mib: int | None = None  # None leaves TensorRT's default: all device memory
@@ -129,22 +135,19 @@ def _parser_error_message(parser, onnx_path: Path, trt_version: str) -> str:
     )
 
 
-def _precision_flag_names(trt, config: TrtBuildConfig) -> list[str]:
-    if not config.fp16:
-        return []
-    if not hasattr(trt.BuilderFlag, "FP16"):
-        raise QtoolError(
-            f"--fp16 needs TensorRT 10; TensorRT {trt.__version__} takes precision only from the graph, "
-            "so build without --fp16 (or install 'tensorrt>=10,<11')"
-        )
-    # Weakly typed: Q/DQ pairs still fix the INT8 layers; FP16 lets the other layers drop to half.
-    return ["FP16", "INT8"]
+PRECISION_FLAGS = ("FP16", "BF16", "INT8", "FP8", "INT4", "FP4")  # weakly typed builds only: never set
 
 
-def _network_flags(trt, config: TrtBuildConfig) -> int:
-    if config.fp16:
-        return 0
-    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+def _network_flags(trt) -> int:
+    """STRONGLY_TYPED (TensorRT 11 types every network strongly and ignores the flag)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def precision_summary(quantize_nodes: int, fp16: bool) -> str:
+    """What the engine computes in, as the manifest says it: 'INT8 + FP16', 'FP16', 'INT8 + FP32', 'FP32'."""
+    floats = "FP16" if fp16 else "FP32"
+    return f"INT8 + {floats}" if quantize_nodes else floats
 
 
 def _create_builder(trt, logger):
@@ -160,8 +163,8 @@ def _create_builder(trt, logger):
 
 def _builder_config(trt, builder, config: TrtBuildConfig, shapes: ProfileShapes):
     builder_config = builder.create_builder_config()
-    for flag_name in _precision_flag_names(trt, config):
-        builder_config.set_flag(getattr(trt.BuilderFlag, flag_name))
+    if not config.tf32 and hasattr(trt.BuilderFlag, "TF32"):
+        builder_config.clear_flag(trt.BuilderFlag.TF32)
     if config.workspace_mib is not None:
         builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mib << 20)
     builder_config.builder_optimization_level = config.optimization_level
@@ -194,13 +197,31 @@ def _save_timing_cache(builder_config, path: Path) -> None:
         tmp.write_bytes(builder_config.get_timing_cache().serialize())
 
 
+def _floats(config: TrtBuildConfig) -> str:
+    return "fp16" if config.fp16 else "fp32"
+
+
+def _flag_set(trt, builder_config, name: str) -> bool:
+    flag = getattr(trt.BuilderFlag, name, None)
+    return flag is not None and bool(builder_config.get_flag(flag))
+
+
+def trt_form_path(plan_path: Path) -> Path:
+    """Where the graph TensorRT parses is written: `<engine stem>.trt.onnx` beside the engine."""
+    return Path(plan_path).with_name(f"{Path(plan_path).stem}.trt.onnx")
+
+
+def _form_path(onnx_path: Path, plan_path: Path) -> Path:
+    path = trt_form_path(plan_path)
+    return path.with_name(f"{plan_path.name}.trt.onnx") if path.resolve() == onnx_path.resolve() else path
+
+
 def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtBuildConfig()) -> dict:
     """Build `plan_path` from `onnx_path` on this machine's GPU, write it and its manifest; return the manifest."""
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     facts = read_onnx_facts(onnx_path)
     config.validate(facts.max_positions)
     trt = import_tensorrt()
-    precision_flags = _precision_flag_names(trt, config)
     gpu = current_gpu()
     if gpu is None:
         raise QtoolError(
@@ -208,15 +229,17 @@ def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtB
             "on the GPU that will run it"
         )
     if not facts.quantize_nodes:
-        log.warning("%s has no QuantizeLinear nodes; the engine will have no INT8 layers", onnx_path)
+        log.info("%s has no QuantizeLinear nodes: a %s engine without INT8 layers", onnx_path, _floats(config))
+    form_path = _form_path(onnx_path, plan_path)
+    form = write_trt_form(onnx_path, form_path, TrtFormConfig(fp16=config.fp16, quantize_head=config.quantize_head))
 
     logger = trt_logger(trt)
     logger.errors.clear()
     builder = _create_builder(trt, logger)
-    network = builder.create_network(_network_flags(trt, config))
+    network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        raise QtoolError(_parser_error_message(parser, onnx_path, trt.__version__))
+    if not parser.parse_from_file(str(form_path)):
+        raise QtoolError(_parser_error_message(parser, form_path, trt.__version__))
     graph_inputs = [network.get_input(index) for index in range(network.num_inputs)]
     input_dims = {tensor.name: tuple(tensor.shape) for tensor in graph_inputs}
     shapes = profile_shapes(config, list(input_dims))
@@ -257,14 +280,20 @@ def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtB
         "onnx": os.path.relpath(onnx_path.resolve(), plan_path.resolve().parent),
         "onnx_sha256": sha256_file(onnx_path),
         "onnx_metadata": facts.metadata,
+        "parsed_onnx": os.path.relpath(form_path.resolve(), plan_path.resolve().parent),
+        "parsed_onnx_sha256": sha256_file(form_path),
+        "graph_form": form,
         "tensorrt_version": trt.__version__,
         "gpu": gpu.to_manifest(),
         "precision": {
-            "int8": "explicit: QuantizeLinear/DequantizeLinear pairs of the graph",
-            "quantize_nodes": facts.quantize_nodes,
+            "engine": precision_summary(form["quantize_nodes"], config.fp16),
+            "int8": "explicit: QuantizeLinear/DequantizeLinear pairs of the graph" if form["quantize_nodes"] else None,
+            "quantize_nodes": form["quantize_nodes"],
+            "float": _floats(config),
             "fp16": config.fp16,
-            "strongly_typed": not config.fp16,
-            "builder_flags": precision_flags,
+            "strongly_typed": True,
+            "builder_flags": sorted(flag for flag in PRECISION_FLAGS if _flag_set(trt, builder_config, flag)),
+            "tf32_allowed": _flag_set(trt, builder_config, "TF32"),
         },
         "layer_precision": layers,
         "profiles": {

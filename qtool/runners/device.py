@@ -141,6 +141,23 @@ def current_gpu(device: int = 0) -> GpuInfo | None:
     return GpuInfo(compute_capability=compute_capability, name=name, driver_version=driver)
 
 
+def device_memory_used() -> int | None:
+    """Bytes in use on the current CUDA device (cudaMemGetInfo: total - free), None without CUDA.
+
+    The count is device-wide (other processes' allocations count too) and moves in pages of about
+    2 MiB; the first call in a process creates its CUDA context, which the reading then includes.
+    Differences between two readings in one process are that process's allocations in between."""
+    cudart = load_cuda_runtime()
+    if cudart is None:
+        return None
+    free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    status = cudart.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
+    if status != 0:
+        log.debug("cudaMemGetInfo failed with status %d", status)
+        return None
+    return int(total.value - free.value)
+
+
 def missing_gpu_reason() -> str:
     """Why `current_gpu` found nothing, in words a user can act on."""
     if load_cuda_runtime() is None:

@@ -17,7 +17,7 @@ import numpy as np
 from qtool.errors import QtoolError
 from qtool.fileio import manifest_path, read_json, sha256_file
 from qtool.runners.base import Runner
-from qtool.runners.device import GpuInfo, current_gpu
+from qtool.runners.device import GpuInfo, current_gpu, device_memory_used
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,8 @@ class TrtRunner(Runner):
         super().__init__()
         self.plan_path = Path(plan_path)
         self.manifest: dict | None = None
-        self.device_memory_bytes: int | None = None  # the engine's activation memory, for benchmarks
+        self.device_memory_bytes: int | None = None  # the context's scratch (activation) memory, from TensorRT
+        self._vram: dict[str, int | None] = {}  # cudaMemGetInfo readings around loading (see device_memory)
         self._runtime = self._engine = self._context = self._stream = None
         self._cuda_error: type[Exception] = RuntimeError
         self._inputs: list[str] = []
@@ -204,7 +205,10 @@ class TrtRunner(Runner):
         logger = trt_logger(trt)
         logger.errors.clear()
         self._runtime = trt.Runtime(logger)
-        self._engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
+        plan = self.plan_path.read_bytes()
+        self._vram = {"before": device_memory_used()}  # after the CUDA context exists: this reading makes one
+        self._engine = self._runtime.deserialize_cuda_engine(plan)
+        self._vram["engine"] = device_memory_used()
         if self._engine is None:
             raise QtoolError(
                 f"{self.plan_path} is not a TensorRT engine, or not one of TensorRT {trt.__version__} "
@@ -221,6 +225,7 @@ class TrtRunner(Runner):
             name: tuple(tuple(dims) for dims in engine.get_tensor_profile_shape(name, 0)) for name in self._inputs
         }
         self._context = engine.create_execution_context()
+        self._vram["context"] = device_memory_used()
         if self._context is None:
             raise QtoolError(
                 f"TensorRT cannot create an execution context for {self.plan_path} "
@@ -254,6 +259,27 @@ class TrtRunner(Runner):
 
     def input_names(self) -> list[str]:
         return self._inputs
+
+    def device_memory(self) -> dict[str, int | str]:
+        """Device memory of this engine, from cudaMemGetInfo readings in this process: used after
+        deserializing the engine minus before (weights and the engine's own buffers), after creating
+        the context minus after deserializing (activations), and now minus before (all this runner
+        holds: also I/O buffers and kernels loaded lazily on the first run); with TensorRT's context
+        scratch size and the engine file's size. Measure in a process of its own (`qtool bench
+        --isolated`): the readings are device-wide, so another process allocating in between counts."""
+        record: dict[str, int | str] = {"engine_file_bytes": self.plan_path.stat().st_size}
+        if self.device_memory_bytes is not None:
+            record["device_memory_bytes"] = self.device_memory_bytes
+        readings = {**self._vram, "now": device_memory_used() if self._vram.get("before") is not None else None}
+        if None in readings.values() or len(readings) < 4:
+            return record
+        record.update(
+            vram_engine_bytes=readings["engine"] - readings["before"],
+            vram_context_bytes=readings["context"] - readings["engine"],
+            vram_total_bytes=readings["now"] - readings["before"],
+            vram_method="cudaMemGetInfo differences in this process (device-wide, about 2 MiB pages)",
+        )
+        return record
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:

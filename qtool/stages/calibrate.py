@@ -110,6 +110,20 @@ def quantize_stage(
     return write_calibrated_graph(model_path, calibration, target, peg_form)
 
 
+TRT_CACHE_LAST_MAJOR = 10  # TensorRT 11 removed implicit quantization, and with it calibration caches
+
+
+def check_trt_cache_version(version: str) -> None:
+    """Calibration caches are read by TensorRT 10 and older only: a one-line error for 11 and newer."""
+    scale_formats.trt_version_code(version)  # a malformed version is named first
+    if int(version.strip().split(".")[0]) > TRT_CACHE_LAST_MAJOR:
+        raise QtoolError(
+            f"TensorRT {version} reads no calibration cache (implicit quantization ended with TensorRT "
+            f"{TRT_CACHE_LAST_MAJOR}); build the QDQ graph instead with `qtool build GRAPH --backend trt`, "
+            f"or pass --trt-version {TRT_CACHE_LAST_MAJOR}.x for a TensorRT {TRT_CACHE_LAST_MAJOR} that will read it"
+        )
+
+
 def export_scales_stage(
     calibration_file: Path,
     fmt: str,
@@ -119,6 +133,8 @@ def export_scales_stage(
 ) -> tuple[Calibration, dict]:
     """`qtool export-scales`: a calibration's per-tensor scales as a TensorRT cache or ONNX Runtime overrides."""
     scale_formats.check_format(fmt)
+    if fmt == "trt-cache":
+        check_trt_cache_version(trt_version or scale_formats.default_trt_version())
     if model_path is not None:
         check_onnx_file(model_path)
     calibration = load_calibration(calibration_file, model_path)

@@ -26,6 +26,7 @@ from qtool.deployment.trt_build import (
 from qtool.deployment.trt_layers import layer_precision, summarize_layers
 from qtool.errors import QtoolError
 from qtool.fileio import manifest_path, sha256_file
+from qtool.graph import graph_metadata
 from qtool.runners.trt import TrtRunner, read_plan_manifest
 from tests.helpers.fake_tensorrt import (
     BUILD_GPU,
@@ -49,7 +50,8 @@ def tiny_graph(tmp_path: Path) -> Path:
 def test_default_config_is_valid_and_frozen():
     config = TrtBuildConfig()
     config.validate(max_positions=512)
-    assert config.fp16 is False and config.batch == (1, 1, 32) and config.sequence == (1, 128, 128)
+    assert config.fp16 is True and config.tf32 is True and config.quantize_head is False
+    assert config.batch == (1, 1, 32) and config.sequence == (1, 128, 128)
     with pytest.raises(AttributeError):
         config.fp16 = True
 
@@ -135,7 +137,21 @@ def test_build_writes_plan_and_manifest_strongly_typed(use_fake, tiny_graph, tmp
     assert manifest["kind"] == "tensorrt-engine" and manifest["plan_sha256"] == sha256_file(plan)
     assert manifest["tensorrt_version"] == TRT_VERSION and manifest["gpu"] == BUILD_GPU.to_manifest()
     assert manifest["onnx"] == "../model/int8.qdq.onnx" and manifest["onnx_sha256"] == sha256_file(tiny_graph)
-    assert manifest["precision"]["strongly_typed"] and manifest["precision"]["quantize_nodes"] == 1
+    assert manifest["precision"] == {
+        "engine": "INT8 + FP16",
+        "int8": "explicit: QuantizeLinear/DequantizeLinear pairs of the graph",
+        "quantize_nodes": 1,
+        "float": "fp16",
+        "fp16": True,
+        "strongly_typed": True,
+        "builder_flags": [],
+        "tf32_allowed": True,
+    }
+    # TensorRT parsed the FP16 TensorRT form written beside the plan, not the graph it was given
+    form = tmp_path / "engines" / "int8.trt.onnx"
+    assert manifest["parsed_onnx"] == "int8.trt.onnx" and manifest["parsed_onnx_sha256"] == sha256_file(form)
+    assert manifest["graph_form"]["float"] == "fp16" and manifest["graph_form"]["opset"] == 19
+    assert graph_metadata(form)["runtime_form"] == "tensorrt"
     assert manifest["profiles"]["input_ids"] == {"min": [1, 1], "opt": [1, 128], "max": [32, 128]}
     assert json.loads(manifest["onnx_metadata"]["labels"]) == ["entailment", "not_entailment"]
     assert read_plan_manifest(plan) == manifest
@@ -163,22 +179,67 @@ def test_inspector_with_layer_names_only_counts_nothing_as_known():
     )
 
 
-def test_fp16_build_is_weakly_typed_with_fp16_and_int8_flags(use_fake, tiny_graph, tmp_path):
-    trt = use_fake()
-    config = TrtBuildConfig(fp16=True, workspace_mib=512, optimization_level=5, batch=(1, 8, 8), sequence=(16, 64, 64))
-    manifest = build_engine(tiny_graph, tmp_path / "fp16.plan", config)
-    assert trt.state.network_flags == 0 and trt.state.builder_flags == {"FP16", "INT8"}
+def _dequantize_outputs_fp16(path: Path) -> bool:
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    outputs = [n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    return bool(outputs) and all(types[o] == onnx.TensorProto.FLOAT16 for o in outputs)
+
+
+@pytest.mark.parametrize("version", [TRT_VERSION, "11.4.0.106"])
+def test_build_is_strongly_typed_without_deprecated_precision_flags(use_fake, tiny_graph, tmp_path, version):
+    """TensorRT 10 and 11 alike: STRONGLY_TYPED, no FP16/INT8 builder flag; the FP16 graph gives the precision."""
+    trt = use_fake(fake_tensorrt(version=version, weakly_typed_flags=version.startswith("10.")))
+    config = TrtBuildConfig(workspace_mib=512, optimization_level=5, batch=(1, 8, 8), sequence=(16, 64, 64))
+    manifest = build_engine(tiny_graph, tmp_path / "int8.plan", config)
+    assert trt.state.network_flags == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert trt.state.builder_flags == set() and trt.state.cleared_flags == set()
     assert trt.state.memory_pool_limits == {"WORKSPACE": 512 << 20} and trt.state.optimization_level == 5
-    assert manifest["precision"]["builder_flags"] == ["FP16", "INT8"]
+    assert manifest["precision"]["builder_flags"] == [] and manifest["precision"]["engine"] == "INT8 + FP16"
     assert manifest["profiles"]["token_type_ids"] == {"min": [1, 16], "opt": [8, 64], "max": [8, 64]}
+    assert _dequantize_outputs_fp16(tmp_path / "int8.trt.onnx")
 
 
-def test_fp16_on_tensorrt_11_is_refused(use_fake, tiny_graph, tmp_path):
-    use_fake(fake_tensorrt(version="11.4.0.106", weakly_typed_flags=False))
-    plan = tmp_path / "fp16.plan"
-    with pytest.raises(QtoolError, match="--fp16 needs TensorRT 10; TensorRT 11.4.0.106 takes precision only"):
-        build_engine(tiny_graph, plan, TrtBuildConfig(fp16=True))
-    assert not plan.exists()
+def test_fp16_baseline_from_the_fp32_export_does_not_claim_int8(use_fake, tmp_path):
+    import onnx
+
+    trt = use_fake()
+    source = onnx.load(str(write_tiny_graph(tmp_path / "with-qdq.onnx")))
+    index = {n.output[0]: n for n in source.graph.node}
+    dequantize = index["dequantized"]
+    index["pooled"].input[0] = index[dequantize.input[0]].input[0]  # drop the pair: an FP32 export
+    fp32 = tmp_path / "fp32.onnx"
+    from qtool.graph import prune_dead_nodes
+
+    prune_dead_nodes(source)
+    onnx.save(source, str(fp32))
+    manifest = build_engine(fp32, tmp_path / "fp32.fp16.plan")
+    assert trt.state.builder_flags == set()
+    assert manifest["precision"]["engine"] == "FP16" and manifest["precision"]["int8"] is None
+    assert manifest["precision"]["quantize_nodes"] == 0 and manifest["precision"]["float"] == "fp16"
+    form = onnx.load(str(tmp_path / "fp32.fp16.trt.onnx"))
+    assert [i.type.tensor_type.elem_type for i in form.graph.input] == [onnx.TensorProto.INT64] * 3
+    assert form.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert {i.data_type for i in form.graph.initializer if i.data_type in (1, 10)} == {onnx.TensorProto.FLOAT16}
+
+
+def test_fp32_build_without_tf32_records_it(use_fake, tiny_graph, tmp_path):
+    trt = use_fake()
+    manifest = build_engine(tiny_graph, tmp_path / "int8.fp32.plan", TrtBuildConfig(fp16=False, tf32=False))
+    assert trt.state.builder_flags == set() and trt.state.cleared_flags == {"TF32"}
+    precision = manifest["precision"]
+    assert precision["engine"] == "INT8 + FP32" and precision["float"] == "fp32" and precision["tf32_allowed"] is False
+    assert manifest["graph_form"]["float"] == "fp32" and "fp16_converter" not in manifest["graph_form"]
+
+
+def test_form_never_overwrites_the_graph_it_was_given(use_fake, tmp_path):
+    use_fake()
+    graph = write_tiny_graph(tmp_path / "model.trt.onnx")
+    before = graph.read_bytes()
+    manifest = build_engine(graph, tmp_path / "model.plan")
+    assert graph.read_bytes() == before and manifest["parsed_onnx"] == "model.plan.trt.onnx"
 
 
 def test_timing_cache_is_saved_reused_and_replaced_when_stale(use_fake, tiny_graph, tmp_path, caplog):

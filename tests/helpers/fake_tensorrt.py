@@ -194,9 +194,19 @@ def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -
         def __init__(self) -> None:
             self.cache: TimingCache | None = None
             state.memory_pool_limits = {}
+            state.cleared_flags = set()
+            self.flags = {"TF32"}  # TensorRT's builder config allows TF32 unless told otherwise
 
         def set_flag(self, flag) -> None:
             state.builder_flags.add(flag.name)
+            self.flags.add(flag.name)
+
+        def clear_flag(self, flag) -> None:
+            state.cleared_flags.add(flag.name)
+            self.flags.discard(flag.name)
+
+        def get_flag(self, flag) -> bool:
+            return flag.name in self.flags
 
         def set_memory_pool_limit(self, pool, size: int) -> None:
             state.memory_pool_limits[pool.name] = size
@@ -285,6 +295,7 @@ def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -
             return self.profile[name]
 
         def create_execution_context(self) -> ExecutionContext:
+            FAKE_VRAM["used"] += FAKE_CONTEXT_VRAM
             return ExecutionContext()
 
         def create_engine_inspector(self):
@@ -310,6 +321,7 @@ def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -
             if not data.startswith(FAKE_PLAN_MAGIC):
                 self.logger.log(Severity.ERROR, "Serialization assertion magicTagRead == kMAGIC_TAG failed")
                 return None
+            FAKE_VRAM["used"] += FAKE_ENGINE_VRAM
             return Engine(json.loads(data[len(FAKE_PLAN_MAGIC) :]))
 
     trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
@@ -317,6 +329,45 @@ def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -
 
 
 FAKE_DEVICE_MEMORY: dict[int, np.ndarray] = {}
+
+# --- a fake CUDA runtime for device-memory readings -----------------------------------------------
+
+FAKE_VRAM_TOTAL = 4 << 30
+FAKE_ENGINE_VRAM = 6 << 20  # what deserializing a fake engine takes (weights)
+FAKE_CONTEXT_VRAM = 2 << 20  # what creating its execution context takes (activations)
+FAKE_VRAM = {"used": 0}  # device memory in use, moved by the fake engine; read by FakeCudart
+
+
+class FakeCudart:
+    """`cudaMemGetInfo` of the CUDA runtime (ctypes calling convention: results through byref pointers)."""
+
+    def cudaMemGetInfo(self, free, total) -> int:  # noqa: N802 (the C name)
+        free._obj.value = FAKE_VRAM_TOTAL - FAKE_VRAM["used"]
+        total._obj.value = FAKE_VRAM_TOTAL
+        return 0
+
+
+def install_fakes_in_this_process() -> None:
+    """Fake TensorRT, polygraphy and CUDA runtime for the rest of this process (an isolated child)."""
+    trt, polygraphy = fake_tensorrt(), fake_polygraphy()
+    sys.modules.update(
+        {"tensorrt": trt, "polygraphy": polygraphy, "polygraphy.cuda": polygraphy.cuda,
+         "polygraphy.exception": polygraphy.exception}
+    )
+    backend.current_gpu = lambda: BUILD_GPU
+    device.load_cuda_runtime = lambda roots=None: FakeCudart()
+    FAKE_VRAM["used"] = 100 << 20  # the CUDA context and whatever else ran before
+
+
+class FakeTrtRunnerFactory:
+    """A picklable runner factory: in the process that calls it, installs the fakes and returns a TrtRunner."""
+
+    def __init__(self, plan: Path) -> None:
+        self.plan = Path(plan)
+
+    def __call__(self):
+        install_fakes_in_this_process()
+        return backend.TrtRunner(self.plan)
 
 
 def fake_polygraphy() -> types.ModuleType:
