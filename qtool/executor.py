@@ -50,19 +50,36 @@ class ExecutorConfig:
 
 
 def run_tasks(
-    function: Callable[..., Any], tasks: Sequence[tuple], config: ExecutorConfig, description: str, label=str
+    function: Callable[..., Any],
+    tasks: Sequence[tuple],
+    config: ExecutorConfig,
+    description: str,
+    label=str,
+    on_result: Callable[[int, Any], None] | None = None,
 ) -> list[Any]:
     """`function(*task)` for every task, results in task order, with a progress bar over tasks
-    (`label(result)` is its status line)."""
+    (`label(result)` is its status line). `on_result(index, result)` runs in this process as each
+    task finishes (in completion order), e.g. to write it to a cache before the others are done."""
     config.validate()
+    done = on_result or (lambda index, result: None)
     if config.kind == "local":
         results = []
         with progress_bar(description, total=len(tasks)) as bar:
-            for task in tasks:
+            for index, task in enumerate(tasks):
                 results.append(function(*task))
+                done(index, results[-1])
                 bar.advance(1, status=label(results[-1]))
         return results
-    return _run_on_ray(function, tasks, config, description, label)
+    return _run_on_ray(function, tasks, config, description, label, done)
+
+
+def parallelism(config: ExecutorConfig) -> int:
+    """How many tasks run at once: 1 in this process; on Ray, the cluster's CPUs over the CPUs a task reserves."""
+    config.validate()
+    if config.kind == "local":
+        return 1
+    cpus = _connect(config).cluster_resources().get("CPU", 1)
+    return max(1, int(cpus // _cpus_per_task(config)))
 
 
 def _ray():
@@ -73,7 +90,9 @@ def _ray():
     return ray
 
 
-def _run_on_ray(function, tasks: Sequence[tuple], config: ExecutorConfig, description: str, label) -> list[Any]:
+def _connect(config: ExecutorConfig):
+    """Ray, joined to the cluster at `config.address` (or a new local one) unless this process already is
+    (a driver that ran tasks before, or a Ray worker whose task fans out further)."""
     ray = _ray()
     if not ray.is_initialized():
         try:
@@ -81,22 +100,32 @@ def _run_on_ray(function, tasks: Sequence[tuple], config: ExecutorConfig, descri
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = config.address or "a new local cluster"
             raise QtoolError(f"cannot start or join Ray at {where} ({exc}); check --address") from None
-    cpus = config.cpus_per_task or os.cpu_count() or 1
+    return ray
+
+
+def _cpus_per_task(config: ExecutorConfig) -> int:
+    return config.cpus_per_task or os.cpu_count() or 1
+
+
+def _run_on_ray(function, tasks: Sequence[tuple], config: ExecutorConfig, description: str, label, done) -> list[Any]:
+    ray = _connect(config)
+    cpus = _cpus_per_task(config)
     remote = ray.remote(num_cpus=cpus, max_retries=TASK_RETRIES, retry_exceptions=False)(function)
     pending = {remote.remote(*task): index for index, task in enumerate(tasks)}
     log.info("%d task(s) on Ray (%s CPUs each; cluster: %s)", len(tasks), cpus, ray.cluster_resources())
     results: list[Any] = [None] * len(tasks)
     with progress_bar(f"{description} (ray)", total=len(tasks)) as bar:
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(done[0])
+            finished, _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(finished[0])
             try:
-                results[index] = ray.get(done[0])
+                results[index] = ray.get(finished[0])
             except ray.exceptions.RayTaskError as exc:
                 if isinstance(exc.cause, QtoolError):  # the task's own one-line error
                     raise QtoolError(str(exc.cause)) from None
                 raise
             except ray.exceptions.RayError as exc:  # the worker or node died more often than retried
                 raise QtoolError(f"a Ray task failed after {TASK_RETRIES} retries ({type(exc).__name__}); rerun") from None
+            done(index, results[index])
             bar.advance(1, status=label(results[index]))
     return results

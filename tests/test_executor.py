@@ -80,3 +80,43 @@ def test_reproduce_on_ray_gives_the_local_files(local_ray, tmp_path, tiny_data, 
     for pattern in ("*.calib.json", "*.qdq.onnx"):
         local, distributed = _files(tmp_path / "local", pattern), _files(tmp_path / "ray", pattern)
         assert local and distributed == local, pattern
+    # The study's search fanned its own evaluations out (their tasks read the calibration written beside its cache).
+    base = "*.search-cache.base.json"
+    assert _files(tmp_path / "ray", base) and not _files(tmp_path / "local", base)
+
+
+def test_search_on_ray_chooses_the_local_set_with_the_local_curve(local_ray, scaled_model, relabelled, tmp_path):
+    """Sensitivities in chunks of points, the curve and pruning in speculative batches 2 wide (2 CPUs, 1 per
+    task): the same choice, curve and pruning as the local search, and one cache file serves both."""
+    from qtool.quantization.calibration import CalibrateConfig, calibrate
+    from qtool.quantization.search import SearchConfig, search_precision
+
+    document = calibrate(scaled_model["stats"], CalibrateConfig(method="max"))
+    split, tokenizer = relabelled
+    config = SearchConfig(max_drop=3.0, tune_samples=120, sensitivity_samples=48, batch_size=16)
+    args = (scaled_model["graph"], scaled_model["stats"], document, split, tokenizer, config)
+    on_ray = ExecutorConfig(kind="ray", cpus_per_task=1)
+    local = search_precision(*args, tmp_path / "local.json")
+    distributed = search_precision(*args, tmp_path / "ray.json", on_ray)
+    for key in ("chosen", "curve", "pruning", "sensitivity", "tuning_accuracy", "within_budget"):
+        assert distributed[key] == local[key], key
+    assert local["chosen"] and any(p["within"] for p in local["pruning"])  # a pruning that changes the set
+    assert distributed["evaluations"] >= local["evaluations"] > 0
+    assert not list(tmp_path.glob("*.tmp"))  # every write atomic, nothing half-written left
+    assert search_precision(*args, tmp_path / "ray.json")["evaluations"] == 0  # local reuses Ray's cache
+    again = search_precision(*args, tmp_path / "local.json", on_ray)  # Ray reuses the local cache
+    assert again["evaluations"] == distributed["evaluations"] - local["evaluations"]
+    assert again["chosen"] == local["chosen"] and again["curve"] == local["curve"]
+
+
+def test_calibrate_auto_on_ray_writes_the_local_files(local_ray, scaled_model, session_data, tmp_path):
+    stats = scaled_model["stats"].save(tmp_path / "stats.npz")
+    args = ["calibrate", str(scaled_model["graph"]), "--method", "auto", "--max-drop", "5", "--tune-samples", "60",
+            "--sensitivity-samples", "24", "--no-eval", "--json", "--data", str(session_data), "--stats", str(stats)]
+    for kind, extra in (("local", []), ("ray", ["--executor", "ray", "--cpus-per-task", "1"])):
+        done = runner.invoke(app, [*args, "--out", str(tmp_path / kind), *extra])
+        assert done.exit_code == 0, done.output
+    for name in ("max-all-mp-auto5.calib.json", "max-all-mp-auto5.qdq.onnx"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    refused = runner.invoke(app, [*args[:2], "--executor", "ray", "--no-eval", "--data", str(session_data)])
+    assert refused.exit_code == 2 and "--method auto" in refused.stderr

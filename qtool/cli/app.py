@@ -299,7 +299,8 @@ def calibrate(
     tune_samples: o.TuneSamples = None, sensitivity_samples: o.SensitivitySamples = None, stats: o.Stats = None,
     out: o.CalibrationOut = None, evaluate_accuracy: o.EvaluateAccuracy = True, data: o.Data = None,
     seed: o.Seed = None, samples: o.Samples = None, batch_size: o.BatchSize = None, limit: o.Limit = None,
-    threads: o.Threads = None, as_json: o.Json = False,
+    threads: o.Threads = None, as_json: o.Json = False, executor: o.Executor = None, address: o.RayAddress = None,
+    cpus_per_task: o.CpusPerTask = None,
 ) -> None:
     """Compute activation scales with one method and write the calibration JSON and the QDQ graph.
 
@@ -308,7 +309,8 @@ def calibrate(
 
     --method auto searches a small set of points to keep in float so that accuracy on tuning pairs
     (never the eval part) stays within --max-drop points of FP32; it also writes
-    <recipe>.search.json (sensitivities, the accuracy curve, timings) and <recipe>.search.png.
+    <recipe>.search.json (sensitivities, the accuracy curve, timings) and <recipe>.search.png;
+    --executor ray spreads its evaluations over a Ray cluster.
     """
     from qtool.runners.ort import check_onnx_file
     from qtool.stages.calibrate import calibrate_and_evaluate
@@ -326,8 +328,18 @@ def calibrate(
         evaluation = eval_config(batch_size, limit, threads)
     check_onnx_file(model_path)
     split = load_split(data, seed)[1]
-    summary = calibrate_and_evaluate(model_path, split, config, search, collect, stats, out, evaluation)
+    tasks = executor_config(executor, address, cpus_per_task)
+    summary = calibrate_and_evaluate(model_path, split, config, search, collect, stats, out, evaluation, tasks)
     render.print_json(summary) if as_json else render.calibration_summary(summary)
+
+
+def executor_config(kind=None, address=None, cpus_per_task=None):
+    """Where the independent tasks of a command run (--executor, --address, --cpus-per-task), checked."""
+    from qtool.executor import ExecutorConfig
+
+    config = configured(ExecutorConfig, kind=kind, address=address, cpus_per_task=cpus_per_task)
+    config.validate()
+    return config
 
 
 def eval_config(batch_size=None, limit=None, threads=None, part=None):
@@ -438,17 +450,15 @@ def reproduce(
     3, 4, 6, 8; mixed precision paper and outliers. Every stage is cached, so a rerun (or a run after
     an interruption) only does what is missing.
     """
-    from qtool.executor import ExecutorConfig
     from qtool.stages.study import ReproduceConfig, load_configuration_file, run_reproduce
 
-    executor_config = configured(ExecutorConfig, kind=executor, address=address, cpus_per_task=cpus_per_task)
-    executor_config.validate()
+    tasks = executor_config(executor, address, cpus_per_task)
     _, split = load_split(data, seed)
     config = configured(
         ReproduceConfig, seed=seed, configurations=tuple(configs) if configs else None, max_drop=max_drop,
         collect=collect_config(samples, None, None, None), eval=eval_config(limit=limit),
         extra_configurations=load_configuration_file(config_file) if config_file else None,
-        executor=executor_config,
+        executor=tasks,
     )
     result = run_reproduce(model, split, config, artifacts_folder(artifacts))
     if as_json:

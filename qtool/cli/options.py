@@ -425,8 +425,9 @@ Executor = Annotated[
     str | None,
     typer.Option(
         "--executor",
-        help=f"Where the configurations run: {' or '.join(EXECUTORS)} (Ray tasks on a cluster that sees the "
-        f"artifacts folder; {RAY_HINT}). Default: {ExecutorConfig.kind}.",
+        help=f"Where independent work runs (the study's configurations, the evaluations of --method {AUTO_METHOD}): "
+        f"{' or '.join(EXECUTORS)} (Ray tasks on a cluster that sees the artifacts folder; {RAY_HINT}). "
+        f"Default: {ExecutorConfig.kind}.",
     ),
 ]
 RayAddress = Annotated[

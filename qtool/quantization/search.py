@@ -14,6 +14,11 @@
    no n meets the budget (weight quantization alone may cost more), the n with the best tuning
    accuracy is kept and the result says the budget was not met.
 
+On another executor than `local` (`qtool.quantization.search_evaluations`), the one-point
+evaluations run as tasks over chunks of points, and the curve's and pruning's evaluations run as
+many at once as the executor runs tasks: speculatively, then trimmed to what the sequential search
+evaluates in order, so the chosen set, the curve and the pruning are the same as in this process.
+
 The tuning pairs are the calibration part, topped up from the train part, never the eval part, so
 the eval accuracy of the result stays an honest, held-out figure. On pairs the model was
 fine-tuned on, FP32 is nearly always right and almost every flip is a loss, so the budget is
@@ -22,12 +27,11 @@ checked conservatively there.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,41 +40,19 @@ from qtool.analysis.collect import ActivationStats, calibration_examples
 from qtool.analysis.stats import TensorStats
 from qtool.cache import read_record
 from qtool.data import QnliSplit, make_batches, tokenize_part
-from qtool.defaults import MAX_LENGTH, SEARCH_MAX_DROP
-from qtool.deployment.evaluate import RECIPE_LEVEL, logit_to_label, predict_logits
+from qtool.deployment.evaluate import logit_to_label, predict_logits
 from qtool.errors import QtoolError
+from qtool.executor import ExecutorConfig
 from qtool.exporter.grid import INT8_MAX
-from qtool.exporter.qdq import switch_input
 from qtool.fileio import dumps_stable, sha256_text, write_json
-from qtool.progress import progress_bar
+from qtool.progress import ProgressTask, progress_bar
 from qtool.quantization.calibration import Calibration
-from qtool.quantization.graphs import prepared_model, qdq_model
+from qtool.quantization.search_evaluations import AsTasks, InProcess, SearchConfig
 from qtool.runners.ort import OrtRunner
 
 log = logging.getLogger(__name__)
 
 SEARCH_FORMAT = "qtool-precision-search/2"  # 2: QDQ graphs scored with optimizations off
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    max_drop: float = SEARCH_MAX_DROP  # accuracy points below FP32 on the tuning pairs
-    tune_samples: int = 1000
-    sensitivity_samples: int = 256
-    curve_extra: int = 3  # evaluations past the first set within budget, to show the curve's shape
-    batch_size: int = 32
-    threads: int | None = None
-    max_length: int = MAX_LENGTH
-
-    def validate(self) -> None:
-        if not 0 <= self.max_drop <= 100:
-            raise QtoolError(f"--max-drop must be in [0, 100] accuracy points, got {self.max_drop:g}")
-        if self.tune_samples < 1:
-            raise QtoolError(f"--tune-samples must be at least 1, got {self.tune_samples}")
-        if self.sensitivity_samples < 1:
-            raise QtoolError(f"--sensitivity-samples must be at least 1, got {self.sensitivity_samples}")
-        if self.batch_size < 1:
-            raise QtoolError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
 def expected_sqnr_db(stats: TensorStats, scale: float) -> float:
@@ -148,46 +130,50 @@ class _Cache:
 
 
 class _Evaluator:
-    """The search's evaluations of one calibration on the tuning set, each cached by what it keeps in float."""
+    """The search's evaluations of one calibration on the tuning set, each cached by what it keeps in float
+    and computed by `backend` (in this process, or as executor tasks) when the cache does not hold it."""
 
-    def __init__(self, model_path: Path, calibration: Calibration, tuning: TuningSet, config: SearchConfig, cache):
-        self.prepared = prepared_model(model_path, calibration)  # loaded (and smoothed) once for every candidate
-        self.calibration, self.tuning, self.config, self.cache = calibration, tuning, config, cache
+    def __init__(self, tuning: TuningSet, config: SearchConfig, cache: _Cache, backend: InProcess | AsTasks):
+        self.tuning, self.config, self.cache, self.backend = tuning, config, cache, backend
+        self.width = backend.width  # evaluations at once
         self.evaluations = 0
 
-    def alone(self, name: str, switched: Callable[[], OrtRunner]) -> dict:
-        """Output divergence from FP32 with only `name` quantized (weights quantized everywhere)."""
-        result = self.cache.get("alone", [name])
-        if result is None:
-            tuning = self.tuning
-            switches = {switch_input(n): np.array(n == name) for n in self.calibration.tensors}
-            logits = predict_logits(switched(), tuning.sensitivity_batches, tuning.sensitivity_size, switches)
-            flips = float((logits.argmax(-1) != tuning.fp32_sensitivity_logits.argmax(-1)).mean())
-            kl = _kl_divergence(tuning.fp32_sensitivity_logits, logits)
-            result = self.cache.put("alone", [name], {"kl": kl, "flips": flips})
-            self.evaluations += 1
-        return result
+    def alone(self, names: list[str]) -> dict[str, dict]:
+        """Output divergence from FP32 with only one point quantized (weights quantized everywhere), per point."""
+        results = {name: self.cache.get("alone", [name]) for name in names}
+        reference = self.tuning.fp32_sensitivity_logits
 
-    def kept(self, kept: list[str]) -> dict:
-        """Tuning accuracy of the QDQ graph with the points in `kept` in float."""
-        result = self.cache.get("kept", kept)
-        if result is None:
-            candidate = self.calibration.without_points(kept, "search candidate")
-            model = qdq_model(self.prepared, candidate).SerializeToString()
-            with OrtRunner(model, threads=self.config.threads, optimization_level=RECIPE_LEVEL) as runner:
-                logits = predict_logits(runner, self.tuning.batches, self.tuning.size)
-            accuracy = self.tuning.accuracy(logits)
-            result = self.cache.put(
+        def done(name: str, logits: np.ndarray) -> None:
+            flips = float((logits.argmax(-1) != reference.argmax(-1)).mean())
+            kl = _kl_divergence(reference, logits)
+            results[name] = self.cache.put("alone", [name], {"kl": kl, "flips": flips})
+            self.evaluations += 1
+
+        self.backend.one_point([name for name, result in results.items() if result is None], done)
+        return results
+
+    def kept(self, sets: list[list[str]]) -> list[dict]:
+        """Tuning accuracy of the QDQ graph with the points of each set in float."""
+        results = [self.cache.get("kept", kept) for kept in sets]
+        missing = [index for index, result in enumerate(results) if result is None]
+        tuning = self.tuning
+
+        def done(position: int, logits: np.ndarray) -> None:
+            index = missing[position]
+            accuracy = tuning.accuracy(logits)
+            results[index] = self.cache.put(
                 "kept",
-                kept,
+                sets[index],
                 {
                     "accuracy": accuracy,
-                    "drop": round(100 * (self.tuning.fp32_accuracy - accuracy), 6),
-                    "flips": float((logits.argmax(-1) != self.tuning.fp32_logits.argmax(-1)).mean()),
+                    "drop": round(100 * (tuning.fp32_accuracy - accuracy), 6),
+                    "flips": float((logits.argmax(-1) != tuning.fp32_logits.argmax(-1)).mean()),
                 },
             )
             self.evaluations += 1
-        return {**result, "within": result["drop"] <= self.config.max_drop}
+
+        self.backend.candidates([sets[index] for index in missing], done)
+        return [{**result, "within": result["drop"] <= self.config.max_drop} for result in results]
 
 
 def _cache_key(calibration: Calibration, split: QnliSplit, config: SearchConfig) -> dict:
@@ -205,54 +191,76 @@ def _cache_key(calibration: Calibration, split: QnliSplit, config: SearchConfig)
     }
 
 
-def _ranked_by_sensitivity(evaluator: _Evaluator, stats: ActivationStats) -> list[dict]:
+def _ranked_by_sensitivity(evaluator: _Evaluator, stats: ActivationStats, calibration: Calibration) -> list[dict]:
     """Every point's sensitivity, most sensitive first (measured KL; expected SQNR breaks ties)."""
-    calibration = evaluator.calibration
     names = list(calibration.tensors)
+    measured = evaluator.alone(names)
     sensitivity = []
-    with contextlib.ExitStack() as stack, progress_bar("sensitivity", total=len(names)) as bar:
-        switched: list[OrtRunner] = []
-
-        def switched_runner() -> OrtRunner:  # one session for every point, built when first needed
-            if not switched:
-                model = qdq_model(evaluator.prepared, calibration, switches=True).SerializeToString()
-                runner = OrtRunner(model, threads=evaluator.config.threads, optimization_level=RECIPE_LEVEL)
-                switched.append(stack.enter_context(runner))
-            return switched[0]
-
-        for name in names:
-            sqnr = expected_sqnr_db(stats.stats[name], calibration.tensors[name].scale)
-            result = evaluator.alone(name, switched_runner)
-            sensitivity.append({"name": name, **result, "expected_sqnr_db": round(sqnr, 3)})
-            bar.advance(1, status=name)
+    for name in names:
+        sqnr = expected_sqnr_db(stats.stats[name], calibration.tensors[name].scale)
+        sensitivity.append({"name": name, **measured[name], "expected_sqnr_db": round(sqnr, 3)})
     position = {name: index for index, name in enumerate(names)}
     return sorted(sensitivity, key=lambda s: (-s["kl"], s["expected_sqnr_db"], position[s["name"]]))
+
+
+Evaluate = Callable[[list[list[str]]], list[dict]]  # sets kept in float -> their results, with "within"
+NO_BAR = ProgressTask(None, None)
+
+
+def prefix_curve(
+    evaluate: Evaluate, order: list[str], curve_extra: int, width: int = 1, bar: ProgressTask = NO_BAR
+) -> tuple[list[dict], int | None]:
+    """The curve over the n first points of `order` in float, n = 0, 1, ..., up to `curve_extra` past the
+    first n within budget (or every n), and that n. With `width` > 1 the next `width` n are evaluated at once,
+    speculatively, and what the sequential search (`width` 1) would not have evaluated is dropped."""
+    curve: list[dict] = []
+    first_within, n = None, 0
+    while n <= len(order):
+        last = len(order) if first_within is None else min(len(order), first_within + curve_extra)
+        batch = range(n, min(n + width, last + 1))
+        for k, point in zip(batch, evaluate([order[:k] for k in batch]), strict=True):
+            curve.append({"float_points": k, **point})
+            bar.advance(1, status=f"{k} in float: {100 * point['accuracy']:.2f}")
+            if point["within"] and first_within is None:
+                first_within = k
+            if first_within is not None and k >= first_within + curve_extra:
+                return curve, first_within
+        n = batch.stop
+    return curve, first_within
+
+
+def pruned(
+    evaluate: Evaluate, chosen: list[str], final: dict, width: int = 1, bar: ProgressTask = NO_BAR
+) -> tuple[list[str], dict, list[dict]]:
+    """Each point of `chosen` (its result `final`), last first, quantized again while the budget holds without
+    it: the set left, its result and every trial. With `width` > 1 the next `width` points are tried at once
+    against the current set, as if each failed; when one holds, the set changes and the trials after it in
+    its batch are dropped, so the trials recorded are the sequential search's."""
+    trials: list[dict] = []
+    waiting = list(reversed(chosen))
+    while waiting:
+        batch = waiting[:width]
+        candidates = [[n for n in chosen if n != name] for name in batch]
+        for name, trial, point in zip(batch, candidates, evaluate(candidates), strict=True):
+            waiting.remove(name)
+            trials.append({"quantized_again": name, "float_points": len(trial), **point})
+            if point["within"]:
+                chosen, final = trial, point
+            bar.advance(1, status=f"{len(chosen)} in float")
+            if point["within"]:
+                break
+    return chosen, final, trials
 
 
 def _choose(evaluator: _Evaluator, order: list[str]) -> dict:
     """The curve over the n most sensitive points in float, then greedy pruning of the first set in budget."""
     config = evaluator.config
-    curve = []
-    first_within = None
     with progress_bar("search", total=None) as bar:
-        for n in range(len(order) + 1):
-            point = evaluator.kept(order[:n])
-            curve.append({"float_points": n, **point})
-            bar.advance(1, status=f"{n} in float: {100 * point['accuracy']:.2f}")
-            if point["within"] and first_within is None:
-                first_within = n
-            if first_within is not None and n >= first_within + config.curve_extra:
-                break
+        curve, first_within = prefix_curve(evaluator.kept, order, config.curve_extra, evaluator.width, bar)
         pruning = []
         if first_within is not None:
-            chosen, final = order[:first_within], curve[first_within]
-            for name in reversed(order[:first_within]):  # least sensitive first, while the budget holds
-                trial = [n for n in chosen if n != name]
-                point = evaluator.kept(trial)
-                pruning.append({"quantized_again": name, "float_points": len(trial), **point})
-                if point["within"]:
-                    chosen, final = trial, point
-                bar.advance(1, status=f"{len(chosen)} in float")
+            chosen, final, pruning = pruned(evaluator.kept, order[:first_within], curve[first_within],
+                                            evaluator.width, bar)
         else:
             final = max(curve, key=lambda c: (c["accuracy"], -c["float_points"]))
             chosen = order[: final["float_points"]]
@@ -280,16 +288,25 @@ def search_precision(
     tokenizer,
     config: SearchConfig = SearchConfig(),
     cache_path: Path | None = None,
+    executor: ExecutorConfig = ExecutorConfig(),
 ) -> dict:
-    """Search the points of `calibration` (nothing kept in float yet) to keep in float."""
+    """Search the points of `calibration` (nothing kept in float yet) to keep in float; its evaluations
+    run in this process, or as tasks of `executor` (which then load the tokenizer exported beside the
+    graph and read the inputs beside `cache_path`)."""
     config.validate()
+    executor.validate()
     if calibration.kept_in_float:
         raise QtoolError("the automatic search starts from a calibration with no point kept in float; drop --keep-fp")
     started = time.perf_counter()
     tuning = TuningSet(model_path, split, tokenizer, config)
     cache = _Cache(cache_path, _cache_key(calibration, split, config))
-    evaluator = _Evaluator(model_path, calibration, tuning, config, cache)
-    ranked = _ranked_by_sensitivity(evaluator, stats)
+    if executor.kind == "local":
+        batches = (tuning.batches, tuning.size), (tuning.sensitivity_batches, tuning.sensitivity_size)
+        backend: InProcess | AsTasks = InProcess(model_path, calibration, *batches, config.threads)
+    else:
+        backend = AsTasks(model_path, calibration, split, config, executor, cache_path)
+    evaluator = _Evaluator(tuning, config, cache, backend)
+    ranked = _ranked_by_sensitivity(evaluator, stats, calibration)
     chosen = _choose(evaluator, [s["name"] for s in ranked])
     return {
         "format": SEARCH_FORMAT,
@@ -342,14 +359,14 @@ def auto_calibrate(
     tokenizer,
     config: SearchConfig,
     folder: Path,
+    executor: ExecutorConfig = ExecutorConfig(),
 ) -> tuple[Calibration, dict]:
     """The calibration `base` with the searched points kept in float, and the full search record
     (written to `<recipe>.search.json` in `folder`, with timings)."""
     recipe = auto_recipe_name(base.recipe, config.max_drop)
     folder = Path(folder)
-    search = search_precision(
-        model_path, stats, base, split, tokenizer, config, cache_path=folder / f"{recipe}.search-cache.json"
-    )
+    cache_path = folder / f"{recipe}.search-cache.json"
+    search = search_precision(model_path, stats, base, split, tokenizer, config, cache_path, executor)
     tuning = search["tuning"]
     reason = (
         f"automatic search: the most sensitive points, pruned greedily, with accuracy on {tuning['pairs']} tuning pairs "

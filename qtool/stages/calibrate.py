@@ -12,6 +12,7 @@ from qtool.data import QnliSplit
 from qtool.defaults import PEG_FORM
 from qtool.deployment.evaluate import EvalConfig, evaluate_graph, tokenizer_for
 from qtool.errors import QtoolError
+from qtool.executor import ExecutorConfig
 from qtool.exporter.points import load_quant_points
 from qtool.exporter.qdq import PEG_FORMS
 from qtool.graph import model_identity
@@ -73,11 +74,12 @@ def calibrate_stage(
     search: SearchConfig | None = None,
     collect: CollectConfig = CollectConfig(),
     name: str | None = None,
+    executor: ExecutorConfig = ExecutorConfig(),
 ) -> Calibrated:
     """`qtool calibrate`: `<name>.calib.json` and `<name>.qdq.onnx` in `folder` (name: the recipe).
 
     With `search`, the points kept in float come from the mixed-precision search, which also
-    writes `<recipe>.search.json` and its curve `<recipe>.search.png`.
+    writes `<recipe>.search.json` and its curve `<recipe>.search.png`; its evaluations run on `executor`.
     """
     check_onnx_file(model_path)
     config.validate()
@@ -87,7 +89,7 @@ def calibrate_stage(
     summary = None
     if search is not None:
         calibration, record = auto_calibrate(
-            model_path, used_stats, calibration, split, tokenizer_for(model_path), search, folder
+            model_path, used_stats, calibration, split, tokenizer_for(model_path), search, folder, executor
         )
         title = f"Mixed-precision search: {calibration.recipe} ({calibration.model['source_model']})"
         figure = precision_search_curve(record, Path(folder) / f"{calibration.recipe}.search.png", title)
@@ -152,14 +154,20 @@ def calibrate_and_evaluate(
     stats_path: Path | None = None,
     folder: Path | None = None,
     evaluation: EvalConfig | None = None,
+    executor: ExecutorConfig = ExecutorConfig(),
 ) -> dict:
     """`qtool calibrate` end to end: statistics (a given file or the cached ones), the calibration and
-    its QDQ graph, and with `evaluation` the eval accuracy of FP32 and of the QDQ graph."""
+    its QDQ graph (the search's evaluations on `executor`), and with `evaluation` the eval accuracy of
+    FP32 and of the QDQ graph."""
+    executor.validate()
+    if search is None and executor.kind != "local":
+        raise QtoolError("--executor spreads the evaluations of --method auto; other methods run here")
     check_onnx_file(model_path)
     stats = statistics_for(model_path, split, collect, stats_path)
     if stats.manifest["data"] != split.describe():
         raise QtoolError(f"the statistics were collected on another data split; run `qtool collect {model_path}` again")
-    made = calibrate_stage(model_path, split, stats, config, folder or Path(model_path).parent, search, collect)
+    folder = folder or Path(model_path).parent
+    made = calibrate_stage(model_path, split, stats, config, folder, search, collect, executor=executor)
     calibration = made.calibration
     summary = {
         "recipe": calibration.recipe,

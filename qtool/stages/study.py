@@ -212,7 +212,7 @@ def _calibrated_row(
     search = None
     if isinstance(recipe, AutoMixedPrecision):
         search = replace(recipe.search, threads=config.eval.threads, max_length=config.export.max_length)
-    made = calibrate_stage(fp32, split, stats, base, fp32.parent, search, config.collect, name=name)
+    made = calibrate_stage(fp32, split, stats, base, fp32.parent, search, config.collect, name, config.executor)
     calibration = made.calibration
     evaluation = evaluate_graph(made.qdq_graph, split, config.eval, config.export.max_length)
     extra = {

@@ -164,3 +164,89 @@ def test_tuning_accuracy_reads_logits_in_the_graph_label_order():
     tuning.label_of_logit = np.array([1, 0])  # a checkpoint whose first logit is label 1
     assert tuning.accuracy(logits) == 0.0
 
+
+def _profile(accuracies: dict[int, float], needed: set[str], max_drop: float = 1.0):
+    """A fake evaluation: a prefix of n points scores `accuracies[n]`; a pruning trial holds unless it
+    drops a point of `needed`. Records the sets it was asked for, batch by batch."""
+    calls: list[list[list[str]]] = []
+
+    def evaluate(sets: list[list[str]]) -> list[dict]:
+        calls.append(sets)
+        points = []
+        for kept in sets:
+            if len(kept) in accuracies and kept == ORDER[: len(kept)]:
+                accuracy = accuracies[len(kept)]
+            else:
+                accuracy = 1.0 if needed <= set(kept) else 0.5
+            drop = round(100 * (1.0 - accuracy), 6)
+            points.append({"accuracy": accuracy, "drop": drop, "within": drop <= max_drop})
+        return points
+
+    return evaluate, calls
+
+
+ORDER = [f"p{i}" for i in range(9)]
+
+
+@pytest.mark.parametrize(
+    ("accuracies", "needed"),
+    [
+        ({n: 0.9 + 0.02 * n for n in range(10)}, {"p0", "p2", "p4"}),  # within at n = 5, p1 and p3 prunable
+        ({n: 0.5 for n in range(10)}, set()),  # never within: every n
+        ({0: 0.995} | {n: 0.5 for n in range(1, 10)}, set()),  # within at once: no pruning
+        ({n: 0.9 + 0.0125 * n for n in range(10)}, set(ORDER[:8])),  # within at n = 8: the curve ends early
+    ],
+)
+def test_speculative_batches_record_exactly_the_sequential_curve_and_pruning(accuracies, needed):
+    from qtool.quantization.search import prefix_curve, pruned
+
+    def search(width: int):
+        evaluate, calls = _profile(accuracies, needed)
+        curve, first = prefix_curve(evaluate, ORDER, curve_extra=2, width=width)
+        result = (curve, first, None)
+        if first is not None:
+            result = (curve, first, pruned(evaluate, ORDER[:first], curve[first], width=width))
+        return result, calls
+
+    sequential, sequential_calls = search(1)
+    assert all(len(sets) == 1 for sets in sequential_calls)
+    asked_in_order = [sets[0] for sets in sequential_calls]
+    for width in (2, 3, 4, 7, 20):
+        speculative, calls = search(width)
+        assert speculative == sequential, width
+        assert all(1 <= len(sets) <= width for sets in calls) and len(calls) <= len(sequential_calls)
+        asked = [kept for sets in calls for kept in sets]
+        assert [kept for kept in asked if kept in asked_in_order] == asked_in_order  # the same, in the same order
+
+
+def test_search_as_tasks_on_a_fake_executor_matches_the_local_search(scaled_model, relabelled, tmp_path, monkeypatch):
+    """The task path (chunks of points, speculative batches 3 wide, results arriving out of order) without Ray:
+    the same choice, curve and pruning as in this process, and the two share one cache file."""
+    from qtool.executor import ExecutorConfig
+    from qtool.quantization import search_evaluations
+
+    def run_backwards(function, tasks, config, description, label=str, on_result=None):
+        results = [function(*task) for task in tasks]
+        for index in reversed(range(len(tasks))):
+            on_result(index, results[index])
+        return results
+
+    monkeypatch.setattr(search_evaluations, "parallelism", lambda config: 3)
+    monkeypatch.setattr(search_evaluations, "run_tasks", run_backwards)
+    split, tokenizer = relabelled
+    document = calibrate(scaled_model["stats"], CalibrateConfig(method="max"))
+    config = SearchConfig(max_drop=3.0, tune_samples=120, sensitivity_samples=48, batch_size=16)
+    fake = ExecutorConfig(kind="ray")
+    args = (scaled_model["graph"], scaled_model["stats"], document, split, tokenizer, config)
+    local = search_precision(*args, tmp_path / "local.json")
+    tasks = search_precision(*args, tmp_path / "tasks.json", fake)
+    for key in ("chosen", "curve", "pruning", "sensitivity", "tuning_accuracy", "within_budget"):
+        assert tasks[key] == local[key], key
+    assert local["pruning"] and any(p["within"] for p in local["pruning"])  # pruning that changes the set
+    assert tasks["evaluations"] >= local["evaluations"]
+    assert (tmp_path / "tasks.base.json").is_file()  # the calibration the tasks read
+    # One cache: the local search reuses the task search's file entirely, the task search the local one's.
+    assert search_precision(*args, tmp_path / "tasks.json")["evaluations"] == 0
+    again = search_precision(*args, tmp_path / "local.json", fake)
+    assert again["evaluations"] == tasks["evaluations"] - local["evaluations"]  # only what speculation adds
+    assert again["curve"] == local["curve"] and again["pruning"] == local["pruning"]
