@@ -46,9 +46,11 @@ reproduce-mpnet: $(STAMP)
 		--data $(DATA) --artifacts artifacts/mpnet $(foreach c,$(MPNET_CONFIGS),-c $(c)) $(ARGS)
 
 # TensorRT engines of the study's configurations on an NVIDIA GPU (needs `pip install -e ".[trt]"` and a
-# `make reproduce` first); on a machine without a GPU it stops with a one-line error.
+# `make reproduce` first), then the GPU and TensorRT tests; on a machine without a GPU it stops with a
+# one-line error.
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py $(if $(GPU_ARTIFACTS),$(dir $(GPU_ARTIFACTS)),artifacts) --data $(DATA) $(ARGS)
+	QTOOL_DATA=$(DATA) $(BIN)/python -m pytest -q -m "gpu or tensorrt" -rs
 
 lint: $(STAMP)
 	$(BIN)/ruff check qtool tests

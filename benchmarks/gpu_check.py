@@ -10,6 +10,7 @@ For the FP32 export of a `qtool reproduce` folder and each configuration's calib
    FP32 export, built the same way, as the baseline;
 3. one interleaved comparison of every engine (`qtool bench --compare`, each in its own process for
    memory) with accuracy on the eval part from the same runners.
+With no `-c`, the configurations are the study's core and the report's what-to-deploy choice.
 It writes `gpu-check.json` and a Markdown table beside the graphs. On a machine without a GPU or
 TensorRT it stops at once with a one-line error.
 """
@@ -39,6 +40,18 @@ def _preflight() -> None:
     import_tensorrt()
     if current_gpu() is None:
         raise QtoolError(f"gpu-check needs an NVIDIA GPU: {missing_gpu_reason()}")
+
+
+def _with_recommendation(folder: Path, configurations: list[str]) -> list[str]:
+    """`configurations` and the study's what-to-deploy choice (from `report/results.json` beside the
+    model folder) when that is a qtool configuration with a calibration file."""
+    results = folder.parent / "report" / "results.json"
+    if not results.is_file():
+        return configurations
+    chosen = (json.loads(results.read_text(encoding="utf-8")).get("recommendation") or {}).get("configuration")
+    if chosen and chosen not in configurations and (folder / f"{chosen}.calib.json").is_file():
+        return [*configurations, chosen]
+    return configurations
 
 
 def _engines(folder: Path, configurations: list[str]) -> dict[str, Path]:
@@ -108,7 +121,7 @@ def main() -> int:
 
     try:
         _preflight()
-        engines = _engines(args.folder, args.config or list(DEFAULT_CONFIGURATIONS))
+        engines = _engines(args.folder, args.config or _with_recommendation(args.folder, list(DEFAULT_CONFIGURATIONS)))
         config = BenchConfig(batch_sizes=(1, 8), sequence_lengths=(128,))
         data = DataConfig(source=args.data)
         comparison = bench_stage(

@@ -387,3 +387,27 @@ def test_gpu_check_stops_with_one_line_on_a_machine_without_a_gpu(tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1 and "error:" in done.stderr
     assert "TensorRT" in done.stderr or "NVIDIA GPU" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_check_adds_what_to_deploy_when_it_is_a_calibrated_configuration(tmp_path):
+    import json
+
+    script = Path(__file__).parents[2] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", script)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    core = ["max-all", "peg-k4-all"]
+    assert gpu_check._with_recommendation(folder, core) == core  # no report yet
+    (tmp_path / "report").mkdir()
+    results = tmp_path / "report" / "results.json"
+    for chosen, calibrated, expected in [
+        ("max-gemm-inputs", True, [*core, "max-gemm-inputs"]),
+        ("ort-dynamic", False, core),  # a peer: no calibration, no TensorRT engine of its own
+        ("max-all", True, core),
+    ]:
+        results.write_text(json.dumps({"recommendation": {"configuration": chosen}}))
+        if calibrated:
+            (folder / f"{chosen}.calib.json").write_text("{}")
+        assert gpu_check._with_recommendation(folder, core) == expected
