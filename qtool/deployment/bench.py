@@ -305,6 +305,15 @@ def _run_isolated(make_runner: RunnerFactory, feeds: Mapping[str, np.ndarray], c
     return run_isolated(_isolated_benchmark, make_runner, dict(feeds), config)
 
 
+def _in_shared_process(record: dict, loaded: int) -> dict:
+    """A runner's device memory when `loaded` runners share the process: its total (now minus before it
+    loaded) would count every runner loaded after it, so only the per-load differences are kept."""
+    if loaded > 1 and "vram_total_bytes" in record:
+        record = {k: v for k, v in record.items() if k != "vram_total_bytes"}
+        record["vram_total"] = "in a process of its own only (--isolated)"
+    return record
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else float("inf")
 
@@ -349,7 +358,7 @@ def compare(
                 started = time.perf_counter()
                 runner.infer(feeds)
                 latencies[name].append(time.perf_counter() - started)
-        device = {name: runner_device_memory(runner) for name, runner in runners}
+        device = {name: _in_shared_process(runner_device_memory(runner), len(runners)) for name, runner in runners}
         nvml_loaded = nvml_change(nvml_before, nvml_memory())
     described = {name: _describe(runner) for name, runner in runners}  # reads the files: outside the peak
 

@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import io
 import logging
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +41,7 @@ NNCF_PEERS = ("nncf-ptq", "nncf-accuracy-control")
 NNCF_SCOPE = "nncf-transformer"  # NNCF's transformer preset: MatMul/Gemm inputs and weights, some Adds
 INSTALL_HINT = "pip install 'qtool[peers]'"
 COMPUTE_OPS = ("MatMul", "Gemm", "Add", "Mul", "Conv")
+RANKING_PAIRS = 300  # NNCF ranks quantizers on 300 validation items by default; ours are batches, so as many pairs
 
 
 def nncf_missing() -> str | None:
@@ -49,24 +51,41 @@ def nncf_missing() -> str | None:
     return None
 
 
+class _ToQtoolLog(logging.Handler):
+    """NNCF's records into qtool's log: warnings as warnings, the rest at debug level."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.log(logging.WARNING if record.levelno >= logging.WARNING else logging.DEBUG, "NNCF: %s", record.getMessage())
+
+
 @contextlib.contextmanager
 def _nncf_quiet():
-    """NNCF logs INFO to stdout and draws progress bars there; keep stdout for qtool's results and send
-    its messages to qtool's debug log."""
+    """NNCF logs to stdout (its logger does not propagate) and draws progress bars there; keep stdout
+    for qtool's results, send its records to qtool's log and restore NumPy's global random state."""
     from nncf.common.logging.logger import nncf_logger
 
     handlers = list(nncf_logger.handlers)
     for handler in handlers:
         nncf_logger.removeHandler(handler)
-    chatter = io.StringIO()
+    forward = _ToQtoolLog()
+    nncf_logger.addHandler(forward)
+    chatter, random_state = io.StringIO(), np.random.get_state()
+    np.random.seed(SEED)  # NNCF draws its calibration subset and bias-correction samples from NumPy's global state
     try:
         with contextlib.redirect_stdout(chatter):
             yield
+    except QtoolError:
+        raise
+    except Exception as exc:  # NNCF's own failures: one line, naming the fix
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise QtoolError(f"NNCF failed ({type(exc).__name__}: {first}); run this peer without it or report the graph") from None
     finally:
+        nncf_logger.removeHandler(forward)
         for handler in handlers:
             nncf_logger.addHandler(handler)
+        np.random.set_state(random_state)
         if chatter.getvalue().strip():
-            log.debug("NNCF said: %s", chatter.getvalue().strip())
+            log.debug("NNCF printed: %s", chatter.getvalue().strip())
 
 
 def quantized_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
@@ -149,6 +168,7 @@ def quantize_with_nncf(
     if missing:
         raise QtoolError(f"cannot run {name}: {missing}")
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     items, used = _calibration_items(fp32, split, tokenizer, samples, max_length)
     model = load_model(fp32)
@@ -159,7 +179,6 @@ def quantize_with_nncf(
     }
     record: dict = {"method": name, "calibration_pairs": used, "scope": NNCF_SCOPE, "nncf": nncf.__version__}
     started = time.perf_counter()
-    np.random.seed(SEED)
     with _nncf_quiet():
         if name == "nncf-ptq":
             quantized = nncf.quantize(model, nncf.Dataset(items), **common)
@@ -174,6 +193,9 @@ def quantize_with_nncf(
                 validation_fn=validation,
                 max_drop=max_drop / 100,
                 drop_type=nncf.DropType.ABSOLUTE,
+                advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                    ranking_subset_size=math.ceil(RANKING_PAIRS / config.batch_size)
+                ),
                 **common,
             )
             record |= {

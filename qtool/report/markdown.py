@@ -53,7 +53,7 @@ def deploy_paragraph(result: dict) -> list[str]:
         return ["No quantized configuration stays within the accuracy budget; deploy FP32 or widen the budget."]
     row = next(r for r in result["results"] if r["configuration"] == advice["configuration"])
     form = (
-        "ONNX Runtime's own quantizer output"
+        f"a peer: {peer_form(row['configuration'])}"
         if row.get("peer")
         else "FP32 graph"
         if advice["configuration"] == "fp32"
@@ -124,11 +124,11 @@ def smoothing_table(result: dict) -> list[str]:
 def search_lines(result: dict) -> list[str]:
     """The mixed-precision search beside the presets: how many points in float, at what accuracy."""
     rows = [r for r in result["results"] if r.get("search")]
-    if not rows:
+    controlled = [r for r in result["results"] if "tuning_pairs" in r.get("peer_record", {})]
+    if not rows and not controlled:
         return []
     fp32 = result["results"][0]["accuracy"]
     presets = [r for r in result["results"] if r.get("kept_in_float") and not r.get("search") and not r.get("peer")]
-    controlled = [r for r in result["results"] if "tuning_pairs" in r.get("peer_record", {})]
     lines = [
         "| configuration | points in float | eval accuracy % | vs FP32 (points) | tuning pairs | tuning accuracy % "
         "(FP32) | evaluations run (reused) | seconds this run |",
@@ -190,6 +190,10 @@ PEER_FORMS = {
 }
 
 
+def peer_form(name: str) -> str:
+    return PEER_FORMS["nncf" if name.startswith("nncf-") else "ort"]
+
+
 def peer_lines(result: dict) -> list[str]:
     """What each peer deploys, where it is meant to be fast, what it cost to make and what it left in float."""
     peers = [r for r in result["results"] if r.get("peer")]
@@ -201,7 +205,7 @@ def peer_lines(result: dict) -> list[str]:
         ]
     for row in peers:
         record = row.get("peer_record", {})
-        form = PEER_FORMS["nncf" if row["configuration"].startswith("nncf-") else "ort"]
+        form = peer_form(row["configuration"])
         seconds = record.get("seconds")
         kept = record.get("kept_in_float")
         lines.append(

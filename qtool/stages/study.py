@@ -35,7 +35,7 @@ from qtool.exporter.onnx_export import ExportConfig
 from qtool.fileio import manifest_path, sha256_file, write_json
 from qtool.models.finetune import FinetuneConfig
 from qtool.quantization.calibration import CalibrateConfig
-from qtool.quantization.nncf_quantizers import NNCF_PEERS, nncf_missing, quantize_with_nncf
+from qtool.quantization.nncf_quantizers import NNCF_PEERS, RANKING_PAIRS, nncf_missing, quantize_with_nncf
 from qtool.quantization.ort_quantizers import PEERS, quantize_with_ort
 from qtool.quantization.search import SearchConfig, auto_recipe_name
 from qtool.report.advice import contenders, recommend
@@ -167,7 +167,8 @@ def _write_peer(name: str, fp32: Path, graph: Path, split: QnliSplit, config: Re
     key = {"fp32_sha256": sha256_file(fp32), "samples": config.collect.samples, "data": split.describe()}
     arguments = (name, fp32, graph, split, tokenizer_for(fp32), config.collect.samples, config.export.max_length)
     if name in NNCF_PEERS:
-        key |= {"max_drop": SEARCH_MAX_DROP, "nncf": importlib.metadata.version("nncf")}
+        tuning = {k: v for k, v in asdict(SearchConfig(max_length=config.export.max_length)).items() if k != "threads"}
+        key |= {"tuning": tuning, "ranking_pairs": RANKING_PAIRS, "nncf": importlib.metadata.version("nncf")}
         write = partial(quantize_with_nncf, *arguments, max_drop=SEARCH_MAX_DROP, threads=config.eval.threads)
     else:
         write = partial(quantize_with_ort, *arguments)

@@ -91,3 +91,12 @@ def test_without_cuda_only_the_file_size_and_scratch_are_reported(plan, monkeypa
     with TrtRunner(plan) as runner:
         record = runner_device_memory(runner)
     assert record == {"engine_file_bytes": plan.stat().st_size, "device_memory_bytes": 12345}
+
+
+def test_engines_sharing_a_process_report_no_total_that_counts_the_next_one():
+    from qtool.deployment.bench import _in_shared_process
+
+    record = {"vram_engine_bytes": 5, "vram_context_bytes": 2, "vram_total_bytes": 99, "engine_file_bytes": 4}
+    assert _in_shared_process(dict(record), 1) == record  # alone: the total is this engine's
+    shared = _in_shared_process(dict(record), 2)
+    assert "vram_total_bytes" not in shared and shared["vram_engine_bytes"] == 5 and "isolated" in shared["vram_total"]

@@ -17,6 +17,7 @@ from qtool.data import make_batches, tokenize_part
 from qtool.errors import QtoolError
 from qtool.exporter.trt_form import (
     FP16_OPSET,
+    FP32_OPS,
     TrtFormConfig,
     float_embedding_tables,
     float_head_gemms,
@@ -106,15 +107,20 @@ def test_fp16_qdq_graph_quantizes_alike_and_stays_near_fp32(graphs, name):
 
 @pytest.mark.parametrize("name", ["fp32", "all"])
 def test_fp16_form_types_inputs_outputs_and_qdq_scales(graphs, name):
-    """int64 ids in, float32 logits out, every float initializer FP16, every DequantizeLinear outputs FP16."""
+    """int64 ids in, float32 logits out, every float initializer FP16 but LayerNorm's (which stays FP32
+    between casts), every DequantizeLinear outputs FP16."""
     source = onnx.load(str(graphs[name]))
     converted = to_fp16(source)
     assert [(v.name, v.type.tensor_type.elem_type) for v in converted.graph.input] == [
         (v.name, TensorProto.INT64) for v in source.graph.input
     ]
     assert [(v.name, v.type.tensor_type.elem_type) for v in converted.graph.output] == [("logits", TensorProto.FLOAT)]
-    assert not [i.name for i in converted.graph.initializer if i.data_type == TensorProto.FLOAT]
     types = _value_types(converted)
+    readers = {name: {n.op_type for n in converted.graph.node if name in n.input} for name in types}
+    floats = [i.name for i in converted.graph.initializer if i.data_type == TensorProto.FLOAT]
+    assert all(readers.get(name, set()) <= set(FP32_OPS) for name in floats), floats  # only LayerNorm's gamma/beta
+    norms = [n for n in converted.graph.node if n.op_type in FP32_OPS]
+    assert norms and all(types[n.input[0]] == types[n.output[0]] == TensorProto.FLOAT for n in norms)
     dequantize = [n for n in converted.graph.node if n.op_type == "DequantizeLinear"]
     assert (len(dequantize) > 0) == (name != "fp32")
     assert all(types[n.output[0]] == TensorProto.FLOAT16 for n in dequantize)

@@ -65,3 +65,27 @@ def test_nncf_peer_errors_name_the_fix(tiny_onnx, relabelled, tmp_path, monkeypa
     with pytest.raises(QtoolError, match=r"pip install 'qtool\[peers\]'"):
         quantize_with_nncf("nncf-ptq", tiny_onnx, tmp_path / "x.onnx", split, tokenizer, 8)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_nncf_failures_are_one_line_and_leave_the_caller_state_alone(tiny_onnx, relabelled, tmp_path, monkeypatch, caplog):
+    import logging
+
+    import nncf
+    from nncf.common.logging.logger import nncf_logger
+
+    split, tokenizer = relabelled
+
+    def failing(*args, **kwargs):
+        nncf_logger.info("collecting statistics")
+        raise RuntimeError("no kernel for this op\nlong NNCF trace")
+
+    monkeypatch.setattr(nncf, "quantize", failing)
+    handlers = list(nncf_logger.handlers)
+    np.random.seed(123)
+    state = np.random.get_state()[1].copy()
+    with caplog.at_level(logging.DEBUG, logger="qtool"), pytest.raises(QtoolError) as raised:
+        quantize_with_nncf("nncf-ptq", tiny_onnx, tmp_path / "x.onnx", split, tokenizer, 8)
+    assert str(raised.value).startswith("NNCF failed (RuntimeError: no kernel for this op)") and "\n" not in str(raised.value)
+    assert "NNCF: collecting statistics" in caplog.text  # NNCF's records reach qtool's log
+    assert nncf_logger.handlers == handlers and (np.random.get_state()[1] == state).all()
+    assert not (tmp_path / "x.onnx").exists()

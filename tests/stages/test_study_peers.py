@@ -26,3 +26,24 @@ def test_without_nncf_a_full_study_skips_its_peers_with_a_note(monkeypatch):
 def test_with_nncf_every_peer_is_in_a_full_study(monkeypatch):
     monkeypatch.setattr(study, "nncf_missing", lambda: None)
     assert set(NNCF_PEERS) <= set(ReproduceConfig().selected()) and ReproduceConfig().skipped() == {}
+
+
+def test_report_names_an_nncf_peer_as_nncf_and_shows_its_accuracy_control():
+    from qtool.report.markdown import deploy_paragraph, search_lines
+
+    peer = {
+        "configuration": "nncf-accuracy-control", "peer": True, "accuracy": 0.8,
+        "peer_record": {
+            "tuning_pairs": 1000, "tuning_accuracy": 0.95, "tuning_fp32_accuracy": 0.955, "evaluations": 7,
+            "seconds": 80.0, "kept_in_float": ["/layer.0/output/dense/MatMul"],
+        },
+    }
+    advice = {
+        "configuration": "nncf-accuracy-control", "max_drop_points": 1.0, "candidates": 2, "accuracy": 0.8,
+        "drop_points": 0.2, "p50_ms": 5.0, "speedup_vs_fp32": 1.8, "repeats": 3,
+    }
+    result = {"results": [{"configuration": "fp32", "accuracy": 0.802}, peer], "recommendation": advice}
+    paragraph = " ".join(deploy_paragraph(result))
+    assert "OpenVINO" in paragraph and "ONNX Runtime's own quantizer" not in paragraph
+    table = "\n".join(search_lines(result))  # no qtool search row: NNCF's accuracy control still shows
+    assert "| nncf-accuracy-control | 1 GEMMs | 80.00 | -0.20 | 1000 | 95.00 (95.50) | 7 | 80 |" in table
