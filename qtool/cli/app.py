@@ -446,9 +446,12 @@ def reproduce(
     """Run the study end to end: fine-tune if needed, export, collect, analyze, then calibrate and
     evaluate every configuration; writes ARTIFACTS/report/results.json and report.md.
 
-    Configurations: FP32; max (scope all and gemm); percentile 99, 99.9, 99.99, 99.999; PEG K = 1, 2,
-    3, 4, 6, 8; mixed precision paper and outliers. Every stage is cached, so a rerun (or a run after
-    an interruption) only does what is missing.
+    Configurations: FP32; max (scope all, gemm, gemm-inputs); percentile 99, 99.9, 99.99, 99.999;
+    PEG K = 1, 2, 3, 4, 6, 8 and auto, in equal and range-optimal groups; mixed precision paper,
+    outliers and the search (auto); migration (--smooth 0.5); peers: ONNX Runtime's quantizers and
+    transformer optimizer, and NNCF's (with qtool[peers]; skipped with a note without it). -c NAME
+    runs a subset. Every stage is cached, so a rerun (or a run after an interruption) only does
+    what is missing.
     """
     from qtool.stages.study import ReproduceConfig, load_configuration_file, run_reproduce
 

@@ -123,6 +123,25 @@ def test_peg_calibration_and_the_ort_form_give_the_qdq_logits(exported, tmp_path
             np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * float(np.abs(expected).max()))
 
 
+def test_peers_quantize_every_family(exported, tmp_path):
+    """NNCF's PTQ and ONNX Runtime's transformer optimizer + quantize_dynamic take each family's graph."""
+    pytest.importorskip("nncf")
+    from qtool.quantization.nncf_quantizers import quantize_with_nncf, quantized_ops
+    from qtool.quantization.ort_quantizers import quantize_with_ort
+
+    graph, split, tokenizer = exported["graph"], exported["split"], embedded_tokenizer_of(exported)
+    record = quantize_with_nncf("nncf-ptq", graph, tmp_path / "nncf.onnx", split, tokenizer, 16)
+    found = quantized_ops(onnx.load(str(tmp_path / "nncf.onnx")))
+    assert record["quantized_ops"] >= 6 * 2 + 1 and found["float_weight_gemms"] == []  # 2 layers x 6 projections
+    quantize_with_ort("ort-optimizer-dynamic", graph, tmp_path / "ort.onnx", split, tokenizer, 16)
+    with OrtRunner(graph) as fp32, OrtRunner(tmp_path / "nncf.onnx") as nncf, OrtRunner(tmp_path / "ort.onnx") as ort:
+        for batch in _batches(exported, count=8):
+            expected = fp32.infer(batch.feeds)["logits"]
+            for peer in (nncf, ort):
+                got = peer.infer(batch.feeds)["logits"]
+                assert got.shape == expected.shape and np.isfinite(got).all()
+
+
 def _gpt2(folder, tokenizer):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
