@@ -4,7 +4,9 @@ as study peers.
 `ort-optimizer-fp32` is the FP32 graph after ONNX Runtime's transformer optimizer (`optimize_model`,
 model type `bert`: fused Attention, SkipLayerNormalization, BiasGelu where its patterns match) and
 `ort-optimizer-dynamic` that graph through `quantize_dynamic`: the classic ONNX Runtime BERT recipe
-for CPUs. The optimizer finds the heads and width from the graph.
+for CPUs. qtool reads the heads and width from the graph (`attention_shape`) and passes them, as
+ONNX Runtime's documentation asks: its own detection fails on exports that reshape with -1 heads,
+and without them it fuses no Attention.
 
 `quantize_static` keeps every intermediate output of a calibration pass in memory before it
 builds histograms, and concatenates batches, so its inputs are padded to one length and its
@@ -30,7 +32,7 @@ from qtool.data.batching import padded_feeds
 from qtool.defaults import MAX_LENGTH
 from qtool.errors import QtoolError
 from qtool.fileio import atomic_path
-from qtool.graph import load_model, save_derived_graph
+from qtool.graph import GraphIndex, load_model, save_derived_graph
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,30 @@ PEERS = {  # name -> (transformer optimizer first, quantizer: a CalibrationMetho
 }
 HISTOGRAM_PAIRS = 128
 PEER_SCOPE = "ort-matmul"  # ONNX Runtime defaults: MatMul/Gemm inputs (U8) and weights (S8 per channel)
+
+
+def attention_shape(model: onnx.ModelProto) -> tuple[int, int]:
+    """(heads, hidden width) of the encoder's self-attention, read from the graph: the head size is the
+    last entry of the shape a projection output is reshaped to ([batch, sequence, -1, head size]) and
+    the width is that projection's output size. (0, 0) when no such reshape is found, which leaves
+    ONNX Runtime's optimizer to detect them (it cannot when the export reshapes with -1 heads)."""
+    index = GraphIndex(model.graph)
+    for node in index.nodes:
+        if node.op_type != "Reshape":
+            continue
+        shape = index.producer.get(node.input[1])
+        parts = [index.constant_value(name) for name in shape.input] if shape is not None and shape.op_type == "Concat" else []
+        head = parts[-1] if len(parts) == 4 and parts[-1] is not None and parts[-1].size == 1 else None
+        source = index.producer.get(node.input[0])
+        if source is not None and source.op_type == "Add":  # the projection's bias
+            producers = [index.producer.get(i) for i in source.input]
+            source = next((p for p in producers if p is not None and p.op_type == "MatMul"), None)
+        weight = None
+        if head is not None and source is not None and source.op_type == "MatMul":
+            weight = next((index.constant_value(i) for i in source.input if index.is_constant(i)), None)
+        if weight is not None and weight.ndim == 2 and int(head.item()) > 0 and weight.shape[1] % int(head.item()) == 0:
+            return weight.shape[1] // int(head.item()), int(weight.shape[1])
+    return 0, 0
 
 
 def _copy_metadata(fp32: Path, written: Path, extra: dict[str, str]) -> None:
@@ -89,7 +115,9 @@ def quantize_with_ort(
         source = fp32
         if optimize:
             source = Path(scratch) / "optimized.onnx"
-            optimize_model(str(fp32), model_type="bert").save_model_to_file(str(source))
+            heads, hidden = attention_shape(load_model(fp32, load_external_data=False))
+            optimizer = optimize_model(str(fp32), model_type="bert", num_heads=heads, hidden_size=hidden)
+            optimizer.save_model_to_file(str(source))
             if method is None:
                 shutil.copyfile(source, tmp)
         if method == "dynamic":

@@ -127,12 +127,13 @@ def test_peers_quantize_every_family(exported, tmp_path):
     """NNCF's PTQ and ONNX Runtime's transformer optimizer + quantize_dynamic take each family's graph."""
     pytest.importorskip("nncf")
     from qtool.quantization.nncf_quantizers import quantize_with_nncf, quantized_ops
-    from qtool.quantization.ort_quantizers import quantize_with_ort
+    from qtool.quantization.ort_quantizers import attention_shape, quantize_with_ort
 
     graph, split, tokenizer = exported["graph"], exported["split"], embedded_tokenizer_of(exported)
     record = quantize_with_nncf("nncf-ptq", graph, tmp_path / "nncf.onnx", split, tokenizer, 16)
     found = quantized_ops(onnx.load(str(tmp_path / "nncf.onnx")))
     assert record["quantized_ops"] >= 6 * 2 + 1 and found["float_weight_gemms"] == []  # 2 layers x 6 projections
+    assert attention_shape(onnx.load(str(graph))) == (4, 40)  # what the optimizer is told: 4 heads, 40 wide
     quantize_with_ort("ort-optimizer-dynamic", graph, tmp_path / "ort.onnx", split, tokenizer, 16)
     with OrtRunner(graph) as fp32, OrtRunner(tmp_path / "nncf.onnx") as nncf, OrtRunner(tmp_path / "ort.onnx") as ort:
         for batch in _batches(exported, count=8):

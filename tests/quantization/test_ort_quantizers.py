@@ -12,7 +12,7 @@ from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
 from qtool.errors import QtoolError
 from qtool.graph import graph_metadata
 from qtool.models.resolve import load_tokenizer
-from qtool.quantization.ort_quantizers import PEER_SCOPE, quantize_with_ort
+from qtool.quantization.ort_quantizers import PEER_SCOPE, attention_shape, quantize_with_ort
 from qtool.runners import OrtRunner
 
 
@@ -38,6 +38,7 @@ def test_transformer_optimizer_peers_fuse_and_keep_the_classifier(tiny_onnx, pee
     assert used == {"method": "ort-optimizer-fp32", "calibration_pairs": 0, "scope": "none"}
     ops = Counter(n.op_type for n in onnx.load(str(optimized)).graph.node)
     assert ops["SkipLayerNormalization"] > 0 and ops["LayerNormalization"] < 3, ops  # fused, as deployed
+    assert attention_shape(onnx.load(str(tiny_onnx))) == (4, 32) and ops["Attention"] == 2, ops  # heads passed
     np.testing.assert_allclose(_logits(optimized, batches), fp32, atol=1e-4)
     dynamic = tmp_path / "ort-optimizer-dynamic.onnx"
     used = quantize_with_ort("ort-optimizer-dynamic", tiny_onnx, dynamic, split, tokenizer, 16)
