@@ -7,9 +7,9 @@ gemm (TensorRT's placement) as written for TensorRT and rewritten for ONNX Runti
 MatMul/Gemm, residual path in float) rewritten for ONNX Runtime, scope all (every point) and PEG
 with K = 4 range-optimal groups at every point in its scaled and gathered forms, both rewritten for
 ONNX Runtime, and the study's peers: ONNX Runtime's quantize_static (QDQ, U8 activations, S8
-per-channel weights, MinMax on the same calibration
-pairs), quantize_dynamic, the transformer optimizer alone and before quantize_dynamic, and NNCF's
-nncf.quantize (when qtool[peers] is installed), each written as `qtool reproduce` writes its peers.
+per-channel weights, MinMax on the same calibration pairs), quantize_dynamic, the transformer
+optimizer alone and before quantize_dynamic, and NNCF's nncf.quantize (when qtool[peers] is
+installed), each written as `qtool reproduce` writes its peers.
 
 Models: the fine-tuned default classifier (pass its FP32 graph) and a BERT-base-shaped model
 (12 layers, 768 wide, 12 heads, random weights built here). Usage:

@@ -45,6 +45,7 @@ PEERS = {  # name -> (transformer optimizer first, quantizer: a CalibrationMetho
     "ort-optimizer-dynamic": (True, "dynamic"),
 }
 HISTOGRAM_PAIRS = 128
+OPTIMIZER_FORMAT = "heads-from-graph"  # the transformer optimizer is told the heads and width (`attention_shape`)
 PEER_SCOPE = "ort-matmul"  # ONNX Runtime defaults: MatMul/Gemm inputs (U8) and weights (S8 per channel)
 
 

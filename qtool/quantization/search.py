@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qtool.analysis.collect import ActivationStats, calibration_examples
+from qtool.analysis.collect import ActivationStats
 from qtool.analysis.stats import TensorStats
 from qtool.cache import read_record
-from qtool.data import QnliSplit, make_batches, tokenize_part
+from qtool.data import QnliSplit, make_batches
 from qtool.deployment.evaluate import logit_to_label, predict_logits
 from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig
@@ -47,7 +47,7 @@ from qtool.exporter.grid import INT8_MAX
 from qtool.fileio import dumps_stable, sha256_text, write_json
 from qtool.progress import ProgressTask, progress_bar
 from qtool.quantization.calibration import Calibration
-from qtool.quantization.search_evaluations import AsTasks, InProcess, SearchConfig
+from qtool.quantization.search_evaluations import AsTasks, InProcess, SearchConfig, tuning_part
 from qtool.runners.ort import OrtRunner
 
 log = logging.getLogger(__name__)
@@ -74,12 +74,11 @@ class TuningSet:
     logits: what the search and the accuracy-controlled peers tune on."""
 
     def __init__(self, model_path: Path, split: QnliSplit, tokenizer, config: SearchConfig):
-        examples, self.sources = calibration_examples(split, config.tune_samples)
-        part = tokenize_part(tokenizer, examples, config.max_length)
+        part, self.sources = tuning_part(split, tokenizer, config, sensitivity=False)
         self.labels = part.labels
         self.label_of_logit = logit_to_label(model_path)
         self.batches = make_batches(part, config.batch_size)
-        sensitivity = tokenize_part(tokenizer, examples[: config.sensitivity_samples], config.max_length)
+        sensitivity, _ = tuning_part(split, tokenizer, config, sensitivity=True)
         self.sensitivity_batches = make_batches(sensitivity, config.batch_size)
         self.size, self.sensitivity_size = len(part), len(sensitivity)
         with OrtRunner(model_path, threads=config.threads) as fp32:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from qtool.analysis.collect import calibration_examples
-from qtool.data import QnliSplit, make_batches, tokenize_part
+from qtool.data import QnliSplit, TokenizedPart, make_batches, tokenize_part
 from qtool.defaults import MAX_LENGTH, SEARCH_MAX_DROP, SEARCH_POINTS_PER_TASK
 from qtool.deployment.evaluate import RECIPE_LEVEL, predict_logits, tokenizer_for
 from qtool.errors import QtoolError
@@ -61,6 +61,15 @@ class SearchConfig:
             raise QtoolError(f"--sensitivity-samples must be at least 1, got {self.sensitivity_samples}")
         if self.batch_size < 1:
             raise QtoolError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+
+def tuning_part(split: QnliSplit, tokenizer, config: SearchConfig, sensitivity: bool) -> tuple[TokenizedPart, dict]:
+    """The tuning pairs tokenized (the calibration part topped up from train; with `sensitivity`, their
+    first `sensitivity_samples`, which the one-point evaluations use) and where they came from."""
+    examples, sources = calibration_examples(split, config.tune_samples)
+    if sensitivity:
+        examples = examples[: config.sensitivity_samples]
+    return tokenize_part(tokenizer, examples, config.max_length), sources
 
 
 def switched_runner(prepared, calibration: Calibration, threads: int | None) -> OrtRunner:
@@ -121,10 +130,7 @@ class SearchInputs:
 
     def load(self, sensitivity: bool) -> tuple[Calibration, Batches]:
         calibration = load_calibration(self.calibration_file, self.model_path)
-        examples, _ = calibration_examples(self.split, self.config.tune_samples)
-        if sensitivity:
-            examples = examples[: self.config.sensitivity_samples]
-        part = tokenize_part(tokenizer_for(self.model_path), examples, self.config.max_length)
+        part, _ = tuning_part(self.split, tokenizer_for(self.model_path), self.config, sensitivity)
         return calibration, (make_batches(part, self.config.batch_size), len(part))
 
 

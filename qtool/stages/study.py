@@ -33,11 +33,10 @@ from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig, run_tasks
 from qtool.exporter.onnx_export import ExportConfig
 from qtool.fileio import manifest_path, sha256_file, write_json
-from qtool.graph import load_model
 from qtool.models.finetune import FinetuneConfig
 from qtool.quantization.calibration import CalibrateConfig
 from qtool.quantization.nncf_quantizers import NNCF_PEERS, RANKING_PAIRS, nncf_missing, quantize_with_nncf
-from qtool.quantization.ort_quantizers import PEERS, attention_shape, quantize_with_ort
+from qtool.quantization.ort_quantizers import OPTIMIZER_FORMAT, PEERS, quantize_with_ort
 from qtool.quantization.search import SearchConfig, auto_recipe_name
 from qtool.report.advice import contenders, recommend
 from qtool.report.figures import write_study_figures
@@ -172,8 +171,8 @@ def _write_peer(name: str, fp32: Path, graph: Path, split: QnliSplit, config: Re
         key |= {"tuning": tuning, "ranking_pairs": RANKING_PAIRS, "nncf": importlib.metadata.version("nncf")}
         write = partial(quantize_with_nncf, *arguments, max_drop=SEARCH_MAX_DROP, threads=config.eval.threads)
     else:
-        if PEERS[name][0]:  # the transformer optimizer is told the heads and width it fuses attention with
-            key["attention_shape"] = list(attention_shape(load_model(fp32, load_external_data=False)))
+        if PEERS[name][0]:  # graphs of an optimizer run that was not told the heads are written again
+            key["optimizer"] = OPTIMIZER_FORMAT
         write = partial(quantize_with_ort, *arguments)
     return cached_stage(manifest_path(graph), key, write, artifact=graph)
 
