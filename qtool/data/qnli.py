@@ -23,7 +23,7 @@ from qtool.fileio import sha256_text
 log = logging.getLogger(__name__)
 
 LABELS = ("entailment", "not_entailment")
-LABEL_IDS = {name: index for index, name in enumerate(LABELS)}
+LABEL_IDS = {name: index for index, name in enumerate(LABELS)} | {str(i): i for i in range(len(LABELS))}
 PARTS = ("train", "calibration", "eval")
 ALL = "all"  # every row of the evaluation file (dev.tsv, a given TSV, or the hub's validation split), in order
 EVAL_PARTS = (*PARTS, ALL)
@@ -99,9 +99,10 @@ def question_position(question: str, seed: int) -> float:
 
 
 def read_glue_tsv(path: Path) -> list[Example]:
-    """Read a labelled GLUE QNLI TSV (`index, question, sentence, label`)."""
+    """Read a labelled GLUE QNLI TSV (`index, question, sentence, label`); labels by name or as
+    GLUE's integers (entailment = 0, not_entailment = 1)."""
     try:
-        handle = open(path, encoding="utf-8", newline="")
+        handle = open(path, encoding="utf-8-sig", newline="")
     except FileNotFoundError:
         raise QtoolError(f"{path} does not exist; point --data at a folder with GLUE QNLI TSV files") from None
     rows: list[Example] = []
@@ -131,7 +132,7 @@ def read_glue_tsv(path: Path) -> list[Example]:
                 label = record[l_at].strip()
                 if label not in LABEL_IDS:
                     raise QtoolError(
-                        f"{path}:{line_number}: unknown label {label!r}, expected one of {', '.join(LABELS)}"
+                        f"{path}:{line_number}: unknown label {label!r}, expected one of {', '.join(LABELS)} (or 0, 1)"
                     )
                 rows.append(Example(record[q_at], record[s_at], LABEL_IDS[label]))
         except UnicodeDecodeError:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
-from qtool.data.qnli import question_position
+from qtool.data.qnli import question_position, read_glue_tsv
 from qtool.errors import QtoolError
 from tests.helpers.models import write_glue_tsv
 
@@ -71,6 +71,16 @@ def test_bad_tsv_is_a_user_error(tmp_path, content, message):
     (tmp_path / "dev.tsv").write_text(content, encoding="utf-8")
     with pytest.raises(QtoolError, match=message):
         load_qnli(DataConfig(source=str(tmp_path)))
+
+
+def test_integer_labels_and_a_byte_order_mark_are_read(tmp_path):
+    named = "index\tquestion\tsentence\tlabel\n0\tq?\ts.\tentailment\n1\tr?\tt.\tnot_entailment\n"
+    (tmp_path / "named.tsv").write_text(named, encoding="utf-8")
+    (tmp_path / "numbered.tsv").write_text(
+        "\ufeff" + named.replace("\tnot_entailment", "\t1").replace("\tentailment", "\t0"), encoding="utf-8"
+    )
+    assert read_glue_tsv(tmp_path / "named.tsv") == read_glue_tsv(tmp_path / "numbered.tsv")
+    assert [row.label for row in read_glue_tsv(tmp_path / "numbered.tsv")] == [0, 1]
 
 
 def test_missing_dev_tsv(tmp_path):
