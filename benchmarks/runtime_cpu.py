@@ -109,7 +109,7 @@ def _candidates(model_dir: Path, fp32: Path, folder: Path, split, tokenizer, thr
 
 def _optimized_graph_ops(graphs: dict[str, Path]) -> dict[str, dict]:
     """What ONNX Runtime's CPU optimizations left in each graph: integer kernels and Q/DQ nodes."""
-    from qtool.exporter.ort_cpu import check_fused
+    from qtool.exporter.ort_fused import check_fused
 
     report = {}
     for name, path in graphs.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 from dataclasses import fields, replace
@@ -84,6 +85,13 @@ def _setup_logging(verbose: bool) -> None:
         pass
 
 
+def command_help(docstring: str) -> str:
+    """A docstring as `--help` shows it: each paragraph on one line for the terminal to wrap, and
+    brackets literal (`pip install 'qtool[trt]'` is not Rich markup)."""
+    paragraphs = inspect.cleandoc(docstring).split("\n\n")
+    return escape("\n\n".join(" ".join(paragraph.split("\n")) for paragraph in paragraphs))
+
+
 def command(name: str | None = None):
     """Register a command whose QtoolError becomes a one-line message and exit code 2, with no traceback."""
 
@@ -99,7 +107,7 @@ def command(name: str | None = None):
                 render.stderr.print("interrupted")
                 raise typer.Exit(130) from None
 
-        return app.command(name)(wrapper)
+        return app.command(name, help=command_help(function.__doc__ or ""))(wrapper)
 
     return register
 
@@ -412,13 +420,14 @@ def build(
     model_path: o.BuildGraph, backend: o.Backend = o.DEFAULT_BACKEND, output: o.BuildOutput = None, fp16: o.Fp16 = None,
     tf32: o.Tf32 = None, quantize_head: o.QuantizeHead = None, batch: o.ProfileBatch = None,
     sequence: o.ProfileSequence = None, workspace_mib: o.WorkspaceMib = None, timing_cache: o.TimingCache = None,
-    optimization_level: o.OptimizationLevel = None, as_json: o.Json = False,
+    optimization_level: o.OptimizationLevel = None, int8_kernels: o.Int8Kernels = None, as_json: o.Json = False,
 ) -> None:
     """Build a deployable artifact from a graph: the ONNX Runtime CPU form or a TensorRT engine.
 
     ort: rewrites the TensorRT-style QDQ graph into the form ONNX Runtime's CPU kernels run fastest
     (same quantized values: int8 zero point 0 stored as uint8 zero point 128, fused integer
-    projections) and reports which integer kernels ONNX Runtime fused. trt: writes the graph's
+    projections; weights int8 for U8S8 kernels, or uint8 for U8U8 where U8S8 would saturate:
+    --int8-kernels) and reports which integer kernels ONNX Runtime fused. trt: writes the graph's
     TensorRT form (<engine>.trt.onnx: FP16 around the Q/DQ pairs, float embedding tables and head)
     and builds engine.plan from it, strongly typed, with one optimization profile and a build
     manifest (needs TensorRT and an NVIDIA GPU: pip install 'qtool[trt]'). An FP32 export gives
@@ -432,7 +441,7 @@ def build(
         sequence=int_triple(sequence, "--sequence"), workspace_mib=workspace_mib, timing_cache=timing_cache,
         optimization_level=optimization_level,
     )
-    report = build_stage(model_path, backend, output, options)
+    report = build_stage(model_path, backend, output, options, int8_kernels)
     render.print_json(report) if as_json else render.build_summary(report)
 
 

@@ -13,7 +13,14 @@ from qtool.analysis.outliers import OutlierConfig
 from qtool.calibrators.methods import CALIBRATORS, PEG_GROUPINGS
 from qtool.calibrators.precision import MIXED_PRECISION_PRESETS, SCOPES
 from qtool.data.qnli import EVAL_PARTS, DataConfig
-from qtool.defaults import BASE_METHOD, DEPLOY_MAX_DROP, PEG_AUTO_MAX_GROUPS, PEG_AUTO_NOISE_FACTOR, PEG_FORM
+from qtool.defaults import (
+    BASE_METHOD,
+    DEPLOY_MAX_DROP,
+    ORT_INT8_KERNELS,
+    PEG_AUTO_MAX_GROUPS,
+    PEG_AUTO_NOISE_FACTOR,
+    PEG_FORM,
+)
 from qtool.deployment.bench import INPUT_KINDS, BenchConfig
 from qtool.deployment.evaluate import EvalConfig
 from qtool.deployment.trt_build import TrtBuildConfig
@@ -373,6 +380,16 @@ Tf32 = Annotated[
     typer.Option(
         "--tf32/--no-tf32",
         help=f"trt: let FP32 layers use TF32 (recorded in the manifest). Default: {'on' if TrtBuildConfig.tf32 else 'off'}.",
+        show_default=False,
+    ),
+]
+Int8Kernels = Annotated[
+    str | None,
+    typer.Option(
+        "--int8-kernels",
+        help="ort: integer GEMMs for uint8 activations times int8 weights (u8s8) or uint8 weights (u8u8, same values). "
+        "auto: u8s8 where it is exact (x86 with VNNI, or not x86), else u8u8, since U8S8 kernels on x86 without VNNI "
+        f"add pairs of products in 16 bits and can saturate. Default: {ORT_INT8_KERNELS}.",
         show_default=False,
     ),
 ]

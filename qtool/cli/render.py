@@ -250,6 +250,7 @@ def build_summary(report: dict) -> None:
         kernels = ", ".join(f"{k} {v}" for k, v in sorted(report["integer_ops"].items())) or "none"
         rows = [
             ("graph", report["graph"]),
+            ("int8 kernels", f"{report['int8_kernels']}: {report['int8_kernels_reason']}"),
             ("fused integer kernels", kernels),
             ("float MatMuls fed by two DequantizeLinear", report["float_matmuls_two_dequantized_inputs"]),
             ("QuantizeLinear / DequantizeLinear left", f"{report['quantize_linear']} / {report['dequantize_linear']}"),

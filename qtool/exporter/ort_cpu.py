@@ -17,6 +17,9 @@ whose float result is the same up to rounding:
   same scale (q_u8 = q_s8 + 128, so DequantizeLinear returns exactly the same floats). ONNX
   Runtime then fuses DQ -> MatMul -> Q into QLinearMatMul and DQ -> MatMul into
   MatMulIntegerToFloat (U8S8 kernels, VNNI where the CPU has it); weights stay int8;
+- `kernels="u8u8"` (for x86 CPUs without VNNI, where U8S8 kernels can saturate, see
+  `int8_kernels_for_this_cpu`): projection weights move from int8 to uint8 the same way (zero
+  point 0 becomes 128), so ONNX Runtime runs U8U8 kernels, slower but exact;
 - a quantized embedding table read by Gather is gathered in int8 and dequantized afterwards
   (the same per-channel scales on the same elements) instead of dequantizing the whole table on
   every run;
@@ -35,15 +38,14 @@ whose float result is the same up to rounding:
   when ONNX Runtime runs both without graph optimizations.
 
 Nothing else moves: a Q/DQ pair on a LayerNorm input, a residual sum or a GELU input stays (scope
-`all`), since dropping one would change the values. `check_fused` reports what ONNX Runtime made
-of a graph: the fused integer kernels and any float MatMul still fed by DequantizeLinear.
+`all`), since dropping one would change the values. `qtool.exporter.ort_fused.check_fused` reports
+what ONNX Runtime made of a graph: the fused integer kernels and any float MatMul still fed by
+DequantizeLinear.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -52,30 +54,14 @@ import onnx
 from onnx import helper
 
 from qtool.graph import GraphIndex, attribute, prune_dead_nodes, save_derived_graph, set_attribute
+from qtool.runners.ort import INT8_KERNELS, INT8_KERNELS_METADATA
 
 log = logging.getLogger(__name__)
 
 MS_DOMAIN = "com.microsoft"
-INTEGER_OPS = frozenset(
-    {
-        "MatMulInteger",
-        "MatMulIntegerToFloat",
-        "DynamicQuantizeMatMul",
-        "QGemm",
-        "QAttention",
-        "QEmbedLayerNormalization",
-        "MatMulNBits",
-        "ConvInteger",
-    }
-)
-FLOAT_MATMUL_OPS = frozenset({"MatMul", "Gemm", "FusedMatMul", "FusedGemm"})
-FORM_VERSION = 2  # bumped whenever the rewrite changes, so cached ONNX Runtime forms are rebuilt
+FORM_VERSION = 3  # bumped whenever the rewrite changes, so cached ONNX Runtime forms are rebuilt
 UINT8_OFFSET = 128  # uint8 code = int8 code + 128 for the same real value
 EIGHT_BIT_TYPES = (np.dtype(np.int8), np.dtype(np.uint8))
-
-
-def is_integer_op(op_type: str) -> bool:
-    return op_type in INTEGER_OPS or op_type.startswith("QLinear")
 
 
 def _scalar_int8_zero_point(graph: GraphIndex, node: onnx.NodeProto) -> int | None:
@@ -111,6 +97,38 @@ def _activations_to_uint8(graph: GraphIndex) -> int:
             zero_point_names[value] = graph.add_initializer(f"ort_cpu/uint8_zero_point_{value}", np.uint8(value))
         for member in (node, *readers):
             member.input[2] = zero_point_names[value]
+        converted += 1
+    return converted
+
+
+def _weights_to_uint8(graph: GraphIndex) -> int:
+    """Constant int8 weights with zero point 0 read (dequantized) only as the weight of a MatMul or
+    Gemm -> uint8 with zero point 128, so the dequantized weights stay the same; returns the count."""
+    converted = 0
+    for node in list(graph.graph.node):
+        if node.op_type != "DequantizeLinear":
+            continue
+        weight, scale = graph.array(node.input[0]), graph.array(node.input[1])
+        zero_point = graph.array(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.int8)
+        readers = graph.consumers[node.output[0]]
+        if (
+            weight is None
+            or scale is None
+            or weight.dtype != np.int8
+            or zero_point is None
+            or zero_point.dtype != np.int8
+            or zero_point.any()
+            or not readers
+            or any(reader.op_type not in ("MatMul", "Gemm") or index != 1 for reader, index in readers)
+        ):
+            continue
+        codes = (weight.astype(np.int16) + UINT8_OFFSET).astype(np.uint8)
+        node.input[0] = graph.add_initializer(f"{node.input[0]}/uint8", codes)
+        uint8_zero_point = np.full(scale.shape, UINT8_OFFSET, np.uint8)
+        if len(node.input) > 2:
+            node.input[2] = graph.add_initializer(f"{node.input[0]}/zero_point", uint8_zero_point)
+        else:
+            node.input.append(graph.add_initializer(f"{node.input[0]}/zero_point", uint8_zero_point))
         converted += 1
     return converted
 
@@ -318,7 +336,9 @@ def _division_targets(graph: GraphIndex, node: onnx.NodeProto) -> list[tuple[onn
     if node.op_type != "Sum":
         return None
     partials = [graph.producer.get(name) for name in node.input]
-    if any(p is None or p.op_type != "MatMulIntegerToFloat" or len(graph.consumers[p.output[0]]) != 1 for p in partials):
+    if any(
+        p is None or p.op_type != "MatMulIntegerToFloat" or len(graph.consumers[p.output[0]]) != 1 for p in partials
+    ):
         return None
     biased = [p for p in partials if len(p.input) > 6 and p.input[6]]
     return [(p, 3) for p in partials] + [(p, 6) for p in biased] if len(biased) == 1 else None
@@ -336,8 +356,10 @@ def _fold_channel_division(graph: GraphIndex) -> int:
             continue
         targets = _division_targets(graph, producer)
         readers = graph.consumers[div.input[0]]
-        if targets is None or div.input[0] in graph.graph_outputs or any(
-            reader is not div and reader.op_type != "Shape" for reader, _ in readers
+        if (
+            targets is None
+            or div.input[0] in graph.graph_outputs
+            or any(reader is not div and reader.op_type != "Shape" for reader, _ in readers)
         ):
             continue
         values = [graph.constant_value(node.input[index]) for node, index in targets]
@@ -356,17 +378,21 @@ def _fold_channel_division(graph: GraphIndex) -> int:
 
 
 # -- assembly -----------------------------------------------------------------------------------------
-def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True) -> onnx.ModelProto:
+def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True, kernels: str = "u8s8") -> onnx.ModelProto:
     """A copy of a qtool QDQ graph that ONNX Runtime's CPU provider runs on integer kernels.
 
     Every quantized tensor keeps its values: activations move from int8 (zero point z) to uint8
-    (zero point z + 128), embedding tables are dequantized after their Gather, and with
-    `fuse_bias` projections with a bias become MatMulIntegerToFloat. See the module docstring.
+    (zero point z + 128), with `kernels="u8u8"` projection weights too, embedding tables are
+    dequantized after their Gather, and with `fuse_bias` projections with a bias become
+    MatMulIntegerToFloat. See the module docstring.
     """
+    if kernels not in INT8_KERNELS:
+        raise ValueError(f"kernels must be one of {INT8_KERNELS}, got {kernels!r}")
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     counts = {
         "uint8_activation_pairs": _activations_to_uint8(GraphIndex(rewritten.graph)),
+        "uint8_weights": _weights_to_uint8(GraphIndex(rewritten.graph)) if kernels == "u8u8" else 0,
         "gathers_before_dequantize": _gather_before_dequantize(GraphIndex(rewritten.graph)),
     }
     if fuse_bias:
@@ -385,93 +411,12 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True) -> on
     return rewritten
 
 
-def rewrite_file_for_ort_cpu(source: Path, output: Path, *, fuse_bias: bool = True) -> Path:
+def rewrite_file_for_ort_cpu(source: Path, output: Path, *, fuse_bias: bool = True, kernels: str = "u8s8") -> Path:
     """`rewrite_for_ort_cpu` from one ONNX file to another; the tokenizer path in the metadata is
-    re-pointed from the output's folder, and `qtool.runtime_form` records the rewrite."""
-    rewritten = rewrite_for_ort_cpu(onnx.load(str(source)), fuse_bias=fuse_bias)
-    metadata = {"runtime_form": "onnxruntime-cpu" + ("" if fuse_bias else " (bias unfused)")}
+    re-pointed from the output's folder, and `qtool.runtime_form` and `qtool.int8_kernels` record the rewrite."""
+    rewritten = rewrite_for_ort_cpu(onnx.load(str(source)), fuse_bias=fuse_bias, kernels=kernels)
+    metadata = {
+        "runtime_form": "onnxruntime-cpu" + ("" if fuse_bias else " (bias unfused)"),
+        INT8_KERNELS_METADATA: kernels,
+    }
     return save_derived_graph(rewritten, source, output, metadata)
-
-
-# -- what ONNX Runtime made of it ---------------------------------------------------------------------
-def count_fused_integer_ops(optimized_model_path: Path) -> dict[str, int]:
-    """Counts of the integer kernels (QLinearMatMul, MatMulIntegerToFloat, QGemm, ...) in a saved graph."""
-    model = onnx.load(str(optimized_model_path), load_external_data=False)
-    counts = Counter(node.op_type for node in model.graph.node if is_integer_op(node.op_type))
-    return dict(sorted(counts.items()))
-
-
-def _float_matmul_report(model: onnx.ModelProto) -> dict[str, int]:
-    producer = GraphIndex(model.graph).producer
-
-    def dequantized(name: str) -> bool:
-        node = producer.get(name)
-        return node is not None and node.op_type == "DequantizeLinear"
-
-    report = {"float_matmuls": 0, "float_matmuls_one_dequantized_input": 0, "float_matmuls_two_dequantized_inputs": 0}
-    for node in model.graph.node:
-        if node.op_type not in FLOAT_MATMUL_OPS:
-            continue
-        report["float_matmuls"] += 1
-        from_dequantize = sum(dequantized(name) for name in node.input[:2])
-        if from_dequantize == 1:
-            report["float_matmuls_one_dequantized_input"] += 1
-        elif from_dequantize == 2:
-            report["float_matmuls_two_dequantized_inputs"] += 1
-    return report
-
-
-def check_fused(model_path: Path, optimized_model_path: Path | None = None, level: str = "all") -> dict:
-    """Let ONNX Runtime (CPU) optimize `model_path`, save the result and report what it fused.
-
-    The optimized graph is saved with its initializers in a side file (so graphs above protobuf's
-    2 GB limit save too) and read back without them. ONNX Runtime saves level `all` graphs (with a
-    warning that layout transforms make them machine-specific); if saving fails at `all`, the
-    graph is optimized again at `extended`, which already holds every QDQ fusion (they run at
-    level 2; level 3 only adds layout transforms).
-    """
-    import onnxruntime as ort
-
-    from qtool.runners.ort import session_options
-
-    levels = ("extended", "all")
-    if level not in levels:
-        raise ValueError(f"level must be one of {', '.join(levels)}")
-    with tempfile.TemporaryDirectory(prefix="qtool-ort-") as scratch:
-        target = Path(optimized_model_path) if optimized_model_path else Path(scratch) / "optimized.onnx"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in [level, "extended"] if level == "all" else [level]:
-            options = session_options(optimization_level=attempt)
-            options.optimized_model_filepath = str(target)
-            options.add_session_config_entry(
-                "session.optimized_model_external_initializers_file_name", f"{target.name}.data"
-            )
-            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-            try:
-                ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-                break
-            except Exception as exc:  # ONNX Runtime raises its own exception types
-                if attempt == "extended" or level != "all":
-                    raise
-                log.warning("ONNX Runtime could not save the level-%s graph (%s); trying extended", attempt, exc)
-        model = onnx.load(str(target), load_external_data=False)
-        all_ops = Counter(node.op_type for node in model.graph.node)
-        report = {
-            "model": str(model_path),
-            "optimization_level": attempt,
-            "onnxruntime": ort.__version__,
-            "integer_ops": count_fused_integer_ops(target),
-            **_float_matmul_report(model),
-            "quantize_linear": all_ops.get("QuantizeLinear", 0),
-            "dequantize_linear": all_ops.get("DequantizeLinear", 0),
-            "op_counts": dict(sorted(all_ops.items())),
-        }
-        if optimized_model_path:
-            report["optimized_model"] = str(target)
-    if report["float_matmuls_two_dequantized_inputs"]:
-        log.warning(
-            "%s: %d float MatMul/Gemm still read two DequantizeLinear outputs after ONNX Runtime's fusions",
-            model_path,
-            report["float_matmuls_two_dequantized_inputs"],
-        )
-    return report

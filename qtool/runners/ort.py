@@ -3,18 +3,58 @@
 from __future__ import annotations
 
 import logging
+import platform
 from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from qtool.errors import QtoolError
-from qtool.graph import load_model
+from qtool.graph import METADATA_PREFIX, load_model
 from qtool.runners.base import Runner
 
 log = logging.getLogger(__name__)
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+INT8_KERNELS = ("u8s8", "u8u8")  # uint8 activations times int8 or uint8 weights
+INT8_KERNELS_METADATA = "int8_kernels"
+X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})  # /proc/cpuinfo names
+
+
+def _cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo, or NumPy's runtime detection elsewhere; None if unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:
+        return None
+    return {"avx512_vnni"} if __cpu_features__.get("AVX512VNNI") else set()
+
+
+@cache
+def int8_kernels_for_this_cpu() -> tuple[str, str]:
+    """Which integer GEMMs ONNX Runtime computes exactly on this CPU, and why.
+
+    On x86 without VNNI, ONNX Runtime's U8S8 kernels add pairs of uint8 x int8 products in 16 bits
+    (VPMADDUBSW), which saturates (255 x 127 x 2 > 32767), so a result can differ from the QDQ
+    graph's; its U8U8 kernels widen to 16 bits first and never saturate. With VNNI (VPDPBUSD adds
+    in 32 bits) and on other architectures U8S8 is exact and the faster of the two."""
+    machine = platform.machine().lower()
+    if machine not in X86_MACHINES:
+        return "u8s8", f"a {machine} CPU, where U8S8 kernels do not saturate"
+    flags = _cpu_flags()
+    if flags is None:
+        return "u8u8", "an x86 CPU whose features could not be read, so U8S8's saturation cannot be ruled out"
+    if flags & VNNI_FLAGS:
+        return "u8s8", "an x86 CPU with VNNI, where U8S8 kernels add in 32 bits"
+    return "u8u8", "an x86 CPU without VNNI, where U8S8 kernels add pairs of products in 16 bits and can saturate"
 
 
 def check_onnx_file(path: Path) -> Path:
@@ -93,8 +133,20 @@ class OrtRunner(Runner):
         except Exception as exc:
             where = "the graph in memory" if in_memory else self.model_path
             raise QtoolError(f"ONNX Runtime cannot load {where}: {str(exc).splitlines()[0]}") from None
+        self._warn_on_saturating_kernels()
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def _warn_on_saturating_kernels(self) -> None:
+        recorded = self.session.get_modelmeta().custom_metadata_map.get(METADATA_PREFIX + INT8_KERNELS_METADATA)
+        wanted, why = int8_kernels_for_this_cpu()
+        if recorded == "u8s8" and wanted == "u8u8" and "CPUExecutionProvider" in self.providers[:1]:
+            log.warning(
+                "%s was built for U8S8 kernels; this is %s, so some results may differ from the QDQ graph's: "
+                "rebuild it here with `qtool build --backend ort --int8-kernels u8u8`",
+                self.model_path if not isinstance(self.model_path, bytes) else "the graph",
+                why,
+            )
 
     def _deactivate(self) -> None:
         self.session = None

@@ -13,6 +13,7 @@ from qtool import __version__
 from qtool.cache import cached_stage
 from qtool.calibrators.precision import SCOPES
 from qtool.data import DataConfig, QnliSplit, load_qnli
+from qtool.defaults import ORT_INT8_KERNELS
 from qtool.deployment.bench import (
     BenchConfig,
     bench_compare,
@@ -27,23 +28,43 @@ from qtool.deployment.evaluate import EvalConfig, evaluate, logit_to_label, toke
 from qtool.deployment.trt_build import TrtBuildConfig, build_engine
 from qtool.errors import QtoolError
 from qtool.exporter.ort_cpu import FORM_VERSION as ORT_FORM_VERSION
-from qtool.exporter.ort_cpu import check_fused, rewrite_file_for_ort_cpu
+from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu
+from qtool.exporter.ort_fused import check_fused
 from qtool.fileio import manifest_path, sha256_file
 from qtool.graph import graph_metadata, is_recipe_graph
-from qtool.runners.ort import check_onnx_file
+from qtool.runners.ort import INT8_KERNELS, check_onnx_file, int8_kernels_for_this_cpu
 
 
-def build_ort(graph: Path, output: Path | None = None, options: TrtBuildConfig | None = None) -> dict:
-    """The ONNX Runtime CPU form `<graph stem>.ort.onnx`, rebuilt only when the graph changed; the
-    report says what ONNX Runtime fused in it and, for a scope that quantizes the residual path, how
-    to leave fewer Q/DQ passes."""
+def resolve_int8_kernels(choice: str) -> tuple[str, str]:
+    """`--int8-kernels`: u8s8 or u8u8 as given, or for `auto` the exact one for this CPU; and why."""
+    if choice == "auto":
+        return int8_kernels_for_this_cpu()
+    if choice not in INT8_KERNELS:
+        raise QtoolError(f"--int8-kernels must be auto or one of {', '.join(INT8_KERNELS)}, got {choice!r}")
+    return choice, "as asked"
+
+
+def build_ort(
+    graph: Path, output: Path | None = None, options: TrtBuildConfig | None = None, int8_kernels: str = ORT_INT8_KERNELS
+) -> dict:
+    """The ONNX Runtime CPU form `<graph stem>.ort.onnx`, rebuilt only when the graph or the kernel
+    choice changed; the report says which integer kernels it is for and why, what ONNX Runtime fused
+    in it and, for a scope that quantizes the residual path, how to leave fewer Q/DQ passes."""
     graph = Path(graph)
     target = Path(output or graph.with_name(f"{graph.stem}.ort.onnx"))
+    kernels, why = resolve_int8_kernels(int8_kernels)
 
     def run() -> dict:
         scope = graph_metadata(graph).get("scope")
-        rewrite_file_for_ort_cpu(graph, target)
-        report = {"backend": "ort", "graph": str(target), "scope": scope, **check_fused(target)}
+        rewrite_file_for_ort_cpu(graph, target, kernels=kernels)
+        report = {
+            "backend": "ort",
+            "graph": str(target),
+            "scope": scope,
+            "int8_kernels": kernels,
+            "int8_kernels_reason": why,
+            **check_fused(target),
+        }
         if scope in SCOPES and not SCOPES[scope].gemm_edges_only:
             report["note"] = (
                 f"scope {scope} also quantizes the residual path (a Q/DQ pair per residual input); "
@@ -56,6 +77,7 @@ def build_ort(graph: Path, output: Path | None = None, options: TrtBuildConfig |
         "source_sha256": sha256_file(graph),
         "qtool": __version__,
         "form": ORT_FORM_VERSION,
+        "int8_kernels": kernels,
         "onnxruntime": onnxruntime.__version__,
     }
     report = cached_stage(manifest_path(target), key, run, artifact=target)
@@ -79,12 +101,23 @@ BACKENDS: dict[str, Callable[[Path, Path | None, TrtBuildConfig | None], dict]] 
 }
 
 
-def build_stage(graph: Path, backend: str, output: Path | None = None, options: TrtBuildConfig | None = None) -> dict:
-    """`qtool build`: a deployable artifact of `graph` for `backend` (a key of BACKENDS)."""
+def build_stage(
+    graph: Path,
+    backend: str,
+    output: Path | None = None,
+    options: TrtBuildConfig | None = None,
+    int8_kernels: str | None = None,
+) -> dict:
+    """`qtool build`: a deployable artifact of `graph` for `backend` (a key of BACKENDS);
+    `int8_kernels` (ONNX Runtime only) as `--int8-kernels`."""
     check_onnx_file(graph)
     if backend not in BACKENDS:
         raise QtoolError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return BACKENDS[backend](Path(graph), output, options)
+    if int8_kernels is None:
+        return BACKENDS[backend](Path(graph), output, options)
+    if backend != "ort":
+        raise QtoolError("--int8-kernels is for --backend ort; TensorRT chooses its own kernels")
+    return build_ort(Path(graph), output, options, int8_kernels)
 
 
 def deployed_form(graph: Path) -> Path:

@@ -95,6 +95,46 @@ def test_build_ort_fuses_integer_kernels(tiny_qdq, tmp_path):
     assert "qtool calibrate --scope gemm-inputs" in table.stdout  # the note on residual-path quantization
 
 
+def test_build_ort_chooses_exact_int8_kernels_for_the_cpu(tiny_qdq, tmp_path, monkeypatch):
+    """--int8-kernels auto takes U8S8 on this machine's answer and U8U8 on an x86 CPU without VNNI;
+    a U8S8 form opened on such a CPU logs how to rebuild it."""
+    import qtool.runners.ort as ort_runner
+
+    auto = json.loads(runner.invoke(app, ["build", tiny_qdq, "-o", str(tmp_path / "auto.onnx"), "--json"]).stdout)
+    assert (auto["int8_kernels"], auto["int8_kernels_reason"]) == ort_runner.int8_kernels_for_this_cpu()
+    monkeypatch.setattr(ort_runner.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(ort_runner, "_cpu_flags", lambda: {"sse4_2", "avx2"})
+    ort_runner.int8_kernels_for_this_cpu.cache_clear()
+    try:
+        no_vnni = json.loads(runner.invoke(app, ["build", tiny_qdq, "-o", str(tmp_path / "a.onnx"), "--json"]).stdout)
+        assert no_vnni["int8_kernels"] == "u8u8" and "without VNNI" in no_vnni["int8_kernels_reason"]
+        forced = runner.invoke(app, ["build", tiny_qdq, "--int8-kernels", "u8s8", "-o", str(tmp_path / "f.onnx")])
+        assert forced.exit_code == 0, forced.output
+        warnings: list[str] = []
+        monkeypatch.setattr(ort_runner.log, "warning", lambda message, *args: warnings.append(message % args))
+        with ort_runner.OrtRunner(tmp_path / "f.onnx"), ort_runner.OrtRunner(tmp_path / "a.onnx"):
+            pass
+        assert len(warnings) == 1 and "f.onnx" in warnings[0] and "--int8-kernels u8u8" in warnings[0]
+        monkeypatch.setattr(ort_runner, "_cpu_flags", lambda: {"avx2", "avx_vnni"})
+        ort_runner.int8_kernels_for_this_cpu.cache_clear()
+        assert ort_runner.int8_kernels_for_this_cpu()[0] == "u8s8"
+        monkeypatch.setattr(ort_runner, "_cpu_flags", lambda: None)
+        ort_runner.int8_kernels_for_this_cpu.cache_clear()
+        assert ort_runner.int8_kernels_for_this_cpu()[0] == "u8u8"
+        monkeypatch.setattr(ort_runner.platform, "machine", lambda: "aarch64")
+        ort_runner.int8_kernels_for_this_cpu.cache_clear()
+        assert ort_runner.int8_kernels_for_this_cpu()[0] == "u8s8"
+    finally:
+        ort_runner.int8_kernels_for_this_cpu.cache_clear()
+    for bad, message in (
+        (["--int8-kernels", "s8s8"], "--int8-kernels must be"),
+        (["--backend", "trt", "--int8-kernels", "u8u8"], "--int8-kernels is for --backend ort"),
+    ):
+        result = runner.invoke(app, ["build", tiny_qdq, *bad, "-o", str(tmp_path / "bad.onnx")])
+        assert result.exit_code == 2 and message in result.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_build_trt_without_tensorrt_says_how_to_install(tiny_qdq, tmp_path, monkeypatch):
     import builtins
 

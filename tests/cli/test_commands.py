@@ -58,6 +58,15 @@ def test_every_option_has_help(command):
     assert _run(command, "--help").exit_code == 0
 
 
+def test_help_paragraphs_reflow_and_keep_brackets():
+    result = runner.invoke(app, ["build", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "pip install 'qtool[trt]'" in result.stdout  # not eaten as Rich markup
+    assert "ort: rewrites the TensorRT-style QDQ graph into the form ONNX Runtime's CPU kernels run fastest (same" in (
+        result.stdout
+    )  # one paragraph, wrapped by the terminal rather than at the docstring's line breaks
+
+
 def test_missing_model_is_a_one_line_error(tiny_data, tmp_path):
     result = _run("export", "--model", tmp_path / "nope", "--data", tiny_data, "--artifacts", tmp_path / "a")
     _one_line_error(result, "does not exist")

@@ -11,12 +11,8 @@ from transformers import BertForSequenceClassification
 
 from qtool.analysis import CollectConfig, collect
 from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
-from qtool.exporter.ort_cpu import (
-    check_fused,
-    count_fused_integer_ops,
-    rewrite_file_for_ort_cpu,
-    rewrite_for_ort_cpu,
-)
+from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu, rewrite_for_ort_cpu
+from qtool.exporter.ort_fused import check_fused, count_fused_integer_ops
 from qtool.models.resolve import load_tokenizer
 from qtool.quantization.calibration import CalibrateConfig, calibrate
 from qtool.quantization.graphs import write_calibrated_graph
@@ -200,6 +196,36 @@ def test_onnx_runtime_runs_every_peg_projection_on_integer_kernels(calibrated, r
     integer = report["integer_ops"]
     assert integer["MatMulIntegerToFloat"] + integer.get("QLinearMatMul", 0) == partials + plain - 2 * LAYERS
     assert "Gather" not in {n.op_type for n in qdq.graph.node if n.name.startswith("layer.") and "group" not in n.name}
+
+
+@pytest.mark.parametrize("recipe", ["all", "gemm-inputs", "peg-k3-all", "peg-k3-all-gathered"])
+def test_u8u8_form_has_uint8_weights_and_the_u8s8_forms_values(calibrated, recipe):
+    """The U8U8 form (x86 without VNNI) stores each projection weight as uint8 with zero point 128:
+    bit-exact against the QDQ graph without fusions, and on integer kernels the same logits as
+    the U8S8 form (both accumulate exactly here)."""
+    qdq = onnx.load(str(calibrated["graphs"][recipe]))
+    unfused = rewrite_for_ort_cpu(qdq, fuse_bias=False, kernels="u8u8")
+    for got, want in zip(
+        _outputs(unfused, "disable", calibrated["batches"])["logits"],
+        _outputs(qdq, "disable", calibrated["batches"])["logits"],
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, want)
+    fused = rewrite_for_ort_cpu(qdq, kernels="u8u8")
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in fused.graph.initializer}
+    integer_gemms = [n for n in fused.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert integer_gemms
+    for node in integer_gemms:
+        weight, zero_point = initializers[node.input[1]], initializers[node.input[5]]
+        assert weight.dtype == zero_point.dtype == np.uint8, node.name
+        assert (zero_point == 128).all() and zero_point.size in (1, weight.shape[1]), node.name
+    tables = [n for n in fused.graph.node if n.op_type == "Gather" and n.input[0] in initializers]
+    assert all(initializers[n.input[0]].dtype != np.uint8 for n in tables)  # embedding tables are left alone
+    np.testing.assert_array_equal(
+        _logits(fused, "all", calibrated["batches"]), _logits(rewrite_for_ort_cpu(qdq), "all", calibrated["batches"])
+    )
+    with pytest.raises(ValueError, match="kernels"):
+        rewrite_for_ort_cpu(qdq, kernels="s8s8")
 
 
 def test_build_reports_the_scope_and_notes_residual_quantization(calibrated, tmp_path):
