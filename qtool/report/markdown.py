@@ -267,7 +267,8 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "provider, where they are meant to be fast; NNCF's graphs are meant for OpenVINO and are timed here on ONNX "
         "Runtime; qtool's rows deploy their ONNX Runtime CPU form here and their QDQ graph on TensorRT",
         f"- environment: {environment['processor']}, {environment['platform']}, python {environment['python']}, "
-        f"torch {environment['torch']}, onnxruntime {environment['onnxruntime']}, qtool {environment['qtool']}",
+        f"torch {environment['torch']}, onnxruntime {environment['onnxruntime']}, qtool {environment['qtool']}"
+        + (f"; qtool's ONNX Runtime forms use {kernels}" if (kernels := environment.get("int8_kernels")) else ""),
         "",
         "## Accuracy",
         "",

@@ -43,6 +43,7 @@ from qtool.report.figures import write_study_figures
 from qtool.report.html import write_html_report
 from qtool.report.intervals import wilson_interval
 from qtool.report.markdown import write_markdown_report
+from qtool.runners.ort import int8_kernels_for_this_cpu
 from qtool.stages.calibrate import calibrate_stage
 from qtool.stages.deploy import interleaved_comparison, latency_stage
 from qtool.stages.model import export_stage
@@ -278,6 +279,7 @@ def _environment(config: ReproduceConfig) -> dict:
         "onnxruntime": onnxruntime.__version__,
         "qtool": __version__,
         "threads": config.bench.threads or os.cpu_count(),
+        "int8_kernels": ": ".join(int8_kernels_for_this_cpu()),  # of the ONNX Runtime forms deployed here
     }
 
 
