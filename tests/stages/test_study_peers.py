@@ -47,3 +47,19 @@ def test_report_names_an_nncf_peer_as_nncf_and_shows_its_accuracy_control():
     assert "OpenVINO" in paragraph and "ONNX Runtime's own quantizer" not in paragraph
     table = "\n".join(search_lines(result))  # no qtool search row: NNCF's accuracy control still shows
     assert "| nncf-accuracy-control | 1 GEMMs | 80.00 | -0.20 | 1000 | 95.00 (95.50) | 7 | 80 |" in table
+
+
+def test_report_says_when_the_search_budget_does_not_hold_on_the_eval_part():
+    from qtool.report.markdown import search_lines
+
+    def study(accuracy: float) -> str:
+        search = {
+            "tuning": {"pairs": 1000, "fp32_accuracy": 0.923, "sources": {"calibration": 284, "train": 716}},
+            "tuning_accuracy": 0.919, "evaluations": 18, "reused_evaluations": 184, "seconds": 1993.5,
+            "curve": [{"float_points": 0, "accuracy": 0.46}], "max_drop": 0.5, "within_budget": True,
+        }
+        row = {"configuration": "max-all-mp-auto0.5", "accuracy": accuracy, "kept_in_float": ["a"], "search": search}
+        return "\n".join(search_lines({"results": [{"configuration": "fp32", "accuracy": 0.8655}, row]}))
+
+    assert "On the eval part it is 2.35 points below FP32" in study(0.842) and "716 of those" in study(0.842)
+    assert "On the eval part" not in study(0.8625)
