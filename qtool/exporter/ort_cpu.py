@@ -122,13 +122,12 @@ def _weights_to_uint8(graph: GraphIndex) -> int:
             or any(reader.op_type not in ("MatMul", "Gemm") or index != 1 for reader, index in readers)
         ):
             continue
-        codes = (weight.astype(np.int16) + UINT8_OFFSET).astype(np.uint8)
-        node.input[0] = graph.add_initializer(f"{node.input[0]}/uint8", codes)
-        uint8_zero_point = np.full(scale.shape, UINT8_OFFSET, np.uint8)
-        if len(node.input) > 2:
-            node.input[2] = graph.add_initializer(f"{node.input[0]}/zero_point", uint8_zero_point)
-        else:
-            node.input.append(graph.add_initializer(f"{node.input[0]}/zero_point", uint8_zero_point))
+        base = node.input[0]
+        node.input.extend([""] * (3 - len(node.input)))
+        node.input[0] = graph.add_initializer(
+            f"{base}/uint8", (weight.astype(np.int16) + UINT8_OFFSET).astype(np.uint8)
+        )
+        node.input[2] = graph.add_initializer(f"{base}/uint8_zero_point", np.full(scale.shape, UINT8_OFFSET, np.uint8))
         converted += 1
     return converted
 

@@ -45,14 +45,14 @@ def resolve_int8_kernels(choice: str) -> tuple[str, str]:
 
 
 def build_ort(
-    graph: Path, output: Path | None = None, options: TrtBuildConfig | None = None, int8_kernels: str = ORT_INT8_KERNELS
+    graph: Path, output: Path | None = None, options: TrtBuildConfig | None = None, int8_kernels: str | None = None
 ) -> dict:
     """The ONNX Runtime CPU form `<graph stem>.ort.onnx`, rebuilt only when the graph or the kernel
     choice changed; the report says which integer kernels it is for and why, what ONNX Runtime fused
     in it and, for a scope that quantizes the residual path, how to leave fewer Q/DQ passes."""
     graph = Path(graph)
     target = Path(output or graph.with_name(f"{graph.stem}.ort.onnx"))
-    kernels, why = resolve_int8_kernels(int8_kernels)
+    kernels, why = resolve_int8_kernels(int8_kernels or ORT_INT8_KERNELS)
 
     def run() -> dict:
         scope = graph_metadata(graph).get("scope")
@@ -84,8 +84,12 @@ def build_ort(
     return {**report, "graph": str(target), "model": str(target)}  # where it is now, not where it was built
 
 
-def build_trt(graph: Path, output: Path | None = None, options: TrtBuildConfig | None = None) -> dict:
+def build_trt(
+    graph: Path, output: Path | None = None, options: TrtBuildConfig | None = None, int8_kernels: str | None = None
+) -> dict:
     """A TensorRT engine `<graph>.plan` with its build manifest (needs TensorRT and an NVIDIA GPU)."""
+    if int8_kernels is not None:
+        raise QtoolError("--int8-kernels is for --backend ort; TensorRT chooses its own kernels")
     if graph_metadata(graph).get("peg_form", "gathered") != "gathered":
         raise QtoolError(
             f"{graph} writes PEG groups with per-channel activation scales, which TensorRT does not take; "
@@ -95,7 +99,7 @@ def build_trt(graph: Path, output: Path | None = None, options: TrtBuildConfig |
     return {"backend": "trt", "engine": str(target), **build_engine(graph, target, options or TrtBuildConfig())}
 
 
-BACKENDS: dict[str, Callable[[Path, Path | None, TrtBuildConfig | None], dict]] = {
+BACKENDS: dict[str, Callable[[Path, Path | None, TrtBuildConfig | None, str | None], dict]] = {
     "ort": build_ort,
     "trt": build_trt,
 }
@@ -113,11 +117,7 @@ def build_stage(
     check_onnx_file(graph)
     if backend not in BACKENDS:
         raise QtoolError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if int8_kernels is None:
-        return BACKENDS[backend](Path(graph), output, options)
-    if backend != "ort":
-        raise QtoolError("--int8-kernels is for --backend ort; TensorRT chooses its own kernels")
-    return build_ort(Path(graph), output, options, int8_kernels)
+    return BACKENDS[backend](Path(graph), output, options, int8_kernels)
 
 
 def deployed_form(graph: Path) -> Path:
