@@ -99,6 +99,13 @@ def prune_dead_nodes(model: onnx.ModelProto) -> None:
     graph.initializer.extend(initializers)
 
 
+def tensor_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """The rank of every tensor whose shape onnx's shape inference finds (raises what onnx raises)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    values = (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}
+
+
 # -- the index -------------------------------------------------------------------------------------
 class GraphIndex:
     """Producers, consumers, initializers, constants and names of one graph (see the module docstring)."""

@@ -32,6 +32,10 @@ whose float result is the same up to rounding:
   QuantizeLinear) moves into the producer where that is a biased MatMulIntegerToFloat or a
   LayerNormalization: the weight scales and bias, or the LayerNorm's scale and bias, are divided
   instead, which saves a pass over the tensor and changes float rounding only;
+- a Gather of some channels (last axis) of an activation, as PEG's split GEMMs read their groups'
+  codes, becomes a Gather of rows of the transposed tensor (one Transpose per tensor, shared by its
+  Gathers) and a Transpose back: ONNX Runtime copies a last-axis Gather element by element, rows as
+  blocks (`python benchmarks/ort_profile.py` on a PEG form shows the difference);
 - `fuse_bias=False`: Gemm(DQ(x), DQ(W), b) becomes Gemm(DQ(x), DQ(W)) + Add(b), since the QDQ
   Gemm fusion (QGemm) needs the bias absent or int32-quantized (which would change its values).
   With `fuse_bias=False` the rewritten graph computes bit-for-bit what the QDQ graph computes
@@ -53,13 +57,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from qtool.graph import GraphIndex, attribute, prune_dead_nodes, save_derived_graph, set_attribute
+from qtool.graph import GraphIndex, attribute, prune_dead_nodes, save_derived_graph, set_attribute, tensor_ranks
 from qtool.runners.ort import INT8_KERNELS, INT8_KERNELS_METADATA
 
 log = logging.getLogger(__name__)
 
 MS_DOMAIN = "com.microsoft"
-FORM_VERSION = 3  # bumped whenever the rewrite changes, so cached ONNX Runtime forms are rebuilt
+FORM_VERSION = 4  # bumped whenever the rewrite changes, so cached ONNX Runtime forms are rebuilt
 UINT8_OFFSET = 128  # uint8 code = int8 code + 128 for the same real value
 EIGHT_BIT_TYPES = (np.dtype(np.int8), np.dtype(np.uint8))
 
@@ -376,6 +380,46 @@ def _fold_channel_division(graph: GraphIndex) -> int:
     return folded
 
 
+# -- step 5: channel Gathers as row Gathers --------------------------------------------------------
+def _channel_gathers_as_row_gathers(graph: GraphIndex, ranks: dict[str, int]) -> int:
+    """Gather(X, channels, axis=-1) -> Transpose(Gather(Transpose(X), channels, axis=0)), one leading
+    Transpose per X; returns the Gathers rewritten. The same values: ONNX Runtime gathers the last axis
+    one element at a time, rows as blocks."""
+    by_source: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.graph.node:
+        if node.op_type != "Gather":
+            continue
+        rank, indices = ranks.get(node.input[0], 0), graph.array(node.input[1])
+        if indices is None or indices.ndim != 1 or rank < 2 or node.input[0] in graph.initializers:
+            continue
+        if attribute(node, "axis", 0) % rank == rank - 1:
+            by_source.setdefault(node.input[0], []).append(node)
+    for source, gathers in by_source.items():
+        rank = ranks[source]
+        channels_first = graph.unique_name(f"{source}/channels_first")
+        transpose = helper.make_node(
+            "Transpose",
+            [source],
+            [channels_first],
+            name=graph.unique_name(f"{source}/ChannelsFirst"),
+            perm=[rank - 1, *range(rank - 1)],
+        )
+        for position, node in enumerate(gathers):
+            rows = graph.unique_name(f"{node.output[0]}/channels_first")
+            replacement = [
+                helper.make_node("Gather", [channels_first, node.input[1]], [rows], name=node.name, axis=0),
+                helper.make_node(
+                    "Transpose",
+                    [rows],
+                    [node.output[0]],
+                    name=graph.unique_name(f"{node.name}/ChannelsLast"),
+                    perm=[*range(1, rank), 0],
+                ),
+            ]
+            graph.replace_node(node, [transpose, *replacement] if position == 0 else replacement)
+    return sum(len(gathers) for gathers in by_source.values())
+
+
 # -- assembly -----------------------------------------------------------------------------------------
 def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True, kernels: str = "u8s8") -> onnx.ModelProto:
     """A copy of a qtool QDQ graph that ONNX Runtime's CPU provider runs on integer kernels.
@@ -387,6 +431,11 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True, kerne
     """
     if kernels not in INT8_KERNELS:
         raise ValueError(f"kernels must be one of {INT8_KERNELS}, got {kernels!r}")
+    try:
+        ranks = tensor_ranks(model)
+    except Exception as exc:  # onnx raises several types here; the rewrite only loses step 5
+        log.warning("no shapes for the ONNX Runtime form (%s); channel Gathers stay as they are", exc)
+        ranks = {}
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     counts = {
@@ -405,6 +454,7 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True, kerne
         counts["peg_divisions_folded"] = _fold_channel_division(GraphIndex(rewritten.graph))
     counts["gemm_bias_to_add"] = _gemm_bias_to_add(GraphIndex(rewritten.graph))
     prune_dead_nodes(rewritten)
+    counts["channel_gathers_as_row_gathers"] = _channel_gathers_as_row_gathers(GraphIndex(rewritten.graph), ranks)
     log.info("ONNX Runtime CPU rewrite: %s", ", ".join(f"{key} {value}" for key, value in counts.items()))
     onnx.checker.check_model(rewritten)
     return rewritten

@@ -39,7 +39,7 @@ from onnx import TensorProto, helper
 
 from qtool.defaults import TRT_FP16, TRT_QUANTIZE_HEAD
 from qtool.errors import QtoolError
-from qtool.graph import GraphIndex, attribute, load_model, prune_dead_nodes, save_derived_graph
+from qtool.graph import GraphIndex, attribute, load_model, prune_dead_nodes, save_derived_graph, tensor_ranks
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,12 @@ def _dequantized_constant(index: GraphIndex, name: str) -> np.ndarray | None:
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        return tensor_ranks(model)
     except Exception as exc:  # onnx raises several types here
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise QtoolError(f"cannot infer the graph's shapes for its TensorRT form ({first}); check it with onnx.checker") from None
-    values = (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)
-    return {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}
+        raise QtoolError(
+            f"cannot infer the graph's shapes for its TensorRT form ({first}); check it with onnx.checker"
+        ) from None
 
 
 # -- passes ----------------------------------------------------------------------------------------
@@ -187,7 +187,10 @@ def scale_query_first(model: onnx.ModelProto) -> list[str]:
         scale_node, factor = found
         constant = index.add_initializer(f"{matmul.name}/attention_scale", np.array(factor, np.float32))
         if not _scale_through_qdq(index, matmul.input[0], factor, constant):
-            if index.producer.get(matmul.input[0]) is not None and index.producer[matmul.input[0]].op_type == "DequantizeLinear":
+            if (
+                index.producer.get(matmul.input[0]) is not None
+                and index.producer[matmul.input[0]].op_type == "DequantizeLinear"
+            ):
                 log.warning(
                     "%s: the query's Q/DQ pair is shared or per-channel, so the attention scale goes between its "
                     "DequantizeLinear and the MatMul; TensorRT may run that score MatMul in FP16, not INT8",
@@ -221,9 +224,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
                 f"({type(exc).__name__}); re-export with `qtool export --opset {FP16_OPSET}`"
             ) from None
     io_types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)}
-    converted = convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS]
-    )
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS])
     OnnxModel(converted).topological_sort()  # the converter appends the casts around blocked ops at the end
     problems = fp16_problems(converted, io_types)
     if problems:
@@ -268,7 +269,9 @@ def trt_form(model: onnx.ModelProto, config: TrtFormConfig = TrtFormConfig()) ->
         onnx.checker.check_model(form)
     except onnx.checker.ValidationError as exc:
         first = (str(exc).strip().splitlines() or ["invalid graph"])[0]
-        raise QtoolError(f"the TensorRT form of this graph is not valid ONNX ({first}); build with --fp32 or report it") from None
+        raise QtoolError(
+            f"the TensorRT form of this graph is not valid ONNX ({first}); build with --fp32 or report it"
+        ) from None
     log.info(
         "TensorRT form: %s floats, %d float embedding tables, %d head GEMMs without Q/DQ, %d attention scales moved",
         report["float"],

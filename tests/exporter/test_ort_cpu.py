@@ -13,6 +13,7 @@ from qtool.analysis import CollectConfig, collect
 from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
 from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu, rewrite_for_ort_cpu
 from qtool.exporter.ort_fused import check_fused, count_fused_integer_ops
+from qtool.graph import GraphIndex, attribute
 from qtool.models.resolve import load_tokenizer
 from qtool.quantization.calibration import CalibrateConfig, calibrate
 from qtool.quantization.graphs import write_calibrated_graph
@@ -196,6 +197,27 @@ def test_onnx_runtime_runs_every_peg_projection_on_integer_kernels(calibrated, r
     integer = report["integer_ops"]
     assert integer["MatMulIntegerToFloat"] + integer.get("QLinearMatMul", 0) == partials + plain - 2 * LAYERS
     assert "Gather" not in {n.op_type for n in qdq.graph.node if n.name.startswith("layer.") and "group" not in n.name}
+
+
+@pytest.mark.parametrize("recipe", ["peg-k3-all", "peg-k3-all-gathered"])
+def test_channel_groups_are_gathered_as_rows(calibrated, recipe):
+    """ONNX Runtime gathers a last axis element by element: the ORT form gathers PEG's channel groups
+    as rows of one transposed tensor per point and transposes each group back."""
+    qdq = onnx.load(str(calibrated["graphs"][recipe]))
+    channel_gathers = [n for n in qdq.graph.node if n.op_type == "Gather" and "/group" in n.name]
+    rewritten = rewrite_for_ort_cpu(qdq)
+    index = GraphIndex(rewritten.graph)
+    activation_gathers = [n for n in index.nodes if n.op_type == "Gather" and "/group" in n.name]
+    assert len(activation_gathers) == len(channel_gathers) > 0
+    sources = set()
+    for gather in activation_gathers:
+        assert attribute(gather, "axis", 0) == 0
+        transpose = index.producer[gather.input[0]]
+        assert transpose.op_type == "Transpose" and list(attribute(transpose, "perm", [])) == [2, 0, 1]
+        (back, _), = index.consumers[gather.output[0]]
+        assert back.op_type == "Transpose" and list(attribute(back, "perm", [])) == [1, 2, 0]
+        sources.add(transpose.input[0])
+    assert len(sources) < len(activation_gathers)  # one transpose per point, shared by its groups
 
 
 @pytest.mark.parametrize("recipe", ["all", "gemm-inputs", "peg-k3-all", "peg-k3-all-gathered"])
