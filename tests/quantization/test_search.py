@@ -73,8 +73,11 @@ def test_search_keeps_the_outlier_points_and_meets_the_budget(scaled_model, rela
     # The outlier channel of layer 0's FFN output makes these the most sensitive points.
     top = [s["name"] for s in result["sensitivity"][:2]]
     assert set(top) == {"layer.0.ffn.output", "layer.0.ffn.residual_sum"}
-    # Every point left in float was tried quantized again and broke the budget.
-    failed = {p["quantized_again"] for p in result["pruning"] if not p["within"]}
+    # Every point left in float was tried quantized again and broke the budget or added flips.
+    failed = {p["quantized_again"] for p in result["pruning"] if not p["accepted"]}
+    limit = result["curve"][next(i for i, c in enumerate(result["curve"]) if c["within"])]["flips"]
+    for trial in result["pruning"]:
+        assert trial["accepted"] == (trial["within"] and trial["flips"] <= limit)
     assert set(result["chosen"]) <= failed
     assert len(result["chosen"]) < len(document.tensors)
 
@@ -179,7 +182,7 @@ def _profile(accuracies: dict[int, float], needed: set[str], max_drop: float = 1
             else:
                 accuracy = 1.0 if needed <= set(kept) else 0.5
             drop = round(100 * (1.0 - accuracy), 6)
-            points.append({"accuracy": accuracy, "drop": drop, "within": drop <= max_drop})
+            points.append({"accuracy": accuracy, "drop": drop, "within": drop <= max_drop, "flips": 1.0 - accuracy})
         return points
 
     return evaluate, calls
@@ -219,6 +222,25 @@ def test_speculative_batches_record_exactly_the_sequential_curve_and_pruning(acc
         assert [kept for kept in asked if kept in asked_in_order] == asked_in_order  # the same, in the same order
 
 
+def test_pruning_keeps_a_point_whose_quantization_adds_flips_within_the_budget():
+    """A trial within the accuracy budget that moves more tuning predictions away from FP32's than the
+    set that met the budget first is not accepted; one that moves no more is."""
+    from qtool.quantization.search import pruned
+
+    results = {
+        ("p0", "p1"): {"accuracy": 0.95, "drop": 0.5, "within": True, "flips": 0.03},
+        ("p0",): {"accuracy": 0.95, "drop": 0.5, "within": True, "flips": 0.05},  # p1 quantized: more flips
+        ("p1",): {"accuracy": 0.95, "drop": 0.5, "within": True, "flips": 0.02},  # p0 quantized: fewer
+    }
+
+    def evaluate(sets):
+        return [results[tuple(kept)] for kept in sets]
+
+    chosen, final, trials = pruned(evaluate, ["p0", "p1"], results[("p0", "p1")])
+    assert chosen == ["p1"] and final == results[("p1",)]
+    assert [(t["quantized_again"], t["accepted"]) for t in trials] == [("p1", False), ("p0", True)]
+
+
 def test_search_as_tasks_on_a_fake_executor_matches_the_local_search(scaled_model, relabelled, tmp_path, monkeypatch):
     """The task path (chunks of points, speculative batches 3 wide, results arriving out of order) without Ray:
     the same choice, curve and pruning as in this process, and the two share one cache file."""
@@ -242,7 +264,7 @@ def test_search_as_tasks_on_a_fake_executor_matches_the_local_search(scaled_mode
     tasks = search_precision(*args, tmp_path / "tasks.json", fake)
     for key in ("chosen", "curve", "pruning", "sensitivity", "tuning_accuracy", "within_budget"):
         assert tasks[key] == local[key], key
-    assert local["pruning"] and any(p["within"] for p in local["pruning"])  # pruning that changes the set
+    assert local["pruning"] and any(p["accepted"] for p in local["pruning"])  # pruning that changes the set
     assert tasks["evaluations"] >= local["evaluations"]
     assert (tmp_path / "tasks.base.json").is_file()  # the calibration the tasks read
     # One cache: the local search reuses the task search's file entirely, the task search the local one's.
