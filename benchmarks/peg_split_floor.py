@@ -12,9 +12,11 @@ floor and nothing else: the groups arrive already split and quantized as graph i
 no QuantizeLinear), so a real PEG graph can only be slower. Shapes are a BERT layer's projections
 (QKV and attention output: hidden x hidden; FFN: hidden x intermediate and back) for `--tokens`
 tokens per sequence, and one layer's: PEG groups only the hidden-wide tensors, so a layer has four
-split hidden x hidden projections, a split FFN input and an FFN output of one GEMM; group sizes are fractions of the input width (`--split`, repeatable; default:
-the mean sorted fractions of the default classifier's range-optimal groups over its 62 PEG points,
-K = 2: 0.904/0.096 and K = 4: 0.574/0.282/0.117/0.026).
+split hidden x hidden projections, a split FFN input and an FFN output of one GEMM; group sizes are
+fractions of the input width (`--split`, repeatable, or `--calibration <recipe>.calib.json`,
+repeatable: the mean sorted group fractions over its PEG tensors; default: what `--calibration`
+gives for the default classifier's peg-k2-all and peg-k4-all, K = 2: 0.904/0.096 and K = 4:
+0.574/0.282/0.117/0.026, the mean over its 62 PEG points).
 Every candidate of a shape runs interleaved, `--iterations` times after 10 warm-up runs. A session
 now and then runs one shape several times slower for its whole life (seen here on a single GEMM,
 1536 or 3072 wide), so each candidate is built `--sessions` times (new weights) and its fastest p50
@@ -70,6 +72,15 @@ def _session(width: int, outputs: int, rows: int, sizes: list[int], threads: int
     return session, feeds
 
 
+def _mean_group_fractions(path: str) -> list[float]:
+    """The mean, over a calibration's PEG tensors with the most groups, of each group's share of the channels, largest first."""
+    tensors = json.loads(open(path).read())["tensors"].values()
+    sizes = [sorted((len(g["channels"]) for g in t["groups"]), reverse=True) for t in tensors if t.get("groups")]
+    most = max(len(s) for s in sizes)
+    shares = np.array([np.array(s) / sum(s) for s in sizes if len(s) == most])
+    return [float(f) for f in shares.mean(axis=0)]
+
+
 def _group_sizes(width: int, fractions: list[float]) -> list[int]:
     sizes = [max(1, round(width * f)) for f in fractions[1:]]
     return [width - sum(sizes), *sizes]
@@ -87,6 +98,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--batch", type=int, action="append")
     parser.add_argument("--split", action="append", help="group fractions of one candidate, largest first")
+    parser.add_argument(
+        "--calibration", action="append", help="a PEG calibration file whose mean group fractions to use"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--sessions", type=int, default=2)
@@ -94,7 +108,11 @@ def main() -> None:
     args = parser.parse_args()
 
     splits = {}
-    for text in args.split or ["0.904,0.096", "0.574,0.282,0.117,0.026"]:
+    for path in args.calibration or []:
+        fractions = _mean_group_fractions(path)
+        print(f"{path}: K = {len(fractions)}, mean group fractions {'/'.join(f'{f:.3f}' for f in fractions)}")
+        splits[f"K={len(fractions)}"] = fractions
+    for text in args.split or ([] if splits else ["0.904,0.096", "0.574,0.282,0.117,0.026"]):
         fractions = [float(f) for f in text.split(",")]
         splits[f"K={len(fractions)}"] = fractions
     shapes = {
