@@ -74,7 +74,8 @@ def _session(width: int, outputs: int, rows: int, sizes: list[int], threads: int
 
 def _mean_group_fractions(path: str) -> list[float]:
     """The mean, over a calibration's PEG tensors with the most groups, of each group's share of the channels, largest first."""
-    tensors = json.loads(open(path).read())["tensors"].values()
+    with open(path) as file:
+        tensors = json.load(file)["tensors"].values()
     sizes = [sorted((len(g["channels"]) for g in t["groups"]), reverse=True) for t in tensors if t.get("groups")]
     most = max(len(s) for s in sizes)
     shares = np.array([np.array(s) / sum(s) for s in sizes if len(s) == most])
