@@ -295,6 +295,9 @@ def calibrate_configs(method, base_method, search_options: dict, recipe_options:
         search.validate()
     config = configured(CalibrateConfig, method=(base_method or BASE_METHOD) if auto else method, **recipe_options)
     config.validate()
+    if auto and config.weights == "folded":
+        raise QtoolError("--method auto switches points to float one at a time, which folded weights cannot; "
+                         "search with --weights per-channel")
     return config, search
 
 

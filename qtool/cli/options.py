@@ -200,7 +200,12 @@ Scope = Annotated[
     typer.Option(help=f"What is quantized: {', '.join(SCOPES)} (see README). Default: {CalibrateConfig.scope}."),
 ]
 Weights = Annotated[
-    str | None, typer.Option(help=f"Weight scales: {', '.join(WEIGHT_MODES)}. Default: {CalibrateConfig.weights}.")
+    str | None,
+    typer.Option(
+        help=f"Weight scales: {', '.join(WEIGHT_MODES)} (folded, with --method peg: per output channel after "
+        "multiplying each weight row by its input channel's PEG group scale, so that a projection is one integer "
+        f"GEMM at about plain INT8's speed; the weights round differently). Default: {CalibrateConfig.weights}."
+    ),
 ]
 KeepFp = Annotated[
     list[str] | None,
@@ -276,7 +281,7 @@ PegForm = Annotated[
         "--peg-form",
         help=f"How PEG groups are written: {' or '.join(PEG_FORMS)} (scaled: per-channel scales around one "
         "QuantizeLinear, fast on ONNX Runtime; gathered: per-tensor scales per group, the form TensorRT "
-        f"accepts). Default: {PEG_FORM}.",
+        f"accepts). A calibration with --weights folded has one form of its own. Default: {PEG_FORM}.",
     ),
 ]
 QdqOutput = Annotated[

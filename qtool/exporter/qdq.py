@@ -23,6 +23,16 @@ comes in two forms that compute the same quantized values (`PEG_FORMS`):
 
 Both split GEMMs add partial products of the groups, which equals the GEMM of the fake-quantized
 X. K = 1 is plain per-tensor quantization.
+
+With `folded` weights (a weight policy, not a form: its values differ) every projection that reads a
+PEG point is one GEMM. The codes are the `scaled` form's, and the group scales move into the weight
+before it is quantized per output channel:
+
+    MatMul(X, W)  becomes  MatMul(DQ(codes, 1), DQ(Q(diag(s_c) W)))
+
+so the activation codes, groups and scales are PEG's, and only the weight's rounding differs: the
+rows of channels with a large group scale set each output channel's weight scale. Every activation
+scale is per tensor (1 for the codes), so the graph is also one TensorRT can take.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from qtool.graph import GraphIndex, attribute, live_nodes
 
 log = logging.getLogger(__name__)
 
-WEIGHT_MODES = ("per-channel", "per-tensor")
+WEIGHT_MODES = ("per-channel", "per-tensor", "folded")  # folded: per channel, PEG group scales folded in
 PEG_FORMS = ("scaled", "gathered")
 
 
@@ -191,7 +201,7 @@ class _Writer:
             for node, index in consumers:
                 self.rewire[(node.name, index)] = dequantized
             return
-        if self.plan.peg_form == "scaled" and not self.plan.switches:
+        if self.plan.weights == "folded" or (self.plan.peg_form == "scaled" and not self.plan.switches):
             self.scale_groups(point, groups, self.readers(point.tensor))
         else:
             self.quantize_groups(point, groups, self.readers(point.tensor))
@@ -227,6 +237,9 @@ class _Writer:
                         helper.make_node("Mul", [unscaled, channel_scales], [rebuilt], name=f"{name}/MultiplyByScale")
                     )
                 self.rewire[(node.name, index)] = rebuilt
+                continue
+            if self.plan.weights == "folded":
+                self.folded_projection(node, codes, unit, zero, scales)
                 continue
             if not group_inputs:
                 for k, (channels, group) in enumerate(zip(members, groups, strict=True)):
@@ -281,6 +294,22 @@ class _Writer:
                 )
             self.rewire[(node.name, index)] = rebuilt
         self.after.setdefault(point.tensor, []).extend(nodes)
+
+    def folded_projection(self, node: onnx.NodeProto, codes: str, unit: str, zero: str, scales: np.ndarray) -> None:
+        """MatMul(X, W) as one GEMM of the PEG codes and W with each row multiplied by its channel's
+        group scale, quantized per output channel."""
+        prefix = f"{node.name}/folded"
+        weight = numpy_helper.to_array(self.initializers[node.input[1]]).astype(np.float32)
+        folded = scales[:, None] * weight
+        weight_scale = weight_scales(folded, 1)
+        dequantized_weight = self.dequantized_weight(
+            f"{prefix}/weight", quantize(folded, weight_scale, 1), weight_scale, 1
+        )
+        dequantized = f"{prefix}/codes_dequantized"
+        self.replaced_nodes[node.name] = [
+            helper.make_node("DequantizeLinear", [codes, unit, zero], [dequantized], name=f"{prefix}/DequantizeLinear"),
+            helper.make_node("MatMul", [dequantized, dequantized_weight], [node.output[0]], name=f"{prefix}/MatMul"),
+        ]
 
     def is_projection(self, node: onnx.NodeProto, index: int) -> bool:
         return node.op_type == "MatMul" and index == 0 and node.input[1] in self.initializers
@@ -342,6 +371,8 @@ def write_qdq_model(model: onnx.ModelProto, plan: QdqPlan) -> onnx.ModelProto:
         raise ValueError(f"weights must be one of {WEIGHT_MODES} or None")
     if plan.peg_form not in PEG_FORMS:
         raise ValueError(f"peg_form must be one of {PEG_FORMS}")
+    if plan.weights == "folded" and plan.switches:
+        raise ValueError("folded weights cannot be switched back to float point by point")
     result = _Writer(model, plan).run()
     onnx.checker.check_model(result)
     return result

@@ -50,14 +50,14 @@ class CalibrateConfig:
         check_scope(self.scope)
         if self.weights not in WEIGHT_MODES:
             raise QtoolError(f"--weights must be one of {', '.join(WEIGHT_MODES)}, got {self.weights!r}")
+        if self.weights == "folded" and self.method != "peg":
+            raise QtoolError("--weights folded folds PEG's group scales into the weights; use it with --method peg")
         self.calibrator()  # validates the method's own options
         if self.smooth is not None:
             SmoothConfig(alpha=self.smooth).validate()
 
     def calibrator(self):
-        return make_calibrator(
-            self.method, p=self.p, groups=self.groups, permute=self.permute, grouping=self.grouping
-        )
+        return make_calibrator(self.method, p=self.p, groups=self.groups, permute=self.permute, grouping=self.grouping)
 
     def recipe_name(self) -> str:
         parts = [self.calibrator().label(), self.scope]
@@ -320,4 +320,3 @@ def write_calibration(calibration: Calibration, path: Path) -> Path:
 def calibration_paths(folder: Path, recipe: str) -> tuple[Path, Path]:
     """Where a recipe's calibration file and QDQ graph live in `folder`."""
     return Path(folder) / f"{recipe}.calib.json", Path(folder) / f"{recipe}.qdq.onnx"
-

@@ -101,7 +101,7 @@ def write_calibrated_graph(model_path: Path, calibration: Calibration, output: P
     qdq = calibrated_model(model_path, calibration, peg_form=peg_form)
     metadata = {"precision": QDQ_PRECISION, "recipe": calibration.recipe, "scope": calibration.scope}
     if has_channel_groups(calibration):
-        metadata["peg_form"] = peg_form
+        metadata["peg_form"] = "folded" if calibration.weights == "folded" else peg_form
     if calibration.smoothing:
         metadata["smoothing_alpha"] = f"{calibration.smoothing['alpha']:g}"
     return save_derived_graph(qdq, model_path, output, metadata)

@@ -44,16 +44,19 @@ def accuracy_by_configuration(result: dict, path: Path) -> Path:
     return save_figure(figure, path)
 
 
+def _peg_curve(row: dict) -> str:
+    folded = ", folded weights" if row.get("weights") == "folded" else ""
+    return f"{row['params'].get('grouping', 'equal')} groups{folded}"
+
+
 def _series(rows: list[dict], method: str) -> dict[str, list[dict]]:
-    """Rows by curve: PEG by grouping (one group is the same either way, so K = 1 joins every curve)."""
+    """Rows by curve: PEG by grouping and weights (one group is the same either way, so K = 1 joins every curve)."""
     if method != "peg":
         return {method: rows}
-    groupings = sorted({r["params"].get("grouping", "equal") for r in rows if r["params"]["groups"] != 1})
+    curves = sorted({_peg_curve(r) for r in rows if r["params"]["groups"] != 1})
     return {
-        f"{grouping} groups": [
-            r for r in rows if r["params"].get("grouping", "equal") == grouping or r["params"]["groups"] == 1
-        ]
-        for grouping in groupings or ["equal"]
+        curve: [r for r in rows if _peg_curve(r) == curve or r["params"]["groups"] == 1]
+        for curve in curves or ["equal groups"]
     }
 
 

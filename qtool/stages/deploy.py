@@ -90,10 +90,11 @@ def build_trt(
     """A TensorRT engine `<graph>.plan` with its build manifest (needs TensorRT and an NVIDIA GPU)."""
     if int8_kernels is not None:
         raise QtoolError("--int8-kernels is for --backend ort; TensorRT chooses its own kernels")
-    if graph_metadata(graph).get("peg_form", "gathered") != "gathered":
+    if graph_metadata(graph).get("peg_form", "gathered") not in ("gathered", "folded"):
         raise QtoolError(
             f"{graph} writes PEG groups with per-channel activation scales, which TensorRT does not take; "
-            "write the TensorRT form with `qtool quantize FP32.onnx CALIB.json --peg-form gathered`"
+            "write the TensorRT form with `qtool quantize FP32.onnx CALIB.json --peg-form gathered`, "
+            "or calibrate with --weights folded"
         )
     target = Path(output or Path(graph).with_suffix(".plan"))
     return {"backend": "trt", "engine": str(target), **build_engine(graph, target, options or TrtBuildConfig())}

@@ -75,6 +75,8 @@ def study_configurations() -> dict[str, CalibrateConfig | AutoMixedPrecision]:
     # Beyond the study: group boundaries with the least expected rounding noise (K = 1 is one group either way).
     configs += [CalibrateConfig(method="peg", groups=k) for k in (1, 2, 3, 4, 6, 8)]
     configs.append(CalibrateConfig(method="peg", groups=AUTO_GROUPS))
+    # Beyond the study: the same groups with their scales folded into the weights, one GEMM per projection.
+    configs += [CalibrateConfig(method="peg", groups=k, weights="folded") for k in (2, 3, 4, AUTO_GROUPS)]
     configs += [CalibrateConfig(mixed_precision="paper"), CalibrateConfig(mixed_precision="outliers")]
     # Beyond the study: SmoothQuant-style migration before each kind of calibration.
     configs += [

@@ -26,6 +26,7 @@ RECIPES = {
     "peg-k3-all": CalibrateConfig(method="peg", groups=3),
     "peg-k3-all-gathered": CalibrateConfig(method="peg", groups=3),
     "peg-k5-equal-all": CalibrateConfig(method="peg", groups=5, grouping="equal"),
+    "peg-k3-all-wfolded": CalibrateConfig(method="peg", groups=3, weights="folded"),
 }
 LAYERS = 2
 LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
@@ -199,6 +200,23 @@ def test_onnx_runtime_runs_every_peg_projection_on_integer_kernels(calibrated, r
     assert "Gather" not in {n.op_type for n in qdq.graph.node if n.name.startswith("layer.") and "group" not in n.name}
 
 
+def test_folded_peg_runs_one_integer_gemm_per_projection(calibrated, tmp_path):
+    """PEG with folded weights: no channel Gathers and no Sums of partials; every projection, also
+    those that read a PEG point, is one MatMulIntegerToFloat, as many as max-all has."""
+    folded = onnx.load(str(calibrated["graphs"]["peg-k3-all-wfolded"]))
+    assert not {"Gather", "Sum"} & {n.op_type for n in folded.graph.node if n.name.startswith("layer.")}
+    reports = {
+        recipe: check_fused(rewrite_file_for_ort_cpu(calibrated["graphs"][recipe], tmp_path / f"{recipe}.onnx"))
+        for recipe in ("all", "peg-k3-all", "peg-k3-all-wfolded")
+    }
+    integer = {recipe: report["integer_ops"]["MatMulIntegerToFloat"] for recipe, report in reports.items()}
+    assert integer["peg-k3-all-wfolded"] == integer["all"] - LAYERS < integer["peg-k3-all"]  # attention scores float
+    assert integer["peg-k3-all-wfolded"] + reports["peg-k3-all-wfolded"]["float_matmuls"] == (
+        integer["all"] + reports["all"]["integer_ops"].get("QLinearMatMul", 0) + reports["all"]["float_matmuls"]
+    )  # the same GEMMs; only the attention MatMuls, which read per-channel scaled values, stay float
+    assert reports["peg-k3-all-wfolded"]["float_matmuls_two_dequantized_inputs"] == 0
+
+
 @pytest.mark.parametrize("recipe", ["peg-k3-all", "peg-k3-all-gathered"])
 def test_channel_groups_are_gathered_as_rows(calibrated, recipe):
     """ONNX Runtime gathers a last axis element by element: the ORT form gathers PEG's channel groups
@@ -214,7 +232,7 @@ def test_channel_groups_are_gathered_as_rows(calibrated, recipe):
         assert attribute(gather, "axis", 0) == 0
         transpose = index.producer[gather.input[0]]
         assert transpose.op_type == "Transpose" and list(attribute(transpose, "perm", [])) == [2, 0, 1]
-        (back, _), = index.consumers[gather.output[0]]
+        ((back, _),) = index.consumers[gather.output[0]]
         assert back.op_type == "Transpose" and list(attribute(back, "perm", [])) == [1, 2, 0]
         sources.add(transpose.input[0])
     assert len(sources) < len(activation_gathers)  # one transpose per point, shared by its groups

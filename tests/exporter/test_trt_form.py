@@ -48,7 +48,7 @@ def graphs(scaled_model, tmp_path_factory) -> dict:
     }
     tokenizer = load_tokenizer(fp32.parent / "tokenizer")
     part = tokenize_part(tokenizer, scaled_model["split"].parts["eval"][:32], 128)
-    return {"fp32": fp32, **qdq, "root": root, "batches": make_batches(part, 8)}
+    return {"fp32": fp32, **qdq, "root": root, "batches": make_batches(part, 8), "stats": scaled_model["stats"]}
 
 
 def _logits(model: onnx.ModelProto, batches) -> np.ndarray:
@@ -230,6 +230,21 @@ def test_attention_scale_moves_before_the_matmul_in_a_float_graph(graphs):
     before = _logits(onnx.load(str(graphs["fp32"])), graphs["batches"])
     np.testing.assert_allclose(_logits(model, graphs["batches"]), before, rtol=1e-5, atol=1e-5)
     assert scale_query_first(model) == []  # nothing left to move
+
+
+def test_folded_peg_takes_every_pass_with_per_tensor_activation_scales(graphs):
+    """PEG with folded weights, the PEG graph TensorRT can take: one scale per activation Q/DQ, and the
+    TensorRT form (every pass, FP16) as close to its QDQ graph as the plain INT8 graph's form is to its own."""
+    calibration = calibrate(graphs["stats"], CalibrateConfig(method="peg", groups=3, weights="folded"))
+    source_path = write_calibrated_graph(graphs["fp32"], calibration, graphs["root"] / "peg-folded.qdq.onnx")
+    source = onnx.load(str(source_path))
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in source.graph.initializer}
+    assert all(initializers[n.input[1]].ndim == 0 for n in source.graph.node if n.op_type == "QuantizeLinear")
+    assert "Sum" not in {n.op_type for n in source.graph.node}
+    form, report = trt_form(source)
+    assert report["float"] == "fp16" and fp16_problems(form, {"logits": TensorProto.FLOAT}) == []
+    expected, actual = _logits(source, graphs["batches"]), _logits(form, graphs["batches"])
+    assert np.abs(actual - expected).max() <= 5 * FP16_RELATIVE_TOLERANCE * np.abs(expected).max()
 
 
 def test_write_trt_form_keeps_metadata_and_reports_every_pass(graphs):

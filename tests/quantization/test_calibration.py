@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,66 @@ def test_qdq_graph_equals_numpy_fake_quantization(recipe, scaled_model, tmp_path
         for batch in _batches(scaled_model):
             quantized, unquantized = optimized.infer(batch.feeds)["logits"], fp32.infer(batch.feeds)["logits"]
             assert np.abs(quantized - unquantized).max() > 1e-4  # quantization really happened
+
+
+def _folded_weight_hook(calibration):
+    """The reference's weights for `--weights folded`: a projection that reads a PEG point has each
+    input channel's column (torch layout [out, in]) multiplied by its group scale, is quantized per
+    output channel, and divided back, so that NumPy's x_q @ W.T is the graph's codes @ folded W."""
+    tensors = calibration.to_json()["tensors"]
+    _, per_channel = _reference_hooks(calibration)
+    roles = {"attention.self.query": None, "attention.self.key": None, "attention.self.value": None}
+    roles |= {"attention.output.dense": "attention.context", "intermediate.dense": "attention.layernorm"}
+
+    def read_point(name: str) -> str | None:
+        parts = name.split(".")
+        if not name.startswith("bert.encoder.layer.") or ".".join(parts[4:-1]) not in roles:
+            return None
+        layer, point = int(parts[3]), roles[".".join(parts[4:-1])]
+        if point is None:  # Q, K and V read the previous LayerNorm's output
+            return "embeddings.output" if layer == 0 else f"layer.{layer - 1}.ffn.layernorm"
+        return f"layer.{layer}.{point}"
+
+    def weight(name: str, w: np.ndarray) -> np.ndarray:
+        groups = (tensors.get(read_point(name)) or {}).get("groups") or []
+        if len(groups) < 2:
+            return per_channel(name, w)
+        scales = np.empty(w.shape[1], np.float32)
+        for group in groups:
+            scales[np.asarray(group["channels"])] = np.float32(group["scale"])
+        folded = w * scales[None, :]
+        folded_scales = (np.maximum(np.abs(folded).max(axis=1, keepdims=True), 1e-12) / 127).astype(np.float32)
+        return (_fake_quant(folded, None, folded_scales) / scales[None, :]).astype(np.float32)
+
+    return weight
+
+
+@pytest.mark.parametrize(
+    "config",
+    [CalibrateConfig(method="peg", groups=3), CalibrateConfig(method="peg", groups=5, grouping="equal", permute=False)],
+    ids=["k3-optimal-sorted", "k5-equal-contiguous"],
+)
+def test_folded_weights_equal_the_numpy_reference(config, scaled_model, tmp_path):
+    folded = calibrate(scaled_model["stats"], replace(config, weights="folded"))
+    graph = write_calibrated_graph(scaled_model["graph"], folded, tmp_path / "folded.qdq.onnx", "gathered")
+    assert graph_metadata(graph)["peg_form"] == "folded"  # one form, whatever --peg-form says
+    activation, _ = _reference_hooks(folded)
+    assert_matches_reference(scaled_model, graph, activation, _folded_weight_hook(folded))
+    split = write_calibrated_graph(
+        scaled_model["graph"], calibrate(scaled_model["stats"], config), tmp_path / "split.onnx"
+    )
+    with OrtRunner(graph) as one, OrtRunner(split) as exact:
+        batch = _batches(scaled_model, count=1)[0]
+        assert np.abs(one.infer(batch.feeds)["logits"] - exact.infer(batch.feeds)["logits"]).max() > 0  # weights differ
+
+
+def test_folded_weights_need_peg_and_cannot_be_searched(tmp_path):
+    with pytest.raises(QtoolError, match="--method peg"):
+        CalibrateConfig(method="max", weights="folded").validate()
+    result = runner.invoke(
+        app, ["calibrate", str(tmp_path / "m.onnx"), "--method", "auto", "--base-method", "peg", "--weights", "folded"]
+    )
+    assert result.exit_code == 2 and "folded" in result.output and "Traceback" not in result.output
 
 
 def test_peg_with_k_equal_to_width_is_per_channel_quantization(scaled_model, tmp_path):

@@ -22,6 +22,10 @@ RESULT = {
         *[_row(f"percentile-{p:g}-all", "percentile", 0.6 + i / 20, p=p) for i, p in enumerate((99, 99.9, 99.99, 99.999))],
         *[_row(f"peg-k{k}-equal-all", "peg", 0.5 + k / 20, groups=k, permute=True, grouping="equal") for k in (2, 3, 4)],
         *[_row(f"peg-k{k}-all", "peg", 0.8, groups=k, permute=True, grouping="optimal") for k in (1, 2, 3, 4)],
+        *[
+            _row(f"peg-k{k}-all-wfolded", "peg", 0.79, groups=k, permute=True, grouping="optimal") | {"weights": "folded"}
+            for k in (2, 4)
+        ],
     ],
 }
 
@@ -50,12 +54,13 @@ def test_percentile_figure_draws_every_percentile_on_its_axis(drawn, tmp_path):
     assert low < xs.min() and xs.max() < high and axis.get_xscale() == "log"
 
 
-def test_peg_figure_draws_both_groupings_with_one_group_in_each(drawn, tmp_path):
+def test_peg_figure_draws_both_groupings_and_folded_weights_with_one_group_in_each(drawn, tmp_path):
     figures.accuracy_by_parameter(RESULT, "peg", "groups", "PEG groups K", tmp_path / "g.png")
     curves = _curves(drawn[0])
     assert {name: sorted(xs) for name, xs in curves.items()} == {
         "equal groups": [1, 2, 3, 4],
         "optimal groups": [1, 2, 3, 4],
+        "optimal groups, folded weights": [1, 2, 4],
     }
 
 
