@@ -5,8 +5,8 @@ PyTorch eager FP32, ONNX Runtime FP32, qtool's static W8A8 graph (max calibratio
 gemm (TensorRT's placement) as written for TensorRT and rewritten for ONNX Runtime's CPU kernels
 (`qtool build --backend ort`), the same with scope gemm-inputs (Q/DQ only on the edges into
 MatMul/Gemm, residual path in float) rewritten for ONNX Runtime, scope all (every point) and PEG
-with K = 4 range-optimal groups at every point in its scaled and gathered forms, both rewritten for
-ONNX Runtime, and the study's peers: ONNX Runtime's quantize_static (QDQ, U8 activations, S8
+with K = 4 range-optimal groups at every point in its scaled and gathered forms and with folded
+weights (one GEMM per projection), all rewritten for ONNX Runtime, and the study's peers: ONNX Runtime's quantize_static (QDQ, U8 activations, S8
 per-channel weights, MinMax on the same calibration pairs), quantize_dynamic, the transformer
 optimizer alone and before quantize_dynamic, and NNCF's nncf.quantize (when qtool[peers] is
 installed), each written as `qtool reproduce` writes its peers.
@@ -73,6 +73,9 @@ def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]
         qdq = write_calibrated_graph(fp32, peg, folder / f"qtool-{peg.recipe}-{form}.qdq.onnx", form)
         ort_form = rewrite_file_for_ort_cpu(qdq, folder / f"qtool-{peg.recipe}-{form}.ort.onnx")
         graphs[f"qtool-{peg.recipe} {form} (ORT form)"] = ort_form
+    folded = calibrate(stats, CalibrateConfig(method="peg", groups=PEG_GROUPS, scope="all", weights="folded"))
+    qdq = write_calibrated_graph(fp32, folded, folder / f"qtool-{folded.recipe}.qdq.onnx")
+    graphs[f"qtool-{folded.recipe} (ORT form)"] = rewrite_file_for_ort_cpu(qdq, folder / f"qtool-{folded.recipe}.ort.onnx")
     return graphs
 
 

@@ -5,8 +5,9 @@ also writes a file (`artifact`), that file's sha256. The key holds everything th
 on (content hashes of the inputs, the options that change it), never paths, so a rerun, a resumed
 run and a run from another folder reuse the same files; callers re-point paths in the result.
 A record that is missing, unreadable, or keyed otherwise, or an artifact that changed since, means
-the stage runs again; the record is removed before the stage runs and written after it, so a
-record never describes an artifact it did not see written.
+the stage runs again. A record is written only after its stage succeeded, with the sha256 of the
+artifact it saw written; a stage that fails or is interrupted leaves the previous record and
+artifact as they were (an artifact that changed anyway no longer matches its record's hash).
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ def cached_stage(
     if _fresh(data, artifact):
         log.info("reusing %s", description or artifact or record)
         return data["result"]
-    record.unlink(missing_ok=True)
     result = run()
     entry = {"key": key, "result": result}
     if artifact is not None and artifact.is_file():

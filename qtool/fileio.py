@@ -17,8 +17,19 @@ from typing import Any
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        from qtool.errors import QtoolError
+
+        raise QtoolError(f"{target} is a folder; give the path of a file to write")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        from qtool.errors import QtoolError
+
+        raise QtoolError(
+            f"cannot write {target} ({exc.strerror or exc}); choose a path in a folder you can write to"
+        ) from None
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
@@ -66,6 +77,17 @@ def write_text(path: Path, text: str) -> Path:
 
 def write_json(path: Path, data: Any) -> Path:
     return write_text(path, dumps_stable(data))
+
+
+def distinct_output(target: Path, *inputs: Path | None) -> Path:
+    """`target`, refused when it is one of the files a command reads (writing it would destroy that input)."""
+    from qtool.errors import QtoolError
+
+    target = Path(target)
+    for source in inputs:
+        if source is not None and target.resolve() == Path(source).resolve():
+            raise QtoolError(f"the output {target} is also an input of this command; write to another file")
+    return target
 
 
 def read_json(path: Path) -> Any:

@@ -42,12 +42,17 @@ TABLE_PASSTHROUGH_OPS = frozenset({"DequantizeLinear", "Cast", "Identity"})
 def load_model(path: Path, *, load_external_data: bool = True) -> onnx.ModelProto:
     """The ONNX model at `path`, or a one-line error for a missing or unreadable file."""
     path = Path(path)
+    if path.is_dir():
+        raise QtoolError(f"{path} is a folder; give the path of an ONNX file")
     if not path.is_file():
         raise QtoolError(f"{path} does not exist; export a model first with `qtool export`")
     try:
-        return onnx.load(str(path), load_external_data=load_external_data)
+        model = onnx.load(str(path), load_external_data=load_external_data)
     except Exception as exc:
         raise QtoolError(f"{path} is not a readable ONNX model ({exc.__class__.__name__}); re-export it") from None
+    if not model.ir_version or not model.graph.node:
+        raise QtoolError(f"{path} is empty or not an ONNX model (no IR version or no nodes); re-export it")
+    return model
 
 
 # -- nodes -----------------------------------------------------------------------------------------
@@ -262,7 +267,7 @@ def read_qtool_metadata(model: onnx.ModelProto) -> dict[str, str]:
 
 def graph_metadata(model_path: Path) -> dict[str, str]:
     """The `qtool.*` metadata of the ONNX file at `model_path` (its weights are not read)."""
-    return read_qtool_metadata(onnx.load(str(model_path), load_external_data=False))
+    return read_qtool_metadata(load_model(model_path, load_external_data=False))
 
 
 QDQ_PRECISION = "int8-qdq"  # the `precision` metadata of qtool's QDQ graphs (and of their runtime forms)

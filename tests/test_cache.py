@@ -46,20 +46,21 @@ def test_anything_else_runs_the_stage_again(tmp_path, change):
     assert json.loads(record.read_text())["key"] == key
 
 
-def test_a_failed_stage_leaves_no_record(tmp_path):
-    artifact, record = tmp_path / "out.txt", tmp_path / "out.txt.manifest.json"
-    cached_stage(record, {"a": 1}, _stage(artifact, []), artifact=artifact)
-
-    def fail():
-        raise RuntimeError("interrupted")
-
-    with pytest.raises(RuntimeError):
-        cached_stage(record, {"a": 2}, fail, artifact=artifact)
-    assert not record.exists()  # the old record no longer describes what a rerun must produce
-
-
 def test_a_record_without_an_artifact_holds_the_result_alone(tmp_path):
     record, calls = tmp_path / "result.json", []
     for _ in range(2):
         assert cached_stage(record, "k", lambda: calls.append(1) or {"n": len(calls)}) == {"n": 1}
     assert json.loads(record.read_text()) == {"key": "k", "result": {"n": 1}}
+
+
+def test_a_failed_run_keeps_the_previous_record_and_artifact(tmp_path):
+    artifact, record, calls = tmp_path / "out.txt", tmp_path / "out.txt.manifest.json", []
+    cached_stage(record, {"a": 1}, _stage(artifact, calls), artifact=artifact)
+
+    def failing():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_stage(record, {"a": 2}, failing, artifact=artifact)
+    assert cached_stage(record, {"a": 1}, _stage(artifact, calls), artifact=artifact) == {"made": 1}
+    assert len(calls) == 1

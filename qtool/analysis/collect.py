@@ -34,6 +34,7 @@ from qtool.progress import progress_bar
 log = logging.getLogger(__name__)
 
 STATS_FORMAT = "qtool-activation-stats/1"
+MAX_BINS = 1 << 20  # a histogram per point: 8 MB each at this size
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,10 @@ class CollectConfig:
             raise QtoolError(f"--samples must be at least 1, got {self.samples}")
         if self.batch_size < 1:
             raise QtoolError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.histogram_bins < 256 or self.histogram_bins & (self.histogram_bins - 1):
-            raise QtoolError(f"--bins must be a power of two of at least 256, got {self.histogram_bins}")
+        if not 256 <= self.histogram_bins <= MAX_BINS or self.histogram_bins & (self.histogram_bins - 1):
+            raise QtoolError(f"--bins must be a power of two from 256 to {MAX_BINS}, got {self.histogram_bins}")
+        if self.threads is not None and self.threads < 1:
+            raise QtoolError(f"--threads must be at least 1, got {self.threads}")
 
 
 @dataclass

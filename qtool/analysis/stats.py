@@ -176,10 +176,12 @@ class TensorStats:
         stats = cls(bins=histogram.size, histogram=histogram.astype(np.int64))
         for name, value in zip(cls.SCALARS, arrays[f"{prefix}/scalars"], strict=True):
             setattr(stats, name, int(value) if name == "count" else float(value))
-        for name in cls.ARRAYS[:3]:
-            key = f"{prefix}/{name}"
-            if key in arrays:
-                setattr(stats, name, np.asarray(arrays[key], dtype=np.float64))
+        present = [name for name in cls.ARRAYS[:3] if f"{prefix}/{name}" in arrays]
+        for name in present:
+            setattr(stats, name, np.asarray(arrays[f"{prefix}/{name}"], dtype=np.float64))
+        shapes = {getattr(stats, name).shape for name in present}
+        if present and (len(present) != 3 or len(shapes) != 1 or len(next(iter(shapes))) != 1):
+            raise ValueError(f"the per-channel arrays of {prefix} are incomplete or differ in length")
         return stats
 
     def nbytes(self) -> int:

@@ -19,6 +19,7 @@ from qtool.cli import options as o
 from qtool.cli import render
 from qtool.defaults import BASE_METHOD, PEG_FORM
 from qtool.errors import QtoolError
+from qtool.fileio import distinct_output
 
 app = typer.Typer(
     name="qtool",
@@ -101,25 +102,33 @@ def command(name: str | None = None):
             try:
                 return function(*args, **kwargs)
             except QtoolError as exc:
-                render.stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+                render.error(str(exc))
                 raise typer.Exit(2) from None
             except KeyboardInterrupt:
                 render.stderr.print("interrupted")
                 raise typer.Exit(130) from None
+            except OSError as exc:  # a path that is a folder, missing or not writable, met while reading or writing
+                render.error(render.path_problem(exc))
+                raise typer.Exit(2) from None
 
         return app.command(name, help=command_help(function.__doc__ or ""))(wrapper)
 
     return register
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        render.stdout.print(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details on stderr.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the qtool version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the qtool version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
 ) -> None:
-    if version:
-        render.stdout.print(__version__)
-        raise typer.Exit()
     _setup_logging(verbose)
 
 
@@ -236,6 +245,8 @@ def collect(
     config = collect_config(samples, batch_size, threads, data_options(data, seed).max_length, bins)
     config.validate()
     check_onnx_file(model_path)
+    if stats is not None:
+        distinct_output(stats, model_path)
     split = load_split(data, seed)[1]
     result, target = collect_stage(model_path, split, config, stats, force)
     manifest = result.manifest

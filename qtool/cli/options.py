@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from qtool.analysis.collect import CollectConfig
 from qtool.analysis.outliers import OutlierConfig
@@ -436,7 +437,7 @@ Configurations = Annotated[
 ConfigFile = Annotated[
     Path | None,
     typer.Option(
-        "--config-file", help="TOML file with more configurations: [configurations.NAME] method = ..., groups = ..."
+        "--config-file", help=escape("TOML file with more configurations: [configurations.NAME] method = ..., groups = ...")
     ),
 ]
 DeployMaxDrop = Annotated[
@@ -448,7 +449,7 @@ Executor = Annotated[
     typer.Option(
         "--executor",
         help=f"Where independent work runs (the study's configurations, the evaluations of --method {AUTO_METHOD}): "
-        f"{' or '.join(EXECUTORS)} (Ray tasks on a cluster that sees the artifacts folder; {RAY_HINT}). "
+        f"{' or '.join(EXECUTORS)} (Ray tasks on a cluster that sees the artifacts folder; {escape(RAY_HINT)}). "
         f"Default: {ExecutorConfig.kind}.",
     ),
 ]

@@ -44,6 +44,8 @@ class EvalConfig:
             raise QtoolError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise QtoolError(f"--limit must be at least 1, got {self.limit}")
+        if self.threads is not None and self.threads < 1:
+            raise QtoolError(f"--threads must be at least 1, got {self.threads}")
 
 
 def tokenizer_for(model_path: Path, tokenizer_path: Path | None = None):

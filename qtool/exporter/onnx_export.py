@@ -26,6 +26,7 @@ from qtool.models.resolve import (
     ModelSource,
     check_family,
     has_qnli_head,
+    load_classifier,
     load_config,
     load_tokenizer,
 )
@@ -104,26 +105,32 @@ def export_onnx(
     """Write `output` (FP32 ONNX) and its tokenizer beside it; return the export record (parity, versions)."""
     import onnx
     import torch
-    from transformers import AutoModelForSequenceClassification
 
     from qtool.runners import OrtRunner
 
     config.validate()
     model_config = load_config(source)
-    check_family(model_config, source.name)
+    check_family(model_config, source.name, config.max_length)
     if not has_qnli_head(model_config):
         raise QtoolError(
             f"{source.name} has no two-way classification head; fine-tune it first "
             f"(qtool finetune --model {source.spec}) and export the folder it prints"
         )
     tokenizer = load_tokenizer(source.path)
-    model = AutoModelForSequenceClassification.from_pretrained(source.path, attn_implementation="eager").eval()
+    model = load_classifier(source.path, attn_implementation="eager").eval()
     names = model_input_names(model, tokenizer)
     batches = parity_batches(tokenizer, split, config)
     output = Path(output)
 
     with atomic_path(output) as tmp:
-        _export_graph(model, batches[-1], names, tmp, config.opset)
+        try:
+            _export_graph(model, batches[-1], names, tmp, config.opset)
+        except (RuntimeError, ValueError) as exc:
+            if "opset" not in str(exc).lower():
+                raise
+            raise QtoolError(
+                f"PyTorch cannot export opset {config.opset} ({str(exc).splitlines()[0]}); pass a lower --opset"
+            ) from None
         graph = onnx.load(str(tmp))
         onnx.checker.check_model(graph, full_check=True)
         labels = label_names(model_config)

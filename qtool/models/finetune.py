@@ -26,6 +26,7 @@ from qtool.models.resolve import (
     check_family,
     has_qnli_head,
     is_classifier,
+    load_classifier,
     load_config,
     load_tokenizer,
 )
@@ -49,7 +50,7 @@ class FinetuneConfig:
     eval_batch_size: int = 64
 
     def validate(self) -> None:
-        if self.epochs <= 0:
+        if not math.isfinite(self.epochs) or self.epochs <= 0:
             raise QtoolError(f"--epochs must be positive, got {self.epochs}")
         if self.batch_size < 1:
             raise QtoolError(f"--batch-size must be at least 1, got {self.batch_size}")
@@ -87,6 +88,7 @@ def _label_config() -> dict:
         "num_labels": len(LABELS),
         "id2label": dict(enumerate(LABELS)),
         "label2id": {name: index for index, name in enumerate(LABELS)},
+        "problem_type": "single_label_classification",  # a checkpoint's regression or multi-label loss does not carry over
     }
 
 
@@ -118,7 +120,7 @@ def finetune(
 ) -> tuple[Path, dict]:
     """Fine-tune (or reuse) a QNLI classifier; return its folder and manifest."""
     import torch
-    from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+    from transformers import get_linear_schedule_with_warmup
 
     config.validate()
     key = finetune_key(source, split, config, max_length)
@@ -128,15 +130,13 @@ def finetune(
         return directory, cached
 
     model_config = load_config(source)
-    check_family(model_config, source.name)
+    check_family(model_config, source.name, max_length)
     if has_qnli_head(model_config):
         log.warning("%s already has a two-way classification head; fine-tuning it further", source.name)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     tokenizer = load_tokenizer(source.path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source.path, attn_implementation="eager", ignore_mismatched_sizes=True, **_label_config()
-    )
+    model = load_classifier(source.path, attn_implementation="eager", ignore_mismatched_sizes=True, **_label_config())
     inputs = model_input_names(model, tokenizer)
     train = tokenize_part(tokenizer, split.part("train"), max_length)
     evaluation = tokenize_part(tokenizer, split.part("eval"), max_length)
@@ -209,23 +209,23 @@ def classifier_for(
 
     source = resolve_model(spec)
     model_config = load_config(source)
-    check_family(model_config, source.name)
+    check_family(model_config, source.name, max_length)
     if has_qnli_head(model_config):
         return source, None
     labels = getattr(model_config, "num_labels", 2)
-    if not allow_finetune and is_classifier(model_config) and labels != 2:
-        raise QtoolError(
-            f"{source.name} classifies into {labels} labels and QNLI into 2 (entailment, not_entailment); "
-            f"train a two-way head first: qtool finetune --model {source.spec}"
-        )
     key = finetune_key(source, split, config, max_length)
     directory = finetuned_dir(artifacts, source, key)
     manifest = cached_finetune(directory, key)
     if manifest is None:
         if not allow_finetune:
+            if is_classifier(model_config) and labels != 2:
+                problem = f"classifies into {labels} labels and QNLI into 2 (entailment, not_entailment)"
+            else:
+                problem = "has no QNLI classification head"
             raise QtoolError(
-                f"{source.name} has no QNLI classification head and no matching fine-tuned copy under "
-                f"{Path(artifacts) / 'models'}; run `qtool finetune` with the same --model and --data first"
+                f"{source.name} {problem}, and no fine-tuned copy with the default settings is under "
+                f"{Path(artifacts) / 'models'}; run `qtool finetune --model {source.spec}` with the same --data, "
+                "or pass as --model the folder that `qtool finetune` printed"
             )
         directory, manifest = finetune(source, split, config, artifacts, max_length)
     return resolve_model(str(directory)), manifest

@@ -100,14 +100,43 @@ def load_config(source: ModelSource):
         ) from None
 
 
+def load_classifier(path: Path | str, **kwargs):
+    """`AutoModelForSequenceClassification.from_pretrained`, with a one-line error for unreadable weights."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise QtoolError(
+            f"cannot load the weights in {path} ({exc.__class__.__name__}); is the checkpoint complete?"
+        ) from None
+    except Exception as exc:
+        if exc.__class__.__name__ == "SafetensorError":
+            raise QtoolError(f"the safetensors weights in {path} are damaged; download or save them again") from None
+        raise
+
+
 # BERT-family encoders whose exported graphs qtool finds quantization points in (`model_type` of the config).
 FAMILIES = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "electra")
-def check_family(config, where: str) -> None:
-    """A one-line error for a model outside the BERT family."""
+
+
+def check_family(config, where: str, max_length: int | None = None) -> None:
+    """A one-line error for a model outside the BERT family, or one with fewer positions than
+    `max_length` tokens (RoBERTa and MPNet number positions from the padding index + 1)."""
     family = getattr(config, "model_type", None)
     if family not in FAMILIES:
         raise QtoolError(
             f"{where} is a {family or 'unknown'} model; qtool quantizes BERT-family encoders: {', '.join(FAMILIES)}"
+        )
+    positions = getattr(config, "max_position_embeddings", None)
+    if max_length is None or not isinstance(positions, int):
+        return
+    if family in ("roberta", "xlm-roberta", "camembert", "mpnet"):
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    if positions < max_length:
+        raise QtoolError(
+            f"{where} takes at most {positions} tokens and qtool gives a QNLI pair {max_length}; "
+            "use a checkpoint with at least that many position embeddings"
         )
 
 

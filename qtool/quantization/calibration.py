@@ -117,7 +117,10 @@ class GroupScale:
         if not channels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in channels):
             raise _Invalid(f"{where}channels are not channel numbers")
         scale = _positive(float(_require(data, "scale", (int, float), where)), f"{where}scale")
-        return cls(tuple(channels), float(_require(data, "amax", (int, float), where)), scale)
+        amax = float(_require(data, "amax", (int, float), where))
+        if not math.isfinite(amax) or amax < 0:
+            raise _Invalid(f"{where}amax is {amax}, not a range (a number >= 0)")
+        return cls(tuple(channels), amax, scale)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,11 @@ class PointScale:
             if not isinstance(groups, list) or not groups:
                 raise _Invalid(f"{where}groups is not a list of channel groups")
             groups = tuple(GroupScale.from_json(g, f"{where}group {k} ") for k, g in enumerate(groups))
+            channels = sorted(c for group in groups for c in group.channels)
+            if channels != list(range(len(channels))):
+                raise _Invalid(
+                    f"{where}groups do not split channels 0-{len(channels) - 1} with each channel in exactly one group"
+                )
         return cls(
             tensor=_require(data, "tensor", str, where),
             role=_require(data, "role", str, where),

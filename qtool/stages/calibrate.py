@@ -15,6 +15,7 @@ from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig
 from qtool.exporter.points import load_quant_points
 from qtool.exporter.qdq import PEG_FORMS
+from qtool.fileio import distinct_output
 from qtool.graph import model_identity
 from qtool.quantization import scale_formats
 from qtool.quantization.calibration import (
@@ -109,6 +110,7 @@ def quantize_stage(
         raise QtoolError(f"unknown --peg-form {peg_form!r}; choose one of {', '.join(PEG_FORMS)}")
     calibration = load_calibration(calibration_file, model_path)
     target = output or calibration_paths(Path(model_path).parent, calibration.recipe)[1]
+    distinct_output(target, model_path, calibration_file)
     return write_calibrated_graph(model_path, calibration, target, peg_form)
 
 
@@ -141,7 +143,9 @@ def export_scales_stage(
         check_onnx_file(model_path)
     calibration = load_calibration(calibration_file, model_path)
     model = load_quant_points(model_path)[0] if model_path is not None else None
-    target = output or scale_formats.default_output(calibration_file, calibration, fmt)
+    target = distinct_output(
+        output or scale_formats.default_output(calibration_file, calibration, fmt), calibration_file
+    )
     return calibration, scale_formats.export_scales(calibration, fmt, target, model=model, trt_version=trt_version)
 
 

@@ -30,7 +30,7 @@ from qtool.errors import QtoolError
 from qtool.exporter.ort_cpu import FORM_VERSION as ORT_FORM_VERSION
 from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu
 from qtool.exporter.ort_fused import check_fused
-from qtool.fileio import manifest_path, sha256_file
+from qtool.fileio import distinct_output, manifest_path, sha256_file
 from qtool.graph import graph_metadata, is_recipe_graph
 from qtool.runners.ort import INT8_KERNELS, check_onnx_file, int8_kernels_for_this_cpu
 
@@ -51,7 +51,8 @@ def build_ort(
     choice changed; the report says which integer kernels it is for and why, what ONNX Runtime fused
     in it and, for a scope that quantizes the residual path, how to leave fewer Q/DQ passes."""
     graph = Path(graph)
-    target = Path(output or graph.with_name(f"{graph.stem}.ort.onnx"))
+    graph_metadata(graph)  # a one-line error for a missing, empty or corrupt graph
+    target = distinct_output(Path(output or graph.with_name(f"{graph.stem}.ort.onnx")), graph)
     kernels, why = resolve_int8_kernels(int8_kernels or ORT_INT8_KERNELS)
 
     def run() -> dict:
@@ -96,7 +97,7 @@ def build_trt(
             "write the TensorRT form with `qtool quantize FP32.onnx CALIB.json --peg-form gathered`, "
             "or calibrate with --weights folded"
         )
-    target = Path(output or Path(graph).with_suffix(".plan"))
+    target = distinct_output(Path(output or Path(graph).with_suffix(".plan")), graph)
     return {"backend": "trt", "engine": str(target), **build_engine(graph, target, options or TrtBuildConfig())}
 
 

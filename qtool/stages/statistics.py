@@ -10,6 +10,7 @@ from qtool.analysis.writer import analysis_document, write_analysis
 from qtool.data import QnliSplit
 from qtool.deployment.evaluate import tokenizer_for
 from qtool.errors import QtoolError
+from qtool.fileio import distinct_output
 from qtool.runners.ort import check_onnx_file
 
 
@@ -22,7 +23,7 @@ def collect_stage(
 ) -> tuple[ActivationStats, Path]:
     """`qtool collect`: statistics at every quantization point, cached in `<graph>.stats.npz`."""
     check_onnx_file(model_path)
-    target = Path(stats_path or default_stats_path(model_path))
+    target = distinct_output(Path(stats_path or default_stats_path(model_path)), model_path)
     return collect_or_load(model_path, split, tokenizer_for(model_path), config, target, force=force), target
 
 

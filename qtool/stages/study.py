@@ -212,7 +212,12 @@ def _result_row(name: str, graph: Path, evaluation: dict, scope: str, extra: dic
 
 
 def _calibrated_row(
-    name: str, recipe: CalibrateConfig | AutoMixedPrecision, fp32: Path, stats, split: QnliSplit, config: ReproduceConfig
+    name: str,
+    recipe: CalibrateConfig | AutoMixedPrecision,
+    fp32: Path,
+    stats,
+    split: QnliSplit,
+    config: ReproduceConfig,
 ) -> dict:
     base = recipe.base if isinstance(recipe, AutoMixedPrecision) else recipe
     search = None
@@ -241,7 +246,11 @@ def _calibrated_row(
 
 
 def configuration_row(
-    name: str, recipe: CalibrateConfig | AutoMixedPrecision | None, fp32: Path, stats_path: Path, split: QnliSplit,
+    name: str,
+    recipe: CalibrateConfig | AutoMixedPrecision | None,
+    fp32: Path,
+    stats_path: Path,
+    split: QnliSplit,
     config: ReproduceConfig,
 ) -> dict:
     """One configuration of the study (an ONNX Runtime peer when `recipe` is None): a task of the
@@ -301,7 +310,10 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
     ]
     tasks = [(name, recipe, fp32, stats_path, split, _for_tasks(config)) for name, recipe in configurations.items()]
     rows += run_tasks(
-        configuration_row, tasks, config.executor, "study configurations",
+        configuration_row,
+        tasks,
+        config.executor,
+        "study configurations",
         label=lambda row: f"{row['configuration']}: {row['accuracy']:.4f}",
     )
 

@@ -129,3 +129,18 @@ def test_round_trip_through_arrays():
     np.testing.assert_array_equal(restored.histogram, stats.histogram)
     np.testing.assert_array_equal(restored.channel_energy, stats.channel_energy)
     assert math.isclose(restored.percentile(99.9), stats.percentile(99.9))
+
+
+@pytest.mark.parametrize("damage", ["missing", "short"])
+def test_incomplete_per_channel_arrays_are_refused(damage):
+    rng = np.random.default_rng(5)
+    stats = TensorStats(bins=512)
+    for batch in _batches(rng, 2):
+        stats.update(batch, batch)
+    arrays = stats.to_arrays("p")
+    if damage == "missing":
+        del arrays["p/channel_max"]
+    else:
+        arrays["p/channel_min"] = arrays["p/channel_min"][:-1]
+    with pytest.raises(ValueError, match="per-channel arrays"):
+        TensorStats.from_arrays(arrays, "p")

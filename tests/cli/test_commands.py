@@ -92,6 +92,35 @@ def test_corrupt_onnx_given_to_eval(tmp_path, tiny_data):
     _one_line_error(_run("eval", tmp_path / "missing.onnx", "--data", tiny_data), "does not exist")
 
 
+def test_empty_or_corrupt_graphs_are_one_line_errors_in_every_reader(tmp_path, tiny_data):
+    empty, corrupt, folder = tmp_path / "empty.onnx", tmp_path / "corrupt.onnx", tmp_path / "folder.onnx"
+    empty.write_bytes(b"")
+    corrupt.write_bytes(b"\x08\x07this is not a protobuf graph" * 10)
+    folder.mkdir()
+    _one_line_error(_run("build", empty, "-o", tmp_path / "b.onnx"), "empty or not an ONNX model")
+    _one_line_error(_run("bench", corrupt, "--data", tiny_data), "not a readable ONNX model")
+    _one_line_error(_run("eval", folder, "--data", tiny_data), "is a folder")
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_outputs_that_are_inputs_folders_or_unwritable_are_refused(tmp_path, tiny_onnx):
+    graph = tmp_path / "fp32.onnx"
+    graph.write_bytes(tiny_onnx.read_bytes())
+    before = graph.read_bytes()
+    _one_line_error(_run("build", graph, "-o", graph), "also an input")
+    _one_line_error(_run("collect", graph, "--stats", graph), "also an input")
+    assert graph.read_bytes() == before
+    (tmp_path / "out").mkdir()
+    _one_line_error(_run("build", graph, "-o", tmp_path / "out"), "is a folder")
+    (tmp_path / "a-file").write_text("x")
+    _one_line_error(_run("build", graph, "-o", tmp_path / "a-file" / "x.onnx"), "cannot write")
+
+
+def test_version_needs_no_command():
+    result = _run("--version")
+    assert result.exit_code == 0 and result.stdout.strip()
+
+
 def test_out_of_range_options(tmp_path, tiny_data, tiny_encoder):
     _one_line_error(
         _run("finetune", "--model", tiny_encoder, "--data", tiny_data, "--epochs", "0", "--artifacts", tmp_path),
@@ -99,6 +128,10 @@ def test_out_of_range_options(tmp_path, tiny_data, tiny_encoder):
     )
     _one_line_error(
         _run("finetune", "--model", tiny_encoder, "--data", tiny_data, "--lr", "5", "--artifacts", tmp_path), "--lr"
+    )
+    _one_line_error(
+        _run("finetune", "--model", tiny_encoder, "--data", tiny_data, "--epochs", "nan", "--artifacts", tmp_path),
+        "--epochs",
     )
 
 

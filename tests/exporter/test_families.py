@@ -4,6 +4,7 @@ the QDQ graph and its ONNX Runtime CPU form, as tiny random models built here.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -158,6 +159,8 @@ def _gpt2(folder, tokenizer):
         ("gpt2", "qtool quantizes BERT-family encoders: bert, roberta"),
         ("no tokenizer", "has no tokenizer files"),
         ("three labels", "classifies into 3 labels"),
+        ("bert with 64 positions", "takes at most 64 tokens"),
+        ("roberta with 64 positions", "takes at most 63 tokens"),  # positions count from the padding index + 1
     ],
 )
 def test_models_qtool_cannot_take_are_one_line_errors(case, words, tmp_path, embedded_tokenizer, session_data):
@@ -169,8 +172,12 @@ def test_models_qtool_cannot_take_are_one_line_errors(case, words, tmp_path, emb
         for path in folder.iterdir():
             if "token" in path.name or path.name == "vocab.txt":
                 path.unlink()
-    else:
+    elif case == "three labels":
         build_family_classifier(folder, embedded_tokenizer, "roberta", num_labels=3)
+    else:
+        build_family_classifier(folder, embedded_tokenizer, case.split()[0])
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 64}))
     artifacts = tmp_path / "artifacts"
     for command in ("export", "finetune"):
         result = runner.invoke(
@@ -194,3 +201,14 @@ def test_finetune_gives_a_three_way_checkpoint_a_qnli_head_that_exports(family, 
     exported = runner.invoke(app, ["export", "--model", json.loads(tuned.stdout)["model_dir"], *common])
     assert exported.exit_code == 0, exported.output
     assert json.loads(exported.stdout)["inputs"] == INPUTS[family]
+
+
+def test_finetune_gives_a_regression_checkpoint_a_two_way_classification_loss(tmp_path, embedded_tokenizer, tiny_data):
+    folder = build_family_classifier(tmp_path / "model", embedded_tokenizer, "bert", num_labels=1)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"problem_type": "regression"}))
+    common = ["--data", str(tiny_data), "--artifacts", str(tmp_path / "artifacts"), "--json"]
+    tuned = runner.invoke(app, ["finetune", "--model", str(folder), "--max-steps", "2", *common])
+    assert tuned.exit_code == 0, tuned.output
+    saved = json.loads((Path(json.loads(tuned.stdout)["model_dir"]) / "config.json").read_text())
+    assert saved["problem_type"] == "single_label_classification" and len(saved["id2label"]) == 2

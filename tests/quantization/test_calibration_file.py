@@ -40,6 +40,13 @@ def _damaged(document: dict, change: str) -> dict:
         document["scope"] = "everything"
     elif change == "groups":
         document["tensors"][point]["groups"] = [{"amax": 1.0, "scale": 0.1, "channels": ["x"]}]
+    elif change in ("duplicate channel", "negative amax"):
+        tensors = [t for t in document["tensors"].values() if t.get("groups") and len(t["groups"]) > 1]
+        groups = tensors[0]["groups"]
+        if change == "negative amax":
+            groups[0]["amax"] = -1.0
+        else:
+            groups[0]["channels"].append(groups[1]["channels"][0])  # one channel in two groups
     elif change == "count":
         document["quantized_points"] += 1
     elif change == "newer format":
@@ -54,12 +61,15 @@ def _damaged(document: dict, change: str) -> dict:
         ("missing tensors", "not a qtool calibration file"),
         ("scope", "scope 'everything'"),
         ("groups", "channels are not channel numbers"),
+        ("duplicate channel", "each channel in exactly one group"),
+        ("negative amax", "not a range"),
         ("count", "quantized_points says"),
         ("newer format", "qtool-calibration/2"),
     ],
 )
 def test_damaged_files_are_refused_on_one_line(scaled_model, tmp_path, change, words):
-    path = write_calibration(calibrate(scaled_model["stats"], CalibrateConfig()), tmp_path / "c.calib.json")
+    config = CalibrateConfig(method="peg", groups=3) if change in ("duplicate channel", "negative amax") else CalibrateConfig()
+    path = write_calibration(calibrate(scaled_model["stats"], config), tmp_path / "c.calib.json")
     path.write_text(json.dumps(_damaged(json.loads(path.read_text()), change)))
     with pytest.raises(QtoolError, match="") as raised:
         load_calibration(path)
