@@ -122,7 +122,8 @@ class ActivationStats:
 def _describe(identity: dict | None) -> str:
     if not identity:
         return "unknown"
-    return f"{identity.get('source_model', '?')} sha256 {str(identity.get('model_sha256', '?'))[:12]}"
+    described = f"{identity.get('source_model', '?')} sha256 {str(identity.get('model_sha256', '?'))[:12]}"
+    return described + (f" {identity['transform']}" if identity.get("transform") else "")
 
 
 def calibration_examples(split: QnliSplit, samples: int) -> tuple[list[Example], dict[str, int]]:

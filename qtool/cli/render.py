@@ -97,7 +97,7 @@ def analysis_tables(document: dict, paths: dict, top: int | None, wide: bool) ->
         rows = sorted((r for r in rows if r["kurtosis"] is not None), key=lambda r: -r["kurtosis"])[:top]
     cells = []
     for r in rows:
-        channels = ", ".join(f"{c['channel']} ({c['absmax']:.0f})" for c in r["outlier_channels"][:4])
+        channels = ", ".join(f"{c['channel']} ({c['absmax']:.3g})" for c in r["outlier_channels"][:4])
         extra = len(r["outlier_channels"]) - 4
         cells.append(
             [

@@ -124,6 +124,8 @@ def read_glue_tsv(path: Path) -> list[Example]:
         q_at, s_at, l_at = (columns.index(c) for c in needed)
         try:
             for line_number, record in enumerate(reader, start=2):
+                if not any(field.strip() for field in record):
+                    continue  # a blank line (often the last one)
                 if len(record) != len(columns):
                     raise QtoolError(
                         f"{path}:{line_number}: malformed row with {len(record)} fields, expected "

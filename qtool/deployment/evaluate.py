@@ -53,7 +53,10 @@ def tokenizer_for(model_path: Path, tokenizer_path: Path | None = None):
     if tokenizer_path is None:
         relative = graph_metadata(model_path).get("tokenizer")
         if relative is None:
-            raise QtoolError(f"{model_path} was not exported by qtool; pass --tokenizer FOLDER")
+            raise QtoolError(
+                f"{model_path} was not exported by qtool, so no tokenizer folder is recorded in it; export the "
+                "model with `qtool export` (eval also takes --tokenizer FOLDER)"
+            )
         tokenizer_path = Path(model_path).parent / relative
     if not Path(tokenizer_path).is_dir():
         raise QtoolError(f"tokenizer folder {tokenizer_path} is missing; re-export the model or pass --tokenizer")

@@ -122,7 +122,10 @@ def tokenizer_for_model(model_path: Path, tokenizer_path: Path | None = None):
         return load_tokenizer(tokenizer_path)
     onnx_path = _source_onnx(model_path)
     if onnx_path is None:
-        raise QtoolError(f"{model_path} has no ONNX graph beside it to find the tokenizer; pass --tokenizer FOLDER")
+        raise QtoolError(
+            f"{model_path} has no ONNX graph beside it to find the tokenizer; keep the graph it was built from "
+            "(and its tokenizer folder) beside it"
+        )
     return tokenizer_for(onnx_path)
 
 

@@ -52,6 +52,8 @@ class CalibrateConfig:
             raise QtoolError(f"--weights must be one of {', '.join(WEIGHT_MODES)}, got {self.weights!r}")
         if self.weights == "folded" and self.method != "peg":
             raise QtoolError("--weights folded folds PEG's group scales into the weights; use it with --method peg")
+        if not 1 <= self.outlier_ratio < math.inf:
+            raise QtoolError(f"--outlier-ratio must be a finite number of at least 1, got {self.outlier_ratio}")
         self.calibrator()  # validates the method's own options
         if self.smooth is not None:
             SmoothConfig(alpha=self.smooth).validate()
@@ -67,6 +69,8 @@ class CalibrateConfig:
             parts.append("w" + self.weights)
         if self.mixed_precision:
             parts.append(f"mp-{self.mixed_precision}")
+            if self.mixed_precision == "outliers" and self.outlier_ratio != OUTLIER_RATIO:
+                parts[-1] += f"{self.outlier_ratio:g}"  # another ratio keeps other points: its own files
         if self.keep_fp:
             parts.append("keep-" + sha256_text(*self.keep_fp)[:8])
         return "-".join(parts)

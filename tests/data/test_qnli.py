@@ -83,6 +83,12 @@ def test_integer_labels_and_a_byte_order_mark_are_read(tmp_path):
     assert [row.label for row in read_glue_tsv(tmp_path / "numbered.tsv")] == [0, 1]
 
 
+def test_blank_lines_are_skipped(tmp_path):
+    rows = "index\tquestion\tsentence\tlabel\n0\tq?\ts.\tentailment\n\n1\tr?\tt.\tnot_entailment\n\n"
+    (tmp_path / "blank.tsv").write_text(rows, encoding="utf-8")
+    assert [row.label for row in read_glue_tsv(tmp_path / "blank.tsv")] == [0, 1]
+
+
 def test_missing_dev_tsv(tmp_path):
     with pytest.raises(QtoolError, match="no dev.tsv"):
         load_qnli(DataConfig(source=str(tmp_path)))

@@ -189,6 +189,14 @@ def test_folded_weights_equal_the_numpy_reference(config, scaled_model, tmp_path
         assert np.abs(one.infer(batch.feeds)["logits"] - exact.infer(batch.feeds)["logits"]).max() > 0  # weights differ
 
 
+def test_another_outlier_ratio_is_another_recipe():
+    assert CalibrateConfig(mixed_precision="outliers").recipe_name() == "max-all-mp-outliers"
+    assert CalibrateConfig(mixed_precision="outliers", outlier_ratio=8).recipe_name() == "max-all-mp-outliers8"
+    for ratio in (float("nan"), float("inf"), 0.5):
+        with pytest.raises(QtoolError, match="--outlier-ratio"):
+            CalibrateConfig(mixed_precision="outliers", outlier_ratio=ratio).validate()
+
+
 def test_folded_weights_need_peg_and_cannot_be_searched(tmp_path):
     with pytest.raises(QtoolError, match="--method peg"):
         CalibrateConfig(method="max", weights="folded").validate()
