@@ -15,7 +15,7 @@ STAMP := $(VENV)/.qtool-installed
 MPNET_DIR ?= $(HOME)/.cache/qtool-models/all-mpnet-base-v2
 MPNET_LR ?= 5e-5
 MPNET_CONFIGS := fp32 max-all max-gemm-inputs percentile-99.9-all percentile-99.99-all peg-k3-equal-all \
-	peg-k4-equal-all peg-k6-equal-all peg-k3-all peg-k4-all peg-k6-all max-all-mp-paper max-all-mp-outliers \
+	peg-k4-equal-all peg-k6-equal-all peg-k3-all peg-k4-all peg-k6-all peg-k3-all-wfolded peg-k4-all-wfolded max-all-mp-paper max-all-mp-outliers \
 	ort-static-minmax ort-static-percentile ort-static-entropy ort-dynamic max-all-mp-auto0.5
 
 GPU_ARTIFACTS ?= $(firstword $(wildcard artifacts/*-qnli-*/fp32.onnx))
