@@ -172,8 +172,12 @@ def _folded_weight_hook(calibration):
 
 @pytest.mark.parametrize(
     "config",
-    [CalibrateConfig(method="peg", groups=3), CalibrateConfig(method="peg", groups=5, grouping="equal", permute=False)],
-    ids=["k3-optimal-sorted", "k5-equal-contiguous"],
+    [
+        CalibrateConfig(method="peg", groups=3),
+        CalibrateConfig(method="peg", groups=3, permute=False),
+        CalibrateConfig(method="peg", groups=5, grouping="equal", permute=False),
+    ],
+    ids=["k3-optimal-sorted", "k3-optimal-contiguous", "k5-equal-contiguous"],
 )
 def test_folded_weights_equal_the_numpy_reference(config, scaled_model, tmp_path):
     folded = calibrate(scaled_model["stats"], replace(config, weights="folded"))
