@@ -470,7 +470,7 @@ def reproduce(
     evaluate every configuration; writes ARTIFACTS/report/results.json and report.md.
 
     Configurations: FP32; max (scope all, gemm, gemm-inputs); percentile 99, 99.9, 99.99, 99.999;
-    PEG K = 1, 2, 3, 4, 6, 8 and auto, in equal and range-optimal groups; mixed precision paper,
+    PEG K = 1, 2, 3, 4, 6, 8 and auto, in equal and range-optimal groups, and with folded weights; mixed precision paper,
     outliers and the search (auto); migration (--smooth 0.5); peers: ONNX Runtime's quantizers and
     transformer optimizer, and NNCF's (with qtool[peers]; skipped with a note without it). -c NAME
     runs a subset. Every stage is cached, so a rerun (or a run after an interruption) only does
@@ -478,14 +478,14 @@ def reproduce(
     """
     from qtool.stages.study import ReproduceConfig, load_configuration_file, run_reproduce
 
-    tasks = executor_config(executor, address, cpus_per_task)
-    _, split = load_split(data, seed)
     config = configured(
         ReproduceConfig, seed=seed, configurations=tuple(configs) if configs else None, max_drop=max_drop,
         collect=collect_config(samples, None, None, None), eval=eval_config(limit=limit),
         extra_configurations=load_configuration_file(config_file) if config_file else None,
-        executor=tasks,
+        executor=executor_config(executor, address, cpus_per_task),
     )
+    config.validate()
+    _, split = load_split(data, seed)
     result = run_reproduce(model, split, config, artifacts_folder(artifacts))
     if as_json:
         return render.print_json(result)

@@ -13,6 +13,7 @@ import importlib.metadata
 import logging
 import os
 import platform
+import re
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -103,6 +104,13 @@ class ReproduceConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where the configurations run
     extra_configurations: tuple[tuple[str, CalibrateConfig], ...] = ()  # from a TOML file
 
+    def validate(self) -> None:
+        """Options a run needs, checked before any data or model is loaded."""
+        if not 0 <= self.max_drop < 100:
+            raise QtoolError(f"--max-drop must be a number of accuracy points in [0, 100), got {self.max_drop}")
+        self.collect.validate()
+        self.eval.validate()
+
     def selected(self) -> dict[str, CalibrateConfig | AutoMixedPrecision | None]:
         """Configurations to run: a calibration recipe, or None for an ONNX Runtime peer."""
         available: dict[str, CalibrateConfig | AutoMixedPrecision | None] = {
@@ -144,19 +152,33 @@ def load_configuration_file(path: Path) -> tuple[tuple[str, CalibrateConfig], ..
         document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise QtoolError(f"configuration file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise QtoolError(f"{path} is not valid TOML ({exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise QtoolError(f"{path} is not valid UTF-8 TOML ({exc})") from None
     tables = document.get("configurations")
     if not isinstance(tables, dict) or not tables:
         raise QtoolError(f"{path} defines no [configurations.NAME] tables")
     known = set(CalibrateConfig.__dataclass_fields__)
     loaded = []
     for name, options in tables.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise QtoolError(
+                f"{path}: configuration name {name!r} must be letters, digits, '.', '_' or '-' (it names files)"
+            )
+        if not isinstance(options, dict):
+            raise QtoolError(
+                f"{path}: configurations.{name} is not a table; write [configurations.{name}] and its keys"
+            )
         if name == FP32 or name in PEERS or name in NNCF_PEERS:
             raise QtoolError(f"{path}: configuration {name!r} is taken by a built-in row; choose another name")
         unknown = sorted(set(options) - known)
         if unknown:
             raise QtoolError(f"{path}: configuration {name!r} has unknown keys {unknown}; valid keys: {sorted(known)}")
+        kinds = {field: type(value) for field, value in vars(CalibrateConfig()).items() if value is not None}
+        kinds |= {"keep_fp": list, "groups": (int, str), "p": (int, float), "outlier_ratio": (int, float)}
+        kinds |= {"smooth": (int, float), "mixed_precision": str}
+        wrong = sorted(key for key, value in options.items() if not isinstance(value, kinds.get(key, object)))
+        if wrong or any(not isinstance(glob, str) for glob in options.get("keep_fp", [])):
+            raise QtoolError(f"{path}: configuration {name!r} has values of the wrong type for {wrong or ['keep_fp']}")
         if "keep_fp" in options:
             options = {**options, "keep_fp": tuple(options["keep_fp"])}
         config = CalibrateConfig(**options)

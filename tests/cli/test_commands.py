@@ -289,6 +289,13 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         "reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--config-file", extra
     )
     _one_line_error(bad, "unknown keys")
+    for text, words in [
+        ('[configurations."../escape"]\nmethod = "max"\n', "names files"),
+        ('[configurations.x]\nkeep_fp = 5\n', "wrong type"),
+        ("[configurations]\nfoo = 3\n", "not a table"),
+    ]:
+        extra.write_text(text)
+        _one_line_error(_run("reproduce", "--data", tiny_data, "--artifacts", artifacts, "--config-file", extra), words)
 
 
 def report_text(artifacts: Path) -> str:
