@@ -183,6 +183,8 @@ def test_folded_weights_equal_the_numpy_reference(config, scaled_model, tmp_path
     folded = calibrate(scaled_model["stats"], replace(config, weights="folded"))
     graph = write_calibrated_graph(scaled_model["graph"], folded, tmp_path / "folded.qdq.onnx", "gathered")
     assert graph_metadata(graph)["peg_form"] == "folded"  # one form, whatever --peg-form says
+    built = runner.invoke(app, ["build", str(graph), "--backend", "trt"])  # no TensorRT here: fails later
+    assert "--peg-form" not in built.stderr  # per-tensor activation scales: TensorRT's form as it is
     activation, _ = _reference_hooks(folded)
     assert_matches_reference(scaled_model, graph, activation, _folded_weight_hook(folded))
     split = write_calibrated_graph(
