@@ -35,7 +35,7 @@ class OutlierConfig:
     percentile: float = 99.99
 
     def validate(self) -> None:
-        if not self.sigma > 0 or self.sigma == float("inf"):
+        if not 0 < self.sigma < math.inf:
             raise QtoolError(f"--sigma must be positive, got {self.sigma}")
         if not 0 < self.top_fraction < 1:
             raise QtoolError(f"the top fraction must be in (0, 1), got {self.top_fraction}")

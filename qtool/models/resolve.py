@@ -102,18 +102,17 @@ def load_config(source: ModelSource):
 
 def load_classifier(path: Path | str, **kwargs):
     """`AutoModelForSequenceClassification.from_pretrained`, with a one-line error for unreadable weights."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification
 
     try:
         return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except SafetensorError:
+        raise QtoolError(f"the safetensors weights in {path} are damaged; download or save them again") from None
     except (OSError, ValueError, RuntimeError) as exc:
         raise QtoolError(
             f"cannot load the weights in {path} ({exc.__class__.__name__}); is the checkpoint complete?"
         ) from None
-    except Exception as exc:
-        if exc.__class__.__name__ == "SafetensorError":
-            raise QtoolError(f"the safetensors weights in {path} are damaged; download or save them again") from None
-        raise
 
 
 # BERT-family encoders whose exported graphs qtool finds quantization points in (`model_type` of the config).

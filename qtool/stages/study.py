@@ -158,6 +158,9 @@ def load_configuration_file(path: Path) -> tuple[tuple[str, CalibrateConfig], ..
     if not isinstance(tables, dict) or not tables:
         raise QtoolError(f"{path} defines no [configurations.NAME] tables")
     known = set(CalibrateConfig.__dataclass_fields__)
+    kinds = {key: type(value) for key, value in vars(CalibrateConfig()).items() if value is not None}
+    kinds |= {"keep_fp": list, "groups": (int, str), "p": (int, float), "outlier_ratio": (int, float)}
+    kinds |= {"smooth": (int, float), "mixed_precision": str}  # None by default
     loaded = []
     for name, options in tables.items():
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -173,9 +176,6 @@ def load_configuration_file(path: Path) -> tuple[tuple[str, CalibrateConfig], ..
         unknown = sorted(set(options) - known)
         if unknown:
             raise QtoolError(f"{path}: configuration {name!r} has unknown keys {unknown}; valid keys: {sorted(known)}")
-        kinds = {field: type(value) for field, value in vars(CalibrateConfig()).items() if value is not None}
-        kinds |= {"keep_fp": list, "groups": (int, str), "p": (int, float), "outlier_ratio": (int, float)}
-        kinds |= {"smooth": (int, float), "mixed_precision": str}
         wrong = sorted(key for key, value in options.items() if not isinstance(value, kinds.get(key, object)))
         if wrong or any(not isinstance(glob, str) for glob in options.get("keep_fp", [])):
             raise QtoolError(f"{path}: configuration {name!r} has values of the wrong type for {wrong or ['keep_fp']}")
