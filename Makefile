@@ -20,7 +20,13 @@ MPNET_CONFIGS := fp32 max-all max-gemm-inputs percentile-99.9-all percentile-99.
 
 GPU_ARTIFACTS ?= $(firstword $(wildcard artifacts/*-qnli-*/fp32.onnx))
 
-.PHONY: setup test reproduce reproduce-mpnet gpu-check lint clean
+# The tests whose assertions depend on the CPU's integer kernels, on an emulated x86 CPU without VNNI
+# (QEMU user mode, Haswell: AVX2 only, less the features QEMU cannot emulate), whatever this machine
+# has; about 6 minutes. Needs qemu-user.
+AVX2_CPU ?= Haswell,-pcid,-x2apic,-tsc-deadline,-hle,-invpcid,-rtm
+AVX2_TESTS ?= tests/exporter/test_ort_cpu.py tests/exporter/test_trt_form.py tests/cli/test_bench_command.py
+
+.PHONY: setup test test-avx2 reproduce reproduce-mpnet gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +40,10 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 	QTOOL_DATA=$(DATA) $(BIN)/python -m pytest -q
+
+test-avx2: $(STAMP)
+	@command -v qemu-x86_64 >/dev/null || { echo "error: qemu-x86_64 not found; install it (apt-get install qemu-user)" >&2; exit 2; }
+	QTOOL_DATA=$(DATA) qemu-x86_64 -cpu $(AVX2_CPU) $(BIN)/python -m pytest -rs -p no:cacheprovider $(AVX2_TESTS)
 
 reproduce: $(STAMP)
 	$(BIN)/qtool reproduce --data $(DATA) $(ARGS)

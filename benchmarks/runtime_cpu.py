@@ -53,10 +53,13 @@ def _peer_graphs(fp32: Path, folder: Path, tokenizer, split) -> dict[str, Path]:
 
 def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]:
     from qtool.analysis import CollectConfig, collect_or_load
-    from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu
     from qtool.exporter.qdq import PEG_FORMS
     from qtool.quantization.calibration import CalibrateConfig, calibrate
     from qtool.quantization.graphs import write_calibrated_graph
+    from qtool.stages.deploy import build_ort
+
+    def rewrite_file_for_ort_cpu(qdq: Path, target: Path) -> Path:  # the kernels `auto` picks on this CPU
+        return Path(build_ort(qdq, target)["graph"])
 
     stats = collect_or_load(
         fp32, split, tokenizer, CollectConfig(samples=CALIBRATION_PAIRS), stats_path=folder / f"{fp32.stem}.stats.npz"
@@ -150,11 +153,12 @@ def main() -> None:
     model_dir = Path(export_manifest(args.fp32)["source_path"])
     batches = args.batch or [1, 8]
     config = BenchConfig(warmup=args.warmup, iterations=args.iterations, threads=args.threads)
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model_names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    from qtool.runners.ort import cpu_description, cpu_summary, int8_kernels_for_this_cpu
+
     environment = {
-        "cpu": model_names[0] if model_names else platform.processor() or platform.machine(),
-        "cpu_flags_vnni": "avx512_vnni" in cpuinfo if cpuinfo else None,
+        **cpu_description(),
+        "cpu_summary": cpu_summary(),
+        "int8_kernels": ": ".join(int8_kernels_for_this_cpu()),  # what the ORT forms below are built for
         "threads": args.threads,
         "onnxruntime": onnxruntime.__version__,
         "torch": torch.__version__,
@@ -204,7 +208,7 @@ def main() -> None:
             results["models"][label] = rows
 
     print(
-        f"CPU {environment['cpu']} (AVX512-VNNI: {environment['cpu_flags_vnni']}), {args.threads} threads, "
+        f"CPU {environment['cpu_summary']}, qtool's ORT forms: {environment['int8_kernels']}; {args.threads} threads, "
         f"onnxruntime {environment['onnxruntime']}, torch {environment['torch']}; sequence {args.seq_len}, "
         f"{args.iterations} interleaved iterations after {args.warmup} warm-up; speedup = baseline p50 / p50"
     )

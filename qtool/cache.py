@@ -8,19 +8,69 @@ A record that is missing, unreadable, or keyed otherwise, or an artifact that ch
 the stage runs again. A record is written only after its stage succeeded, with the sha256 of the
 artifact it saw written; a stage that fails or is interrupted leaves the previous record and
 artifact as they were (an artifact that changed anyway no longer matches its record's hash).
+
+A stage named with `stage=` also keeps its wall time in the record, and inside
+`recording_stage_times()` every named stage (and every `timed_stage` block) adds an entry to the
+recording: its seconds in this run, excluding named stages nested in it, and for a reused record the
+seconds it took when it was computed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from qtool.fileio import sha256_file, write_json
 
 log = logging.getLogger(__name__)
+
+_recording: ContextVar[list[dict] | None] = ContextVar("qtool_stage_times", default=None)
+_open_stages: ContextVar[tuple[list[float], ...]] = ContextVar("qtool_open_stages", default=())
+
+
+@contextmanager
+def recording_stage_times() -> Iterator[list[dict]]:
+    """Collect the named stages that run inside the block: `{"stage", "seconds", "reused",
+    "computed_seconds"}` each, `seconds` being this run's wall time less that of stages nested in it."""
+    entries: list[dict] = []
+    token, open_token = _recording.set(entries), _open_stages.set(())
+    try:
+        yield entries
+    finally:
+        _recording.reset(token)
+        _open_stages.reset(open_token)
+
+
+@contextmanager
+def timed_stage(stage: str, reused: bool = False, computed_seconds: float | None = None) -> Iterator[None]:
+    """Time the block as `stage` in the current recording (nothing outside one)."""
+    nested = [0.0]
+    parents = _open_stages.get()
+    token = _open_stages.set((*parents, nested))
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - started
+        _open_stages.reset(token)
+        if parents:
+            parents[-1][0] += elapsed
+        entries = _recording.get()
+        if entries is not None:
+            entries.append(
+                {
+                    "stage": stage,
+                    "seconds": round(elapsed - nested[0], 3),
+                    "reused": reused,
+                    "computed_seconds": round(elapsed - nested[0], 3) if computed_seconds is None else computed_seconds,
+                }
+            )
 
 
 def read_record(record: Path, key: Any) -> dict | None:
@@ -58,19 +108,31 @@ def cached_stage(
     artifact: Path | None = None,
     force: bool = False,
     description: str | None = None,
+    stage: str | None = None,
 ) -> Any:
     """`run()`'s result, or the recorded one when `record` holds `key` (and `artifact` is unchanged).
 
-    `run` writes `artifact` itself (atomically) and returns a JSON-serialisable result.
+    `run` writes `artifact` itself (atomically) and returns a JSON-serialisable result. A `stage`
+    name times it (see the module docstring).
     """
     record = Path(record)
     artifact = Path(artifact) if artifact is not None else None
     data = None if force else read_record(record, key)
     if _fresh(data, artifact):
         log.info("reusing %s", description or artifact or record)
+        if stage:
+            with timed_stage(stage, reused=True, computed_seconds=data.get("seconds")):
+                pass
         return data["result"]
-    result = run()
+    started = time.perf_counter()
+    if stage:
+        with timed_stage(stage):
+            result = run()
+    else:
+        result = run()
     entry = {"key": key, "result": result}
+    if stage:
+        entry["seconds"] = round(time.perf_counter() - started, 3)
     if artifact is not None and artifact.is_file():
         entry["artifact_sha256"] = _artifact_hash(artifact)
     write_json(record, entry)

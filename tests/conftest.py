@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.cpu import cpu_branch  # noqa: F401 (a fixture for every test)
 from tests.helpers.models import (
     build_bert_classifier,
     export_tiny,
@@ -21,6 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_QNLI = Path(os.environ.get("QTOOL_DATA", REPO.parent / "shared" / "data" / "QNLI"))
 
 os.environ.setdefault("QTOOL_PROGRESS", "0")
+
+
+def pytest_report_header(config) -> list[str]:
+    """The CPU and the integer kernels `--int8-kernels auto` picks on it: several tests assert per CPU."""
+    import onnxruntime
+
+    from tests.helpers.cpu import CPU, HERE
+
+    return [f"cpu: {CPU}", f"onnxruntime {onnxruntime.__version__} int8 kernels: {HERE[0]} ({HERE[1]})"]
 
 
 @pytest.fixture

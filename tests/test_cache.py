@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from qtool.cache import cached_stage, read_record
+from qtool import cache
+from qtool.cache import cached_stage, read_record, recording_stage_times, timed_stage
 
 
 def _stage(artifact, calls):
@@ -64,3 +65,28 @@ def test_a_failed_run_keeps_the_previous_record_and_artifact(tmp_path):
         cached_stage(record, {"a": 2}, failing, artifact=artifact)
     assert cached_stage(record, {"a": 1}, _stage(artifact, calls), artifact=artifact) == {"made": 1}
     assert len(calls) == 1
+
+
+def test_named_stages_record_their_time_once_and_nested_time_apart(tmp_path, monkeypatch):
+    """Inside a recording, each named stage adds its own seconds (a nested stage's are not counted twice);
+    a reused record reports what it took when it was computed, and nothing is recorded outside one."""
+    clock = iter([0.0, 1.0, 1.0, 4.0, 4.0, 7.0, 7.0, 10.0, 10.0, 11.0, 50.0, 50.5, 60.0, 60.0])
+    monkeypatch.setattr(cache.time, "perf_counter", lambda: next(clock))
+
+    def outer() -> dict:
+        cached_stage(tmp_path / "inner.json", {"k": 1}, lambda: {"inner": True}, stage="inner")
+        return {"outer": True}
+
+    with recording_stage_times() as times:
+        with timed_stage("outer block"):
+            cached_stage(tmp_path / "outer.json", {"k": 2}, outer, stage="outer")
+    assert [(t["stage"], t["seconds"], t["reused"]) for t in times] == [
+        ("inner", 3.0, False),
+        ("outer", 6.0, False),  # 9 s less the inner stage's 3 s
+        ("outer block", 2.0, False),  # 11 s less the outer stage's 9 s
+    ]
+    assert json.loads((tmp_path / "inner.json").read_text())["seconds"] == 3.0
+    with recording_stage_times() as again:
+        cached_stage(tmp_path / "inner.json", {"k": 1}, lambda: pytest.fail("reused"), stage="inner")
+    assert again[0]["reused"] and again[0]["computed_seconds"] == 3.0 and again[0]["seconds"] == 0.5
+    cached_stage(tmp_path / "inner.json", {"k": 1}, lambda: pytest.fail("reused"), stage="inner")  # no recording

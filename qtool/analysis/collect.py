@@ -258,5 +258,5 @@ def collect_or_load(
         return {"points": len(collected[0].points), "samples": collected[0].manifest["samples"]}
 
     record = manifest_path(stats_path)
-    cached_stage(record, key, run, artifact=stats_path, force=force, description=f"statistics {stats_path}")
+    cached_stage(record, key, run, artifact=stats_path, force=force, description=f"statistics {stats_path}", stage="statistics")
     return collected[0] if collected else ActivationStats.load(stats_path)

@@ -316,7 +316,7 @@ def calibrate_configs(method, base_method, search_options: dict, recipe_options:
 def calibrate(
     model_path: o.Fp32Graph, method: o.Method = None, p: o.Percentile = None, groups: o.Groups = None,
     grouping: o.Grouping = None, permute: o.Permute = True, scope: o.Scope = None, weights: o.Weights = None,
-    keep_fp: o.KeepFp = None, mixed_precision: o.MixedPrecision = None, outlier_ratio: o.OutlierRatio = None,
+    weight_bits: o.WeightBits = None, keep_fp: o.KeepFp = None, mixed_precision: o.MixedPrecision = None, outlier_ratio: o.OutlierRatio = None,
     smooth: o.Smooth = None, base_method: o.BaseMethod = None, max_drop: o.SearchMaxDrop = None,
     tune_samples: o.TuneSamples = None, sensitivity_samples: o.SensitivitySamples = None, stats: o.Stats = None,
     out: o.CalibrationOut = None, evaluate_accuracy: o.EvaluateAccuracy = True, data: o.Data = None,
@@ -343,7 +343,7 @@ def calibrate(
         dict(max_drop=max_drop, tune_samples=tune_samples, sensitivity_samples=sensitivity_samples,
              batch_size=batch_size, threads=threads, max_length=max_length),
         dict(p=p, groups=groups, grouping=grouping, permute=permute, scope=scope, weights=weights,
-             keep_fp=tuple(keep_fp or ()), mixed_precision=mixed_precision, outlier_ratio=outlier_ratio, smooth=smooth),
+             weight_bits=weight_bits, keep_fp=tuple(keep_fp or ()), mixed_precision=mixed_precision, outlier_ratio=outlier_ratio, smooth=smooth),
     )
     collect, evaluation = collect_config(samples, batch_size, threads, max_length), None
     if evaluate_accuracy:

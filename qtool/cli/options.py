@@ -208,6 +208,15 @@ Weights = Annotated[
         f"GEMM at about plain INT8's speed; the weights round differently). Default: {CalibrateConfig.weights}."
     ),
 ]
+WeightBits = Annotated[
+    int | None,
+    typer.Option(
+        "--weight-bits",
+        help="Grid of the projection weights: 8, or 7 (codes in [-64, 63]), which ONNX Runtime's U8S8 kernels "
+        "compute exactly also on x86 CPUs without VNNI, where 8-bit weights need the slower U8U8 kernels to stay "
+        f"exact. Embedding tables keep 8 bits. Default: {CalibrateConfig.weight_bits}.",
+    ),
+]
 KeepFp = Annotated[
     list[str] | None,
     typer.Option(

@@ -248,8 +248,11 @@ def bench_tables(result: dict, compare: bool, inputs: str, threads: int | None, 
     print_table(title, columns, rows, wide)
     for model, evaluation in result.get("accuracy", {}).items():
         note(f"{Path(model).name}: accuracy {evaluation['accuracy']:.4f} on {evaluation['examples']} pairs")
+    environment = result.get("environment", {})
+    features = environment.get("dot_product_features")
     stdout.print(
-        f"[dim]inputs: {inputs}; threads: {threads or 'default'}; host memory is the RSS added by creating the "
+        f"[dim]CPU: {environment.get('cpu', 'unknown')} ({' '.join(features) if features else 'features unknown'}); "
+        f"inputs: {inputs}; threads: {threads or 'default'}; host memory is the RSS added by creating the "
         "runner (--isolated for per-process peaks); --wide shows every column[/]",
         highlight=False,
     )

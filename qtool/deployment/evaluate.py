@@ -123,7 +123,8 @@ def evaluate(
     started = time.perf_counter()
     logits = predict_logits(runner, make_batches(part, config.batch_size), len(part), description=description)
     seconds = time.perf_counter() - started
-    correct = int((mapping[logits.argmax(-1)] == part.labels).sum())
+    predictions = mapping[logits.argmax(-1)]
+    correct = int((predictions == part.labels).sum())
     result = {
         "accuracy": correct / len(part),
         "correct": correct,
@@ -132,6 +133,7 @@ def evaluate(
         "examples_per_second": round(len(part) / seconds, 1),
         "data_part": config.part,
         "data_split": split.describe(),
+        "predictions": predictions.tolist(),  # label index per example, in the part's order
     }
     log.info("%s: accuracy %.4f on %d examples", description, result["accuracy"], len(part))
     return result
@@ -144,9 +146,11 @@ def evaluate_graph(
     max_length: int = MAX_LENGTH,
     use_cache: bool = True,
     tokenizer_path: Path | None = None,
+    predictions: bool = False,
 ) -> dict:
     """Accuracy of an ONNX graph through ONNX Runtime on the CPU at its `scoring_level`, cached beside
-    the graph as `<graph>.eval-<part>.json`, keyed by the graph's sha256, the data split and the options."""
+    the graph as `<graph>.eval-<part>.json`, keyed by the graph's sha256, the data split and the options;
+    with `predictions`, also each example's predicted label index."""
     check_onnx_file(model_path)
     model_path = Path(model_path)
     level = scoring_level(model_path)
@@ -164,8 +168,11 @@ def evaluate_graph(
             )
         return {"model": str(model_path), "optimization_level": level, **result}
 
+    def shown(result: dict) -> dict:
+        return result if predictions else {k: v for k, v in result.items() if k != "predictions"}
+
     if not use_cache:
-        return run()
+        return shown(run())
     key = {
         "graph_sha256": sha256_file(model_path),
         "data": split.describe(),
@@ -173,6 +180,9 @@ def evaluate_graph(
         "limit": config.limit,
         "max_length": max_length,
         "optimization_level": level,
+        "predictions": True,  # records before predictions were kept are scored again
     }
     record = model_path.with_name(model_path.name + f".eval-{config.part}.json")
-    return {**cached_stage(record, key, run, description=f"the evaluation of {model_path}"), "model": str(model_path)}
+    stage = "score QDQ graph" if level == RECIPE_LEVEL else "score deployed graph"
+    result = cached_stage(record, key, run, description=f"the evaluation of {model_path}", stage=stage)
+    return {**shown(result), "model": str(model_path)}

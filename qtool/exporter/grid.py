@@ -1,10 +1,15 @@
-"""The symmetric INT8 grid (zero point 0, TensorRT's convention): amax maps to 127."""
+"""The symmetric INT8 grid (zero point 0, TensorRT's convention): amax maps to 127.
+
+Weights may use a narrower grid of `bits` (7: amax maps to 63, codes in [-64, 63]), still stored as
+int8: products of uint8 activations with such weights never overflow the 16-bit pair sums of
+ONNX Runtime's U8S8 kernels on x86 CPUs without VNNI (255 x 64 x 2 < 32768)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 INT8_MAX = 127
+WEIGHT_BITS = (8, 7)  # weight grids: the first is the default
 AMAX_FLOOR = 1e-12  # an all-zero tensor still gets a positive scale
 
 
@@ -13,20 +18,30 @@ def scale_for(amax: float) -> float:
     return float(np.float32(max(amax, AMAX_FLOOR) / INT8_MAX))
 
 
-def weight_scales(weight: np.ndarray, axis: int | None) -> np.ndarray:
-    """Float32 scales of a weight: one per index of `axis` (per channel), or one (axis None)."""
+def grid_max(bits: int = 8) -> int:
+    """The largest code of a symmetric grid of `bits` bits: 127 for 8, 63 for 7."""
+    if bits not in WEIGHT_BITS:
+        raise ValueError(f"bits must be one of {WEIGHT_BITS}, got {bits!r}")
+    return 2 ** (bits - 1) - 1
+
+
+def weight_scales(weight: np.ndarray, axis: int | None, bits: int = 8) -> np.ndarray:
+    """Float32 scales of a weight on a grid of `bits` bits: one per index of `axis` (per channel), or
+    one (axis None)."""
     if axis is None:
         amax = np.abs(weight).max()
     else:
         other = tuple(i for i in range(weight.ndim) if i != axis)
         amax = np.abs(weight).max(axis=other)
-    return (np.maximum(amax, AMAX_FLOOR) / INT8_MAX).astype(np.float32)
+    return (np.maximum(amax, AMAX_FLOOR) / grid_max(bits)).astype(np.float32)
 
 
-def quantize(weight: np.ndarray, scales: np.ndarray, axis: int | None) -> np.ndarray:
-    """Int8 codes of `weight` on `scales` (along `axis`, or one scale), rounded half to even."""
+def quantize(weight: np.ndarray, scales: np.ndarray, axis: int | None, bits: int = 8) -> np.ndarray:
+    """Int8 codes of `weight` on `scales` (along `axis`, or one scale), rounded half to even, within
+    the grid of `bits` bits."""
     if axis is not None:
         shape = [1] * weight.ndim
         shape[axis] = -1
         scales = scales.reshape(shape)
-    return np.clip(np.rint(weight / scales), -128, 127).astype(np.int8)
+    top = grid_max(bits)
+    return np.clip(np.rint(weight / scales), -top - 1, top).astype(np.int8)

@@ -58,13 +58,14 @@ import onnx
 from onnx import helper
 
 from qtool.graph import GraphIndex, attribute, prune_dead_nodes, save_derived_graph, set_attribute, tensor_ranks
-from qtool.runners.ort import INT8_KERNELS, INT8_KERNELS_METADATA
+from qtool.runners.ort import GEMM_WEIGHT_BITS_METADATA, INT8_KERNELS, INT8_KERNELS_METADATA
 
 log = logging.getLogger(__name__)
 
 MS_DOMAIN = "com.microsoft"
-FORM_VERSION = 4  # bumped whenever the rewrite changes, so cached ONNX Runtime forms are rebuilt
+FORM_VERSION = 5  # bumped whenever the rewrite changes, so cached ONNX Runtime forms are rebuilt
 UINT8_OFFSET = 128  # uint8 code = int8 code + 128 for the same real value
+SEVEN_BIT_MAX = 63  # weights within [-64, 63] never saturate U8S8's 16-bit pair sums
 EIGHT_BIT_TYPES = (np.dtype(np.int8), np.dtype(np.uint8))
 
 
@@ -103,6 +104,31 @@ def _activations_to_uint8(graph: GraphIndex) -> int:
             member.input[2] = zero_point_names[value]
         converted += 1
     return converted
+
+
+def gemm_weight_codes(model: onnx.ModelProto) -> tuple[int, int] | None:
+    """The smallest and largest code of the constant int8 weights that a MatMul or Gemm reads through a
+    DequantizeLinear (zero point 0), or None when there are none."""
+    graph = GraphIndex(model.graph)
+    low = high = None
+    for node in graph.graph.node:
+        if node.op_type != "DequantizeLinear" or not any(
+            reader.op_type in ("MatMul", "Gemm") and index == 1 for reader, index in graph.consumers[node.output[0]]
+        ):
+            continue
+        weight = graph.array(node.input[0])
+        if weight is None or weight.dtype != np.int8 or weight.size == 0:
+            continue
+        low = int(weight.min()) if low is None else min(low, int(weight.min()))
+        high = int(weight.max()) if high is None else max(high, int(weight.max()))
+    return None if low is None else (low, high)
+
+
+def u8s8_exact_everywhere(model: onnx.ModelProto) -> bool:
+    """Whether every integer GEMM weight of `model` is within 7 bits ([-64, 63]), so that ONNX Runtime's
+    U8S8 kernels, even where they add pairs of products in 16 bits, never saturate (255 x 64 x 2 < 32768)."""
+    codes = gemm_weight_codes(model)
+    return codes is not None and codes[0] >= -(SEVEN_BIT_MAX + 1) and codes[1] <= SEVEN_BIT_MAX
 
 
 def _weights_to_uint8(graph: GraphIndex) -> int:
@@ -462,10 +488,13 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True, kerne
 
 def rewrite_file_for_ort_cpu(source: Path, output: Path, *, fuse_bias: bool = True, kernels: str = "u8s8") -> Path:
     """`rewrite_for_ort_cpu` from one ONNX file to another; the tokenizer path in the metadata is
-    re-pointed from the output's folder, and `qtool.runtime_form` and `qtool.int8_kernels` record the rewrite."""
-    rewritten = rewrite_for_ort_cpu(onnx.load(str(source)), fuse_bias=fuse_bias, kernels=kernels)
+    re-pointed from the output's folder, and `qtool.runtime_form`, `qtool.int8_kernels` and
+    `qtool.gemm_weight_bits` (7 when every GEMM weight fits [-64, 63], else 8) record the rewrite."""
+    model = onnx.load(str(source))
+    rewritten = rewrite_for_ort_cpu(model, fuse_bias=fuse_bias, kernels=kernels)
     metadata = {
         "runtime_form": "onnxruntime-cpu" + ("" if fuse_bias else " (bias unfused)"),
         INT8_KERNELS_METADATA: kernels,
+        GEMM_WEIGHT_BITS_METADATA: "7" if u8s8_exact_everywhere(model) else "8",
     }
     return save_derived_graph(rewritten, source, output, metadata)

@@ -61,6 +61,7 @@ class QdqPlan:
 
     activations: dict[str, dict]  # point name -> {"scale": s} or {"groups": [{"scale", "channels"}]}
     weights: str | None = "per-channel"  # None: weights stay float
+    weight_bits: int = 8  # the grid of GEMM weights (7: exact on U8S8 kernels everywhere); tables keep 8
     embedding_tables: bool = False
     points: list[QuantPoint] = field(default_factory=list)
     # With switches, every quantized point also gets a boolean scalar graph input (`switch_input`)
@@ -136,8 +137,9 @@ class _Writer:
             return
         weight = numpy_helper.to_array(self.initializers[name]).astype(np.float32)
         axis = self.weight_axis(node)
-        scales = weight_scales(weight, axis)
-        quantized = quantize(weight, scales, axis)
+        bits = self.plan.weight_bits if node.op_type in ("MatMul", "Gemm") else 8
+        scales = weight_scales(weight, axis, bits)
+        quantized = quantize(weight, scales, axis, bits)
         self.quantized_weights[name] = (quantized, scales, axis)
         dequantized = self.dequantized_weight(name, quantized, scales, axis)
         self.rewire[(node.name, index)] = dequantized
@@ -301,9 +303,10 @@ class _Writer:
         prefix = f"{node.name}/folded"
         weight = numpy_helper.to_array(self.initializers[node.input[1]]).astype(np.float32)
         folded = scales[:, None] * weight
-        weight_scale = weight_scales(folded, 1)
+        bits = self.plan.weight_bits
+        weight_scale = weight_scales(folded, 1, bits)
         dequantized_weight = self.dequantized_weight(
-            f"{prefix}/weight", quantize(folded, weight_scale, 1), weight_scale, 1
+            f"{prefix}/weight", quantize(folded, weight_scale, 1, bits), weight_scale, 1
         )
         dequantized = f"{prefix}/codes_dequantized"
         self.replaced_nodes[node.name] = [

@@ -21,13 +21,14 @@ from qtool.calibrators.methods import CALIBRATORS, make_calibrator
 from qtool.calibrators.precision import SCOPES, check_scope, kept_in_float
 from qtool.defaults import OUTLIER_RATIO, PEG_GROUPING, PEG_GROUPS, PERCENTILE
 from qtool.errors import QtoolError
+from qtool.exporter.grid import WEIGHT_BITS
 from qtool.exporter.qdq import WEIGHT_MODES
 from qtool.exporter.smooth import SmoothConfig
 from qtool.fileio import read_json, sha256_text, write_json
 from qtool.graph import model_identity
 
 CALIBRATION_FORMAT = "qtool-calibration/1"  # the schema version of the file
-GRID = "symmetric int8, zero point 0, scale = amax / 127"
+GRID = "symmetric int8, zero point 0, scale = amax / 127"  # activations; weights per `weight_bits`
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class CalibrateConfig:
     grouping: str = PEG_GROUPING
     scope: str = next(iter(SCOPES))
     weights: str = WEIGHT_MODES[0]
+    weight_bits: int = WEIGHT_BITS[0]  # 7: projection weights in [-64, 63], exact on U8S8 kernels on every CPU
     keep_fp: tuple[str, ...] = ()
     mixed_precision: str | None = None
     outlier_ratio: float = OUTLIER_RATIO
@@ -50,6 +52,10 @@ class CalibrateConfig:
         check_scope(self.scope)
         if self.weights not in WEIGHT_MODES:
             raise QtoolError(f"--weights must be one of {', '.join(WEIGHT_MODES)}, got {self.weights!r}")
+        if self.weight_bits not in WEIGHT_BITS or isinstance(self.weight_bits, bool):
+            raise QtoolError(
+                f"--weight-bits must be one of {', '.join(map(str, WEIGHT_BITS))}, got {self.weight_bits!r}"
+            )
         if self.weights == "folded" and self.method != "peg":
             raise QtoolError("--weights folded folds PEG's group scales into the weights; use it with --method peg")
         if not 1 <= self.outlier_ratio < math.inf:
@@ -67,6 +73,8 @@ class CalibrateConfig:
             parts.append(f"smooth{self.smooth:g}")
         if self.weights != WEIGHT_MODES[0]:
             parts.append("w" + self.weights)
+        if self.weight_bits != WEIGHT_BITS[0]:
+            parts.append(f"w{self.weight_bits}")
         if self.mixed_precision:
             parts.append(f"mp-{self.mixed_precision}")
             if self.mixed_precision == "outliers" and self.outlier_ratio != OUTLIER_RATIO:
@@ -209,6 +217,7 @@ class Calibration:
     grid: str = GRID
     smoothing: dict | None = None  # the migration (alpha, graph, factors) applied before calibrating
     mixed_precision: dict | None = None  # the search that chose the points kept in float
+    weight_bits: int = WEIGHT_BITS[0]  # the projection weights' grid; written only when not the default
     format: str = CALIBRATION_FORMAT
 
     @property
@@ -232,6 +241,8 @@ class Calibration:
         for optional in ("smoothing", "mixed_precision"):
             if data[optional] is None:
                 del data[optional]
+        if self.weight_bits == WEIGHT_BITS[0]:  # files of the default grid stay as they were
+            del data["weight_bits"]
         return data
 
     @classmethod
@@ -265,7 +276,10 @@ class Calibration:
                 grid=_require(data, "grid", str),
                 smoothing=data.get("smoothing"),
                 mixed_precision=data.get("mixed_precision"),
+                weight_bits=data.get("weight_bits", WEIGHT_BITS[0]),
             )
+            if calibration.weight_bits not in WEIGHT_BITS or isinstance(calibration.weight_bits, bool):
+                raise _Invalid(f"weight_bits {calibration.weight_bits!r} is not one of {WEIGHT_BITS}")
             if calibration.scope not in SCOPES:
                 raise _Invalid(f"scope {calibration.scope!r} is not one of {', '.join(SCOPES)}")
             if calibration.weights not in WEIGHT_MODES:
@@ -309,6 +323,7 @@ def calibrate(stats: ActivationStats, config: CalibrateConfig) -> Calibration:
         method=calibrator.name,
         params=calibrator.params(),
         weights=config.weights,
+        weight_bits=config.weight_bits,
         embedding_tables_quantized=scope.embedding_tables,
         kept_in_float=tuple(kept),
         kept_reason=reason,

@@ -41,7 +41,7 @@ def smoothed_graph(model_path: Path, stats: ActivationStats, alpha: float) -> tu
         log.info("wrote %s (%d LayerNorm outputs smoothed)", target, len(factors))
         return factors
 
-    return target, cached_stage(manifest_path(target), key, smooth, artifact=target)
+    return target, cached_stage(manifest_path(target), key, smooth, artifact=target, stage="migration")
 
 
 def prepared_model(model_path: Path, calibration: Calibration) -> Prepared:
@@ -76,6 +76,7 @@ def qdq_model(
     plan = QdqPlan(
         activations=activations,
         weights=calibration.weights,
+        weight_bits=calibration.weight_bits,
         embedding_tables=calibration.embedding_tables_quantized,
         points=points,
         switches=switches,

@@ -47,6 +47,34 @@ def _deployed_cell(row: dict) -> str:
     return "=" if deployed == row["accuracy"] else _pct(deployed)
 
 
+def _changed_cell(row: dict) -> str:
+    """Predictions of the deployed form that differ from the QDQ graph's, and the kernels it ran."""
+    if row.get("deployed_changed") is None:
+        return "- | -"
+    share = row["deployed_changed"] / row["examples"]
+    return f"{row['deployed_changed']} ({100 * share:.1f} %) | {row['deployed_kernels']}"
+
+
+def stage_time_lines(result: dict) -> list[str]:
+    """Seconds per stage of the study: this run's and, for reused stages, what they took when computed."""
+    times = result.get("stage_times")
+    if not times:
+        return []
+    lines = [
+        f"Wall time of this run: {times['wall_seconds'] / 60:.1f} min. Per stage, over every configuration "
+        "(a stage reused from the cache costs this run almost nothing; `computed` is what it took when it ran):",
+        "",
+        "| stage | runs | reused | this run s | computed s |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    stages = sorted(times["stages"].items(), key=lambda item: -item[1]["computed_seconds"])
+    for stage, total in stages:
+        lines.append(
+            f"| {stage} | {total['runs']} | {total['reused']} | {total['seconds']:.1f} | {total['computed_seconds']:.1f} |"
+        )
+    return lines
+
+
 def deploy_paragraph(result: dict) -> list[str]:
     advice = result.get("recommendation")
     if advice is None or advice["configuration"] == "fp32" and "runner_up" not in advice:
@@ -85,8 +113,9 @@ def accuracy_table(result: dict) -> list[str]:
     fp32 = next(r for r in result["results"] if r["configuration"] == "fp32")["accuracy"]
     lines = [
         "| configuration | scope | quantized points | accuracy % | 95 % CI | vs FP32 (points) | deployed % "
-        "| published (BERT-base) % | p50 ms | throughput seq/s | session RSS MB | peak RSS MB | size MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| deployed changed | kernels | published (BERT-base) % | p50 ms | throughput seq/s | session RSS MB "
+        "| peak RSS MB | size MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["results"]:
         low, high = row["accuracy_ci95"]
@@ -94,7 +123,7 @@ def accuracy_table(result: dict) -> list[str]:
         published = PUBLISHED.get(row["configuration"])
         lines.append(
             f"| {row['configuration']} | {row['scope']} | {points} | {_pct(row['accuracy'])} | "
-            f"{_pct(low)}-{_pct(high)} | {100 * (row['accuracy'] - fp32):+.2f} | {_deployed_cell(row)} | "
+            f"{_pct(low)}-{_pct(high)} | {100 * (row['accuracy'] - fp32):+.2f} | {_deployed_cell(row)} | {_changed_cell(row)} | "
             f"{'-' if published is None else f'{published:.2f}'} | {_latency_cells(row.get('latency'))} |"
         )
     return lines
@@ -283,7 +312,8 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "weights; attention MatMuls in float). The ONNX Runtime peers deploy their own graph on ONNX Runtime's CPU "
         "provider, where they are meant to be fast; NNCF's graphs are meant for OpenVINO and are timed here on ONNX "
         "Runtime; qtool's rows deploy their ONNX Runtime CPU form here and their QDQ graph on TensorRT",
-        f"- environment: {environment['processor']}, {environment['platform']}, python {environment['python']}, "
+        f"- environment: CPU {environment.get('cpu', environment['processor'])}, {environment['platform']}, "
+        f"python {environment['python']}, "
         f"torch {environment['torch']}, onnxruntime {environment['onnxruntime']}, qtool {environment['qtool']}"
         + (f"; qtool's ONNX Runtime forms use {kernels}" if (kernels := environment.get("int8_kernels")) else ""),
         "",
@@ -296,7 +326,12 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "Accuracy % is the recipe's: qtool's QDQ graph scored with ONNX Runtime's graph optimizations off, as the "
         "QDQ semantics (and the NumPy reference of the tests) compute it, so it does not depend on how a CPU's fused "
         "integer kernels round. Deployed % is the ONNX Runtime CPU form that the latency columns time, with every "
-        "optimization on (`=`: the same accuracy). FP32 and the peers are scored as deployed.",
+        "optimization on (`=`: the same accuracy). FP32 and the peers are scored as deployed. Deployed changed "
+        "counts the eval predictions of the deployed form that differ from the QDQ graph's; kernels are the integer "
+        "GEMMs it runs (u8s8: int8 weights, u8u8: uint8 weights), as `qtool build --int8-kernels auto` chose them for "
+        "this CPU and graph: U8S8 where it adds without saturating (x86 with VNNI, other architectures) or where "
+        "every weight is within 7 bits, else U8U8. Another CPU can fuse and round differently: the counts are this "
+        "CPU's.",
         "",
         f"Latency: ONNX Runtime CPU form of each graph, batch x sequence "
         f"{_shape(result)}, {result['environment'].get('threads')} threads, p50 of timed runs after warm-up. Each "
@@ -312,6 +347,7 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "",
         *deploy_paragraph(result),
         "",
+        *_section("Stage times", stage_time_lines(result)),
         "## Activation outliers (FP32)",
         "",
         *outlier_table(result),

@@ -19,23 +19,89 @@ log = logging.getLogger(__name__)
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 INT8_KERNELS = ("u8s8", "u8u8")  # uint8 activations times int8 or uint8 weights
 INT8_KERNELS_METADATA = "int8_kernels"
+GEMM_WEIGHT_BITS_METADATA = "gemm_weight_bits"  # "7": no U8S8 kernel can saturate on this form
 X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})  # /proc/cpuinfo names
+# Integer dot-product features, as /proc/cpuinfo names them, and NumPy's runtime (CPUID) names.
+DOT_PRODUCT_FLAGS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
+NUMPY_FEATURES = {"AVX2": "avx2", "AVX512BW": "avx512bw", "AVX512VNNI": "avx512_vnni", "ASIMDDP": "asimddp"}
+PROBE_DEPTH = 64  # products per output of the saturation probe
 
 
 def _cpu_flags() -> set[str] | None:
-    """The CPU's feature flags from /proc/cpuinfo, or NumPy's runtime detection elsewhere; None if unknown."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.partition(":")[2].split())
-    except OSError:
-        pass
+    """The CPU's feature flags: what CPUID says through NumPy (also right under an emulator, where
+    /proc/cpuinfo describes the host), plus /proc/cpuinfo's names NumPy does not know (avx_vnni,
+    amx_int8); None if neither can be read."""
+    flags: set[str] | None = None
     try:
         from numpy._core._multiarray_umath import __cpu_features__
+
+        flags = {name for feature, name in NUMPY_FEATURES.items() if __cpu_features__.get(feature)}
     except ImportError:
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                listed = set(line.partition(":")[2].split())
+                return (flags | (listed - set(NUMPY_FEATURES.values()))) if flags is not None else listed
+    except OSError:
+        pass
+    return flags
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_description() -> dict:
+    """This CPU as a benchmark or report names it: model, architecture, integer dot-product features."""
+    flags = _cpu_flags()
+    return {
+        "cpu": _cpu_name(),
+        "machine": platform.machine(),
+        "dot_product_features": None if flags is None else [f for f in DOT_PRODUCT_FLAGS if f in flags],
+    }
+
+
+def cpu_summary() -> str:
+    """One line: `AMD EPYC (x86_64; avx2 avx512bw avx512_vnni)`."""
+    described = cpu_description()
+    features = described["dot_product_features"]
+    listed = "features unknown" if features is None else " ".join(features) or "no integer dot-product features"
+    return f"{described['cpu']} ({described['machine']}; {listed})"
+
+
+def u8s8_saturates() -> bool | None:
+    """Whether ONNX Runtime's U8S8 integer GEMM on this CPU clips sums of products: a MatMulInteger
+    of 255 x 127 over PROBE_DEPTH products, which saturates where pairs of products are added in
+    16 bits (x86 without VNNI: 255 x 127 x 2 > 32767). None if the probe cannot run."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        weight = numpy_helper.from_array(np.full((PROBE_DEPTH, 8), 127, dtype=np.int8), "w")
+        graph = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["a", "w"], ["y"])],
+            "u8s8_probe",
+            [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, PROBE_DEPTH])],
+            [helper.make_tensor_value_info("y", TensorProto.INT32, [None, 8])],
+            [weight],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        result = session.run(None, {"a": np.full((4, PROBE_DEPTH), 255, dtype=np.uint8)})[0]
+    except Exception as exc:  # any failure only means the probe says nothing
+        log.debug("U8S8 saturation probe failed: %s", exc)
         return None
-    return {"avx512_vnni"} if __cpu_features__.get("AVX512VNNI") else set()
+    return bool((result != 255 * 127 * PROBE_DEPTH).any())
 
 
 @cache
@@ -45,16 +111,23 @@ def int8_kernels_for_this_cpu() -> tuple[str, str]:
     On x86 without VNNI, ONNX Runtime's U8S8 kernels add pairs of uint8 x int8 products in 16 bits
     (VPMADDUBSW), which saturates (255 x 127 x 2 > 32767), so a result can differ from the QDQ
     graph's; its U8U8 kernels widen to 16 bits first and never saturate. With VNNI (VPDPBUSD adds
-    in 32 bits) and on other architectures U8S8 is exact and the faster of the two."""
+    in 32 bits) and on other architectures U8S8 is exact and the faster of the two. The answer is
+    measured (`u8s8_saturates`); the CPU's flags decide only when the probe cannot run."""
+    cpu = cpu_summary()
+    saturates = u8s8_saturates()
+    if saturates is False:
+        return "u8s8", f"ONNX Runtime's U8S8 kernels add without saturating on this CPU, {cpu}"
+    if saturates:
+        return "u8u8", f"ONNX Runtime's U8S8 kernels saturate pairs of products in 16 bits on this CPU, {cpu}"
     machine = platform.machine().lower()
     if machine not in X86_MACHINES:
-        return "u8s8", f"a {machine} CPU, where U8S8 kernels do not saturate"
+        return "u8s8", f"a {machine} CPU, where U8S8 kernels do not saturate ({cpu})"
     flags = _cpu_flags()
     if flags is None:
-        return "u8u8", "an x86 CPU whose features could not be read, so U8S8's saturation cannot be ruled out"
+        return "u8u8", f"an x86 CPU whose features could not be read, so U8S8's saturation cannot be ruled out ({cpu})"
     if flags & VNNI_FLAGS:
-        return "u8s8", "an x86 CPU with VNNI, where U8S8 kernels add in 32 bits"
-    return "u8u8", "an x86 CPU without VNNI, where U8S8 kernels add pairs of products in 16 bits and can saturate"
+        return "u8s8", f"an x86 CPU with VNNI, where U8S8 kernels add in 32 bits ({cpu})"
+    return "u8u8", f"an x86 CPU without VNNI, where U8S8 kernels add pairs of products in 16 bits ({cpu})"
 
 
 def check_onnx_file(path: Path) -> Path:
@@ -138,9 +211,11 @@ class OrtRunner(Runner):
         self._outputs = [o.name for o in self.session.get_outputs()]
 
     def _warn_on_saturating_kernels(self) -> None:
-        recorded = self.session.get_modelmeta().custom_metadata_map.get(METADATA_PREFIX + INT8_KERNELS_METADATA)
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        recorded = metadata.get(METADATA_PREFIX + INT8_KERNELS_METADATA)
+        seven_bit = metadata.get(METADATA_PREFIX + GEMM_WEIGHT_BITS_METADATA) == "7"
         wanted, why = int8_kernels_for_this_cpu()
-        if recorded == "u8s8" and wanted == "u8u8" and "CPUExecutionProvider" in self.providers[:1]:
+        if recorded == "u8s8" and not seven_bit and wanted == "u8u8" and "CPUExecutionProvider" in self.providers[:1]:
             log.warning(
                 "%s was built for U8S8 kernels; this is %s, so some results may differ from the QDQ graph's: "
                 "rebuild it here with `qtool build --backend ort --int8-kernels u8u8`",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qtool.analysis.collect import ActivationStats, CollectConfig
+from qtool.cache import timed_stage
 from qtool.data import QnliSplit
 from qtool.defaults import PEG_FORM
 from qtool.deployment.evaluate import EvalConfig, evaluate_graph, tokenizer_for
@@ -84,20 +85,23 @@ def calibrate_stage(
     """
     check_onnx_file(model_path)
     config.validate()
-    calibration, used_stats = calibrate_model(
-        model_path, stats, config, lambda graph: statistics_for(graph, split, collect)
-    )
+    with timed_stage("calibration"):
+        calibration, used_stats = calibrate_model(
+            model_path, stats, config, lambda graph: statistics_for(graph, split, collect)
+        )
     summary = None
     if search is not None:
-        calibration, record = auto_calibrate(
-            model_path, used_stats, calibration, split, tokenizer_for(model_path), search, folder, executor
-        )
-        title = f"Mixed-precision search: {calibration.recipe} ({calibration.model['source_model']})"
-        figure = precision_search_curve(record, Path(folder) / f"{calibration.recipe}.search.png", title)
+        with timed_stage("mixed-precision search"):
+            calibration, record = auto_calibrate(
+                model_path, used_stats, calibration, split, tokenizer_for(model_path), search, folder, executor
+            )
+            title = f"Mixed-precision search: {calibration.recipe} ({calibration.model['source_model']})"
+            figure = precision_search_curve(record, Path(folder) / f"{calibration.recipe}.search.png", title)
         summary = search_summary(record, figure) | {"record": str(Path(folder) / f"{calibration.recipe}.search.json")}
     calibration_file, qdq_file = calibration_paths(folder, name or calibration.recipe)
-    write_calibrated_graph(model_path, calibration, qdq_file)
-    write_calibration(calibration, calibration_file)
+    with timed_stage("write QDQ graph"):
+        write_calibrated_graph(model_path, calibration, qdq_file)
+        write_calibration(calibration, calibration_file)
     return Calibrated(calibration, calibration_file, qdq_file, summary)
 
 
@@ -179,6 +183,7 @@ def calibrate_and_evaluate(
         "params": calibration.params,
         "scope": calibration.scope,
         "weights": calibration.weights,
+        "weight_bits": calibration.weight_bits,
         "quantized_points": calibration.quantized_points,
         "total_points": calibration.total_points,
         "kept_in_float": list(calibration.kept_in_float),

@@ -28,17 +28,30 @@ from qtool.deployment.evaluate import EvalConfig, evaluate, logit_to_label, toke
 from qtool.deployment.trt_build import TrtBuildConfig, build_engine
 from qtool.errors import QtoolError
 from qtool.exporter.ort_cpu import FORM_VERSION as ORT_FORM_VERSION
-from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu
+from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu, u8s8_exact_everywhere
 from qtool.exporter.ort_fused import check_fused
 from qtool.fileio import distinct_output, manifest_path, sha256_file
-from qtool.graph import graph_metadata, is_recipe_graph
-from qtool.runners.ort import INT8_KERNELS, check_onnx_file, int8_kernels_for_this_cpu
+from qtool.graph import graph_metadata, is_recipe_graph, load_model
+from qtool.runners.ort import (
+    INT8_KERNELS,
+    check_onnx_file,
+    cpu_description,
+    cpu_summary,
+    int8_kernels_for_this_cpu,
+)
 
 
-def resolve_int8_kernels(choice: str) -> tuple[str, str]:
-    """`--int8-kernels`: u8s8 or u8u8 as given, or for `auto` the exact one for this CPU; and why."""
+def resolve_int8_kernels(choice: str, graph: Path | None = None) -> tuple[str, str]:
+    """`--int8-kernels`: u8s8 or u8u8 as given, or for `auto` the fastest exact one for this CPU and
+    `graph`: U8S8 where it does not saturate, or where every GEMM weight is within 7 bits; and why."""
     if choice == "auto":
-        return int8_kernels_for_this_cpu()
+        kernels, why = int8_kernels_for_this_cpu()
+        if kernels == "u8u8" and graph is not None and u8s8_exact_everywhere(load_model(graph)):
+            return "u8s8", (
+                "every GEMM weight is within 7 bits ([-64, 63]), so U8S8 kernels cannot saturate although "
+                f"they add pairs of products in 16 bits on this CPU, {cpu_summary()}"
+            )
+        return kernels, why
     if choice not in INT8_KERNELS:
         raise QtoolError(f"--int8-kernels must be auto or one of {', '.join(INT8_KERNELS)}, got {choice!r}")
     return choice, "as asked"
@@ -53,7 +66,7 @@ def build_ort(
     graph = Path(graph)
     graph_metadata(graph)  # a one-line error for a missing, empty or corrupt graph
     target = distinct_output(Path(output or graph.with_name(f"{graph.stem}.ort.onnx")), graph)
-    kernels, why = resolve_int8_kernels(int8_kernels or ORT_INT8_KERNELS)
+    kernels, why = resolve_int8_kernels(int8_kernels or ORT_INT8_KERNELS, graph)
 
     def run() -> dict:
         scope = graph_metadata(graph).get("scope")
@@ -81,8 +94,9 @@ def build_ort(
         "int8_kernels": kernels,
         "onnxruntime": onnxruntime.__version__,
     }
-    report = cached_stage(manifest_path(target), key, run, artifact=target)
-    return {**report, "graph": str(target), "model": str(target)}  # where it is now, not where it was built
+    report = cached_stage(manifest_path(target), key, run, artifact=target, stage="build ONNX Runtime form")
+    # where it is now, not where it was built; why the kernels, as this CPU says now
+    return {**report, "int8_kernels_reason": why, "graph": str(target), "model": str(target)}
 
 
 def build_trt(
@@ -153,7 +167,8 @@ def latency_stage(graph: Path, split: QnliSplit, config: BenchConfig) -> dict:
         }
 
     key = {"graph_sha256": sha256_file(deployed), "bench": config.to_record(), "memory": "isolated process"}
-    return {**cached_stage(deployed.with_name(deployed.name + ".bench.json"), key, run), "graph": str(deployed)}
+    record = deployed.with_name(deployed.name + ".bench.json")
+    return {**cached_stage(record, key, run, stage="time deployed graph"), "graph": str(deployed)}
 
 
 def interleaved_comparison(
@@ -174,7 +189,9 @@ def interleaved_comparison(
         return {"p50_ms": p50, "repeats": repeats, "batch": batch, "sequence_length": seq_len}
 
     key = {"graphs": {name: sha256_file(graph) for name, graph in graphs.items()}, "bench": config.to_record()}
-    return cached_stage(record, key | {"repeats": repeats}, run, description="the interleaved comparison")
+    return cached_stage(
+        record, key | {"repeats": repeats}, run, description="the interleaved comparison", stage="interleaved comparison"
+    )
 
 
 def engine_accuracy(
@@ -186,7 +203,7 @@ def engine_accuracy(
     for model in models:
         labels = logit_to_label(model) if Path(model).suffix == ".onnx" else None
         with runner_factory(model, config.threads, providers)() as runner:
-            accuracy[str(model)] = evaluate(
+            result = evaluate(
                 runner,
                 tokenizer_for_model(model),
                 split,
@@ -195,6 +212,7 @@ def engine_accuracy(
                 data_config.max_length,
                 description=f"eval {Path(model).name}",
             )
+        accuracy[str(model)] = {k: v for k, v in result.items() if k != "predictions"}
     return accuracy
 
 
@@ -218,4 +236,11 @@ def bench_stage(
     if evaluation is not None:
         evaluation = replace(evaluation, threads=evaluation.threads or config.threads)
         result["accuracy"] = engine_accuracy(models, data_config, evaluation, config.providers)
+    kernels, why = int8_kernels_for_this_cpu()
+    result["environment"] = {
+        **cpu_description(),
+        "onnxruntime": onnxruntime.__version__,
+        "int8_kernels": kernels,  # what `--int8-kernels auto` picks here for 8-bit weights
+        "int8_kernels_reason": why,
+    }
     return result

@@ -50,7 +50,12 @@ def export_stage(
     key = {"model_sha256": source.content_hash, "config": asdict(config), "inputs": "model_input_names"}
     force = force or not (target.parent / TOKENIZER_DIR).is_dir()  # the graph is read with its tokenizer
     manifest = cached_stage(
-        manifest_path(target), key, lambda: export_onnx(source, split, target, config), artifact=target, force=force
+        manifest_path(target),
+        key,
+        lambda: export_onnx(source, split, target, config),
+        artifact=target,
+        force=force,
+        stage="export",
     )
     return Exported(source, target, manifest, finetuned)
 

@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import re
+import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from qtool import __version__
 from qtool.analysis.collect import ActivationStats, CollectConfig
 from qtool.analysis.outliers import OutlierConfig
-from qtool.cache import cached_stage
+from qtool.cache import cached_stage, recording_stage_times, timed_stage
 from qtool.calibrators.methods import AUTO_GROUPS
 from qtool.data import QnliSplit
 from qtool.defaults import DEPLOY_MAX_DROP, SEARCH_MAX_DROP, SEED, SMOOTH_ALPHA
@@ -44,9 +45,9 @@ from qtool.report.figures import write_study_figures
 from qtool.report.html import write_html_report
 from qtool.report.intervals import wilson_interval
 from qtool.report.markdown import write_markdown_report
-from qtool.runners.ort import int8_kernels_for_this_cpu
+from qtool.runners.ort import cpu_summary, int8_kernels_for_this_cpu
 from qtool.stages.calibrate import calibrate_stage
-from qtool.stages.deploy import interleaved_comparison, latency_stage
+from qtool.stages.deploy import build_ort, interleaved_comparison, latency_stage
 from qtool.stages.model import export_stage
 from qtool.stages.statistics import analyze_stage, collect_stage
 
@@ -78,6 +79,11 @@ def study_configurations() -> dict[str, CalibrateConfig | AutoMixedPrecision]:
     configs.append(CalibrateConfig(method="peg", groups=AUTO_GROUPS))
     # Beyond the study: the same groups with their scales folded into the weights, one GEMM per projection.
     configs += [CalibrateConfig(method="peg", groups=k, weights="folded") for k in (2, 3, 4, AUTO_GROUPS)]
+    # Beyond the study: 7-bit weights, exact on U8S8 kernels also on x86 CPUs without VNNI.
+    configs += [
+        CalibrateConfig(method="max", scope="gemm-inputs", weight_bits=7),
+        CalibrateConfig(method="peg", groups=4, weights="folded", weight_bits=7),
+    ]
     configs += [CalibrateConfig(mixed_precision="paper"), CalibrateConfig(mixed_precision="outliers")]
     # Beyond the study: SmoothQuant-style migration before each kind of calibration.
     configs += [
@@ -199,7 +205,7 @@ def _write_peer(name: str, fp32: Path, graph: Path, split: QnliSplit, config: Re
         if PEERS[name][0]:  # graphs of an optimizer run that was not told the heads are written again
             key["optimizer"] = OPTIMIZER_FORMAT
         write = partial(quantize_with_ort, *arguments)
-    return cached_stage(manifest_path(graph), key, write, artifact=graph)
+    return cached_stage(manifest_path(graph), key, write, artifact=graph, stage="peer quantization")
 
 
 def _peer_row(name: str, fp32: Path, split: QnliSplit, config: ReproduceConfig) -> dict:
@@ -247,7 +253,8 @@ def _calibrated_row(
         search = replace(recipe.search, threads=config.eval.threads, max_length=config.export.max_length)
     made = calibrate_stage(fp32, split, stats, base, fp32.parent, search, config.collect, name, config.executor)
     calibration = made.calibration
-    evaluation = evaluate_graph(made.qdq_graph, split, config.eval, config.export.max_length)
+    evaluation = evaluate_graph(made.qdq_graph, split, config.eval, config.export.max_length, predictions=True)
+    form = build_ort(made.qdq_graph)
     extra = {
         "method": calibration.method,
         "params": calibration.params,
@@ -260,8 +267,15 @@ def _calibrated_row(
         "calibration": str(made.calibration_file),
         "latency": latency_stage(made.qdq_graph, split, config.bench),
     }
-    deployed = evaluate_graph(Path(extra["latency"]["graph"]), split, config.eval, config.export.max_length)
-    extra |= {"deployed_accuracy": deployed["accuracy"], "deployed_correct": deployed["correct"]}
+    deployed = evaluate_graph(Path(form["graph"]), split, config.eval, config.export.max_length, predictions=True)
+    changed = sum(a != b for a, b in zip(deployed.pop("predictions"), evaluation.pop("predictions"), strict=True))
+    extra |= {
+        "deployed_accuracy": deployed["accuracy"],
+        "deployed_correct": deployed["correct"],
+        "deployed_changed": changed,  # predictions of the deployed form that differ from the QDQ graph's
+        "deployed_kernels": form["int8_kernels"],
+        "deployed_kernels_reason": form["int8_kernels_reason"],
+    }
     if made.search is not None:
         extra["search"] = made.search
     return _result_row(name, made.qdq_graph, evaluation, calibration.scope, extra)
@@ -276,10 +290,14 @@ def configuration_row(
     config: ReproduceConfig,
 ) -> dict:
     """One configuration of the study (an ONNX Runtime peer when `recipe` is None): a task of the
-    executor, which reads the FP32 graph and statistics from their files and writes through the cache."""
-    if recipe is None:
-        return _peer_row(name, fp32, split, config)
-    return _calibrated_row(name, recipe, fp32, ActivationStats.load(stats_path), split, config)
+    executor, which reads the FP32 graph and statistics from their files and writes through the cache.
+    The row carries the wall time of each stage it ran or reused (`stage_times`)."""
+    with recording_stage_times() as times:
+        if recipe is None:
+            row = _peer_row(name, fp32, split, config)
+        else:
+            row = _calibrated_row(name, recipe, fp32, ActivationStats.load(stats_path), split, config)
+    return {**row, "stage_times": times}
 
 
 def _for_tasks(config: ReproduceConfig) -> ReproduceConfig:
@@ -303,10 +321,26 @@ def _recommendation(rows: list[dict], split: QnliSplit, config: ReproduceConfig,
     return recommend(rows, config.max_drop, comparison)
 
 
+def stage_time_summary(rows: list[dict], closing: list[dict], wall_seconds: float) -> dict:
+    """Seconds per stage over the study (this run's, and what reused stages took when computed), and
+    the run's wall time; with the local executor the stages add up to about the wall time."""
+    totals: dict[str, dict] = {}
+    for entry in [e for row in rows for e in row.get("stage_times", [])] + closing:
+        total = totals.setdefault(entry["stage"], {"runs": 0, "reused": 0, "seconds": 0.0, "computed_seconds": 0.0})
+        total["runs"] += 1
+        total["reused"] += int(entry["reused"])
+        total["seconds"] += entry["seconds"]
+        total["computed_seconds"] += entry["computed_seconds"] or 0.0
+    for total in totals.values():
+        total["seconds"], total["computed_seconds"] = round(total["seconds"], 1), round(total["computed_seconds"], 1)
+    return {"wall_seconds": round(wall_seconds, 1), "stages": totals}
+
+
 def _environment(config: ReproduceConfig) -> dict:
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_summary(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
@@ -321,15 +355,17 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
     artifacts = Path(artifacts)
     configurations = config.selected()
     finetune_config = FinetuneConfig(**{**asdict(config.finetune), "seed": config.seed})
-    exported = export_stage(model, split, artifacts, config.export, finetune_config, allow_finetune=True)
-    fp32 = exported.graph
-    stats, stats_path = collect_stage(fp32, split, config.collect)
-    analysis, analysis_paths = analyze_stage(stats, OutlierConfig(), fp32.parent / "analysis")
-
-    fp32_evaluation = evaluate_graph(fp32, split, config.eval, config.export.max_length)
-    rows = [
-        _result_row(FP32, fp32, fp32_evaluation, "none (FP32)", {"latency": latency_stage(fp32, split, config.bench)})
-    ]
+    started = time.perf_counter()
+    with recording_stage_times() as times:
+        with timed_stage("fine-tune or load the model"):
+            exported = export_stage(model, split, artifacts, config.export, finetune_config, allow_finetune=True)
+        fp32 = exported.graph
+        stats, stats_path = collect_stage(fp32, split, config.collect)
+        with timed_stage("analysis"):
+            analysis, analysis_paths = analyze_stage(stats, OutlierConfig(), fp32.parent / "analysis")
+        fp32_evaluation = evaluate_graph(fp32, split, config.eval, config.export.max_length)
+        fp32_row = {"latency": latency_stage(fp32, split, config.bench)}
+    rows = [{**_result_row(FP32, fp32, fp32_evaluation, "none (FP32)", fp32_row), "stage_times": times}]
     tasks = [(name, recipe, fp32, stats_path, split, _for_tasks(config)) for name, recipe in configurations.items()]
     rows += run_tasks(
         configuration_row,
@@ -338,6 +374,8 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
         "study configurations",
         label=lambda row: f"{row['configuration']}: {row['accuracy']:.4f}",
     )
+    with recording_stage_times() as closing:
+        recommendation = _recommendation(rows, split, config, artifacts / "report")
 
     result = {
         "model": exported.source.name,
@@ -354,8 +392,9 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
         "analysis": {"layers": analysis["layers"], "definitions": analysis["definitions"], "files": analysis_paths},
         "results": rows,
         "skipped": config.skipped(),
-        "recommendation": _recommendation(rows, split, config, artifacts / "report"),
+        "recommendation": recommendation,
         "environment": _environment(config),
+        "stage_times": stage_time_summary(rows, closing, time.perf_counter() - started),
     }
     write_study_report(result, artifacts / "report", analysis_paths)
     return result

@@ -28,7 +28,10 @@ def test_bench_json_and_compare(tiny_onnx, session_data):
     result = _bench(tiny_onnx, tiny_onnx, "--compare", "--seq-len", "16", "--eval", "--limit", "16", *common)
     assert result.exit_code == 0, result.output
     assert "latency" in result.stdout and "accuracy" in result.stdout
+    assert "CPU: " in " ".join(result.stdout.split())  # every benchmark names its CPU
     compared = json.loads(_bench(tiny_onnx, tiny_onnx, "--compare", "--seq-len", "16", "--json", *common).stdout)
+    environment = compared["environment"]
+    assert environment["cpu"] and environment["int8_kernels"] in ("u8s8", "u8u8") and environment["onnxruntime"]
     candidates = compared["results"][0]["candidates"]
     assert [c["name"] for c in candidates] == ["fp32.onnx", "fp32.onnx#2"]
     assert candidates[0]["speedup"] == 1.0 and candidates[1]["speedup"] > 0
@@ -57,28 +60,24 @@ def test_bench_refuses_a_plan_that_is_not_an_engine(tmp_path, session_data):
     assert "not a TensorRT engine" in result.stderr.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="module")
-def tiny_qdq(tiny_onnx, session_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("qdq")
+def _calibrated(tiny_onnx, session_data, folder, *options: str) -> str:
     result = runner.invoke(
         app,
-        [
-            "calibrate",
-            str(tiny_onnx),
-            "--scope",
-            "gemm",
-            "--data",
-            str(session_data),
-            "--samples",
-            "16",
-            "--no-eval",
-            "--out",
-            str(out),
-            "--json",
-        ],
+        ["calibrate", str(tiny_onnx), "--scope", "gemm", *options, "--data", str(session_data), "--samples", "16",
+         "--no-eval", "--out", str(folder), "--json"],
     )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)["qdq_graph"]
+
+
+@pytest.fixture(scope="module")
+def tiny_qdq(tiny_onnx, session_data, tmp_path_factory):
+    return _calibrated(tiny_onnx, session_data, tmp_path_factory.mktemp("qdq"))
+
+
+@pytest.fixture(scope="module")
+def tiny_qdq_w7(tiny_onnx, session_data, tmp_path_factory):
+    return _calibrated(tiny_onnx, session_data, tmp_path_factory.mktemp("qdq-w7"), "--weight-bits", "7")
 
 
 def test_build_ort_fuses_integer_kernels(tiny_qdq, tmp_path):
@@ -95,37 +94,67 @@ def test_build_ort_fuses_integer_kernels(tiny_qdq, tmp_path):
     assert "qtool calibrate --scope gemm-inputs" in table.stdout  # the note on residual-path quantization
 
 
-def test_build_ort_chooses_exact_int8_kernels_for_the_cpu(tiny_qdq, tmp_path, monkeypatch):
-    """--int8-kernels auto takes U8S8 on this machine's answer and U8U8 on an x86 CPU without VNNI;
-    a U8S8 form opened on such a CPU logs how to rebuild it."""
+def _build(graph: str, output, *options: str) -> dict:
+    result = runner.invoke(app, ["build", graph, *options, "-o", str(output), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_build_ort_chooses_exact_int8_kernels_for_the_cpu(tiny_qdq, tiny_qdq_w7, tmp_path, monkeypatch, cpu_branch):
+    """--int8-kernels auto, run as on a CPU whose U8S8 kernels saturate and as on one whose do not: U8U8
+    for 8-bit weights where U8S8 saturates, U8S8 otherwise and for 7-bit weights on every CPU, each with
+    its reason; a U8S8 form of 8-bit weights opened where U8S8 saturates logs how to rebuild it."""
     import qtool.runners.ort as ort_runner
 
-    auto = json.loads(runner.invoke(app, ["build", tiny_qdq, "-o", str(tmp_path / "auto.onnx"), "--json"]).stdout)
-    assert (auto["int8_kernels"], auto["int8_kernels_reason"]) == ort_runner.int8_kernels_for_this_cpu()
-    monkeypatch.setattr(ort_runner.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(ort_runner, "_cpu_flags", lambda: {"sse4_2", "avx2"})
-    ort_runner.int8_kernels_for_this_cpu.cache_clear()
-    try:
-        no_vnni = json.loads(runner.invoke(app, ["build", tiny_qdq, "-o", str(tmp_path / "a.onnx"), "--json"]).stdout)
-        assert no_vnni["int8_kernels"] == "u8u8" and "without VNNI" in no_vnni["int8_kernels_reason"]
-        forced = runner.invoke(app, ["build", tiny_qdq, "--int8-kernels", "u8s8", "-o", str(tmp_path / "f.onnx")])
-        assert forced.exit_code == 0, forced.output
-        warnings: list[str] = []
-        monkeypatch.setattr(ort_runner.log, "warning", lambda message, *args: warnings.append(message % args))
-        with ort_runner.OrtRunner(tmp_path / "f.onnx"), ort_runner.OrtRunner(tmp_path / "a.onnx"):
-            pass
+    saturating = cpu_branch == "saturating"
+    eight, seven = _build(tiny_qdq, tmp_path / "a.onnx"), _build(tiny_qdq_w7, tmp_path / "w7.onnx")
+    assert eight["int8_kernels"] == ("u8u8" if saturating else "u8s8")
+    assert ("saturate pairs of products" in eight["int8_kernels_reason"]) is saturating
+    assert ort_runner.cpu_summary() in eight["int8_kernels_reason"]
+    assert seven["int8_kernels"] == "u8s8"
+    assert ("within 7 bits" in seven["int8_kernels_reason"]) is saturating
+    _build(tiny_qdq, tmp_path / "f.onnx", "--int8-kernels", "u8s8")
+    warnings: list[str] = []
+    monkeypatch.setattr(ort_runner.log, "warning", lambda message, *args: warnings.append(message % args))
+    with ort_runner.OrtRunner(tmp_path / "f.onnx"), ort_runner.OrtRunner(tmp_path / "a.onnx"):
+        pass
+    with ort_runner.OrtRunner(tmp_path / "w7.onnx"):
+        pass
+    if saturating:
         assert len(warnings) == 1 and "f.onnx" in warnings[0] and "--int8-kernels u8u8" in warnings[0]
-        monkeypatch.setattr(ort_runner, "_cpu_flags", lambda: {"avx2", "avx_vnni"})
-        ort_runner.int8_kernels_for_this_cpu.cache_clear()
-        assert ort_runner.int8_kernels_for_this_cpu()[0] == "u8s8"
-        monkeypatch.setattr(ort_runner, "_cpu_flags", lambda: None)
-        ort_runner.int8_kernels_for_this_cpu.cache_clear()
-        assert ort_runner.int8_kernels_for_this_cpu()[0] == "u8u8"
+    else:
+        assert warnings == []
+
+
+def test_int8_kernel_detection_falls_back_to_the_cpu_flags(monkeypatch):
+    """Where the saturation probe cannot run, the CPU's flags decide: VNNI or not x86 -> U8S8, else U8U8."""
+    import qtool.runners.ort as ort_runner
+
+    monkeypatch.setattr(ort_runner, "u8s8_saturates", lambda: None)
+    monkeypatch.setattr(ort_runner.platform, "machine", lambda: "x86_64")
+    cases = [({"sse4_2", "avx2"}, "u8u8"), ({"avx2", "avx_vnni"}, "u8s8"), ({"avx512_vnni"}, "u8s8"), (None, "u8u8")]
+    try:
+        for flags, kernels in cases:
+            monkeypatch.setattr(ort_runner, "_cpu_flags", lambda flags=flags: flags)
+            ort_runner.int8_kernels_for_this_cpu.cache_clear()
+            assert ort_runner.int8_kernels_for_this_cpu()[0] == kernels, flags
         monkeypatch.setattr(ort_runner.platform, "machine", lambda: "aarch64")
         ort_runner.int8_kernels_for_this_cpu.cache_clear()
         assert ort_runner.int8_kernels_for_this_cpu()[0] == "u8s8"
     finally:
         ort_runner.int8_kernels_for_this_cpu.cache_clear()
+
+
+def test_saturation_probe_answers_for_the_real_kernels():
+    """The probe runs ONNX Runtime here and answers yes or no, and auto follows it."""
+    import qtool.runners.ort as ort_runner
+
+    saturates = ort_runner.u8s8_saturates()
+    assert saturates in (True, False)
+    assert ort_runner.int8_kernels_for_this_cpu()[0] == ("u8u8" if saturates else "u8s8")
+
+
+def test_build_ort_refuses_unknown_kernels(tiny_qdq, tmp_path):
     for bad, message in (
         (["--int8-kernels", "s8s8"], "--int8-kernels must be"),
         (["--backend", "trt", "--int8-kernels", "u8u8"], "--int8-kernels is for --backend ort"),

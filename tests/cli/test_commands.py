@@ -258,6 +258,16 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     calibrated = [r for r in summary["results"] if "calibration" in r]  # the recipe and its deployed form
     assert len(calibrated) == 5 and all(0 <= r["deployed_accuracy"] <= 1 for r in calibrated)
     assert not any("deployed_accuracy" in r for r in summary["results"] if "calibration" not in r)
+    for row in calibrated:  # the deployed form against its QDQ graph, prediction by prediction
+        assert 0 <= row["deployed_changed"] <= row["examples"] and row["deployed_kernels"] in ("u8s8", "u8u8")
+        assert abs(row["deployed_correct"] - row["correct"]) <= row["deployed_changed"]
+        assert row["deployed_changed"] <= 0.01 * row["examples"] + 1, row["configuration"]  # this tiny model
+    assert "| deployed changed | kernels |" in report and "## Stage times" in report
+    stages = summary["stage_times"]["stages"]
+    assert {"export", "statistics", "calibration", "score QDQ graph", "score deployed graph"} <= set(stages)
+    assert {"mixed-precision search", "peer quantization", "time deployed graph", "migration"} <= set(stages)
+    assert 0 < sum(s["seconds"] for s in stages.values()) <= summary["stage_times"]["wall_seconds"] + 1
+    assert summary["environment"]["cpu"] in report
     assert "Deployed % is the ONNX Runtime CPU form" in report
     migration = report.split("## Migrating activation range into the weights")[1].split("##")[0]
     assert "| max-all | all |" in migration and "| 0.5 |" in migration
@@ -266,9 +276,11 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     assert json.loads((artifacts / "report" / "results.json").read_text()) == summary
     rerun = json.loads(_run(*args).stdout)
     assert rerun["results"][-1]["search"]["evaluations"] == 0  # every search evaluation came from the cache
+    assert all(entry["reused"] for row in rerun["results"] for entry in row["stage_times"] if "score" in entry["stage"])
     for row in rerun["results"] + summary["results"]:
         for volatile in ("seconds", "evaluations", "reused_evaluations"):
             row.get("search", {}).pop(volatile, None)
+        row.pop("stage_times")
     for new, old in zip(rerun["results"], summary["results"], strict=True):
         assert new == old, {k: (new[k], old.get(k)) for k in new if new[k] != old.get(k)}
     # The commands run the same stages and name their files as reproduce did: nothing is made again.

@@ -17,6 +17,7 @@ from qtool.graph import GraphIndex, attribute
 from qtool.models.resolve import load_tokenizer
 from qtool.quantization.calibration import CalibrateConfig, calibrate
 from qtool.quantization.graphs import write_calibrated_graph
+from tests.helpers.cpu import HERE, needs_exact_u8s8, u8s8_exact_for
 from tests.helpers.models import build_bert_classifier, export_tiny
 
 RECIPES = {
@@ -27,6 +28,8 @@ RECIPES = {
     "peg-k3-all-gathered": CalibrateConfig(method="peg", groups=3),
     "peg-k5-equal-all": CalibrateConfig(method="peg", groups=5, grouping="equal"),
     "peg-k3-all-wfolded": CalibrateConfig(method="peg", groups=3, weights="folded"),
+    "all-w7": CalibrateConfig(scope="all", weight_bits=7),
+    "peg-k3-all-wfolded-w7": CalibrateConfig(method="peg", groups=3, weights="folded", weight_bits=7),
 }
 LAYERS = 2
 LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
@@ -126,15 +129,20 @@ def _codes(model: onnx.ModelProto, level: str, batches) -> dict[str, np.ndarray]
 
 @pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("level", LEVELS)
-def test_fused_rewrite_keeps_quantized_codes(calibrated, recipe, level):
+@pytest.mark.parametrize("kernels", ["u8s8", "u8u8"])
+def test_fused_rewrite_keeps_quantized_codes(calibrated, recipe, level, kernels):
     """With the bias fused into MatMulIntegerToFloat and ONNX Runtime's fusions on, the integer
     kernels accumulate exactly where the QDQ graph accumulates in float, so a value sitting on a
     rounding boundary may land one step away. The first quantization point that differs at all
     differs only that way; later points of the same example inherit the step (one step of a
-    residual-sum scale moves a tiny model's logits visibly), while the other examples stay equal."""
+    residual-sum scale moves a tiny model's logits visibly), while the other examples stay equal.
+    Exact accumulation holds for U8U8 and for 7-bit weights everywhere, for U8S8 with 8-bit weights
+    only where U8S8 kernels do not saturate (`tests.helpers.cpu`)."""
+    if not u8s8_exact_for(kernels, 7 if recipe.endswith("-w7") else 8):
+        pytest.skip(f"8-bit weights on U8S8 kernels saturate on this CPU ({HERE[1]})")
     qdq = onnx.load(str(calibrated["graphs"][recipe]))
     expected = _codes(qdq, "disable", calibrated["batches"])
-    actual = _codes(rewrite_for_ort_cpu(qdq), level, calibrated["batches"])
+    actual = _codes(rewrite_for_ort_cpu(qdq, kernels=kernels), level, calibrated["batches"])
     points = [name for name in expected if name != "logits"]
     first = next((name for name in points if (actual[name] != expected[name]).any()), None)
     if first is not None:
@@ -239,10 +247,9 @@ def test_channel_groups_are_gathered_as_rows(calibrated, recipe):
 
 
 @pytest.mark.parametrize("recipe", ["all", "gemm-inputs", "peg-k3-all", "peg-k3-all-gathered"])
-def test_u8u8_form_has_uint8_weights_and_the_u8s8_forms_values(calibrated, recipe):
+def test_u8u8_form_has_uint8_weights(calibrated, recipe):
     """The U8U8 form (x86 without VNNI) stores each projection weight as uint8 with zero point 128:
-    bit-exact against the QDQ graph without fusions, and on integer kernels the same logits as
-    the U8S8 form (both accumulate exactly here)."""
+    bit-exact against the QDQ graph without fusions (its fused codes: `test_fused_rewrite_keeps_quantized_codes`)."""
     qdq = onnx.load(str(calibrated["graphs"][recipe]))
     unfused = rewrite_for_ort_cpu(qdq, fuse_bias=False, kernels="u8u8")
     for got, want in zip(
@@ -261,11 +268,49 @@ def test_u8u8_form_has_uint8_weights_and_the_u8s8_forms_values(calibrated, recip
         assert (zero_point == 128).all() and zero_point.size in (1, weight.shape[1]), node.name
     tables = [n for n in fused.graph.node if n.op_type == "Gather" and n.input[0] in initializers]
     assert all(initializers[n.input[0]].dtype != np.uint8 for n in tables)  # embedding tables are left alone
-    np.testing.assert_array_equal(
-        _logits(fused, "all", calibrated["batches"]), _logits(rewrite_for_ort_cpu(qdq), "all", calibrated["batches"])
-    )
     with pytest.raises(ValueError, match="kernels"):
         rewrite_for_ort_cpu(qdq, kernels="s8s8")
+
+
+@needs_exact_u8s8
+@pytest.mark.parametrize("recipe", ["all", "peg-k3-all"])
+def test_u8u8_and_u8s8_forms_agree_where_both_are_exact(calibrated, recipe):
+    """Where U8S8 kernels do not saturate, both forms accumulate exactly: the same logits."""
+    qdq = onnx.load(str(calibrated["graphs"][recipe]))
+    np.testing.assert_array_equal(
+        _logits(rewrite_for_ort_cpu(qdq, kernels="u8u8"), "all", calibrated["batches"]),
+        _logits(rewrite_for_ort_cpu(qdq), "all", calibrated["batches"]),
+    )
+
+
+@pytest.mark.parametrize("recipe", ["all", "peg-k3-all-wfolded"])
+def test_seven_bit_weights_stay_within_64_codes_and_change_only_projections(calibrated, recipe):
+    """--weight-bits 7: every GEMM weight's codes within [-64, 63] on scales amax / 63 (so U8S8's pair sums
+    cannot saturate), embedding tables still 8-bit, the activation scales the same as with 8 bits."""
+    from qtool.exporter.ort_cpu import gemm_weight_codes, u8s8_exact_everywhere
+
+    eight, seven = (onnx.load(str(calibrated["graphs"][name])) for name in (recipe, f"{recipe}-w7"))
+    low, high = gemm_weight_codes(seven)
+    assert -64 <= low and high <= 63 and max(-low, high) == 63
+    assert u8s8_exact_everywhere(seven) and not u8s8_exact_everywhere(eight)
+    assert max(-gemm_weight_codes(eight)[0], gemm_weight_codes(eight)[1]) == 127
+
+    def constants(model, suffix):
+        return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith(suffix)}
+
+    index = GraphIndex(eight.graph)
+    codes7 = constants(seven, "/int8")
+    for name, codes in constants(eight, "/int8").items():
+        (dequantize,) = [n for n in index.nodes if n.op_type == "DequantizeLinear" and n.input[0] == name]
+        is_table = {reader.op_type for reader, _ in index.consumers[dequantize.output[0]]} == {"Gather"}
+        assert is_table == np.array_equal(codes, codes7[name]), name  # tables alike, projection weights not
+    scales = [
+        [constants(model, "")[n.input[1]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+        for model in (eight, seven)
+    ]
+    assert len(scales[0]) == len(scales[1]) > 0
+    for before, after in zip(*scales, strict=True):
+        np.testing.assert_array_equal(before, after)
 
 
 def test_build_reports_the_scope_and_notes_residual_quantization(calibrated, tmp_path):

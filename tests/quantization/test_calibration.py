@@ -30,9 +30,9 @@ from tests.helpers.reference_bert import bert_forward
 runner = CliRunner()
 
 
-def _fake_quant(x: np.ndarray, scale, axis_scales=None) -> np.ndarray:
+def _fake_quant(x: np.ndarray, scale, axis_scales=None, top: int = 127) -> np.ndarray:
     scale = np.float32(scale) if axis_scales is None else axis_scales
-    return (np.clip(np.rint(x / scale), -128, 127) * scale).astype(np.float32)
+    return (np.clip(np.rint(x / scale), -top - 1, top) * scale).astype(np.float32)
 
 
 def _reference_hooks(calibration):
@@ -54,14 +54,15 @@ def _reference_hooks(calibration):
     def weight(name: str, w: np.ndarray) -> np.ndarray:
         if name.startswith("bert.embeddings.") and not document["embedding_tables_quantized"]:
             return w
+        top = 63 if document.get("weight_bits") == 7 and not name.startswith("bert.embeddings.") else 127
         if document["weights"] == "per-tensor":
             amax = np.abs(w).max()
         elif name.startswith("bert.embeddings."):  # tables [rows, hidden]: one scale per hidden channel
             amax = np.abs(w).max(axis=0, keepdims=True)
         else:  # torch layout [out, in]: one scale per output channel
             amax = np.abs(w).max(axis=1, keepdims=True)
-        scales = (np.maximum(amax, 1e-12) / 127).astype(np.float32)
-        return _fake_quant(w, None, scales)
+        scales = (np.maximum(amax, 1e-12) / top).astype(np.float32)
+        return _fake_quant(w, None, scales, top)
 
     return activation, weight
 
@@ -121,6 +122,8 @@ RECIPES = {
     "gemm-inputs-scope": CalibrateConfig(scope="gemm-inputs"),
     "peg-k3-gemm-inputs-scope": CalibrateConfig(method="peg", groups=3, scope="gemm-inputs"),
     "per-tensor-weights": CalibrateConfig(weights="per-tensor"),
+    "seven-bit-weights": CalibrateConfig(scope="all", weight_bits=7),
+    "seven-bit-per-tensor-weights": CalibrateConfig(method="percentile", p=99.9, weights="per-tensor", weight_bits=7),
     "mixed-paper": CalibrateConfig(mixed_precision="paper"),
 }
 
@@ -156,6 +159,8 @@ def _folded_weight_hook(calibration):
             return "embeddings.output" if layer == 0 else f"layer.{layer - 1}.ffn.layernorm"
         return f"layer.{layer}.{point}"
 
+    top = 2 ** (calibration.weight_bits - 1) - 1
+
     def weight(name: str, w: np.ndarray) -> np.ndarray:
         groups = (tensors.get(read_point(name)) or {}).get("groups") or []
         if len(groups) < 2:
@@ -164,8 +169,8 @@ def _folded_weight_hook(calibration):
         for group in groups:
             scales[np.asarray(group["channels"])] = np.float32(group["scale"])
         folded = w * scales[None, :]
-        folded_scales = (np.maximum(np.abs(folded).max(axis=1, keepdims=True), 1e-12) / 127).astype(np.float32)
-        return (_fake_quant(folded, None, folded_scales) / scales[None, :]).astype(np.float32)
+        folded_scales = (np.maximum(np.abs(folded).max(axis=1, keepdims=True), 1e-12) / top).astype(np.float32)
+        return (_fake_quant(folded, None, folded_scales, top) / scales[None, :]).astype(np.float32)
 
     return weight
 
@@ -176,8 +181,9 @@ def _folded_weight_hook(calibration):
         CalibrateConfig(method="peg", groups=3),
         CalibrateConfig(method="peg", groups=3, permute=False),
         CalibrateConfig(method="peg", groups=5, grouping="equal", permute=False),
+        CalibrateConfig(method="peg", groups=3, weight_bits=7),
     ],
-    ids=["k3-optimal-sorted", "k3-optimal-contiguous", "k5-equal-contiguous"],
+    ids=["k3-optimal-sorted", "k3-optimal-contiguous", "k5-equal-contiguous", "k3-seven-bit"],
 )
 def test_folded_weights_equal_the_numpy_reference(config, scaled_model, tmp_path):
     folded = calibrate(scaled_model["stats"], replace(config, weights="folded"))
@@ -193,6 +199,18 @@ def test_folded_weights_equal_the_numpy_reference(config, scaled_model, tmp_path
     with OrtRunner(graph) as one, OrtRunner(split) as exact:
         batch = _batches(scaled_model, count=1)[0]
         assert np.abs(one.infer(batch.feeds)["logits"] - exact.infer(batch.feeds)["logits"]).max() > 0  # weights differ
+
+
+def test_weight_bits_name_the_recipe_and_are_checked(tmp_path):
+    """7-bit weights are another recipe (`-w7`); only 8 and 7 bits exist, refused on one line otherwise."""
+    assert CalibrateConfig(scope="gemm-inputs", weight_bits=7).recipe_name() == "max-gemm-inputs-w7"
+    assert CalibrateConfig(method="peg", weights="folded", weight_bits=7).recipe_name() == "peg-k4-all-wfolded-w7"
+    assert CalibrateConfig().recipe_name() == "max-all"
+    for bad in (6, 9, True):
+        with pytest.raises(QtoolError, match="--weight-bits must be one of 8, 7"):
+            CalibrateConfig(weight_bits=bad).validate()
+    result = runner.invoke(app, ["calibrate", str(tmp_path / "missing.onnx"), "--weight-bits", "9"])
+    assert result.exit_code == 2 and "--weight-bits must be one of 8, 7" in result.stderr.strip().splitlines()[-1]
 
 
 def test_another_outlier_ratio_is_another_recipe():

@@ -20,7 +20,11 @@ from qtool.quantization.calibration import (
 )
 
 
-@pytest.mark.parametrize("config", [CalibrateConfig(), CalibrateConfig(method="peg", groups=3)], ids=["max", "peg"])
+@pytest.mark.parametrize(
+    "config",
+    [CalibrateConfig(), CalibrateConfig(method="peg", groups=3), CalibrateConfig(weight_bits=7)],
+    ids=["max", "peg", "seven-bit"],
+)
 def test_round_trip_is_exact(scaled_model, tmp_path, config):
     calibration = calibrate(scaled_model["stats"], config)
     path = write_calibration(calibration, tmp_path / "c.calib.json")
@@ -28,6 +32,8 @@ def test_round_trip_is_exact(scaled_model, tmp_path, config):
     assert loaded == calibration
     assert dumps_stable(loaded.to_json()) == path.read_text()
     assert json.loads(path.read_text())["quantized_points"] == len(calibration.tensors)
+    # the default grid is not written, so files of 8-bit weights stay as they were before the option
+    assert json.loads(path.read_text()).get("weight_bits") == (7 if config.weight_bits == 7 else None)
 
 
 def _damaged(document: dict, change: str) -> dict:
@@ -51,6 +57,8 @@ def _damaged(document: dict, change: str) -> dict:
         document["quantized_points"] += 1
     elif change == "newer format":
         document["format"] = "qtool-calibration/2"
+    elif change == "weight bits":
+        document["weight_bits"] = 4
     return document
 
 
@@ -65,6 +73,7 @@ def _damaged(document: dict, change: str) -> dict:
         ("negative amax", "not a range"),
         ("count", "quantized_points says"),
         ("newer format", "qtool-calibration/2"),
+        ("weight bits", "weight_bits 4"),
     ],
 )
 def test_damaged_files_are_refused_on_one_line(scaled_model, tmp_path, change, words):
