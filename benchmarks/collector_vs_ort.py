@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -122,8 +121,10 @@ def main() -> None:
         )
         results[method] = json.loads(completed.stdout.strip().splitlines()[-1])
     q, o = results["qtool"], results["ort"]
+    from qtool.runners.ort import cpu_summary
+
     print(
-        f"machine: {platform.processor() or platform.machine()}, onnxruntime {onnxruntime.__version__}, "
+        f"CPU: {cpu_summary()}, onnxruntime {onnxruntime.__version__}, "
         f"{args.samples} pairs, batch {args.batch_size}"
     )
     print("| method | tensors | time (s) | peak RSS (MB) |")

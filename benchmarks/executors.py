@@ -71,7 +71,9 @@ def _compare_searches(args) -> None:
         records = {kind: run[1] for kind, run in runs.items()}
         same = {key: records["ray"][key] == records["local"][key] for key in ("chosen", "curve", "pruning")}
         same["calibration"] = _files_in(runs["ray"][2], "*.calib.json") == _files_in(runs["local"][2], "*.calib.json")
-    print(f"CPUs: {os.cpu_count()}; search on {args.search}; Ray: {args.cpus_per_task} CPU(s) per task")
+    from qtool.runners.ort import cpu_summary
+
+    print(f"CPUs: {os.cpu_count()} x {cpu_summary()}; search on {args.search}; Ray: {args.cpus_per_task} CPU(s) per task")
     for kind, (seconds, record, _) in runs.items():
         print(f"{kind}: {seconds:.0f} s wall ({record['seconds']:.0f} s in the search, {record['evaluations']} evaluations)")
     print(f"identical: {json.dumps(same)}")
@@ -113,7 +115,9 @@ def main() -> None:
             },
         }
     split_bytes = len(pickle.dumps(load_qnli(DataConfig(source=args.data))))
-    print(f"CPUs: {os.cpu_count()}; configurations: {', '.join(args.config)}; Ray: {args.cpus_per_task} CPU(s) per task")
+    from qtool.runners.ort import cpu_summary
+
+    print(f"CPUs: {os.cpu_count()} x {cpu_summary()}; configurations: {', '.join(args.config)}; Ray: {args.cpus_per_task} CPU(s) per task")
     for kind, (seconds, _, _) in runs.items():
         print(f"{kind}: {seconds:.0f} s wall")
     print(f"identical: {json.dumps(same)}")

@@ -58,7 +58,9 @@ def main() -> None:
             total_us[event["args"]["op_name"]] += event["dur"]
             count[event["args"]["op_name"]] += 1
     overall = sum(total_us.values())
-    print(f"{args.graph.name}: batch {args.batch} x {args.seq_len}, {args.threads} threads, {args.runs} runs")
+    from qtool.runners.ort import cpu_summary
+
+    print(f"{args.graph.name}: batch {args.batch} x {args.seq_len}, {args.threads} threads, {args.runs} runs, CPU {cpu_summary()}")
     print("| op | ms per run | share | nodes per run |\n| --- | --- | --- | --- |")
     for op, micros in total_us.most_common(args.top):
         print(f"| {op} | {micros / args.runs / 1000:.2f} | {micros / overall:.1%} | {count[op] / args.runs:.0f} |")

@@ -123,7 +123,9 @@ def main() -> None:
     }
     rng = np.random.default_rng(0)
     rows: list[dict] = []
-    print(f"threads {args.threads}, {args.iterations} interleaved runs per shape; p50 ms; ratio to one GEMM")
+    from qtool.runners.ort import cpu_summary
+
+    print(f"CPU {cpu_summary()}, threads {args.threads}, {args.iterations} interleaved runs per shape; p50 ms; ratio to one GEMM")
     print("| projection | batch | width x outputs | one GEMM | " + " | ".join(f"{k} (ratio)" for k in splits) + " |")
     print("| --- | --- | --- | --- | " + " | ".join("---" for _ in splits) + " |")
     for batch in args.batch or [1, 8]:

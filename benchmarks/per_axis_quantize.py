@@ -75,7 +75,9 @@ def main() -> None:
             start = time.perf_counter()
             outputs[kind] = session.run(None, {"x": x})[0]
             times[kind].append(time.perf_counter() - start)
-    print(f"onnxruntime {ort.__version__}, tensor {'x'.join(map(str, shape))}, {args.threads} threads")
+    from qtool.runners.ort import cpu_summary
+
+    print(f"CPU {cpu_summary()}, onnxruntime {ort.__version__}, tensor {'x'.join(map(str, shape))}, {args.threads} threads")
     for kind, samples in times.items():
         print(f"{kind}: p50 {np.median(samples) * 1000:.3f} ms per Q/DQ")
     print("identical values:", bool(np.array_equal(outputs["per-axis"], outputs["div-q-dq-mul"])))

@@ -66,6 +66,9 @@ def main() -> None:
     result = {"folder": str(args.folder), "data": split.describe(), "part": args.part, "graphs": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    from qtool.runners.ort import cpu_summary
+
+    print(f"CPU {cpu_summary()} (ONNX Runtime's CPU kernels: its fused integer kernels and FP16 fallbacks are this CPU's)")
     print("| graph | examples | graph correct | TensorRT form correct | predictions changed | max abs logit diff |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, row in rows.items():

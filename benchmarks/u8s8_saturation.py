@@ -127,7 +127,7 @@ def main() -> None:
     from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
     from qtool.deployment.evaluate import logit_to_label, tokenizer_for
     from qtool.exporter.ort_cpu import rewrite_for_ort_cpu
-    from qtool.runners.ort import OrtRunner
+    from qtool.runners.ort import OrtRunner, cpu_summary
 
     split = load_qnli(DataConfig(source=args.data))
     rows = split.part(args.part)[: args.limit]
@@ -175,6 +175,7 @@ def main() -> None:
             name: int(clipped[counter]) for name, counter in counters.items() if clipped[counter]
         },
         "token_rows": tokens,
+        "cpu": cpu_summary(),  # the clipping is emulated in ONNX operators, whatever this CPU's kernels do
     }
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

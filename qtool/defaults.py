@@ -16,5 +16,5 @@ DEPLOY_MAX_DROP = 1.0  # qtool reproduce: accuracy budget of the "what to deploy
 OUTLIER_RATIO = 4.0  # --mixed-precision outliers: max |x| at least this many times p99.99
 TRT_FP16 = True  # qtool build --backend trt: float parts of the graph in FP16 (strongly typed), else FP32
 TRT_TF32 = True  # qtool build --backend trt: FP32 layers may use TF32 (TensorRT's own default)
-ORT_INT8_KERNELS = "auto"  # qtool build --backend ort: u8s8 where the CPU has VNNI (or is not x86), else u8u8
+ORT_INT8_KERNELS = "auto"  # qtool build --backend ort: u8s8 where it does not saturate (or 7-bit weights), else u8u8
 TRT_QUANTIZE_HEAD = False  # qtool build --backend trt: keep Q/DQ on the pooler/classifier GEMVs

@@ -439,9 +439,8 @@ def build(
     """Build a deployable artifact from a graph: the ONNX Runtime CPU form or a TensorRT engine.
 
     ort: rewrites the TensorRT-style QDQ graph into the form ONNX Runtime's CPU kernels run fastest
-    (same quantized values: int8 zero point 0 stored as uint8 zero point 128, fused integer
-    projections; weights int8 for U8S8 kernels, or uint8 for U8U8 where U8S8 would saturate:
-    --int8-kernels) and reports which integer kernels ONNX Runtime fused. trt: writes the graph's
+    (same quantized values: int8 zero point 0 stored as uint8 zero point 128, fused integer projections,
+    U8S8 or U8U8 kernels: --int8-kernels) and reports which integer kernels ONNX Runtime fused. trt: writes the graph's
     TensorRT form (<engine>.trt.onnx: FP16 around the Q/DQ pairs, float embedding tables and head)
     and builds engine.plan from it, strongly typed, with one optimization profile and a build
     manifest (needs TensorRT and an NVIDIA GPU: pip install 'qtool[trt]'). An FP32 export gives
@@ -470,8 +469,9 @@ def reproduce(
     evaluate every configuration; writes ARTIFACTS/report/results.json and report.md.
 
     Configurations: FP32; max (scope all, gemm, gemm-inputs); percentile 99, 99.9, 99.99, 99.999;
-    PEG K = 1, 2, 3, 4, 6, 8 and auto, in equal and range-optimal groups, and with folded weights; mixed precision paper,
-    outliers and the search (auto); migration (--smooth 0.5); peers: ONNX Runtime's quantizers and
+    PEG K = 1, 2, 3, 4, 6, 8 and auto, in equal and range-optimal groups, and with folded weights; 7-bit
+    weights (max-gemm-inputs-w7, peg-k4-all-wfolded-w7); mixed precision paper, outliers and the search
+    (auto); migration (--smooth 0.5); peers: ONNX Runtime's quantizers and
     transformer optimizer, and NNCF's (with qtool[peers]; skipped with a note without it). -c NAME
     runs a subset. Every stage is cached, so a rerun (or a run after an interruption) only does
     what is missing.

@@ -403,8 +403,9 @@ Int8Kernels = Annotated[
     typer.Option(
         "--int8-kernels",
         help="ort: integer GEMMs for uint8 activations times int8 weights (u8s8) or uint8 weights (u8u8, same values). "
-        "auto: u8s8 where it is exact (x86 with VNNI, or not x86), else u8u8, since U8S8 kernels on x86 without VNNI "
-        f"add pairs of products in 16 bits and can saturate. Default: {ORT_INT8_KERNELS}.",
+        "auto: u8s8 where it is exact, else u8u8. U8S8 kernels on x86 without VNNI add pairs of products in 16 bits "
+        "and can saturate (auto tests this CPU's kernels once); a graph calibrated with --weight-bits 7 cannot "
+        f"saturate them and gets u8s8 on every CPU. Default: {ORT_INT8_KERNELS}.",
         show_default=False,
     ),
 ]

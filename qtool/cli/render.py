@@ -294,6 +294,7 @@ def reproduce_table(result: dict, report: Path) -> None:
         Column("accuracy %"),
         Column("95 % CI"),
         Column("vs FP32"),
+        Column("deployed changed"),
     ]
     fp32 = result["results"][0]["accuracy"]
     rows = [
@@ -303,9 +304,12 @@ def reproduce_table(result: dict, report: Path) -> None:
             f"{100 * row['accuracy']:.2f}",
             f"{100 * row['accuracy_ci95'][0]:.1f}-{100 * row['accuracy_ci95'][1]:.1f}",
             f"{100 * (row['accuracy'] - fp32):+.2f}",
+            "-" if row.get("deployed_changed") is None else f"{row['deployed_changed']} {row['deployed_kernels']}",
         ]
         for row in result["results"]
     ]
     print_table(f"qtool reproduce: {result['model']}", columns, rows)
     split = result["data_split"]
     note(f"data: {split['name']} (fingerprint {split['fingerprint']}); report: {report}")
+    if times := result.get("stage_times"):
+        note(f"{times['wall_seconds'] / 60:.1f} min on {result['environment']['cpu']}; stage times in the report")

@@ -23,7 +23,7 @@ from qtool.graph import graph_metadata, is_recipe_graph
 from qtool.models.resolve import load_tokenizer
 from qtool.progress import ProgressTask, progress_bar
 from qtool.runners.base import Runner
-from qtool.runners.ort import OrtRunner, check_onnx_file
+from qtool.runners.ort import OrtRunner, check_onnx_file, u8s8_saturates
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,8 @@ def evaluate_graph(
         "optimization_level": level,
         "predictions": True,  # records before predictions were kept are scored again
     }
+    if level != RECIPE_LEVEL:  # fused integer kernels round (and may saturate) as this CPU's do
+        key["integer_kernels"] = "saturating u8s8" if u8s8_saturates() else "exact u8s8"
     record = model_path.with_name(model_path.name + f".eval-{config.part}.json")
     stage = "score QDQ graph" if level == RECIPE_LEVEL else "score deployed graph"
     result = cached_stage(record, key, run, description=f"the evaluation of {model_path}", stage=stage)

@@ -50,7 +50,7 @@ def _deployed_cell(row: dict) -> str:
 def _changed_cell(row: dict) -> str:
     """Predictions of the deployed form that differ from the QDQ graph's, and the kernels it ran."""
     if row.get("deployed_changed") is None:
-        return "- | -"
+        return f"- | {row.get('deployed_kernels', '-')}"
     share = row["deployed_changed"] / row["examples"]
     return f"{row['deployed_changed']} ({100 * share:.1f} %) | {row['deployed_kernels']}"
 

@@ -77,6 +77,7 @@ def cpu_summary() -> str:
     return f"{described['cpu']} ({described['machine']}; {listed})"
 
 
+@cache
 def u8s8_saturates() -> bool | None:
     """Whether ONNX Runtime's U8S8 integer GEMM on this CPU clips sums of products: a MatMulInteger
     of 255 x 127 over PROBE_DEPTH products, which saturates where pairs of products are added in

@@ -166,7 +166,12 @@ def latency_stage(graph: Path, split: QnliSplit, config: BenchConfig) -> dict:
             "size_mb": measured["model_bytes"] / 2**20,
         }
 
-    key = {"graph_sha256": sha256_file(deployed), "bench": config.to_record(), "memory": "isolated process"}
+    key = {
+        "graph_sha256": sha256_file(deployed),
+        "bench": config.to_record(),
+        "memory": "isolated process",
+        "cpu": cpu_summary(),  # a time from another CPU is not this one's
+    }
     record = deployed.with_name(deployed.name + ".bench.json")
     return {**cached_stage(record, key, run, stage="time deployed graph"), "graph": str(deployed)}
 
@@ -188,7 +193,11 @@ def interleaved_comparison(
                 p50[candidate["name"]].append(candidate["latency"]["p50_ms"])
         return {"p50_ms": p50, "repeats": repeats, "batch": batch, "sequence_length": seq_len}
 
-    key = {"graphs": {name: sha256_file(graph) for name, graph in graphs.items()}, "bench": config.to_record()}
+    key = {
+        "graphs": {name: sha256_file(graph) for name, graph in graphs.items()},
+        "bench": config.to_record(),
+        "cpu": cpu_summary(),
+    }
     return cached_stage(
         record, key | {"repeats": repeats}, run, description="the interleaved comparison", stage="interleaved comparison"
     )

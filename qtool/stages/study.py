@@ -34,7 +34,9 @@ from qtool.deployment.evaluate import EvalConfig, evaluate_graph, tokenizer_for
 from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig, run_tasks
 from qtool.exporter.onnx_export import ExportConfig
+from qtool.exporter.ort_fused import weight_kernels
 from qtool.fileio import manifest_path, sha256_file, write_json
+from qtool.graph import load_model
 from qtool.models.finetune import FinetuneConfig
 from qtool.quantization.calibration import CalibrateConfig
 from qtool.quantization.nncf_quantizers import NNCF_PEERS, RANKING_PAIRS, nncf_missing, quantize_with_nncf
@@ -219,6 +221,8 @@ def _peer_row(name: str, fp32: Path, split: QnliSplit, config: ReproduceConfig) 
         "peer": True,
         "peer_record": used,
         "latency": latency_stage(graph, split, config.bench),
+        # scored as deployed, so nothing changes between the two; its kernels saturate where U8S8 does
+        "deployed_kernels": weight_kernels(load_model(graph)),
     }
     if "kept_in_float" in used:
         extra["kept_in_float"] = used["kept_in_float"]

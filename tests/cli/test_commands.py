@@ -235,6 +235,7 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     ]
     nncf = summary["results"][5]
     assert nncf["peer"] and nncf["peer_record"]["quantized_ops"] > 0 and nncf["params"]["calibration_pairs"] == 16
+    assert nncf["deployed_kernels"] == summary["results"][4]["deployed_kernels"] == "u8s8"  # int8 weights
     assert summary["results"][-3]["scope"] == "gemm" and summary["results"][-3]["params"]["groups"] == 3
     assert summary["results"][-2]["smoothing"] == 0.5 and summary["results"][1]["smoothing"] is None
     searched = summary["results"][-1]
