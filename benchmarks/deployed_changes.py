@@ -2,7 +2,9 @@
 on this CPU, with the kernels `--int8-kernels auto` picks here (or the ones given).
 
 Nothing is taken from the cache: both graphs are scored here, so the count is this CPU's even where
-the study's records come from another machine. Under an emulator (`qemu-x86_64 -cpu Haswell`) it
+the study's records come from another machine; with `--cached-recipe` the QDQ graph's predictions
+come from the study's record when there is one (the recipe is scored without ONNX Runtime's fusions,
+so only float rounding differs between CPUs). Under an emulator (`qemu-x86_64 -cpu Haswell`) it
 counts what an AVX2 CPU without VNNI would compute (slowly: use --limit). Usage:
 
     python benchmarks/deployed_changes.py artifacts/<model>/ --data ../shared/data/QNLI --limit 300 \\
@@ -24,6 +26,7 @@ def main() -> None:
     parser.add_argument("--kernels", default="auto", choices=("auto", "u8s8", "u8u8"))
     parser.add_argument("--limit", type=int, help="the first N pairs of the eval part")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--cached-recipe", action="store_true", help="the QDQ graph's predictions from the cache")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -41,7 +44,8 @@ def main() -> None:
         qdq = args.folder / f"{recipe}.qdq.onnx"
         form = build_ort(qdq, qdq.with_name(f"{recipe}.{args.kernels}.ort.onnx"), int8_kernels=args.kernels)
         scored = [
-            evaluate_graph(graph, split, config, use_cache=False, predictions=True) for graph in (qdq, Path(form["graph"]))
+            evaluate_graph(qdq, split, config, use_cache=args.cached_recipe, predictions=True),
+            evaluate_graph(Path(form["graph"]), split, config, use_cache=False, predictions=True),
         ]
         changed = sum(a != b for a, b in zip(scored[0]["predictions"], scored[1]["predictions"], strict=True))
         row = {
@@ -55,7 +59,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu_summary(), "limit": args.limit, "rows": rows}, indent=2) + "\n")
+        record = {"cpu": cpu_summary(), "limit": args.limit, "cached_recipe": args.cached_recipe, "rows": rows}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

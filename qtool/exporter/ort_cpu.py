@@ -1,14 +1,10 @@
 """Rewrite a qtool QDQ graph into the form ONNX Runtime's CPU kernels run fastest, values unchanged.
 
-qtool writes TensorRT-style QDQ graphs: symmetric INT8 activations (int8, zero point 0) and INT8
-weights. ONNX Runtime on x86 runs that graph slower than FP32. Its QDQ fusions
-(`QDQSelectorActionTransformer`) refuse int8 activations there (`session.qdqisint8allowed` is 0
-off ARM), and its own int8-to-uint8 conversion (`QDQS8ToU8Transformer`) only converts a
-QuantizeLinear with exactly one consumer. A LayerNorm output that feeds the query, key and value
-projections and the residual Add gets one DequantizeLinear per consumer
-(`EnsureUniqueDQForNodeUnit`), so it stays int8, its projections stay float MatMuls, and their
-weights are dequantized on every run. Forcing `session.qdqisint8allowed=1` fuses them into S8S8
-kernels, which are slower still on x86.
+qtool writes TensorRT-style QDQ graphs (int8 activations and weights, zero point 0), which ONNX
+Runtime on x86 runs slower than FP32: its QDQ fusions refuse int8 activations there
+(`session.qdqisint8allowed` is 0 off ARM; forced, S8S8 kernels are slower still), and its
+int8-to-uint8 conversion skips a QuantizeLinear with several consumers (a LayerNorm output feeding
+Q, K, V and the residual), so those projections stay float MatMuls that dequantize weights every run.
 
 The rewrite keeps every quantized value; it changes only how a value is stored, or fuses steps
 whose float result is the same up to rounding:
@@ -17,17 +13,14 @@ whose float result is the same up to rounding:
   same scale (q_u8 = q_s8 + 128, so DequantizeLinear returns exactly the same floats). ONNX
   Runtime then fuses DQ -> MatMul -> Q into QLinearMatMul and DQ -> MatMul into
   MatMulIntegerToFloat (U8S8 kernels, VNNI where the CPU has it); weights stay int8;
-- `kernels="u8u8"` (for x86 CPUs without VNNI, where U8S8 kernels can saturate, see
-  `int8_kernels_for_this_cpu`): projection weights move from int8 to uint8 the same way (zero
-  point 0 becomes 128), so ONNX Runtime runs U8U8 kernels, slower but exact;
-- a quantized embedding table read by Gather is gathered in int8 and dequantized afterwards
-  (the same per-channel scales on the same elements) instead of dequantizing the whole table on
-  every run;
+- `kernels="u8u8"` (x86 without VNNI, where U8S8 can saturate: `int8_kernels_for_this_cpu`):
+  projection weights move to uint8 the same way (zero point 128): U8U8 kernels, slower but exact;
+- a quantized embedding table read by Gather is gathered in int8 and dequantized afterwards (the
+  same scales on the same elements) instead of dequantizing the whole table on every run;
 - `fuse_bias=True` (default): a projection with a constant bias, DQ(x) -> MatMul(DQ(W)) -> Add(b)
   or Gemm(DQ(x), DQ(W), b), becomes one com.microsoft MatMulIntegerToFloat(x_q, W_q, scales, zero
-  points, b). ONNX Runtime's QDQ fusion leaves the bias Add outside (and then fuses it into
-  BiasGelu, which is slower than Gelu); here the int32 accumulation is exact, so the result
-  differs from the float graph only by float rounding, as ONNX Runtime's own fusion does;
+  points, b) (ONNX Runtime's own fusion leaves the Add, then makes a slow BiasGelu of it); the int32
+  accumulation is exact, so only float rounding differs;
 - with `fuse_bias`, PEG's division of each channel by its scale (its `scaled` form, Div before
   QuantizeLinear) moves into the producer where that is a biased MatMulIntegerToFloat or a
   LayerNormalization: the weight scales and bias, or the LayerNorm's scale and bias, are divided
@@ -36,6 +29,9 @@ whose float result is the same up to rounding:
   codes, becomes a Gather of rows of the transposed tensor (one Transpose per tensor, shared by its
   Gathers) and a Transpose back: ONNX Runtime copies a last-axis Gather element by element, rows as
   blocks (`python benchmarks/ort_profile.py` on a PEG form shows the difference);
+- with `fuse_bias`, a projection whose input stays float reads its weight dequantized into a float
+  initializer (the same values): ONNX Runtime would make MatMulNBits of DQ(W) -> MatMul, which
+  quantizes the float input on the fly;
 - `fuse_bias=False`: Gemm(DQ(x), DQ(W), b) becomes Gemm(DQ(x), DQ(W)) + Add(b), since the QDQ
   Gemm fusion (QGemm) needs the bias absent or int32-quantized (which would change its values).
   With `fuse_bias=False` the rewritten graph computes bit-for-bit what the QDQ graph computes
@@ -43,8 +39,7 @@ whose float result is the same up to rounding:
 
 Nothing else moves: a Q/DQ pair on a LayerNorm input, a residual sum or a GELU input stays (scope
 `all`), since dropping one would change the values. `qtool.exporter.ort_fused.check_fused` reports
-what ONNX Runtime made of a graph: the fused integer kernels and any float MatMul still fed by
-DequantizeLinear.
+what ONNX Runtime made of a graph.
 """
 
 from __future__ import annotations
@@ -57,15 +52,15 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from qtool.exporter.weight_codes import u8s8_exact_everywhere
 from qtool.graph import GraphIndex, attribute, prune_dead_nodes, save_derived_graph, set_attribute, tensor_ranks
 from qtool.runners.ort import GEMM_WEIGHT_BITS_METADATA, INT8_KERNELS, INT8_KERNELS_METADATA
 
 log = logging.getLogger(__name__)
 
 MS_DOMAIN = "com.microsoft"
-FORM_VERSION = 5  # bumped whenever the rewrite changes, so cached ONNX Runtime forms are rebuilt
+FORM_VERSION = 6  # bumped whenever the rewrite changes, so cached ONNX Runtime forms are rebuilt
 UINT8_OFFSET = 128  # uint8 code = int8 code + 128 for the same real value
-SEVEN_BIT_MAX = 63  # weights within [-64, 63] never saturate U8S8's 16-bit pair sums
 EIGHT_BIT_TYPES = (np.dtype(np.int8), np.dtype(np.uint8))
 
 
@@ -104,31 +99,6 @@ def _activations_to_uint8(graph: GraphIndex) -> int:
             member.input[2] = zero_point_names[value]
         converted += 1
     return converted
-
-
-def gemm_weight_codes(model: onnx.ModelProto) -> tuple[int, int] | None:
-    """The smallest and largest code of the constant int8 weights that a MatMul or Gemm reads through a
-    DequantizeLinear (zero point 0), or None when there are none."""
-    graph = GraphIndex(model.graph)
-    low = high = None
-    for node in graph.graph.node:
-        if node.op_type != "DequantizeLinear" or not any(
-            reader.op_type in ("MatMul", "Gemm") and index == 1 for reader, index in graph.consumers[node.output[0]]
-        ):
-            continue
-        weight = graph.array(node.input[0])
-        if weight is None or weight.dtype != np.int8 or weight.size == 0:
-            continue
-        low = int(weight.min()) if low is None else min(low, int(weight.min()))
-        high = int(weight.max()) if high is None else max(high, int(weight.max()))
-    return None if low is None else (low, high)
-
-
-def u8s8_exact_everywhere(model: onnx.ModelProto) -> bool:
-    """Whether every integer GEMM weight of `model` is within 7 bits ([-64, 63]), so that ONNX Runtime's
-    U8S8 kernels, even where they add pairs of products in 16 bits, never saturate (255 x 64 x 2 < 32768)."""
-    codes = gemm_weight_codes(model)
-    return codes is not None and codes[0] >= -(SEVEN_BIT_MAX + 1) and codes[1] <= SEVEN_BIT_MAX
 
 
 def _weights_to_uint8(graph: GraphIndex) -> int:
@@ -446,6 +416,35 @@ def _channel_gathers_as_row_gathers(graph: GraphIndex, ranks: dict[str, int]) ->
     return sum(len(gathers) for gathers in by_source.values())
 
 
+# -- step 6: float activations times dequantized weights ----------------------------------------------
+def _float_input_weights_dequantized(graph: GraphIndex) -> int:
+    """A MatMul or Gemm whose activation stays float reads its weight's dequantized values ((w - z) * s in
+    float32) as an initializer; returns how many. Left as DQ -> MatMul, ONNX Runtime makes MatMulNBits of
+    it (accuracy level 4), which quantizes the activation that the recipe keeps in float."""
+    folded = 0
+    for node in list(graph.graph.node):
+        if node.op_type != "DequantizeLinear":
+            continue
+        weight, scale, readers = graph.array(node.input[0]), graph.array(node.input[1]), graph.consumers[node.output[0]]
+        zero = graph.array(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.int8)
+        if weight is None or scale is None or zero is None or weight.dtype not in EIGHT_BIT_TYPES or not readers:
+            continue
+        if any(
+            reader.op_type not in ("MatMul", "Gemm") or index != 1 or _activation_dequantize(graph, reader.input[0])
+            for reader, index in readers
+        ):
+            continue
+        shape = [1] * weight.ndim
+        shape[attribute(node, "axis", 1) % weight.ndim] = -1
+        per_axis = [value.reshape(shape) if value.size > 1 else value.reshape(()) for value in (zero, scale)]
+        values = (weight.astype(np.float32) - per_axis[0].astype(np.float32)) * per_axis[1].astype(np.float32)
+        name = graph.add_initializer(f"{node.input[0]}/dequantized", values.astype(np.float32))
+        for reader, index in readers:
+            reader.input[index] = name
+        folded += 1
+    return folded
+
+
 # -- assembly -----------------------------------------------------------------------------------------
 def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True, kernels: str = "u8s8") -> onnx.ModelProto:
     """A copy of a qtool QDQ graph that ONNX Runtime's CPU provider runs on integer kernels.
@@ -478,6 +477,7 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True, kerne
         ):
             rewritten.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
         counts["peg_divisions_folded"] = _fold_channel_division(GraphIndex(rewritten.graph))
+        counts["float_input_weights_dequantized"] = _float_input_weights_dequantized(GraphIndex(rewritten.graph))
     counts["gemm_bias_to_add"] = _gemm_bias_to_add(GraphIndex(rewritten.graph))
     prune_dead_nodes(rewritten)
     counts["channel_gathers_as_row_gathers"] = _channel_gathers_as_row_gathers(GraphIndex(rewritten.graph), ranks)

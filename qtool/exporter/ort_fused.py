@@ -8,7 +8,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from qtool.graph import GraphIndex
@@ -114,16 +113,3 @@ def check_fused(model_path: Path, optimized_model_path: Path | None = None, leve
         )
     return report
 
-
-def weight_kernels(model: onnx.ModelProto) -> str:
-    """Which integer GEMMs a graph's constant 8-bit weights make ONNX Runtime run: `u8s8` (int8 weights,
-    as ONNX Runtime's quantizers and NNCF write them), `u8u8` (uint8 weights) or `float` (none)."""
-    graph = GraphIndex(model.graph)
-    kinds = set()
-    for node in graph.graph.node:
-        if node.op_type in ("DequantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul") or is_integer_op(node.op_type):
-            for name in node.input[1:2] if node.op_type != "DequantizeLinear" else node.input[:1]:
-                array = graph.array(name) if name in graph.initializers else None
-                if array is not None and array.ndim == 2 and array.dtype in (np.int8, np.uint8):
-                    kinds.add("u8s8" if array.dtype == np.int8 else "u8u8")
-    return "u8s8" if "u8s8" in kinds else "u8u8" if kinds else "float"

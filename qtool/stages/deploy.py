@@ -28,8 +28,9 @@ from qtool.deployment.evaluate import EvalConfig, evaluate, logit_to_label, toke
 from qtool.deployment.trt_build import TrtBuildConfig, build_engine
 from qtool.errors import QtoolError
 from qtool.exporter.ort_cpu import FORM_VERSION as ORT_FORM_VERSION
-from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu, u8s8_exact_everywhere
+from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu
 from qtool.exporter.ort_fused import check_fused
+from qtool.exporter.weight_codes import u8s8_exact_everywhere
 from qtool.fileio import distinct_output, manifest_path, sha256_file
 from qtool.graph import graph_metadata, is_recipe_graph, load_model
 from qtool.runners.ort import (

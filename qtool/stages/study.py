@@ -34,7 +34,7 @@ from qtool.deployment.evaluate import EvalConfig, evaluate_graph, tokenizer_for
 from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig, run_tasks
 from qtool.exporter.onnx_export import ExportConfig
-from qtool.exporter.ort_fused import weight_kernels
+from qtool.exporter.weight_codes import weight_kernels
 from qtool.fileio import manifest_path, sha256_file, write_json
 from qtool.graph import load_model
 from qtool.models.finetune import FinetuneConfig

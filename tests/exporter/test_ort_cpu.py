@@ -29,6 +29,7 @@ RECIPES = {
     "peg-k5-equal-all": CalibrateConfig(method="peg", groups=5, grouping="equal"),
     "peg-k3-all-wfolded": CalibrateConfig(method="peg", groups=3, weights="folded"),
     "all-w7": CalibrateConfig(scope="all", weight_bits=7),
+    "keep-ffn-activation": CalibrateConfig(scope="all", keep_fp=("layer.*.ffn.activation",)),
     "peg-k3-all-wfolded-w7": CalibrateConfig(method="peg", groups=3, weights="folded", weight_bits=7),
 }
 LAYERS = 2
@@ -287,7 +288,7 @@ def test_u8u8_and_u8s8_forms_agree_where_both_are_exact(calibrated, recipe):
 def test_seven_bit_weights_stay_within_64_codes_and_change_only_projections(calibrated, recipe):
     """--weight-bits 7: every GEMM weight's codes within [-64, 63] on scales amax / 63 (so U8S8's pair sums
     cannot saturate), embedding tables still 8-bit, the activation scales the same as with 8 bits."""
-    from qtool.exporter.ort_cpu import gemm_weight_codes, u8s8_exact_everywhere
+    from qtool.exporter.weight_codes import gemm_weight_codes, u8s8_exact_everywhere
 
     eight, seven = (onnx.load(str(calibrated["graphs"][name])) for name in (recipe, f"{recipe}-w7"))
     low, high = gemm_weight_codes(seven)
@@ -311,6 +312,41 @@ def test_seven_bit_weights_stay_within_64_codes_and_change_only_projections(cali
     assert len(scales[0]) == len(scales[1]) > 0
     for before, after in zip(*scales, strict=True):
         np.testing.assert_array_equal(before, after)
+
+
+def test_a_projection_whose_input_stays_float_reads_float_weights(calibrated, tmp_path):
+    """A point kept in float that feeds a projection: the ORT form gives that projection its weight's
+    dequantized values as a float initializer (bit for bit DequantizeLinear's), so ONNX Runtime runs a float
+    MatMul as the recipe says, and never MatMulNBits, which would quantize the float input on the fly."""
+    source = calibrated["graphs"]["keep-ffn-activation"]
+    qdq = onnx.load(str(source))
+    form = rewrite_for_ort_cpu(qdq)
+    index, initializers = GraphIndex(form.graph), {i.name: i for i in form.graph.initializer}
+    outputs = [n for n in index.nodes if n.op_type == "MatMul" and n.name.endswith("output/dense/MatMul")]
+    assert len(outputs) == LAYERS
+    qdq_index = GraphIndex(qdq.graph)
+    for node in outputs:
+        weight = initializers[node.input[1]]
+        assert weight.data_type == onnx.TensorProto.FLOAT and node.input[0] not in initializers
+        (original,) = [n for n in qdq_index.nodes if n.name == node.name]
+        dequantize = qdq_index.producer[original.input[1]]
+        expected = _session(_dequantized_only(qdq, dequantize), "disable").run(["w"], {})[0]
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(weight), expected)
+    path = rewrite_file_for_ort_cpu(source, tmp_path / "keep.ort.onnx")
+    report = check_fused(path, optimized_model_path=tmp_path / "opt.onnx")
+    assert "MatMulNBits" not in report["integer_ops"] and report["float_matmuls_two_dequantized_inputs"] == 0
+    unfolded = rewrite_file_for_ort_cpu(source, tmp_path / "unfolded.onnx", fuse_bias=False)  # the DQ stays
+    assert "MatMulNBits" in check_fused(unfolded)["integer_ops"]  # what the float weights avoid
+
+
+def _dequantized_only(model: onnx.ModelProto, dequantize: onnx.NodeProto) -> onnx.ModelProto:
+    """A graph of one weight's DequantizeLinear, its output named `w`."""
+    initializers = [i for i in model.graph.initializer if i.name in dequantize.input]
+    node = onnx.helper.make_node("DequantizeLinear", list(dequantize.input), ["w"], axis=attribute(dequantize, "axis", 1))
+    graph = onnx.helper.make_graph(
+        [node], "w", [], [onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, None)], initializers
+    )
+    return onnx.helper.make_model(graph, opset_imports=list(model.opset_import))
 
 
 def test_build_reports_the_scope_and_notes_residual_quantization(calibrated, tmp_path):
