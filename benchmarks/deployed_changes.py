@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from qtool.data import DataConfig, load_qnli
-    from qtool.deployment.evaluate import EvalConfig, evaluate_graph
+    from qtool.deployment.evaluate import EvalConfig, changed_predictions, evaluate_graph
     from qtool.runners.ort import cpu_summary, int8_kernels_for_this_cpu
     from qtool.stages.deploy import build_ort
 
@@ -47,7 +47,7 @@ def main() -> None:
             evaluate_graph(qdq, split, config, use_cache=args.cached_recipe, predictions=True),
             evaluate_graph(Path(form["graph"]), split, config, use_cache=False, predictions=True),
         ]
-        changed = sum(a != b for a, b in zip(scored[0]["predictions"], scored[1]["predictions"], strict=True))
+        changed = changed_predictions(*scored)
         row = {
             "recipe": recipe,
             "kernels": form["int8_kernels"],

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def main() -> None:
 
     from qtool.data import DataConfig, load_qnli
     from qtool.deployment.bench import BenchConfig
-    from qtool.deployment.evaluate import EvalConfig, evaluate_graph
+    from qtool.deployment.evaluate import EvalConfig, changed_predictions, evaluate_graph
     from qtool.runners.ort import cpu_description, cpu_summary, int8_kernels_for_this_cpu
     from qtool.stages.deploy import interleaved_comparison
 
@@ -65,7 +66,7 @@ def main() -> None:
     for name, (form, qdq) in forms.items():
         recipe = evaluate_graph(qdq, split, EvalConfig(threads=args.threads), predictions=True)
         deployed = evaluate_graph(form, split, EvalConfig(threads=args.threads), predictions=True)
-        changed = sum(a != b for a, b in zip(recipe["predictions"], deployed["predictions"], strict=True))
+        changed = changed_predictions(recipe, deployed)
         scored[name] = {"recipe_accuracy": recipe["accuracy"], "accuracy": deployed["accuracy"], "changed": changed}
     fp32 = evaluate_graph(folder / "fp32.onnx", split, EvalConfig(threads=args.threads))
     graphs = {"fp32": folder / "fp32.onnx", **{name: form for name, (form, _) in forms.items()}}
@@ -109,7 +110,7 @@ def main() -> None:
         changed = entry.get("changed")
         cells = []
         for p50 in timings.values():
-            median, baseline = sorted(p50[name])[len(p50[name]) // 2], sorted(p50["fp32"])[len(p50["fp32"]) // 2]
+            median, baseline = statistics.median(p50[name]), statistics.median(p50["fp32"])
             spread = (max(p50[name]) - min(p50[name])) / median
             cells.append(f"{median:.2f} (spread {100 * spread:.0f} %) | {baseline / median:.2f}x")
         changed_cell = "-" if changed is None else f"{changed} ({100 * changed / fp32['examples']:.1f} %)"

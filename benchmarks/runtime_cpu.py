@@ -58,7 +58,7 @@ def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]
     from qtool.quantization.graphs import write_calibrated_graph
     from qtool.stages.deploy import build_ort
 
-    def rewrite_file_for_ort_cpu(qdq: Path, target: Path) -> Path:  # the kernels `auto` picks on this CPU
+    def ort_form(qdq: Path, target: Path) -> Path:  # with the kernels `auto` picks on this CPU
         return Path(build_ort(qdq, target)["graph"])
 
     stats = collect_or_load(
@@ -70,15 +70,15 @@ def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]
         qdq = write_calibrated_graph(fp32, document, folder / f"qtool-max-{scope}.qdq.onnx")
         if scope == "gemm":
             graphs[f"qtool-w8a8-{scope} (QDQ, TensorRT form)"] = qdq
-        graphs[f"qtool-w8a8-{scope} (ORT form)"] = rewrite_file_for_ort_cpu(qdq, folder / f"qtool-max-{scope}.ort.onnx")
+        graphs[f"qtool-w8a8-{scope} (ORT form)"] = ort_form(qdq, folder / f"qtool-max-{scope}.ort.onnx")
     peg = calibrate(stats, CalibrateConfig(method="peg", groups=PEG_GROUPS, scope="all"))
     for form in PEG_FORMS:
         qdq = write_calibrated_graph(fp32, peg, folder / f"qtool-{peg.recipe}-{form}.qdq.onnx", form)
-        ort_form = rewrite_file_for_ort_cpu(qdq, folder / f"qtool-{peg.recipe}-{form}.ort.onnx")
+        ort_form = ort_form(qdq, folder / f"qtool-{peg.recipe}-{form}.ort.onnx")
         graphs[f"qtool-{peg.recipe} {form} (ORT form)"] = ort_form
     folded = calibrate(stats, CalibrateConfig(method="peg", groups=PEG_GROUPS, scope="all", weights="folded"))
     qdq = write_calibrated_graph(fp32, folded, folder / f"qtool-{folded.recipe}.qdq.onnx")
-    graphs[f"qtool-{folded.recipe} (ORT form)"] = rewrite_file_for_ort_cpu(qdq, folder / f"qtool-{folded.recipe}.ort.onnx")
+    graphs[f"qtool-{folded.recipe} (ORT form)"] = ort_form(qdq, folder / f"qtool-{folded.recipe}.ort.onnx")
     return graphs
 
 

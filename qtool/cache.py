@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -47,9 +47,17 @@ def recording_stage_times() -> Iterator[list[dict]]:
         _open_stages.reset(open_token)
 
 
+def _note(stage: str, seconds: float, reused: bool, computed_seconds: float | None) -> None:
+    entries = _recording.get()
+    if entries is not None:
+        seconds = round(seconds, 3)
+        entries.append({"stage": stage, "seconds": seconds, "reused": reused, "computed_seconds": computed_seconds})
+
+
 @contextmanager
-def timed_stage(stage: str, reused: bool = False, computed_seconds: float | None = None) -> Iterator[None]:
-    """Time the block as `stage` in the current recording (nothing outside one)."""
+def timed_stage(stage: str) -> Iterator[None]:
+    """Time the block as `stage` in the current recording (nothing outside one), less the named stages
+    nested in it."""
     nested = [0.0]
     parents = _open_stages.get()
     token = _open_stages.set((*parents, nested))
@@ -61,16 +69,7 @@ def timed_stage(stage: str, reused: bool = False, computed_seconds: float | None
         _open_stages.reset(token)
         if parents:
             parents[-1][0] += elapsed
-        entries = _recording.get()
-        if entries is not None:
-            entries.append(
-                {
-                    "stage": stage,
-                    "seconds": round(elapsed - nested[0], 3),
-                    "reused": reused,
-                    "computed_seconds": round(elapsed - nested[0], 3) if computed_seconds is None else computed_seconds,
-                }
-            )
+        _note(stage, elapsed - nested[0], False, round(elapsed - nested[0], 3))
 
 
 def read_record(record: Path, key: Any) -> dict | None:
@@ -115,20 +114,16 @@ def cached_stage(
     `run` writes `artifact` itself (atomically) and returns a JSON-serialisable result. A `stage`
     name times it (see the module docstring).
     """
+    started = time.perf_counter()
     record = Path(record)
     artifact = Path(artifact) if artifact is not None else None
     data = None if force else read_record(record, key)
     if _fresh(data, artifact):
         log.info("reusing %s", description or artifact or record)
         if stage:
-            with timed_stage(stage, reused=True, computed_seconds=data.get("seconds")):
-                pass
+            _note(stage, time.perf_counter() - started, True, data.get("seconds"))
         return data["result"]
-    started = time.perf_counter()
-    if stage:
-        with timed_stage(stage):
-            result = run()
-    else:
+    with timed_stage(stage) if stage else nullcontext():
         result = run()
     entry = {"key": key, "result": result}
     if stage:

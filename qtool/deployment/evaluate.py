@@ -23,7 +23,7 @@ from qtool.graph import graph_metadata, is_recipe_graph
 from qtool.models.resolve import load_tokenizer
 from qtool.progress import ProgressTask, progress_bar
 from qtool.runners.base import Runner
-from qtool.runners.ort import OrtRunner, check_onnx_file, u8s8_saturates
+from qtool.runners.ort import OrtRunner, check_onnx_file, cpu_summary
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,11 @@ def evaluate(
     return result
 
 
+def changed_predictions(first: dict, second: dict) -> int:
+    """How many examples two evaluations with `predictions` (of the same part) predict differently."""
+    return sum(a != b for a, b in zip(first["predictions"], second["predictions"], strict=True))
+
+
 def evaluate_graph(
     model_path: Path,
     split: QnliSplit,
@@ -182,8 +187,8 @@ def evaluate_graph(
         "optimization_level": level,
         "predictions": True,  # records before predictions were kept are scored again
     }
-    if level != RECIPE_LEVEL:  # fused integer kernels round (and may saturate) as this CPU's do
-        key["integer_kernels"] = "saturating u8s8" if u8s8_saturates() else "exact u8s8"
+    if level != RECIPE_LEVEL:  # fused kernels round (integer ones may saturate) as this CPU's do
+        key["cpu"] = cpu_summary()
     record = model_path.with_name(model_path.name + f".eval-{config.part}.json")
     stage = "score QDQ graph" if level == RECIPE_LEVEL else "score deployed graph"
     result = cached_stage(record, key, run, description=f"the evaluation of {model_path}", stage=stage)

@@ -44,9 +44,12 @@ def weight_kernels(model: onnx.ModelProto) -> str:
     graph = GraphIndex(model.graph)
     kinds = set()
     for node in graph.graph.node:
-        if node.op_type == "DequantizeLinear" or is_integer_op(node.op_type):
-            for name in node.input[1:2] if node.op_type != "DequantizeLinear" else node.input[:1]:
-                array = graph.array(name) if name in graph.initializers else None
-                if array is not None and array.ndim == 2 and array.dtype in (np.int8, np.uint8):
-                    kinds.add("u8s8" if array.dtype == np.int8 else "u8u8")
+        if node.op_type == "DequantizeLinear":
+            weight = graph.array(node.input[0])  # the dequantized tensor
+        elif is_integer_op(node.op_type) and len(node.input) > 1:
+            weight = graph.array(node.input[1])  # the second operand of an integer GEMM
+        else:
+            continue
+        if weight is not None and weight.ndim == 2 and weight.dtype in (np.int8, np.uint8):
+            kinds.add("u8s8" if weight.dtype == np.int8 else "u8u8")
     return "u8s8" if "u8s8" in kinds else "u8u8" if kinds else "float"

@@ -30,7 +30,7 @@ from qtool.calibrators.methods import AUTO_GROUPS
 from qtool.data import QnliSplit
 from qtool.defaults import DEPLOY_MAX_DROP, SEARCH_MAX_DROP, SEED, SMOOTH_ALPHA
 from qtool.deployment.bench import BenchConfig
-from qtool.deployment.evaluate import EvalConfig, evaluate_graph, tokenizer_for
+from qtool.deployment.evaluate import EvalConfig, changed_predictions, evaluate_graph, tokenizer_for
 from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig, run_tasks
 from qtool.exporter.onnx_export import ExportConfig
@@ -269,10 +269,11 @@ def _calibrated_row(
         "smoothing": (calibration.smoothing or {}).get("alpha"),
         "without_smoothing": None if base.smooth is None else replace(base, smooth=None).recipe_name(),
         "calibration": str(made.calibration_file),
-        "latency": latency_stage(made.qdq_graph, split, config.bench),
+        "latency": latency_stage(Path(form["graph"]), split, config.bench),
     }
     deployed = evaluate_graph(Path(form["graph"]), split, config.eval, config.export.max_length, predictions=True)
-    changed = sum(a != b for a, b in zip(deployed.pop("predictions"), evaluation.pop("predictions"), strict=True))
+    changed = changed_predictions(deployed, evaluation)
+    del deployed["predictions"], evaluation["predictions"]
     extra |= {
         "deployed_accuracy": deployed["accuracy"],
         "deployed_correct": deployed["correct"],
