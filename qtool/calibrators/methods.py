@@ -9,6 +9,7 @@ import numpy as np
 
 from qtool.analysis.stats import TensorStats
 from qtool.calibrators.base import ActivationRange, Calibrator, ChannelGroup
+from qtool.calibrators.histogram import EntropyCalibrator, MseCalibrator
 from qtool.defaults import PEG_AUTO_MAX_GROUPS, PEG_AUTO_NOISE_FACTOR, PEG_GROUPING, PEG_GROUPS, PERCENTILE
 from qtool.errors import QtoolError
 from qtool.exporter.points import QuantPoint
@@ -204,6 +205,8 @@ CALIBRATORS: dict[str, type[Calibrator]] = {
     "max": MaxCalibrator,
     "percentile": PercentileCalibrator,
     "peg": PegCalibrator,
+    "entropy": EntropyCalibrator,
+    "mse": MseCalibrator,
 }
 
 

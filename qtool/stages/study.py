@@ -75,6 +75,8 @@ def study_configurations() -> dict[str, CalibrateConfig | AutoMixedPrecision]:
     configs += [CalibrateConfig(method="percentile", p=p) for p in (99.0, 99.9, 99.99, 99.999)]
     # Beyond the study: Q/DQ only on the GEMM edges, the residual stream in float (max-gemm-inputs above too).
     configs += [CalibrateConfig(method="percentile", p=99.99, scope="gemm-inputs")]
+    # Beyond the study: ranges from objectives over the histogram, TensorRT's entropy and the least MSE.
+    configs += [CalibrateConfig(method="entropy"), CalibrateConfig(method="mse")]
     configs += [CalibrateConfig(method="peg", groups=k, grouping="equal") for k in (2, 3, 4, 6, 8)]
     # Beyond the study: group boundaries with the least expected rounding noise (K = 1 is one group either way).
     configs += [CalibrateConfig(method="peg", groups=k) for k in (1, 2, 3, 4, 6, 8)]
