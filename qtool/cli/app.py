@@ -5,23 +5,49 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
-from dataclasses import fields, replace
+import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from qtool import __version__
+from qtool import __version__, api
 from qtool.cli import options as o
 from qtool.cli import render
-from qtool.defaults import BASE_METHOD, PEG_FORM
+from qtool.defaults import PEG_FORM
 from qtool.errors import QtoolError
-from qtool.fileio import distinct_output
+
+# Click's usage errors, wherever this Typer takes Click from (Typer 0.29 vendors it).
+USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+NO_ARGS_IS_HELP = getattr(sys.modules[USAGE_ERROR.__module__], "NoArgsIsHelpError", ())
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Usage errors (an unknown option, a missing argument) as the one-line `error:` every other
+    error is, naming the command's --help; exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NO_ARGS_IS_HELP:
+            return super().main(["--help"], prog_name, complete_var, standalone_mode=True, **extra)
+        except USAGE_ERROR as exc:
+            where = exc.ctx.command_path if exc.ctx else "qtool"
+            render.error(f"{exc.format_message().rstrip('.')}; see `{where} --help`")
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            render.stderr.print("interrupted")
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     name="qtool",
     help="Post-training INT8 quantization of BERT-family QNLI classifiers: export, measure outliers, "
     "calibrate, build and benchmark. Data: --data FOLDER (GLUE TSV) or $QTOOL_DATA, else the hub.",
@@ -29,31 +55,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def configured(cls, base=None, **overrides: Any):
-    """A stage config with only the options the user gave replaced; None keeps the config's default."""
-    base = base or cls()
-    known = {f.name for f in fields(cls)}
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None and k in known})
-
-
-def artifacts_folder(path: Path | None) -> Path:
-    return Path(path or os.environ.get(o.ARTIFACTS_ENV) or "artifacts")
-
-
-def data_options(data: str | None, seed: int | None):
-    from qtool.data import DataConfig
-
-    return configured(DataConfig, source=data, seed=seed)
-
-
-def load_split(data: str | None, seed: int | None):
-    """The data config of the options and the QNLI split it names (loaded after the options are checked)."""
-    from qtool.data import load_qnli
-
-    config = data_options(data, seed)
-    return config, load_qnli(config)
 
 
 def int_list(values: list[str] | None, option: str) -> tuple[int, ...] | None:
@@ -143,24 +144,18 @@ def finetune(
     The result is saved in Hugging Face format under ARTIFACTS/models/ with a manifest, and reused
     when the model, data, seed and hyper-parameters match.
     """
-    from qtool.models.finetune import FinetuneConfig
-    from qtool.stages.model import finetune_stage
-
-    data_config, split = load_split(data, seed)
-    config = configured(
-        FinetuneConfig, epochs=epochs, learning_rate=lr, batch_size=batch_size, warmup_ratio=warmup_ratio,
-        max_steps=max_steps, seed=seed,
+    made = api.finetune(
+        model, data=data, seed=seed, epochs=epochs, learning_rate=lr, batch_size=batch_size,
+        warmup_ratio=warmup_ratio, max_steps=max_steps, force=force, artifacts=artifacts,
     )
-    folder, manifest = finetune_stage(model, split, config, artifacts_folder(artifacts), data_config.max_length, force)
-    summary = {key: manifest[key] for key in ("eval_accuracy", "eval_examples", "steps", "train_seconds")}
-    summary |= {"model_dir": str(folder), "data_split": split.describe()}
     if as_json:
-        return render.print_json(summary)
+        return render.print_json(made.to_dict())
+    summary = made.details
     render.print_fields(
         "fine-tuned classifier",
-        [("folder", folder), ("eval accuracy", f"{summary['eval_accuracy']:.4f}"),
+        [("folder", made.folder), ("eval accuracy", render.accuracy(made.eval_accuracy)),
          ("eval pairs", summary["eval_examples"]), ("steps", summary["steps"]),
-         ("train time", f"{summary['train_seconds']:.0f} s"), ("data", split.name)],
+         ("train time", f"{summary['train_seconds']:.0f} s"), ("data", summary["data_split"]["name"])],
     )
 
 
@@ -175,21 +170,13 @@ def export(
     Writes the graph, its tokenizer beside it and a manifest with the parity figure; a graph of the
     same weights and options is reused unless --force.
     """
-    from qtool.exporter.onnx_export import ExportConfig
-    from qtool.models.finetune import FinetuneConfig
-    from qtool.stages.model import export_stage
-
-    data_config, split = load_split(data, seed)
-    config = configured(ExportConfig, opset=opset, max_length=data_config.max_length)
-    exported = export_stage(
-        model, split, artifacts_folder(artifacts), config, configured(FinetuneConfig, seed=seed), output, force=force
-    )
+    made = api.export(model, data=data, seed=seed, output=output, opset=opset, force=force, artifacts=artifacts)
     if as_json:
-        return render.print_json({**exported.manifest, "onnx": str(exported.graph)})
-    parity = exported.manifest["parity"]
+        return render.print_json(made.to_dict())
+    parity = made.details["parity"]
     render.print_fields(
         "FP32 ONNX export",
-        [("graph", exported.graph), ("source model", exported.source.name), ("opset", exported.manifest["opset"]),
+        [("graph", made.graph), ("source model", made.details["source_model"]), ("opset", made.details["opset"]),
          ("max |logit diff| vs torch", f"{parity['max_abs_logit_diff']:.2e} (tolerance {parity['tolerance']:g})"),
          ("parity batches", ", ".join("x".join(map(str, s)) for s in parity["batch_shapes"]))],
     )
@@ -202,29 +189,18 @@ def eval_command(
     as_json: o.Json = False,
 ) -> None:
     """Accuracy of an ONNX classifier on a QNLI part, through ONNX Runtime on the CPU."""
-    from qtool.deployment.evaluate import EvalConfig, evaluate_graph
-    from qtool.runners.ort import check_onnx_file
-
-    config = configured(EvalConfig, part=part, batch_size=batch_size, limit=limit, threads=threads)
-    config.validate()
-    check_onnx_file(model_path)
-    data_config, split = load_split(data, seed)
-    result = evaluate_graph(model_path, split, config, data_config.max_length, False, tokenizer)
+    result = api.evaluate(
+        model_path, data=data, seed=seed, part=part, batch_size=batch_size, limit=limit, threads=threads,
+        tokenizer=tokenizer,
+    )
     if as_json:
-        return render.print_json(result)
+        return render.print_json(result.to_dict())
+    details = result.details
     render.print_fields(
         "accuracy",
-        [("model", model_path), ("accuracy", f"{result['accuracy']:.4f} ({result['correct']}/{result['examples']})"),
-         ("throughput", f"{result['examples_per_second']:.0f} pairs/s"), ("data", f"{split.name}, part {config.part}")],
-    )
-
-
-def collect_config(samples, batch_size, threads, max_length, bins=None):
-    from qtool.analysis.collect import CollectConfig
-
-    return configured(
-        CollectConfig, samples=samples, batch_size=batch_size, threads=threads, max_length=max_length,
-        histogram_bins=bins,
+        [("model", model_path), ("accuracy", f"{render.accuracy(result.accuracy)} ({result.correct}/{result.examples})"),
+         ("throughput", f"{details['examples_per_second']:.0f} pairs/s"),
+         ("data", f"{details['data_split']['name']}, part {details['data_part']}")],
     )
 
 
@@ -239,25 +215,17 @@ def collect(
     Per tensor: count, min, max, four moments (float64); per channel: min, max, energy; a histogram
     of |x|. Padding is excluded. Every calibrator and `qtool analyze` read this one file.
     """
-    from qtool.runners.ort import check_onnx_file
-    from qtool.stages.statistics import collect_stage
-
-    config = collect_config(samples, batch_size, threads, data_options(data, seed).max_length, bins)
-    config.validate()
-    check_onnx_file(model_path)
-    if stats is not None:
-        distinct_output(stats, model_path)
-    split = load_split(data, seed)[1]
-    result, target = collect_stage(model_path, split, config, stats, force)
-    manifest = result.manifest
-    summary = {key: manifest[key] for key in ("samples", "sample_sources", "tokens", "model")}
-    summary |= {"stats": str(target), "points": len(result.points), "data_split": manifest["data"]}
+    made = api.collect(
+        model_path, data=data, seed=seed, samples=samples, batch_size=batch_size, threads=threads, bins=bins,
+        stats=stats, force=force,
+    )
     if as_json:
-        return render.print_json(summary)
+        return render.print_json(made.to_dict())
+    summary = made.details
     render.print_fields(
         "activation statistics",
-        [("file", target), ("quantization points", summary["points"]), ("real tokens", summary["tokens"]),
-         ("pairs", f"{summary['samples']} ({summary['sample_sources']})"), ("data", split.name)],
+        [("file", made.stats), ("quantization points", made.points), ("real tokens", summary["tokens"]),
+         ("pairs", f"{summary['samples']} ({summary['sample_sources']})"), ("data", summary["data_split"]["name"])],
     )
 
 
@@ -272,57 +240,28 @@ def analyze(
 
     Collects statistics first when no matching statistics file exists (see `qtool collect`).
     """
-    from qtool.analysis.outliers import OutlierConfig
-    from qtool.runners.ort import check_onnx_file
-    from qtool.stages.statistics import analyze_stage, statistics_for
-
-    check_onnx_file(model_path)
     if top is not None and top < 1:
         raise QtoolError(f"--top must be at least 1, got {top}")
-    config = configured(OutlierConfig, sigma=sigma)
-    config.validate()
-    data_config, split = load_split(data, seed) if stats is None or data is not None else (None, None)
-    max_length = data_config.max_length if data_config else None
-    collected = statistics_for(model_path, split, collect_config(samples, batch_size, threads, max_length), stats, force)
-    document, paths = analyze_stage(collected, config, out or model_path.parent / "analysis", figures)
+    made = api.analyze(
+        model_path, data=data, seed=seed, samples=samples, batch_size=batch_size, threads=threads, stats=stats,
+        out=out, sigma=sigma, figures=figures, force=force,
+    )
     if as_json:
-        return render.print_json({**document, "outputs": paths})
-    render.analysis_tables(document, paths, top, wide)
-
-
-def calibrate_configs(method, base_method, search_options: dict, recipe_options: dict):
-    """The recipe and, for --method auto, the search configuration of `qtool calibrate`'s options."""
-    from qtool.quantization.calibration import CalibrateConfig
-    from qtool.quantization.search import SearchConfig
-
-    auto = method == o.AUTO_METHOD
-    search_only = ("max_drop", "tune_samples", "sensitivity_samples")
-    if not auto and (base_method is not None or any(search_options.get(k) is not None for k in search_only)):
-        raise QtoolError("--base-method, --max-drop, --tune-samples and --sensitivity-samples need --method auto")
-    if auto and (recipe_options["keep_fp"] or recipe_options["mixed_precision"]):
-        raise QtoolError("--method auto chooses the points kept in float itself; drop --keep-fp/--mixed-precision")
-    search = configured(SearchConfig, **search_options) if auto else None
-    if search is not None:
-        search.validate()
-    config = configured(CalibrateConfig, method=(base_method or BASE_METHOD) if auto else method, **recipe_options)
-    config.validate()
-    if auto and config.weights == "folded":
-        raise QtoolError("--method auto switches points to float one at a time, which folded weights cannot; "
-                         "search with --weights per-channel")
-    return config, search
+        return render.print_json(made.to_dict())
+    render.analysis_tables(made.details, made.outputs, top, wide)
 
 
 @command()
 def calibrate(
     model_path: o.Fp32Graph, method: o.Method = None, p: o.Percentile = None, groups: o.Groups = None,
-    grouping: o.Grouping = None, permute: o.Permute = True, scope: o.Scope = None, weights: o.Weights = None,
-    weight_bits: o.WeightBits = None, keep_fp: o.KeepFp = None, mixed_precision: o.MixedPrecision = None, outlier_ratio: o.OutlierRatio = None,
-    smooth: o.Smooth = None, base_method: o.BaseMethod = None, max_drop: o.SearchMaxDrop = None,
-    tune_samples: o.TuneSamples = None, sensitivity_samples: o.SensitivitySamples = None, stats: o.Stats = None,
-    out: o.CalibrationOut = None, evaluate_accuracy: o.EvaluateAccuracy = True, data: o.Data = None,
-    seed: o.Seed = None, samples: o.Samples = None, batch_size: o.BatchSize = None, limit: o.Limit = None,
-    threads: o.Threads = None, as_json: o.Json = False, executor: o.Executor = None, address: o.RayAddress = None,
-    cpus_per_task: o.CpusPerTask = None,
+    grouping: o.Grouping = None, permute: o.Permute = None, scope: o.Scope = None, weights: o.Weights = None,
+    weight_bits: o.WeightBits = None, keep_fp: o.KeepFp = None, mixed_precision: o.MixedPrecision = None,
+    outlier_ratio: o.OutlierRatio = None, smooth: o.Smooth = None, base_method: o.BaseMethod = None,
+    max_drop: o.SearchMaxDrop = None, tune_samples: o.TuneSamples = None, sensitivity_samples: o.SensitivitySamples = None,
+    stats: o.Stats = None, out: o.CalibrationOut = None, evaluate_accuracy: o.EvaluateAccuracy = True,
+    data: o.Data = None, seed: o.Seed = None, samples: o.Samples = None, batch_size: o.BatchSize = None,
+    limit: o.Limit = None, threads: o.Threads = None, as_json: o.Json = False, executor: o.Executor = None,
+    address: o.RayAddress = None, cpus_per_task: o.CpusPerTask = None,
 ) -> None:
     """Compute activation scales with one method and write the calibration JSON and the QDQ graph.
 
@@ -334,53 +273,29 @@ def calibrate(
     <recipe>.search.json (sensitivities, the accuracy curve, timings) and <recipe>.search.png;
     --executor ray spreads its evaluations over a Ray cluster.
     """
-    from qtool.runners.ort import check_onnx_file
-    from qtool.stages.calibrate import calibrate_and_evaluate
-
-    max_length = data_options(data, seed).max_length
-    config, search = calibrate_configs(
-        method, base_method,
-        dict(max_drop=max_drop, tune_samples=tune_samples, sensitivity_samples=sensitivity_samples,
-             batch_size=batch_size, threads=threads, max_length=max_length),
-        dict(p=p, groups=groups, grouping=grouping, permute=permute, scope=scope, weights=weights,
-             weight_bits=weight_bits, keep_fp=tuple(keep_fp or ()), mixed_precision=mixed_precision, outlier_ratio=outlier_ratio, smooth=smooth),
+    made = api.calibrate(
+        model_path, method, p=p, groups=groups, grouping=grouping, permute=permute, scope=scope, weights=weights,
+        weight_bits=weight_bits, keep_fp=keep_fp, mixed_precision=mixed_precision, outlier_ratio=outlier_ratio,
+        smooth=smooth, base_method=base_method, max_drop=max_drop, tune_samples=tune_samples,
+        sensitivity_samples=sensitivity_samples, stats=stats, out=out, evaluate=evaluate_accuracy, data=data,
+        seed=seed, samples=samples, batch_size=batch_size, limit=limit, threads=threads, executor=executor,
+        address=address, cpus_per_task=cpus_per_task,
     )
-    collect, evaluation = collect_config(samples, batch_size, threads, max_length), None
-    if evaluate_accuracy:
-        evaluation = eval_config(batch_size, limit, threads)
-    check_onnx_file(model_path)
-    split = load_split(data, seed)[1]
-    tasks = executor_config(executor, address, cpus_per_task)
-    summary = calibrate_and_evaluate(model_path, split, config, search, collect, stats, out, evaluation, tasks)
-    render.print_json(summary) if as_json else render.calibration_summary(summary)
-
-
-def executor_config(kind=None, address=None, cpus_per_task=None):
-    """Where the independent tasks of a command run (--executor, --address, --cpus-per-task), checked."""
-    from qtool.executor import ExecutorConfig
-
-    config = configured(ExecutorConfig, kind=kind, address=address, cpus_per_task=cpus_per_task)
-    config.validate()
-    return config
-
-
-def eval_config(batch_size=None, limit=None, threads=None, part=None):
-    from qtool.deployment.evaluate import EvalConfig
-
-    return configured(EvalConfig, batch_size=batch_size, limit=limit, threads=threads, part=part)
+    render.print_json(made.to_dict()) if as_json else render.calibration_summary(made.details)
 
 
 @command()
 def quantize(
     model_path: o.Fp32Graph, calibration: o.CalibrationFile, output: o.QdqOutput = None,
-    peg_form: o.PegForm = PEG_FORM,
+    peg_form: o.PegForm = PEG_FORM, as_json: o.Json = False,
 ) -> None:
     """Write the QDQ graph of an existing calibration file (refused if it was made for another model).
 
     For TensorRT, write PEG calibrations with `--peg-form gathered`."""
-    from qtool.stages.calibrate import quantize_stage
-
-    render.note(f"wrote {quantize_stage(model_path, calibration, output, peg_form)}")
+    written = api.quantize(model_path, calibration, output=output, peg_form=peg_form)
+    if as_json:
+        return render.print_json({"qdq_graph": str(written), "calibration": str(calibration)})
+    render.note(f"wrote {written}")
 
 
 @command("export-scales")
@@ -395,10 +310,8 @@ def export_scales(
     qtool.quantization.scale_formats.load_ort_overrides(FILE), "ActivationSymmetric": True})`.
     Points kept in float are left out. PEG calibrations are refused: deploy their QDQ graph.
     """
-    from qtool.stages.calibrate import export_scales_stage
-
-    loaded, summary = export_scales_stage(calibration, fmt, output, model_path, trt_version)
-    render.export_scales_summary(Path(summary["output"]), summary, loaded.smoothing, model_path is not None)
+    summary = api.export_scales(calibration, fmt, output=output, model=model_path, trt_version=trt_version)
+    render.export_scales_summary(Path(summary["output"]), summary, summary["smoothing"], model_path is not None)
 
 
 @command()
@@ -414,19 +327,15 @@ def bench(
     With several models and --compare they run interleaved, so machine noise hits all alike.
     Speed is measured, never assumed: compare candidates in one run on the same machine.
     """
-    from qtool.deployment.bench import BenchConfig
-    from qtool.stages.deploy import bench_stage
-
-    config = configured(
-        BenchConfig, batch_sizes=int_list(batch, "--batch"), sequence_lengths=int_list(seq_len, "--seq-len"),
-        warmup=warmup, iterations=iterations, duration_seconds=duration, threads=threads, inputs=inputs,
-        providers=tuple(provider) if provider else None,
+    result = api.bench(
+        models, compare=compare_models, batch_sizes=int_list(batch, "--batch"),
+        sequence_lengths=int_list(seq_len, "--seq-len"), warmup=warmup, iterations=iterations, duration=duration,
+        threads=threads, inputs=inputs, providers=provider, isolated=isolated, with_eval=with_eval, data=data,
+        seed=seed, part=part, limit=limit,
     )
-    evaluation = eval_config(limit=limit, threads=threads, part=part) if with_eval else None
-    result = bench_stage(models, config, data_options(data, seed), compare_models, isolated, evaluation)
     if as_json:
-        return render.print_json(result)
-    render.bench_tables(result, compare_models, config.inputs, config.threads, wide)
+        return render.print_json(result.to_dict())
+    render.bench_tables(result.details, compare_models, wide)
 
 
 @command()
@@ -446,16 +355,13 @@ def build(
     manifest (needs TensorRT and an NVIDIA GPU: pip install 'qtool[trt]'). An FP32 export gives
     the FP16 baseline.
     """
-    from qtool.deployment.trt_build import TrtBuildConfig
-    from qtool.stages.deploy import build_stage
-
-    options = configured(
-        TrtBuildConfig, fp16=fp16, tf32=tf32, quantize_head=quantize_head, batch=int_triple(batch, "--batch"),
+    options = dict(
+        fp16=fp16, tf32=tf32, quantize_head=quantize_head, batch=int_triple(batch, "--batch"),
         sequence=int_triple(sequence, "--sequence"), workspace_mib=workspace_mib, timing_cache=timing_cache,
         optimization_level=optimization_level,
     )
-    report = build_stage(model_path, backend, output, options, int8_kernels)
-    render.print_json(report) if as_json else render.build_summary(report)
+    built = api.build(model_path, backend, output=output, int8_kernels=int8_kernels, **options)
+    render.print_json(built.to_dict()) if as_json else render.build_summary(built.details)
 
 
 @command()
@@ -469,27 +375,21 @@ def reproduce(
     evaluate every configuration; writes ARTIFACTS/report/results.json and report.md.
 
     Configurations: FP32; max (scope all, gemm, gemm-inputs); percentile 99, 99.9, 99.99, 99.999;
-    PEG K = 1, 2, 3, 4, 6, 8 and auto, in equal and range-optimal groups, and with folded weights; 7-bit
-    weights (max-gemm-inputs-w7, peg-k4-all-wfolded-w7); mixed precision paper, outliers and the search
-    (auto); migration (--smooth 0.5); peers: ONNX Runtime's quantizers and
-    transformer optimizer, and NNCF's (with qtool[peers]; skipped with a note without it). -c NAME
-    runs a subset. Every stage is cached, so a rerun (or a run after an interruption) only does
-    what is missing.
+    entropy and mse (ranges from the histogram); PEG K = 1, 2, 3, 4, 6, 8 and auto, in equal and
+    range-optimal groups, and with folded weights; 7-bit weights (max-gemm-inputs-w7,
+    peg-k4-all-wfolded-w7); mixed precision paper, outliers and the search (auto); migration
+    (--smooth 0.5); peers: ONNX Runtime's quantizers and transformer optimizer, and NNCF's (with
+    qtool[peers]; skipped with a note without it). -c NAME runs a subset. Every stage is cached, so
+    a rerun (or a run after an interruption) only does what is missing.
     """
-    from qtool.stages.study import ReproduceConfig, load_configuration_file, run_reproduce
-
-    config = configured(
-        ReproduceConfig, seed=seed, configurations=tuple(configs) if configs else None, max_drop=max_drop,
-        collect=collect_config(samples, None, None, None), eval=eval_config(limit=limit),
-        extra_configurations=load_configuration_file(config_file) if config_file else None,
-        executor=executor_config(executor, address, cpus_per_task),
+    study = api.reproduce(
+        model, data=data, seed=seed, configurations=configs, config_file=config_file, max_drop=max_drop,
+        samples=samples, limit=limit, artifacts=artifacts, executor=executor, address=address,
+        cpus_per_task=cpus_per_task,
     )
-    config.validate()
-    _, split = load_split(data, seed)
-    result = run_reproduce(model, split, config, artifacts_folder(artifacts))
     if as_json:
-        return render.print_json(result)
-    render.reproduce_table(result, artifacts_folder(artifacts) / "report" / "report.md")
+        return render.print_json(study.to_dict())
+    render.reproduce_table(study.details, study.report)
 
 
 def main() -> None:

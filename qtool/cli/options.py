@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from qtool.analysis.collect import CollectConfig
 from qtool.analysis.outliers import OutlierConfig
+from qtool.api import ARTIFACTS_ENV, AUTO_METHOD
 from qtool.calibrators.methods import CALIBRATORS, PEG_GROUPINGS
 from qtool.calibrators.precision import MIXED_PRECISION_PRESETS, SCOPES
 from qtool.data.qnli import EVAL_PARTS, DataConfig
@@ -33,9 +34,6 @@ from qtool.quantization.calibration import CalibrateConfig
 from qtool.quantization.scale_formats import FALLBACK_TRT_VERSION, FORMATS
 from qtool.quantization.search import SearchConfig
 from qtool.stages.deploy import BACKENDS
-
-ARTIFACTS_ENV = "QTOOL_ARTIFACTS"
-AUTO_METHOD = "auto"
 
 
 def _triple(values: tuple[int, ...]) -> str:
@@ -186,11 +184,11 @@ Grouping = Annotated[
     typer.Option(
         "--grouping",
         help=f"PEG group boundaries: {', '.join(PEG_GROUPINGS)} (optimal: the least expected rounding noise, "
-        f"see README; equal: groups of equal size, as in the study). Default: {CalibrateConfig.grouping}.",
+        f"see docs/calibration.md; equal: groups of equal size, as in the study). Default: {CalibrateConfig.grouping}.",
     ),
 ]
 Permute = Annotated[
-    bool,
+    bool | None,
     typer.Option(
         "--permute/--no-permute",
         help="PEG: sort channels by range before grouping (Bondarenko et al.), or keep contiguous groups.",
@@ -198,7 +196,7 @@ Permute = Annotated[
 ]
 Scope = Annotated[
     str | None,
-    typer.Option(help=f"What is quantized: {', '.join(SCOPES)} (see README). Default: {CalibrateConfig.scope}."),
+    typer.Option(help=f"What is quantized: {', '.join(SCOPES)} (see docs/calibration.md). Default: {CalibrateConfig.scope}."),
 ]
 Weights = Annotated[
     str | None,

@@ -141,6 +141,11 @@ def analysis_tables(document: dict, paths: dict, top: int | None, wide: bool) ->
 
 
 # -- calibrate ---------------------------------------------------------------------------------------
+def accuracy(fraction: float) -> str:
+    """An accuracy as every command prints it: percent of the pairs, two decimals."""
+    return f"{100 * fraction:.2f} %"
+
+
 def calibration_summary(summary: dict) -> None:
     rows = [
         ("recipe", summary["recipe"]),
@@ -154,8 +159,8 @@ def calibration_summary(summary: dict) -> None:
     if "qdq_accuracy" in summary:
         drop = 100 * (summary["qdq_accuracy"] - summary["fp32_accuracy"])
         rows += [
-            ("FP32 accuracy", f"{summary['fp32_accuracy']:.4f}"),
-            ("QDQ accuracy", f"{summary['qdq_accuracy']:.4f} ({drop:+.2f} points)"),
+            ("FP32 accuracy", accuracy(summary["fp32_accuracy"])),
+            ("QDQ accuracy", f"{accuracy(summary['qdq_accuracy'])} ({drop:+.2f} points)"),
             ("eval pairs", summary["eval_examples"]),
         ]
     print_fields("calibration", rows)
@@ -165,7 +170,7 @@ def calibration_summary(summary: dict) -> None:
 
 def search_summary(search: dict) -> None:
     tuning = search["tuning"]
-    columns = [Column("points in float"), Column("accuracy"), Column("vs FP32"), Column("within budget")]
+    columns = [Column("points in float"), Column("accuracy %"), Column("vs FP32"), Column("within budget")]
     rows = [
         [str(p["float_points"]), f"{100 * p['accuracy']:.2f}", f"{-p['drop']:+.2f}", "yes" if p["within"] else "no"]
         for p in search["curve"]
@@ -177,8 +182,8 @@ def search_summary(search: dict) -> None:
             "tuning pairs; kept the most sensitive points up to the best tuning accuracy (raise --max-drop)"
         )
     note(
-        f"FP32 {100 * tuning['fp32_accuracy']:.2f} on the tuning pairs; chosen after pruning: "
-        f"{len(search['chosen'])} points in float ({100 * search['tuning_accuracy']:.2f}, "
+        f"FP32 {accuracy(tuning['fp32_accuracy'])} on the tuning pairs; chosen after pruning: "
+        f"{len(search['chosen'])} points in float ({accuracy(search['tuning_accuracy'])}, "
         f"{-search['tuning_drop']:+.2f}); {search['evaluations']} evaluations ({search['reused_evaluations']} reused) "
         f"in {search['seconds']:.0f} s; curve {search['figure']}"
     )
@@ -230,7 +235,9 @@ def _latency_row(name: str, entry: dict) -> list[str]:
     ]
 
 
-def bench_tables(result: dict, compare: bool, inputs: str, threads: int | None, wide: bool) -> None:
+def bench_tables(result: dict, compare: bool, wide: bool) -> None:
+    config = result.get("config") or (result["runs"][0]["config"] if result.get("runs") else {})
+    inputs, threads = config.get("inputs"), config.get("threads")
     columns = LATENCY_COLUMNS + ([Column("speedup vs first")] if compare else [])
     if compare:
         rows = [
@@ -247,7 +254,7 @@ def bench_tables(result: dict, compare: bool, inputs: str, threads: int | None, 
         columns = [Column(c.name, c.right, True) if c.name == "shape" else c for c in columns]
     print_table(title, columns, rows, wide)
     for model, evaluation in result.get("accuracy", {}).items():
-        note(f"{Path(model).name}: accuracy {evaluation['accuracy']:.4f} on {evaluation['examples']} pairs")
+        note(f"{Path(model).name}: accuracy {accuracy(evaluation['accuracy'])} on {evaluation['examples']} pairs")
     environment = result.get("environment", {})
     features = environment.get("dot_product_features")
     stdout.print(

@@ -338,3 +338,38 @@ def test_eval_part_all_scores_every_row_of_a_file_or_folder(tiny_onnx, tmp_path)
     broken.write_text(file.read_text() + "38\tonly a question\n")
     _one_line_error(_run("eval", tiny_onnx, "--data", broken, "--part", "all"), "broken.tsv")
     _one_line_error(_run("eval", tiny_onnx, "--data", file, "--part", "everything"), "--part")
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["calibrate"], ["Missing argument", "qtool calibrate --help"]),
+        (["calibrate", "x.onnx", "--bogus"], ["No such option: --bogus", "qtool calibrate --help"]),
+        (["bogus"], ["No such command", "qtool --help"]),
+        (["calibrate", "x.onnx", "--p", "abc"], ["--p", "qtool calibrate --help"]),
+    ],
+)
+def test_usage_errors_are_one_line(args, fragments):
+    result = _run(*args)
+    _one_line_error(result, *fragments)
+    assert "╭" not in result.output
+
+
+def test_no_arguments_show_the_help():
+    result = _run()
+    assert result.exit_code == 0 and "calibrate" in result.stdout
+
+
+def test_method_options_belong_to_their_method(tiny_onnx, session_data):
+    _one_line_error(_run("calibrate", tiny_onnx, "--method", "max", "--p", "99"), "--p is an option of --method percentile")
+    _one_line_error(_run("calibrate", tiny_onnx, "--method", "bogus"), "max, percentile, peg, entropy, mse, auto")
+
+
+def test_calibrate_prints_accuracy_in_percent_and_quantize_has_json(tmp_path, tiny_onnx, session_data):
+    result = _run("calibrate", tiny_onnx, "--method", "max", "--data", session_data, "--limit", 32, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert " %" in next(line for line in result.stdout.splitlines() if "QDQ accuracy" in line)
+    result = _run("quantize", tiny_onnx, tmp_path / "max-all.calib.json", "-o", tmp_path / "again.qdq.onnx", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["qdq_graph"] == str(tmp_path / "again.qdq.onnx")
+    assert (tmp_path / "again.qdq.onnx").read_bytes() == (tmp_path / "max-all.qdq.onnx").read_bytes()

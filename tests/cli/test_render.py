@@ -31,12 +31,12 @@ def _comparison() -> dict:
          "model_bytes": 87 << 20, "speedup": 12.34 / p50}
         for name, p50 in (("fp32.onnx", 12.34), ("percentile-99.99-gemm-inputs.qdq.ort.onnx", 5.67))
     ]
-    return {"results": [{"batch": 8, "sequence_length": 128, "candidates": candidates}]}
+    return {"config": {"inputs": "qnli", "threads": 2}, "results": [{"batch": 8, "sequence_length": 128, "candidates": candidates}]}
 
 
 def test_bench_table_fits_80_columns_without_cut_cells(screen):
     out = screen(80)
-    render.bench_tables(_comparison(), compare=True, inputs="qnli", threads=2, wide=False)
+    render.bench_tables(_comparison(), compare=True, wide=False)
     text = out.getvalue()
     assert "…" not in text
     assert all(len(line) <= 80 for line in text.splitlines())
@@ -48,7 +48,7 @@ def test_bench_table_fits_80_columns_without_cut_cells(screen):
 
 def test_wide_shows_every_column_at_full_width(screen):
     out = screen(80)
-    render.bench_tables(_comparison(), compare=True, inputs="qnli", threads=2, wide=True)
+    render.bench_tables(_comparison(), compare=True, wide=True)
     text = out.getvalue()
     assert "…" not in text
     header = next(line for line in text.splitlines() if "p50 ms" in line)

@@ -1,0 +1,97 @@
+"""`import qtool`: typed results, rules checked once in the API, and a calibrator plugged in from outside."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+import qtool
+from qtool.analysis.collect import ActivationStats
+from qtool.calibrators.base import ActivationRange, Calibrator
+from qtool.calibrators.methods import CALIBRATORS
+from qtool.cli import app
+
+
+class HalfMaxCalibrator(Calibrator):
+    """A calibrator written outside qtool: half of each point's max |x|."""
+
+    name = "halfmax"
+
+    def params(self) -> dict:
+        return {}
+
+    def estimate(self, point, stats) -> ActivationRange:
+        return ActivationRange(stats.absmax / 2)
+
+
+@pytest.fixture
+def halfmax():
+    qtool.register_calibrator(HalfMaxCalibrator)
+    yield HalfMaxCalibrator.name
+    CALIBRATORS.pop(HalfMaxCalibrator.name)
+
+
+@pytest.fixture
+def graph(tmp_path, tiny_onnx):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_onnx.parent, folder)
+    return folder / tiny_onnx.name
+
+
+def test_a_calibrator_registered_from_outside_runs_through_the_api_and_the_cli(halfmax, graph, session_data):
+    assert halfmax in qtool.calibration_methods()
+    made = qtool.calibrate(graph, method=halfmax, data=session_data, limit=32)
+    assert isinstance(made, qtool.api.Calibrated) and made.recipe == "halfmax-all"
+    assert made.qdq_graph.is_file() and 0 <= made.qdq_accuracy <= 1
+    collected = ActivationStats.load(qtool.collect(graph, data=session_data).stats)
+    tensors = json.loads(made.calibration.read_text())["tensors"]
+    point = next(p for p in collected.points if p.name in tensors)
+    assert tensors[point.name]["amax"] == pytest.approx(collected.stats[point.name].absmax / 2)
+    result = CliRunner().invoke(
+        app, ["calibrate", str(graph), "--method", halfmax, "--data", str(session_data), "--limit", "32", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == made.to_dict()
+
+
+def test_results_are_typed_and_their_dict_is_the_json(graph, session_data):
+    evaluation = qtool.evaluate(graph, data=session_data, limit=40)
+    assert isinstance(evaluation, qtool.api.Evaluation)
+    assert evaluation.examples == 40 and evaluation.accuracy == evaluation.correct / 40
+    assert evaluation.to_dict()["accuracy"] == evaluation.accuracy
+    result = CliRunner().invoke(app, ["eval", str(graph), "--data", str(session_data), "--limit", "40", "--json"])
+    assert json.loads(result.stdout)["accuracy"] == evaluation.accuracy
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"method": "max", "p": 99.0}, "--p is an option of --method percentile, not of max"),
+        ({"method": "percentile", "groups": 3}, "--groups is an option of --method peg, not of percentile"),
+        ({"method": "bogus"}, "choose one of max, percentile, peg, entropy, mse, auto"),
+        ({"method": "max", "max_drop": 1.0}, "need --method auto"),
+        ({"method": "auto", "keep_fp": ["layer.0.*"]}, "chooses the points kept in float itself"),
+        ({"method": "auto", "base_method": "peg", "weights": "folded"}, "folded weights cannot"),
+    ],
+)
+def test_rules_are_checked_in_the_api_before_any_work(graph, options, fragment):
+    with pytest.raises(qtool.QtoolError, match=fragment.replace("(", r"\(")):
+        qtool.calibrate(graph, data="/nonexistent/folder", **options)
+
+
+def test_register_calibrator_refuses_what_is_not_a_calibrator():
+    with pytest.raises(qtool.QtoolError, match="subclass of qtool.calibrators.base.Calibrator"):
+        qtool.register_calibrator(object)
+
+
+def test_analyze_reads_the_statistics_collect_wrote_instead_of_collecting_again(graph, session_data):
+    collected = qtool.collect(graph, data=session_data, samples=32)
+    before = collected.stats.stat().st_mtime_ns
+    qtool.analyze(graph, data=session_data, figures=False)
+    assert collected.stats.stat().st_mtime_ns == before
+    assert ActivationStats.load(collected.stats).manifest["samples"] == 32
+    qtool.analyze(graph, data=session_data, samples=48, figures=False)  # asked for: collected again
+    assert ActivationStats.load(collected.stats).manifest["samples"] == 48
