@@ -1,0 +1,61 @@
+"""The README's quick starts run as written, on a tiny model and a tiny GLUE folder in their place."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from qtool.cli import app
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+MODEL, DATA = "./my-classifier", "./data/QNLI"
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def _quick_start(language: str) -> str:
+    block = next(b for b in _blocks(language) if MODEL in b)
+    assert DATA in block
+    return block
+
+
+def test_readme_is_short_and_links_to_docs_that_exist():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 200
+    links = re.findall(r"\]\(((?:docs/)?[\w.-]+\.md)\)", text)
+    assert links and all((README.parent / link).is_file() for link in links)
+
+
+def test_readme_cli_quick_start_runs(tmp_path, tiny_classifier, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for line in _quick_start("bash").splitlines():
+        words = shlex.split(line, comments=True)
+        assert words[0] == "qtool"
+        words = [str(tiny_classifier) if w == MODEL else str(tiny_data) if w == DATA else w for w in words[1:]]
+        result = runner.invoke(app, words)
+        assert result.exit_code == 0, f"{line}\n{result.output}"
+    assert (tmp_path / "work" / "percentile-99.99-all.qdq.ort.onnx").is_file()
+
+
+def test_readme_python_quick_start_runs(tmp_path, tiny_classifier, tiny_data, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QTOOL_ARTIFACTS", str(tmp_path / "artifacts"))
+    code = _quick_start("python").replace(MODEL, str(tiny_classifier)).replace(DATA, str(tiny_data))
+    exec(compile(code, str(README), "exec"), {})
+    printed = capsys.readouterr().out.split()
+    assert len(printed) == 3 and all(0.0 <= float(value) <= 1.0 for value in printed)
+
+
+@pytest.mark.parametrize("name", ["finetune", "export", "collect", "analyze", "calibrate", "evaluate", "build",
+                                  "bench", "reproduce", "quantize", "register_calibrator"])
+def test_the_api_is_importable_from_the_package(name):
+    import qtool
+
+    assert callable(getattr(qtool, name))
