@@ -31,9 +31,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from qtool.data import DataConfig, load_qnli
+    from qtool.deployment.backends import OrtBuildOptions, build_ort
     from qtool.deployment.evaluate import EvalConfig, changed_predictions, evaluate_graph
     from qtool.runners.ort import cpu_summary, int8_kernels_for_this_cpu
-    from qtool.stages.deploy import build_ort
 
     split = load_qnli(DataConfig(source=args.data))
     config = EvalConfig(limit=args.limit, threads=args.threads)
@@ -42,7 +42,7 @@ def main() -> None:
     print(f"CPU {cpu_summary()}; auto for 8-bit weights: {': '.join(int8_kernels_for_this_cpu())}", flush=True)
     for recipe in recipes:
         qdq = args.folder / f"{recipe}.qdq.onnx"
-        form = build_ort(qdq, qdq.with_name(f"{recipe}.{args.kernels}.ort.onnx"), int8_kernels=args.kernels)
+        form = build_ort(qdq, qdq.with_name(f"{recipe}.{args.kernels}.ort.onnx"), OrtBuildOptions(args.kernels))
         scored = [
             evaluate_graph(qdq, split, config, use_cache=args.cached_recipe, predictions=True),
             evaluate_graph(Path(form["graph"]), split, config, use_cache=False, predictions=True),

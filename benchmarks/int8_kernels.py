@@ -27,16 +27,16 @@ PEERS = ("ort-dynamic", "ort-optimizer-dynamic")
 
 def _forms(folder: Path, recipes: list[str]) -> dict[str, tuple[Path, Path]]:
     """name -> (deployed form, its QDQ graph)."""
-    from qtool.stages.deploy import build_ort
+    from qtool.deployment.backends import OrtBuildOptions, build_ort
 
     forms = {}
     for recipe in recipes:
         eight, seven = folder / f"{recipe}.qdq.onnx", folder / f"{recipe}-w7.qdq.onnx"
         for kernels in ("u8s8", "u8u8"):
-            built = build_ort(eight, folder / f"{recipe}.{kernels}.ort.onnx", int8_kernels=kernels)
+            built = build_ort(eight, folder / f"{recipe}.{kernels}.ort.onnx", OrtBuildOptions(kernels))
             forms[f"{recipe} {kernels}"] = (Path(built["graph"]), eight)
         if seven.is_file():
-            built = build_ort(seven, folder / f"{recipe}-w7.u8s8.ort.onnx", int8_kernels="u8s8")
+            built = build_ort(seven, folder / f"{recipe}-w7.u8s8.ort.onnx", OrtBuildOptions("u8s8"))
             forms[f"{recipe}-w7 u8s8"] = (Path(built["graph"]), seven)
     return forms
 

@@ -53,10 +53,10 @@ def _peer_graphs(fp32: Path, folder: Path, tokenizer, split) -> dict[str, Path]:
 
 def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]:
     from qtool.analysis import CollectConfig, collect_or_load
+    from qtool.deployment.backends import build_ort
     from qtool.exporter.qdq import PEG_FORMS
     from qtool.quantization.calibration import CalibrateConfig, calibrate
     from qtool.quantization.graphs import write_calibrated_graph
-    from qtool.stages.deploy import build_ort
 
     def ort_form(qdq: Path, target: Path) -> Path:  # with the kernels `auto` picks on this CPU
         return Path(build_ort(qdq, target)["graph"])

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 API = (
     "finetune", "export", "collect", "analyze", "calibrate", "calibration_methods", "register_calibrator",
-    "quantize", "export_scales", "evaluate", "build", "bench", "reproduce",
+    "quantize", "export_scales", "evaluate", "build", "backends", "register_backend", "bench", "reproduce",
 )
 
 

@@ -378,21 +378,32 @@ def evaluate(graph, *, data=None, seed=None, part=None, batch_size=None, limit=N
     return Evaluation(details, accuracy=result["accuracy"], correct=result["correct"], examples=result["examples"])
 
 
-def build(graph, backend=None, *, output=None, int8_kernels=None, **backend_options) -> Built:
-    """A deployable artifact of `graph` for `backend` (`ort`: the ONNX Runtime CPU form; `trt`: a
-    TensorRT engine). `backend_options` are the backend's own (TensorRT: fp16, tf32, quantize_head,
-    batch, sequence, workspace_mib, timing_cache, optimization_level)."""
-    from qtool.deployment.trt_build import TrtBuildConfig
-    from qtool.stages.deploy import BACKENDS, build_stage
+def build(graph, backend=None, *, output=None, **options) -> Built:
+    """A deployable artifact of `graph` for `backend` (default: the first registered, `ort`: the
+    ONNX Runtime CPU form; `trt`: a TensorRT engine). `options` are the backend's own (`backends()`
+    lists them; ort: int8_kernels; trt: fp16, tf32, quantize_head, batch, sequence, workspace_mib,
+    timing_cache, optimization_level); None keeps an option's default."""
+    from qtool.deployment.backends import BACKENDS, backend_named
+    from qtool.stages.deploy import build_stage
 
-    backend = backend or next(iter(BACKENDS))
-    unknown = sorted(set(backend_options) - {f.name for f in fields(TrtBuildConfig)})
-    if unknown:
-        raise QtoolError(f"unknown build option(s) {', '.join(unknown)}; see `qtool build --help`")
-    options = configured(TrtBuildConfig, **backend_options)
-    report = build_stage(Path(graph), backend, Path(output) if output else None, options, int8_kernels)
-    artifact = report.get("engine") or report.get("graph")
-    return Built(report, backend=backend, artifact=Path(artifact))
+    chosen = backend_named(backend or next(iter(BACKENDS)))
+    report = build_stage(Path(graph), chosen.name, Path(output) if output else None, chosen.make_options(**options))
+    return Built(report, backend=chosen.name, artifact=Path(report["artifact"]))
+
+
+def backends() -> dict[str, tuple[str, ...]]:
+    """Every registered backend and the build options it takes."""
+    from qtool.deployment.backends import BACKENDS
+
+    return {name: backend.option_names() for name, backend in BACKENDS.items()}
+
+
+def register_backend(backend) -> None:
+    """Make a `qtool.deployment.backends.Backend` available to `build`, `bench` and `evaluate` of its
+    artifacts (by file suffix), and to the CLI's `--backend`."""
+    from qtool.deployment.backends import register_backend as register
+
+    register(backend)
 
 
 def bench(models: Sequence, *, compare=False, batch_sizes=None, sequence_lengths=None, warmup=None,

@@ -95,3 +95,55 @@ def test_analyze_reads_the_statistics_collect_wrote_instead_of_collecting_again(
     assert ActivationStats.load(collected.stats).manifest["samples"] == 32
     qtool.analyze(graph, data=session_data, samples=48, figures=False)  # asked for: collected again
     assert ActivationStats.load(collected.stats).manifest["samples"] == 48
+
+
+def _copy_runner(path, threads=None, providers=()):
+    from qtool.runners.ort import OrtRunner
+
+    return OrtRunner(path, threads=threads)
+
+
+def _copy_build(graph, output, options):
+    target = output or graph.with_suffix(".copy")
+    target.write_bytes(graph.read_bytes())
+    return {"backend": "copy", "artifact": str(target), "label": options.label}
+
+
+@pytest.fixture
+def copy_backend():
+    from dataclasses import dataclass
+
+    from qtool.deployment.backends import BACKENDS, Backend
+
+    @dataclass(frozen=True)
+    class CopyOptions:
+        label: str = "plain"
+
+    backend = Backend(
+        name="copy", summary="the graph as it is, under another suffix", suffixes=(".copy",),
+        runner=_copy_runner, build=_copy_build, options=CopyOptions,
+    )
+    qtool.register_backend(backend)
+    yield backend
+    BACKENDS.pop(backend.name)
+
+
+def test_a_backend_registered_from_outside_builds_benches_and_evaluates(copy_backend, graph, session_data):
+    assert qtool.backends()["copy"] == ("label",)
+    built = qtool.build(graph, "copy", label="mine")
+    assert built.artifact == graph.with_suffix(".copy") and built.details["label"] == "mine"
+    with pytest.raises(qtool.QtoolError, match=r"fp16 \(--fp16\) is not an option of backend copy"):
+        qtool.build(graph, "copy", fp16=True)
+    bench = qtool.bench([built.artifact], iterations=2, warmup=1, with_eval=True, data=session_data, limit=24)
+    assert bench.runs[0]["results"][0]["latency"]["p50_ms"] > 0
+    assert bench.details["accuracy"][str(built.artifact)]["examples"] == 24
+    cli = CliRunner()
+    result = cli.invoke(app, ["build", str(graph), "--backend", "copy", "-o", str(graph.with_name("b.copy")), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["artifact"] == str(graph.with_name("b.copy"))
+    result = cli.invoke(
+        app, ["bench", str(graph.with_name("b.copy")), "--iterations", "2", "--warmup", "1", "--data", str(session_data)]
+    )
+    assert result.exit_code == 0, result.output
+    result = cli.invoke(app, ["build", str(graph), "--backend", "copy", "--int8-kernels", "u8u8"])
+    assert result.exit_code == 2 and "is not an option of backend copy" in result.stderr

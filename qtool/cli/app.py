@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 from rich.logging import RichHandler
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from qtool import __version__, api
 from qtool.cli import options as o
@@ -358,9 +358,10 @@ def build(
     options = dict(
         fp16=fp16, tf32=tf32, quantize_head=quantize_head, batch=int_triple(batch, "--batch"),
         sequence=int_triple(sequence, "--sequence"), workspace_mib=workspace_mib, timing_cache=timing_cache,
-        optimization_level=optimization_level,
+        optimization_level=optimization_level, int8_kernels=int8_kernels,
     )
-    built = api.build(model_path, backend, output=output, int8_kernels=int8_kernels, **options)
+    given = {name: value for name, value in options.items() if value is not None}
+    built = api.build(model_path, backend, output=output, **given)
     render.print_json(built.to_dict()) if as_json else render.build_summary(built.details)
 
 

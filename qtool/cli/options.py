@@ -23,6 +23,7 @@ from qtool.defaults import (
     PEG_AUTO_NOISE_FACTOR,
     PEG_FORM,
 )
+from qtool.deployment.backends import BACKENDS
 from qtool.deployment.bench import INPUT_KINDS, BenchConfig
 from qtool.deployment.evaluate import EvalConfig
 from qtool.deployment.trt_build import TrtBuildConfig
@@ -33,7 +34,6 @@ from qtool.models.finetune import FinetuneConfig
 from qtool.quantization.calibration import CalibrateConfig
 from qtool.quantization.scale_formats import FALLBACK_TRT_VERSION, FORMATS
 from qtool.quantization.search import SearchConfig
-from qtool.stages.deploy import BACKENDS
 
 
 def _triple(values: tuple[int, ...]) -> str:
@@ -371,9 +371,10 @@ WithEval = Annotated[bool, typer.Option("--eval", help="Add eval-part accuracy f
 # -- build -----------------------------------------------------------------------------------------
 BuildGraph = graph_argument("QDQ (or FP32) ONNX graph, e.g. <recipe>.qdq.onnx.")
 DEFAULT_BACKEND = next(iter(BACKENDS))
+ORT_PANEL, TRT_PANEL = "ONNX Runtime options (--backend ort)", "TensorRT options (--backend trt)"
 Backend = Annotated[
     str,
-    typer.Option(help=f"Target: {', '.join(BACKENDS)} (ONNX Runtime CPU graph, or TensorRT engine)."),
+    typer.Option(help="Target: " + "; ".join(f"{b.name} ({b.summary})" for b in BACKENDS.values()) + "."),
 ]
 BuildOutput = Annotated[
     Path | None,
@@ -385,7 +386,7 @@ Fp16 = Annotated[
         "--fp16/--fp32",
         help="trt: the float parts of the graph (all but its Q/DQ INT8 layers) in FP16 or FP32; the network is "
         f"strongly typed either way. Default: {'--fp16' if TrtBuildConfig.fp16 else '--fp32'}.",
-        show_default=False,
+        show_default=False, rich_help_panel=TRT_PANEL,
     ),
 ]
 Tf32 = Annotated[
@@ -393,7 +394,7 @@ Tf32 = Annotated[
     typer.Option(
         "--tf32/--no-tf32",
         help=f"trt: let FP32 layers use TF32 (recorded in the manifest). Default: {'on' if TrtBuildConfig.tf32 else 'off'}.",
-        show_default=False,
+        show_default=False, rich_help_panel=TRT_PANEL,
     ),
 ]
 Int8Kernels = Annotated[
@@ -404,7 +405,7 @@ Int8Kernels = Annotated[
         "auto: u8s8 where it is exact, else u8u8. U8S8 kernels on x86 without VNNI add pairs of products in 16 bits "
         "and can saturate (auto tests this CPU's kernels once); a graph calibrated with --weight-bits 7 cannot "
         f"saturate them and gets u8s8 on every CPU. Default: {ORT_INT8_KERNELS}.",
-        show_default=False,
+        show_default=False, rich_help_panel=ORT_PANEL,
     ),
 ]
 QuantizeHead = Annotated[
@@ -413,24 +414,24 @@ QuantizeHead = Annotated[
         "--quantize-head",
         help="trt: keep the Q/DQ pairs of the pooler and classifier GEMVs (dropped by default: INT8 gains nothing "
         "on a batch-1 GEMV).",
-        show_default=False,
+        show_default=False, rich_help_panel=TRT_PANEL,
     ),
 ]
 ProfileBatch = Annotated[
     str | None,
     typer.Option(
         "--batch", help=f"trt: batch MIN,OPT,MAX of the optimization profile. Default: {_triple(TrtBuildConfig.batch)}."
-    ),
+    , rich_help_panel=TRT_PANEL),
 ]
 ProfileSequence = Annotated[
     str | None,
-    typer.Option("--sequence", help=f"trt: sequence length MIN,OPT,MAX. Default: {_triple(TrtBuildConfig.sequence)}."),
+    typer.Option("--sequence", help=f"trt: sequence length MIN,OPT,MAX. Default: {_triple(TrtBuildConfig.sequence)}.", rich_help_panel=TRT_PANEL),
 ]
-WorkspaceMib = Annotated[int | None, typer.Option(help="trt: builder workspace limit in MiB. Default: TensorRT's.")]
-TimingCache = Annotated[Path | None, typer.Option(help="trt: timing cache file, read and updated. Default: none.")]
+WorkspaceMib = Annotated[int | None, typer.Option(help="trt: builder workspace limit in MiB. Default: TensorRT's.", rich_help_panel=TRT_PANEL)]
+TimingCache = Annotated[Path | None, typer.Option(help="trt: timing cache file, read and updated. Default: none.", rich_help_panel=TRT_PANEL)]
 OptimizationLevel = Annotated[
     int | None,
-    typer.Option(help=f"trt: builder optimization level 0-5. Default: {TrtBuildConfig.optimization_level}."),
+    typer.Option(help=f"trt: builder optimization level 0-5. Default: {TrtBuildConfig.optimization_level}.", rich_help_panel=TRT_PANEL),
 ]
 
 # -- reproduce -------------------------------------------------------------------------------------

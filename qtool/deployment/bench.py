@@ -28,6 +28,7 @@ import numpy as np
 
 from qtool.data.batching import padded_feeds
 from qtool.data.qnli import DataConfig, Example
+from qtool.deployment.backends import runner_factory
 from qtool.deployment.isolated import run_isolated
 from qtool.deployment.memory import PeakRss, import_backend, nvml_change, nvml_memory, runner_device_memory
 from qtool.deployment.model_files import (
@@ -35,7 +36,6 @@ from qtool.deployment.model_files import (
     check_model_files,
     model_max_positions,
     model_size_bytes,
-    runner_factory,
     tokenizer_for_model,
 )
 from qtool.errors import QtoolError

@@ -126,12 +126,9 @@ def nvml_memory() -> dict[str, int] | None:
             pynvml.nvmlShutdown()
 
 
-_BACKEND_MODULES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}
-
-
 def import_backend(runner: Runner) -> None:
     """Import the runner's library before the RSS baseline, so its import is not counted as the model's."""
-    module = _BACKEND_MODULES.get(runner.name)
+    module = runner.library
     if module is not None:
         with contextlib.suppress(Exception):  # the runner reports a missing library itself on entry
             importlib.import_module(module)

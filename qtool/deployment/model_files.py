@@ -3,11 +3,11 @@ the longest sequence the model takes and the model's size on disk."""
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from qtool.deployment.backends import BACKENDS, backend_for_file
 from qtool.errors import QtoolError
 from qtool.graph import load_model, position_table_rows
 from qtool.runners.base import Runner
@@ -15,7 +15,6 @@ from qtool.runners.base import Runner
 log = logging.getLogger(__name__)
 
 ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".plan", ".engine")
 # Tokenizers report a huge sentinel (1e30) as model_max_length when the model sets no limit.
 TOKENIZER_LENGTH_SENTINEL = 1_000_000
 
@@ -75,40 +74,9 @@ def _all_tensors(model) -> Iterator:
     yield from walk(model.graph)
 
 
-def runner_factory(
-    model_path: Path, threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",)
-) -> RunnerFactory:
-    """A picklable factory of the runner for `model_path`: `.onnx` → ONNX Runtime, `.plan` → TensorRT."""
-    model_path = Path(model_path)
-    if model_path.suffix in ONNX_SUFFIXES:
-        from qtool.runners.ort import OrtRunner
-
-        # Without spinning, a session that waits its turn does not steal cores from the one being timed.
-        return functools.partial(OrtRunner, model_path, providers=tuple(providers), threads=threads, spinning=False)
-    if model_path.suffix in ENGINE_SUFFIXES:
-        from qtool.runners.trt import TrtRunner
-
-        if threads is not None:
-            log.info("--threads does not apply to the TensorRT engine %s", model_path)
-        return functools.partial(TrtRunner, model_path)
-    raise QtoolError(
-        f"{model_path} is neither an ONNX graph ({', '.join(ONNX_SUFFIXES)}) nor a TensorRT engine "
-        f"({', '.join(ENGINE_SUFFIXES)}); pass one of those"
-    )
-
-
 def _source_onnx(model_path: Path) -> Path | None:
-    """The ONNX graph of `model_path`: itself, or the one a .plan's manifest says it was built from."""
-    model_path = Path(model_path)
-    if model_path.suffix in ONNX_SUFFIXES:
-        return model_path
-    from qtool.runners.trt import read_plan_manifest
-
-    manifest = read_plan_manifest(model_path)
-    if manifest is None or not manifest.get("onnx"):
-        return None
-    onnx_path = model_path.parent / manifest["onnx"]
-    return onnx_path if onnx_path.is_file() else None
+    """The ONNX graph of `model_path`: itself, or the one its backend says it was built from."""
+    return backend_for_file(model_path).source_graph(Path(model_path))
 
 
 def tokenizer_for_model(model_path: Path, tokenizer_path: Path | None = None):
@@ -145,18 +113,13 @@ def model_max_positions(model_path: Path, tokenizer=None) -> int | None:
 
 
 def check_model_files(model_paths: Sequence[Path]) -> list[Path]:
-    """The paths, each checked to be an existing ONNX graph or a TensorRT engine built by qtool."""
+    """The paths, each checked to be an existing file that a backend runs (and accepts)."""
     paths = [Path(path) for path in model_paths]
     for path in paths:
         if not path.is_file():
-            raise QtoolError(f"{path} does not exist; pass an .onnx graph or a .plan engine")
-        runner_factory(path)  # fails early on an unknown file type
-        if path.suffix in ENGINE_SUFFIXES:
-            from qtool.runners.trt import read_plan_manifest
-
-            if read_plan_manifest(path) is None:
-                raise QtoolError(
-                    f"{path} is not a TensorRT engine built by qtool (no build manifest beside it); "
-                    "build one with `qtool build MODEL.qdq.onnx --backend trt`"
-                )
+            runs = ", ".join(suffix for backend in BACKENDS.values() for suffix in backend.suffixes)
+            raise QtoolError(f"{path} does not exist; pass a file a backend runs ({runs})")
+        backend = backend_for_file(path)
+        if backend.check_artifact is not None:
+            backend.check_artifact(path)
     return paths

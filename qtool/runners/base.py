@@ -16,6 +16,7 @@ from qtool.errors import QtoolError
 
 class Runner(ABC):
     name: str = "runner"
+    library: str | None = None  # the module it runs on, imported before a memory baseline
 
     def __init__(self) -> None:
         self.is_active = False

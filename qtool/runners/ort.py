@@ -160,6 +160,7 @@ class OrtRunner(Runner):
     """An ONNX Runtime session of an ONNX file, or of a serialized model (bytes) built in memory."""
 
     name = "onnxruntime"
+    library = "onnxruntime"
 
     def __init__(
         self,

@@ -37,6 +37,7 @@ class TorchRunner(Runner):
     token inputs it takes (`model_input_names`)."""
 
     name = "torch-eager"
+    library = "torch"
 
     def __init__(self, model_dir: Path, threads: int | None = None) -> None:
         super().__init__()

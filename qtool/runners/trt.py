@@ -172,6 +172,7 @@ class TrtRunner(Runner):
     """Runs a serialized engine; the plan is loaded and checked against its manifest on entry."""
 
     name = "tensorrt"
+    library = "tensorrt"
 
     def __init__(self, plan_path: Path) -> None:
         super().__init__()

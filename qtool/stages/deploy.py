@@ -3,17 +3,16 @@ evaluate, and benchmark."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import onnxruntime
 
-from qtool import __version__
 from qtool.cache import cached_stage
 from qtool.calibrators.precision import SCOPES
 from qtool.data import DataConfig, QnliSplit, load_qnli
-from qtool.defaults import ORT_INT8_KERNELS
+from qtool.deployment.backends import backend_named, build_ort, runner_factory
 from qtool.deployment.bench import (
     BenchConfig,
     bench_compare,
@@ -21,120 +20,31 @@ from qtool.deployment.bench import (
     benchmark_inputs,
     compare,
     run_benchmark,
-    runner_factory,
     tokenizer_for_model,
 )
 from qtool.deployment.evaluate import EvalConfig, evaluate, logit_to_label, tokenizer_for
-from qtool.deployment.trt_build import TrtBuildConfig, build_engine
-from qtool.errors import QtoolError
-from qtool.exporter.ort_cpu import FORM_VERSION as ORT_FORM_VERSION
-from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu
-from qtool.exporter.ort_fused import check_fused
-from qtool.exporter.weight_codes import u8s8_exact_everywhere
-from qtool.fileio import distinct_output, manifest_path, sha256_file
-from qtool.graph import graph_metadata, is_recipe_graph, load_model
-from qtool.runners.ort import (
-    INT8_KERNELS,
-    check_onnx_file,
-    cpu_description,
-    cpu_summary,
-    int8_kernels_for_this_cpu,
-)
+from qtool.fileio import sha256_file
+from qtool.graph import graph_metadata, is_recipe_graph
+from qtool.runners.ort import check_onnx_file, cpu_description, cpu_summary, int8_kernels_for_this_cpu
 
 
-def resolve_int8_kernels(choice: str, graph: Path | None = None) -> tuple[str, str]:
-    """`--int8-kernels`: u8s8 or u8u8 as given, or for `auto` the fastest exact one for this CPU and
-    `graph`: U8S8 where it does not saturate, or where every GEMM weight is within 7 bits; and why."""
-    if choice == "auto":
-        kernels, why = int8_kernels_for_this_cpu()
-        if kernels == "u8u8" and graph is not None and u8s8_exact_everywhere(load_model(graph)):
-            return "u8s8", (
-                "every GEMM weight is within 7 bits ([-64, 63]), so U8S8 kernels cannot saturate although "
-                f"they add pairs of products in 16 bits on this CPU, {cpu_summary()}"
-            )
-        return kernels, why
-    if choice not in INT8_KERNELS:
-        raise QtoolError(f"--int8-kernels must be auto or one of {', '.join(INT8_KERNELS)}, got {choice!r}")
-    return choice, "as asked"
-
-
-def build_ort(
-    graph: Path, output: Path | None = None, options: TrtBuildConfig | None = None, int8_kernels: str | None = None
-) -> dict:
-    """The ONNX Runtime CPU form `<graph stem>.ort.onnx`, rebuilt only when the graph or the kernel
-    choice changed; the report says which integer kernels it is for and why, what ONNX Runtime fused
-    in it and, for a scope that quantizes the residual path, how to leave fewer Q/DQ passes."""
-    graph = Path(graph)
-    graph_metadata(graph)  # a one-line error for a missing, empty or corrupt graph
-    target = distinct_output(Path(output or graph.with_name(f"{graph.stem}.ort.onnx")), graph)
-    kernels, why = resolve_int8_kernels(int8_kernels or ORT_INT8_KERNELS, graph)
-
-    def run() -> dict:
-        scope = graph_metadata(graph).get("scope")
-        rewrite_file_for_ort_cpu(graph, target, kernels=kernels)
-        report = {
-            "backend": "ort",
-            "graph": str(target),
-            "scope": scope,
-            "int8_kernels": kernels,
-            "int8_kernels_reason": why,
-            **check_fused(target),
-        }
-        if scope in SCOPES and not SCOPES[scope].gemm_edges_only:
-            report["note"] = (
-                f"scope {scope} also quantizes the residual path (a Q/DQ pair per residual input); "
-                "`qtool calibrate --scope gemm-inputs` quantizes values only where they enter a MatMul/Gemm, "
-                "which leaves fewer Q/DQ passes"
-            )
-        return report
-
-    key = {
-        "source_sha256": sha256_file(graph),
-        "qtool": __version__,
-        "form": ORT_FORM_VERSION,
-        "int8_kernels": kernels,
-        "onnxruntime": onnxruntime.__version__,
-    }
-    report = cached_stage(manifest_path(target), key, run, artifact=target, stage="build ONNX Runtime form")
-    # where it is now, not where it was built; why the kernels, as this CPU says now
-    return {**report, "int8_kernels_reason": why, "graph": str(target), "model": str(target)}
-
-
-def build_trt(
-    graph: Path, output: Path | None = None, options: TrtBuildConfig | None = None, int8_kernels: str | None = None
-) -> dict:
-    """A TensorRT engine `<graph>.plan` with its build manifest (needs TensorRT and an NVIDIA GPU)."""
-    if int8_kernels is not None:
-        raise QtoolError("--int8-kernels is for --backend ort; TensorRT chooses its own kernels")
-    if graph_metadata(graph).get("peg_form", "gathered") not in ("gathered", "folded"):
-        raise QtoolError(
-            f"{graph} writes PEG groups with per-channel activation scales, which TensorRT does not take; "
-            "write the TensorRT form with `qtool quantize FP32.onnx CALIB.json --peg-form gathered`, "
-            "or calibrate with --weights folded"
-        )
-    target = distinct_output(Path(output or Path(graph).with_suffix(".plan")), graph)
-    return {"backend": "trt", "engine": str(target), **build_engine(graph, target, options or TrtBuildConfig())}
-
-
-BACKENDS: dict[str, Callable[[Path, Path | None, TrtBuildConfig | None, str | None], dict]] = {
-    "ort": build_ort,
-    "trt": build_trt,
-}
-
-
-def build_stage(
-    graph: Path,
-    backend: str,
-    output: Path | None = None,
-    options: TrtBuildConfig | None = None,
-    int8_kernels: str | None = None,
-) -> dict:
-    """`qtool build`: a deployable artifact of `graph` for `backend` (a key of BACKENDS);
-    `int8_kernels` (ONNX Runtime only) as `--int8-kernels`."""
+def build_stage(graph: Path, backend: str, output: Path | None = None, options=None) -> dict:
+    """`qtool build`: a deployable artifact of `graph` for `backend` (a key of BACKENDS) with that
+    backend's `options` (its options dataclass; None: its defaults)."""
     check_onnx_file(graph)
-    if backend not in BACKENDS:
-        raise QtoolError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return BACKENDS[backend](Path(graph), output, options, int8_kernels)
+    chosen = backend_named(backend)
+    if chosen.check_graph is not None:
+        chosen.check_graph(Path(graph))
+    chosen.require_library()
+    report = chosen.build(Path(graph), output, options)
+    scope = graph_metadata(graph).get("scope")
+    if scope in SCOPES and not SCOPES[scope].gemm_edges_only:
+        report["note"] = (
+            f"scope {scope} also quantizes the residual path (a Q/DQ pair per residual input); "
+            "`qtool calibrate --scope gemm-inputs` quantizes values only where they enter a MatMul/Gemm, "
+            "which leaves fewer Q/DQ passes"
+        )
+    return report
 
 
 def deployed_form(graph: Path) -> Path:

@@ -29,6 +29,7 @@ from qtool.cache import cached_stage, recording_stage_times, timed_stage
 from qtool.calibrators.methods import AUTO_GROUPS
 from qtool.data import QnliSplit
 from qtool.defaults import DEPLOY_MAX_DROP, SEARCH_MAX_DROP, SEED, SMOOTH_ALPHA
+from qtool.deployment.backends import build_ort
 from qtool.deployment.bench import BenchConfig
 from qtool.deployment.evaluate import EvalConfig, changed_predictions, evaluate_graph, tokenizer_for
 from qtool.errors import QtoolError
@@ -49,7 +50,7 @@ from qtool.report.intervals import wilson_interval
 from qtool.report.markdown import write_markdown_report
 from qtool.runners.ort import cpu_summary, int8_kernels_for_this_cpu
 from qtool.stages.calibrate import calibrate_stage
-from qtool.stages.deploy import build_ort, interleaved_comparison, latency_stage
+from qtool.stages.deploy import interleaved_comparison, latency_stage
 from qtool.stages.model import export_stage
 from qtool.stages.statistics import analyze_stage, collect_stage
 

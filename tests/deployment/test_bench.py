@@ -15,6 +15,7 @@ import pytest
 
 from qtool.data import DataConfig, load_qnli
 from qtool.deployment import memory
+from qtool.deployment.backends import runner_factory
 from qtool.deployment.bench import (
     BenchConfig,
     bench_compare,
@@ -24,7 +25,7 @@ from qtool.deployment.bench import (
     run_benchmark,
     summarize,
 )
-from qtool.deployment.model_files import max_positions, model_size_bytes, runner_factory, tokenizer_for_model
+from qtool.deployment.model_files import max_positions, model_size_bytes, tokenizer_for_model
 from qtool.errors import QtoolError
 from qtool.runners.base import Runner
 from qtool.runners.ort import OrtRunner
@@ -191,7 +192,7 @@ def test_model_size_counts_external_data(tiny_onnx, tmp_path):
 def test_runner_factory_picks_the_backend_by_suffix(tmp_path):
     assert runner_factory(Path("model.onnx"), threads=1)().name == "onnxruntime"
     assert runner_factory(Path("engine.plan"))().name == "tensorrt"  # built lazily: no GPU needed here
-    with pytest.raises(QtoolError, match="neither an ONNX graph"):
+    with pytest.raises(QtoolError, match="not a file any backend runs"):
         runner_factory(Path("model.bin"))
 
 

@@ -350,10 +350,10 @@ def _dequantized_only(model: onnx.ModelProto, dequantize: onnx.NodeProto) -> onn
 
 
 def test_build_reports_the_scope_and_notes_residual_quantization(calibrated, tmp_path):
-    from qtool.stages.deploy import build_ort
+    from qtool.stages.deploy import build_stage
 
     reports = {
-        r: build_ort(calibrated["graphs"][r], tmp_path / f"{r}.ort.onnx") for r in ("gemm", "all", "gemm-inputs")
+        r: build_stage(calibrated["graphs"][r], "ort", tmp_path / f"{r}.ort.onnx") for r in ("gemm", "all", "gemm-inputs")
     }
     assert {recipe: report["scope"] for recipe, report in reports.items()} == {r: r for r in reports}
     assert "note" not in reports["gemm-inputs"]

@@ -449,8 +449,8 @@ def test_recipe_accuracy_is_scored_with_reference_semantics(recipe, scaled_model
     """A QDQ graph is scored with ONNX Runtime's optimizations off: the values the QDQ semantics (and
     the NumPy reference) give, whatever integer kernels a CPU would fuse. ONNX Runtime's basic level,
     which fuses none, gives the same logits bit for bit; the runtime form is scored as deployed."""
+    from qtool.deployment.backends import build_ort
     from qtool.deployment.evaluate import EvalConfig, evaluate_graph
-    from qtool.stages.deploy import build_ort
 
     graph = write_calibrated_graph(
         scaled_model["graph"], calibrate(scaled_model["stats"], RECIPES[recipe]), tmp_path / "q.onnx"
