@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from qtool.errors import QtoolError
 from qtool.fileio import atomic_path, sha256_file
@@ -59,7 +58,7 @@ def load_model(path: Path, *, load_external_data: bool = True) -> onnx.ModelProt
 def attribute(node: onnx.NodeProto, name: str, default):
     """The value of the node's attribute `name`, or `default` when it has none."""
     found = next((a for a in node.attribute if a.name == name), None)
-    return default if found is None else helper.get_attribute_value(found)
+    return default if found is None else onnx.helper.get_attribute_value(found)
 
 
 def set_attribute(node: onnx.NodeProto, name: str, value) -> None:
@@ -67,7 +66,7 @@ def set_attribute(node: onnx.NodeProto, name: str, value) -> None:
         if existing.name == name:
             del node.attribute[index]
             break
-    node.attribute.append(helper.make_attribute(name, value))
+    node.attribute.append(onnx.helper.make_attribute(name, value))
 
 
 def subgraph_reads(node: onnx.NodeProto) -> Iterator[str]:
@@ -157,7 +156,7 @@ class GraphIndex:
     def array(self, name: str) -> np.ndarray | None:
         """The value of initializer `name`, or None when `name` is not one."""
         initializer = self.initializers.get(name)
-        return None if initializer is None else numpy_helper.to_array(initializer)
+        return None if initializer is None else onnx.numpy_helper.to_array(initializer)
 
     def constant_value(self, name: str, depth: int = 8) -> np.ndarray | None:
         """The value of an initializer (not a graph input), a Constant node, or an Identity chain ending in one."""
@@ -170,7 +169,7 @@ class GraphIndex:
             return self.constant_value(node.input[0], depth - 1)
         if node.op_type == "Constant":
             value = next((a for a in node.attribute if a.name == "value"), None)
-            return numpy_helper.to_array(value.t) if value is not None else None
+            return onnx.numpy_helper.to_array(value.t) if value is not None else None
         return None
 
     def constant_source(self, name: str) -> str | None:
@@ -204,7 +203,7 @@ class GraphIndex:
     def add_initializer(self, base: str, array: np.ndarray) -> str:
         """Append `array` as a new initializer under a unique name built from `base`; return the name."""
         name = self.unique_name(base)
-        self.graph.initializer.append(numpy_helper.from_array(np.asarray(array), name))
+        self.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(array), name))
         self.initializers[name] = self.graph.initializer[-1]
         return name
 
@@ -228,7 +227,7 @@ def _table_source(index: GraphIndex, name: str) -> tuple[str, list[int]] | None:
             return None
         if node.op_type == "Constant":
             value = next((a for a in node.attribute if a.name == "value"), None)
-            return (name, list(helper.get_attribute_value(value).dims)) if value is not None else None
+            return (name, list(onnx.helper.get_attribute_value(value).dims)) if value is not None else None
         if node.op_type not in TABLE_PASSTHROUGH_OPS:
             return None
         name = node.input[0]

@@ -50,7 +50,6 @@ from typing import NamedTuple
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from qtool.exporter.weight_codes import u8s8_exact_everywhere
 from qtool.graph import GraphIndex, attribute, prune_dead_nodes, save_derived_graph, set_attribute, tensor_ranks
@@ -173,7 +172,7 @@ def _gather_before_dequantize(graph: GraphIndex) -> int:
         for reader, _ in readers:
             gather_axis = attribute(reader, "axis", 0) % rank
             gathered = graph.unique_name(f"{reader.output[0]}/quantized")
-            dequantize = helper.make_node(
+            dequantize = onnx.helper.make_node(
                 "DequantizeLinear",
                 [gathered, *dq.input[1:]],
                 [reader.output[0]],
@@ -278,7 +277,7 @@ def _projections_to_matmul_integer_to_float(graph: GraphIndex) -> int:
         if transposed:
             weight_name = graph.add_initializer(f"{weight_name}/transposed", np.ascontiguousarray(weight.T))
         weight_zero_point = weight_dq.input[2] if len(weight_dq.input) > 2 else ""  # absent: 0
-        fused_node = helper.make_node(
+        fused_node = onnx.helper.make_node(
             "MatMulIntegerToFloat",
             [
                 activation_dq.input[0],
@@ -313,7 +312,7 @@ def _gemm_bias_to_add(graph: GraphIndex) -> int:
         if _activation_dequantize(graph, node.input[0]) is None or _weight_dequantize(graph, node.input[1]) is None:
             continue
         product = graph.unique_name(f"{node.output[0]}/without_bias")
-        add = helper.make_node(
+        add = onnx.helper.make_node(
             "Add", [product, node.input[2]], [node.output[0]], name=graph.unique_name(f"{node.name}/BiasAdd")
         )
         del node.input[2]
@@ -393,7 +392,7 @@ def _channel_gathers_as_row_gathers(graph: GraphIndex, ranks: dict[str, int]) ->
     for source, gathers in by_source.items():
         rank = ranks[source]
         channels_first = graph.unique_name(f"{source}/channels_first")
-        transpose = helper.make_node(
+        transpose = onnx.helper.make_node(
             "Transpose",
             [source],
             [channels_first],
@@ -403,8 +402,8 @@ def _channel_gathers_as_row_gathers(graph: GraphIndex, ranks: dict[str, int]) ->
         for position, node in enumerate(gathers):
             rows = graph.unique_name(f"{node.output[0]}/channels_first")
             replacement = [
-                helper.make_node("Gather", [channels_first, node.input[1]], [rows], name=node.name, axis=0),
-                helper.make_node(
+                onnx.helper.make_node("Gather", [channels_first, node.input[1]], [rows], name=node.name, axis=0),
+                onnx.helper.make_node(
                     "Transpose",
                     [rows],
                     [node.output[0]],
@@ -475,7 +474,7 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True, kerne
         if counts["matmul_integer_to_float_with_bias"] and not any(
             o.domain == MS_DOMAIN for o in rewritten.opset_import
         ):
-            rewritten.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+            rewritten.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
         counts["peg_divisions_folded"] = _fold_channel_division(GraphIndex(rewritten.graph))
         counts["float_input_weights_dequantized"] = _float_input_weights_dequantized(GraphIndex(rewritten.graph))
     counts["gemm_bias_to_add"] = _gemm_bias_to_add(GraphIndex(rewritten.graph))

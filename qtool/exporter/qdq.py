@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from qtool.defaults import PEG_FORM
 from qtool.exporter.grid import quantize, weight_scales
@@ -87,7 +86,7 @@ class _Writer:
         self.plan = plan
         self.index = GraphIndex(self.graph)  # the input graph: nodes are only replaced in `run`'s assembly
         self.initializers = self.index.initializers
-        self.new_initializers: list[TensorProto] = []
+        self.new_initializers: list[onnx.TensorProto] = []
         self.after: dict[str, list[onnx.NodeProto]] = {}  # nodes to insert after the producer of a tensor
         self.replaced_nodes: dict[str, list[onnx.NodeProto]] = {}  # node name -> its replacement nodes
         self.rewire: dict[tuple[str, int], str] = {}  # (node name, input index) -> new input tensor
@@ -96,7 +95,7 @@ class _Writer:
 
     # -- helpers ------------------------------------------------------------------------------
     def constant(self, name: str, array: np.ndarray) -> str:
-        self.new_initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        self.new_initializers.append(onnx.numpy_helper.from_array(np.asarray(array), name))
         return name
 
     def qdq_pair(self, prefix: str, source: str, scale: float, point: str) -> tuple[list[onnx.NodeProto], str]:
@@ -104,19 +103,19 @@ class _Writer:
         zero_name = self.constant(f"{prefix}/zero_point", np.array(0, dtype=np.int8))
         quantized, dequantized = f"{prefix}/quantized", f"{prefix}/dequantized"
         nodes = [
-            helper.make_node(
+            onnx.helper.make_node(
                 "QuantizeLinear", [source, scale_name, zero_name], [quantized], name=f"{prefix}/QuantizeLinear"
             ),
-            helper.make_node(
+            onnx.helper.make_node(
                 "DequantizeLinear", [quantized, scale_name, zero_name], [dequantized], name=f"{prefix}/DequantizeLinear"
             ),
         ]
         if self.plan.switches:
             switch = switch_input(point)
             if switch not in self.switch_inputs:
-                self.switch_inputs[switch] = helper.make_tensor_value_info(switch, TensorProto.BOOL, [])
+                self.switch_inputs[switch] = onnx.helper.make_tensor_value_info(switch, onnx.TensorProto.BOOL, [])
             selected = f"{prefix}/selected"
-            nodes.append(helper.make_node("Where", [switch, dequantized, source], [selected], name=f"{prefix}/Switch"))
+            nodes.append(onnx.helper.make_node("Where", [switch, dequantized, source], [selected], name=f"{prefix}/Switch"))
             return nodes, selected
         return nodes, dequantized
 
@@ -135,7 +134,7 @@ class _Writer:
         if name not in self.initializers:
             log.debug("weight %s of %s is not an initializer; left in float", name, node.name)
             return
-        weight = numpy_helper.to_array(self.initializers[name]).astype(np.float32)
+        weight = onnx.numpy_helper.to_array(self.initializers[name]).astype(np.float32)
         axis = self.weight_axis(node)
         bits = self.plan.weight_bits if node.op_type in ("MatMul", "Gemm") else 8
         scales = weight_scales(weight, axis, bits)
@@ -152,7 +151,7 @@ class _Writer:
         z_name = self.constant(f"{prefix}/zero_point", np.zeros(() if per_tensor else scales.shape, np.int8))
         dequantized = f"{prefix}/dequantized"
         self.after.setdefault("", []).append(
-            helper.make_node(
+            onnx.helper.make_node(
                 "DequantizeLinear",
                 [q_name, s_name, z_name],
                 [dequantized],
@@ -177,7 +176,7 @@ class _Writer:
         if name in self.quantized_weights:
             quantized, scales, axis = self.quantized_weights[name]
             return self.dequantized_weight(f"{prefix}/weight", taken(quantized), scales, axis)
-        return self.constant(f"{prefix}/weight", taken(numpy_helper.to_array(self.initializers[name])))
+        return self.constant(f"{prefix}/weight", taken(onnx.numpy_helper.to_array(self.initializers[name])))
 
     # -- activations ---------------------------------------------------------------------------
     def readers(self, tensor: str) -> list[tuple[onnx.NodeProto, int]]:
@@ -220,8 +219,8 @@ class _Writer:
         zero = self.constant(f"{name}/zero_point", np.array(0, dtype=np.int8))
         divided, codes = f"{name}/divided", f"{name}/quantized"
         nodes = [
-            helper.make_node("Div", [point.tensor, channel_scales], [divided], name=f"{name}/DivideByScale"),
-            helper.make_node("QuantizeLinear", [divided, unit, zero], [codes], name=f"{name}/QuantizeLinear"),
+            onnx.helper.make_node("Div", [point.tensor, channel_scales], [divided], name=f"{name}/DivideByScale"),
+            onnx.helper.make_node("QuantizeLinear", [divided, unit, zero], [codes], name=f"{name}/QuantizeLinear"),
         ]
         bulk = max(range(len(members)), key=lambda k: (members[k].size, -k))
         group_inputs: list[str] = []  # the dequantized codes each group's partial GEMM reads
@@ -231,12 +230,12 @@ class _Writer:
                 if rebuilt is None:
                     unscaled, rebuilt = f"{name}/unit_dequantized", f"{name}/dequantized"
                     nodes.append(
-                        helper.make_node(
+                        onnx.helper.make_node(
                             "DequantizeLinear", [codes, unit, zero], [unscaled], name=f"{name}/DequantizeLinear"
                         )
                     )
                     nodes.append(
-                        helper.make_node("Mul", [unscaled, channel_scales], [rebuilt], name=f"{name}/MultiplyByScale")
+                        onnx.helper.make_node("Mul", [unscaled, channel_scales], [rebuilt], name=f"{name}/MultiplyByScale")
                     )
                 self.rewire[(node.name, index)] = rebuilt
                 continue
@@ -251,12 +250,12 @@ class _Writer:
                         source = f"{prefix}/quantized"
                         indices = self.constant(f"{prefix}/channels", channels)
                         nodes.append(
-                            helper.make_node("Gather", [codes, indices], [source], name=f"{prefix}/Gather", axis=-1)
+                            onnx.helper.make_node("Gather", [codes, indices], [source], name=f"{prefix}/Gather", axis=-1)
                         )
                     scale = self.constant(f"{prefix}/scale", np.array(group["scale"], dtype=np.float32))
                     dequantized = f"{prefix}/dequantized"
                     nodes.append(
-                        helper.make_node(
+                        onnx.helper.make_node(
                             "DequantizeLinear", [source, scale, zero], [dequantized], name=f"{prefix}/DequantizeLinear"
                         )
                     )
@@ -273,7 +272,7 @@ class _Writer:
             indices = self.constant(f"{prefix}/channels", channels)
             sliced = f"{prefix}/input"
             nodes.append(
-                helper.make_node("Gather", [point.tensor, indices], [sliced], name=f"{prefix}/Gather", axis=-1)
+                onnx.helper.make_node("Gather", [point.tensor, indices], [sliced], name=f"{prefix}/Gather", axis=-1)
             )
             pair, dequantized = self.qdq_pair(prefix, sliced, group["scale"], point.name)
             nodes.extend(pair)
@@ -289,10 +288,10 @@ class _Writer:
                 concat = f"{point.name}/groups_concat"
                 rebuilt = f"{point.name}/dequantized"
                 nodes.append(
-                    helper.make_node("Concat", [d for _, d in parts], [concat], name=f"{point.name}/Concat", axis=-1)
+                    onnx.helper.make_node("Concat", [d for _, d in parts], [concat], name=f"{point.name}/Concat", axis=-1)
                 )
                 nodes.append(
-                    helper.make_node("Gather", [concat, inverse], [rebuilt], name=f"{point.name}/Unpermute", axis=-1)
+                    onnx.helper.make_node("Gather", [concat, inverse], [rebuilt], name=f"{point.name}/Unpermute", axis=-1)
                 )
             self.rewire[(node.name, index)] = rebuilt
         self.after.setdefault(point.tensor, []).extend(nodes)
@@ -301,7 +300,7 @@ class _Writer:
         """MatMul(X, W) as one GEMM of the PEG codes and W with each row multiplied by its channel's
         group scale, quantized per output channel."""
         prefix = f"{node.name}/folded"
-        weight = numpy_helper.to_array(self.initializers[node.input[1]]).astype(np.float32)
+        weight = onnx.numpy_helper.to_array(self.initializers[node.input[1]]).astype(np.float32)
         folded = scales[:, None] * weight
         bits = self.plan.weight_bits
         weight_scale = weight_scales(folded, 1, bits)
@@ -310,8 +309,8 @@ class _Writer:
         )
         dequantized = f"{prefix}/codes_dequantized"
         self.replaced_nodes[node.name] = [
-            helper.make_node("DequantizeLinear", [codes, unit, zero], [dequantized], name=f"{prefix}/DequantizeLinear"),
-            helper.make_node("MatMul", [dequantized, dequantized_weight], [node.output[0]], name=f"{prefix}/MatMul"),
+            onnx.helper.make_node("DequantizeLinear", [codes, unit, zero], [dequantized], name=f"{prefix}/DequantizeLinear"),
+            onnx.helper.make_node("MatMul", [dequantized, dequantized_weight], [node.output[0]], name=f"{prefix}/MatMul"),
         ]
 
     def is_projection(self, node: onnx.NodeProto, index: int) -> bool:
@@ -326,9 +325,9 @@ class _Writer:
             prefix = f"{node.name}/group{k}"
             weight = self.weight_slice(node, channels, prefix, keep_shape=k == whole)
             partial = f"{prefix}/partial"
-            replacement.append(helper.make_node("MatMul", [dequantized, weight], [partial], name=f"{prefix}/MatMul"))
+            replacement.append(onnx.helper.make_node("MatMul", [dequantized, weight], [partial], name=f"{prefix}/MatMul"))
             partials.append(partial)
-        replacement.append(helper.make_node("Sum", partials, [node.output[0]], name=f"{node.name}/SumOfGroups"))
+        replacement.append(onnx.helper.make_node("Sum", partials, [node.output[0]], name=f"{node.name}/SumOfGroups"))
         self.replaced_nodes[node.name] = replacement
 
     # -- assembly ------------------------------------------------------------------------------
@@ -339,7 +338,7 @@ class _Writer:
                 if node.op_type in ("MatMul", "Gemm") and node.input[1] in self.initializers:
                     self.quantize_weight(node, 1)
                 elif self.plan.embedding_tables and node.op_type == "Gather" and node.input[0] in self.initializers:
-                    if self.initializers[node.input[0]].data_type == TensorProto.FLOAT:
+                    if self.initializers[node.input[0]].data_type == onnx.TensorProto.FLOAT:
                         self.quantize_weight(node, 0)
         unknown = set(self.plan.activations) - set(by_name)
         if unknown:

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from qtool.defaults import SMOOTH_ALPHA
 from qtool.errors import QtoolError
@@ -188,7 +187,7 @@ def smoothing_factors(
             )
         weight_max = np.zeros(site.channels, dtype=np.float64)
         for projection in site.projections:
-            weight = numpy_helper.to_array(index.initializers[projection.weight]).astype(np.float64)
+            weight = onnx.numpy_helper.to_array(index.initializers[projection.weight]).astype(np.float64)
             np.maximum(weight_max, np.abs(weight).max(axis=1 - projection.axis), out=weight_max)
         factors[name] = _factors(activation_max, weight_max, alpha)
     return factors
@@ -218,7 +217,7 @@ def apply_smoothing(
     def set_parameter(layer_norm: onnx.NodeProto, slot: int, value: np.ndarray) -> None:
         name = layer_norm.input[slot]
         if index.private_initializer(name):
-            index.initializers[name].CopyFrom(numpy_helper.from_array(value, name))
+            index.initializers[name].CopyFrom(onnx.numpy_helper.from_array(value, name))
             return
         producer = index.producer.get(name)
         if (
@@ -231,10 +230,10 @@ def apply_smoothing(
             # A deduplicated parameter: give this LayerNorm its own initializer under the same name.
             removed.add(producer.output[0])
             orphaned.update(i for i in producer.input if i)
-            new_initializers.append(numpy_helper.from_array(value, name))
+            new_initializers.append(onnx.numpy_helper.from_array(value, name))
             return
         private = index.unique_name(f"{name}/smoothed")
-        new_initializers.append(numpy_helper.from_array(value, private))
+        new_initializers.append(onnx.numpy_helper.from_array(value, private))
         layer_norm.input[slot] = private
         orphaned.add(name)
 
@@ -255,16 +254,16 @@ def apply_smoothing(
                 set_parameter(layer_norm, slot, (value / s).astype(site.dtype))
         for projection in site.projections:
             init = index.initializers[projection.weight]
-            weight = numpy_helper.to_array(init)
+            weight = onnx.numpy_helper.to_array(init)
             shape = (-1, 1) if projection.axis == 0 else (1, -1)
             scaled = (weight.astype(np.float64) * s.reshape(shape)).astype(weight.dtype)
-            init.CopyFrom(numpy_helper.from_array(scaled, projection.weight))
+            init.CopyFrom(onnx.numpy_helper.from_array(scaled, projection.weight))
         if site.others:
             factor_name = index.unique_name(f"{name}/smooth_factors")
-            new_initializers.append(numpy_helper.from_array(s.astype(site.dtype), factor_name))
+            new_initializers.append(onnx.numpy_helper.from_array(s.astype(site.dtype), factor_name))
             unsmoothed = index.unique_name(f"{name}/Unsmooth_output_0")
             inserted[site.point.tensor].append(
-                helper.make_node(
+                onnx.helper.make_node(
                     "Mul", [site.point.tensor, factor_name], [unsmoothed], name=index.unique_name(f"{name}/Unsmooth")
                 )
             )

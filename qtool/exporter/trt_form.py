@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
 from qtool.defaults import TRT_FP16, TRT_QUANTIZE_HEAD
 from qtool.errors import QtoolError
@@ -164,7 +163,7 @@ def _scale_through_qdq(index: GraphIndex, query: str, factor: float, constant: s
     if scale is None or scale.size != 1 or index.constant_value(dequantize.input[1]) is None:
         return False
     scaled = index.unique_name(f"{quantize.input[0]}/attention_scaled")
-    multiply = helper.make_node(
+    multiply = onnx.helper.make_node(
         "Mul", [quantize.input[0], constant], [scaled], name=index.unique_name(f"{quantize.name}/AttentionScale")
     )
     new_scale = index.add_initializer(f"{quantize.input[1]}/attention_scaled", (scale * factor).astype(scale.dtype))
@@ -197,7 +196,7 @@ def scale_query_first(model: onnx.ModelProto) -> list[str]:
                     matmul.name,
                 )
             scaled = index.unique_name(f"{matmul.input[0]}/attention_scaled")
-            multiply = helper.make_node(
+            multiply = onnx.helper.make_node(
                 "Mul", [matmul.input[0], constant], [scaled], name=index.unique_name(f"{matmul.name}/AttentionScale")
             )
             matmul.input[0] = scaled  # before replace_node, which inserts copies
@@ -244,7 +243,7 @@ def fp16_problems(model: onnx.ModelProto, io_types: dict[str, int]) -> list[str]
     ]
     for value in (*model.graph.input, *model.graph.output):
         if value.name in io_types and value.type.tensor_type.elem_type != io_types[value.name]:
-            problems.append(f"{value.name} as {TensorProto.DataType.Name(value.type.tensor_type.elem_type)}")
+            problems.append(f"{value.name} as {onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)}")
     return problems
 
 

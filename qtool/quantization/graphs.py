@@ -21,7 +21,7 @@ from qtool.quantization.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
-Prepared = tuple[onnx.ModelProto, list[QuantPoint]]
+Prepared = tuple["onnx.ModelProto", list[QuantPoint]]
 
 
 def smoothed_graph(model_path: Path, stats: ActivationStats, alpha: float) -> tuple[Path, dict[str, list[float]]]:

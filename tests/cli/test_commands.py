@@ -373,3 +373,32 @@ def test_calibrate_prints_accuracy_in_percent_and_quantize_has_json(tmp_path, ti
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["qdq_graph"] == str(tmp_path / "again.qdq.onnx")
     assert (tmp_path / "again.qdq.onnx").read_bytes() == (tmp_path / "max-all.qdq.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("args", [["--help"], ["calibrate", "--help"], ["build", "--help"], ["calibrate"]])
+def test_help_and_usage_errors_load_no_heavy_library(args):
+    """`qtool --help` answers at once: onnx (ml_dtypes), torch, transformers and onnxruntime stay unloaded."""
+    code = (
+        "import sys\n"
+        f"sys.argv = ['qtool', *{args!r}]\n"
+        "from qtool.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "from qtool.cli.deferred_imports import DeferredModule\n"
+        "heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'ml_dtypes') if m in sys.modules]\n"
+        "heavy += ['onnx'] if not isinstance(sys.modules.get('onnx'), DeferredModule) else []\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_deferred_module_loads_on_first_use():
+    code = (
+        "import sys\nfrom qtool.cli.deferred_imports import DeferredModule, defer_imports\n"
+        "sys.modules.pop('colorsys', None)\ndefer_imports(('colorsys',))\nimport colorsys\n"
+        "assert isinstance(colorsys, DeferredModule) and 'rgb_to_hsv' not in vars(colorsys)\n"
+        "assert colorsys.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)\n"
+        "assert not isinstance(sys.modules['colorsys'], DeferredModule)\nprint('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
