@@ -29,7 +29,7 @@ def _padded_batches(model_path: Path, data: str, samples: int, batch_size: int) 
     from qtool.analysis.collect import calibration_examples
     from qtool.data import DataConfig, load_qnli
     from qtool.data.batching import padded_feeds
-    from qtool.deployment.evaluate import tokenizer_for
+    from qtool.models.families import tokenizer_for
 
     split = load_qnli(DataConfig(source=data))
     examples, _ = calibration_examples(split, samples)
@@ -39,7 +39,7 @@ def _padded_batches(model_path: Path, data: str, samples: int, batch_size: int) 
 def run_qtool(model_path: Path, data: str, samples: int, batch_size: int) -> dict:
     from qtool.analysis import CollectConfig, collect
     from qtool.data import DataConfig, load_qnli
-    from qtool.deployment.evaluate import tokenizer_for
+    from qtool.models.families import tokenizer_for
 
     split = load_qnli(DataConfig(source=data))
     tokenizer = tokenizer_for(model_path)

@@ -51,8 +51,8 @@ def main() -> None:
     import onnx
 
     from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
-    from qtool.deployment.evaluate import tokenizer_for
     from qtool.exporter.ort_cpu import rewrite_for_ort_cpu
+    from qtool.models.families import tokenizer_for
     from qtool.runners.ort import cpu_summary, int8_kernels_for_this_cpu
 
     split = load_qnli(DataConfig(source=args.data))

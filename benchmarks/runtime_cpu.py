@@ -86,8 +86,8 @@ def _bert_base_shape(folder: Path, tokenizer_dir: Path, split) -> tuple[Path, Pa
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from qtool.exporter import export_onnx
     from qtool.models import resolve_model
+    from qtool.models.onnx_export import export_onnx
 
     torch.manual_seed(0)
     config = BertConfig(
@@ -102,13 +102,14 @@ def _bert_base_shape(folder: Path, tokenizer_dir: Path, split) -> tuple[Path, Pa
 
 
 def _candidates(model_dir: Path, fp32: Path, folder: Path, split, tokenizer, threads: int | None):
-    from qtool.deployment.bench import runner_factory
+    from qtool.deployment.backends import runner_factory
+    from qtool.models.families import model_input_names
     from qtool.runners.torch_eager import TorchRunner
 
     graphs = {"ort-fp32": fp32}
     graphs |= _qtool_graphs(fp32, folder, split, tokenizer)
     graphs |= _peer_graphs(fp32, folder, tokenizer, split)
-    candidates = [("torch-eager-fp32", lambda: TorchRunner(model_dir, threads))]
+    candidates = [("torch-eager-fp32", lambda: TorchRunner(model_dir, threads, inputs_of=model_input_names))]
     candidates += [(name, runner_factory(path, threads)) for name, path in graphs.items()]
     return candidates, graphs
 
@@ -145,7 +146,7 @@ def main() -> None:
 
     from qtool.data import DataConfig, load_qnli
     from qtool.deployment.bench import BenchConfig, benchmark_inputs, compare
-    from qtool.deployment.evaluate import tokenizer_for
+    from qtool.models.families import tokenizer_for
     from qtool.stages.model import export_manifest
 
     split = load_qnli(DataConfig(source=args.data))

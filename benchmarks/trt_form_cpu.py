@@ -33,8 +33,9 @@ def main() -> None:
     import numpy as np
 
     from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
-    from qtool.deployment.evaluate import logit_to_label, predict_logits, scoring_level, tokenizer_for
+    from qtool.deployment.evaluate import logit_to_label, predict_logits, scoring_level
     from qtool.exporter.trt_form import write_trt_form
+    from qtool.models.families import tokenizer_for
     from qtool.runners.ort import OrtRunner
 
     split = load_qnli(DataConfig(source=args.data))

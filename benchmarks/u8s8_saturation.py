@@ -125,8 +125,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
-    from qtool.deployment.evaluate import logit_to_label, tokenizer_for
+    from qtool.deployment.evaluate import logit_to_label
     from qtool.exporter.ort_cpu import rewrite_for_ort_cpu
+    from qtool.models.families import tokenizer_for
     from qtool.runners.ort import OrtRunner, cpu_summary
 
     split = load_qnli(DataConfig(source=args.data))

@@ -177,8 +177,8 @@ def finetune(model=None, *, data=None, seed=None, epochs=None, learning_rate=Non
 
 def export(model=None, *, data=None, seed=None, output=None, opset=None, force=False, artifacts=None) -> Exported:
     """The classifier as FP32 ONNX (with its tokenizer and a parity manifest), reused when unchanged."""
-    from qtool.exporter.onnx_export import ExportConfig
     from qtool.models.finetune import FinetuneConfig
+    from qtool.models.onnx_export import ExportConfig
     from qtool.stages.model import export_stage
 
     data_options, split = load_data(data, seed)

@@ -59,3 +59,22 @@ def test_the_api_is_importable_from_the_package(name):
     import qtool
 
     assert callable(getattr(qtool, name))
+
+
+def _documented_commands() -> list[tuple[str, list[str]]]:
+    """Every `qtool ...` line of a code block in the README and docs/, as words."""
+    found = []
+    for page in [README, *sorted((README.parent / "docs").glob("*.md"))]:
+        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", page.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line.strip(), comments=True)
+                if words[:1] == ["qtool"]:
+                    found.append((f"{page.name}: {line.strip()[:60]}", words[1:]))
+    return found
+
+
+@pytest.mark.parametrize("where, words", _documented_commands(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_documented_command_parses(where, words):
+    """The command and every option a documented line uses exist (`--help` stops before running)."""
+    result = CliRunner().invoke(app, [*words, "--help"])
+    assert result.exit_code == 0, f"{where}\n{result.output}"

@@ -9,39 +9,12 @@ quantized at all.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 from qtool.analysis.stats import TensorStats
-from qtool.exporter.grid import scale_for
+from qtool.exporter.grid import ActivationRange, ChannelGroup
 from qtool.exporter.points import QuantPoint
 
-
-@dataclass(frozen=True)
-class ChannelGroup:
-    channels: tuple[int, ...]
-    amax: float
-
-    @property
-    def scale(self) -> float:
-        return scale_for(self.amax)
-
-
-@dataclass(frozen=True)
-class ActivationRange:
-    """A symmetric range: one `amax`, or, for per-embedding-group ranges, one per channel group."""
-
-    amax: float
-    groups: tuple[ChannelGroup, ...] | None = None
-
-    @property
-    def scale(self) -> float:
-        return scale_for(self.amax)
-
-    def to_json(self) -> dict:
-        data = {"amax": self.amax, "scale": self.scale}
-        if self.groups is not None:
-            data["groups"] = [{"amax": g.amax, "scale": g.scale, "channels": list(g.channels)} for g in self.groups]
-        return data
+__all__ = ["ActivationRange", "Calibrator", "ChannelGroup"]  # the range type lives with the grid
 
 
 class Calibrator(ABC):

@@ -182,10 +182,10 @@ class PegCalibrator(Calibrator):
             raise QtoolError(f"--groups {self.groups} exceeds the {width} channels of {point.name}")
         order = np.argsort(channel_absmax, kind="stable") if self.permute else np.arange(width)
         groups = tuple(
-            ChannelGroup(tuple(int(c) for c in members), float(channel_absmax[members].max()))
+            ChannelGroup(members, channel_absmax[members].max())
             for members in self._members(order, channel_absmax)
         )
-        return ActivationRange(stats.absmax, groups)
+        return ActivationRange(stats.absmax, groups=groups)
 
 
 def peg_groups(value: int | str) -> int | str:

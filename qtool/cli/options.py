@@ -28,9 +28,9 @@ from qtool.deployment.bench import INPUT_KINDS, BenchConfig
 from qtool.deployment.evaluate import EvalConfig
 from qtool.deployment.trt_build import TrtBuildConfig
 from qtool.executor import EXECUTORS, RAY_HINT, ExecutorConfig
-from qtool.exporter.onnx_export import ExportConfig
 from qtool.exporter.qdq import PEG_FORMS, WEIGHT_MODES
 from qtool.models.finetune import FinetuneConfig
+from qtool.models.onnx_export import ExportConfig
 from qtool.quantization.calibration import CalibrateConfig
 from qtool.quantization.scale_formats import FALLBACK_TRT_VERSION, FORMATS
 from qtool.quantization.search import SearchConfig

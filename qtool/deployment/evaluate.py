@@ -20,7 +20,7 @@ from qtool.defaults import MAX_LENGTH
 from qtool.errors import QtoolError
 from qtool.fileio import sha256_file
 from qtool.graph import graph_metadata, is_recipe_graph
-from qtool.models.resolve import load_tokenizer
+from qtool.models.families import tokenizer_for
 from qtool.progress import ProgressTask, progress_bar
 from qtool.runners.base import Runner
 from qtool.runners.ort import OrtRunner, check_onnx_file, cpu_summary
@@ -46,21 +46,6 @@ class EvalConfig:
             raise QtoolError(f"--limit must be at least 1, got {self.limit}")
         if self.threads is not None and self.threads < 1:
             raise QtoolError(f"--threads must be at least 1, got {self.threads}")
-
-
-def tokenizer_for(model_path: Path, tokenizer_path: Path | None = None):
-    """The tokenizer exported beside the graph, unless one is given explicitly."""
-    if tokenizer_path is None:
-        relative = graph_metadata(model_path).get("tokenizer")
-        if relative is None:
-            raise QtoolError(
-                f"{model_path} was not exported by qtool, so no tokenizer folder is recorded in it; export the "
-                "model with `qtool export` (eval also takes --tokenizer FOLDER)"
-            )
-        tokenizer_path = Path(model_path).parent / relative
-    if not Path(tokenizer_path).is_dir():
-        raise QtoolError(f"tokenizer folder {tokenizer_path} is missing; re-export the model or pass --tokenizer")
-    return load_tokenizer(tokenizer_path)
 
 
 def scoring_level(model_path: Path) -> str:

@@ -81,7 +81,7 @@ def _source_onnx(model_path: Path) -> Path | None:
 
 def tokenizer_for_model(model_path: Path, tokenizer_path: Path | None = None):
     """The tokenizer of a graph (exported beside it) or of an engine (beside the graph it was built from)."""
-    from qtool.deployment.evaluate import tokenizer_for
+    from qtool.models.families import tokenizer_for
     from qtool.models.resolve import load_tokenizer
 
     if tokenizer_path is not None:

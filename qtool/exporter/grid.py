@@ -6,6 +6,8 @@ ONNX Runtime's U8S8 kernels on x86 CPUs without VNNI (255 x 64 x 2 < 32768)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 INT8_MAX = 127
@@ -16,6 +18,50 @@ AMAX_FLOOR = 1e-12  # an all-zero tensor still gets a positive scale
 def scale_for(amax: float) -> float:
     """The float32 scale of an activation range `amax`."""
     return float(np.float32(max(amax, AMAX_FLOOR) / INT8_MAX))
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """One channel group of a per-embedding-group range: its channels, range and scale."""
+
+    channels: tuple[int, ...]
+    amax: float
+    scale: float | None = None  # None: the grid's scale of `amax`
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "amax", float(self.amax))
+        object.__setattr__(self, "scale", scale_for(self.amax) if self.scale is None else float(self.scale))
+
+    def to_json(self) -> dict:
+        return {"amax": self.amax, "scale": self.scale, "channels": list(self.channels)}
+
+
+@dataclass(frozen=True)
+class ActivationRange:
+    """A calibrated symmetric range, the one type from the calibrator that estimates it through the
+    calibration file to the graph writer: one `amax` and its scale, or one per channel group (PEG)."""
+
+    amax: float
+    scale: float | None = None  # None: the grid's scale of `amax`
+    groups: tuple[ChannelGroup, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "amax", float(self.amax))
+        object.__setattr__(self, "scale", scale_for(self.amax) if self.scale is None else float(self.scale))
+        if self.groups is not None:
+            object.__setattr__(self, "groups", tuple(self.groups))
+
+    @property
+    def tensor_scale(self) -> float:
+        """The one per-tensor scale: the scale, or the only group's scale of a PEG range with K = 1."""
+        return self.groups[0].scale if self.groups else self.scale
+
+    def to_json(self) -> dict:
+        data = {"amax": self.amax, "scale": self.scale}
+        if self.groups is not None:
+            data["groups"] = [group.to_json() for group in self.groups]
+        return data
 
 
 def grid_max(bits: int = 8) -> int:

@@ -38,13 +38,14 @@ scale is per tensor (1 for the codes), so the graph is also one TensorRT can tak
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from qtool.defaults import PEG_FORM
-from qtool.exporter.grid import quantize, weight_scales
+from qtool.exporter.grid import ActivationRange, ChannelGroup, quantize, weight_scales
 from qtool.exporter.points import PROJECTION_OPS, QuantPoint
 from qtool.graph import GraphIndex, attribute, live_nodes
 
@@ -58,7 +59,7 @@ PEG_FORMS = ("scaled", "gathered")
 class QdqPlan:
     """What to quantize: activation scales per point (groups for PEG) and the weight policy."""
 
-    activations: dict[str, dict]  # point name -> {"scale": s} or {"groups": [{"scale", "channels"}]}
+    activations: dict[str, ActivationRange]  # point name -> its range (one scale, or PEG channel groups)
     weights: str | None = "per-channel"  # None: weights stay float
     weight_bits: int = 8  # the grid of GEMM weights (7: exact on U8S8 kernels everywhere); tables keep 8
     embedding_tables: bool = False
@@ -189,10 +190,10 @@ class _Writer:
             log.debug("%s feeds no MatMul/Gemm directly; all its readers get the quantized value", tensor)
         return readers
 
-    def quantize_point(self, point: QuantPoint, spec: dict) -> None:
-        groups = spec.get("groups")
+    def quantize_point(self, point: QuantPoint, spec: ActivationRange) -> None:
+        groups = spec.groups
         if not groups or len(groups) == 1:
-            scale = spec["scale"] if not groups else groups[0]["scale"]
+            scale = spec.tensor_scale
             # Per-tensor Q/DQ goes where the values enter the attention MatMul (after the head
             # reshape), so that ONNX Runtime and TensorRT see DequantizeLinear feeding the MatMul.
             tensor = point.matmul_input or point.tensor
@@ -207,12 +208,12 @@ class _Writer:
         else:
             self.quantize_groups(point, groups, self.readers(point.tensor))
 
-    def scale_groups(self, point: QuantPoint, groups: list[dict], consumers) -> None:
+    def scale_groups(self, point: QuantPoint, groups: Sequence[ChannelGroup], consumers) -> None:
         """The `scaled` PEG form: one code tensor at scale 1 after dividing each channel by its scale."""
-        members = [np.asarray(group["channels"], dtype=np.int64) for group in groups]
+        members = [np.asarray(group.channels, dtype=np.int64) for group in groups]
         scales = np.empty(sum(m.size for m in members), dtype=np.float32)
         for channels, group in zip(members, groups, strict=True):
-            scales[channels] = np.float32(group["scale"])
+            scales[channels] = np.float32(group.scale)
         name = point.name
         channel_scales = self.constant(f"{name}/channel_scales", scales)
         unit = self.constant(f"{name}/unit_scale", np.array(1.0, dtype=np.float32))
@@ -252,7 +253,7 @@ class _Writer:
                         nodes.append(
                             onnx.helper.make_node("Gather", [codes, indices], [source], name=f"{prefix}/Gather", axis=-1)
                         )
-                    scale = self.constant(f"{prefix}/scale", np.array(group["scale"], dtype=np.float32))
+                    scale = self.constant(f"{prefix}/scale", np.array(group.scale, dtype=np.float32))
                     dequantized = f"{prefix}/dequantized"
                     nodes.append(
                         onnx.helper.make_node(
@@ -263,18 +264,18 @@ class _Writer:
             self.split_projection(node, point, list(zip(members, group_inputs, strict=True)), whole=bulk)
         self.after.setdefault(point.tensor, []).extend(nodes)
 
-    def quantize_groups(self, point: QuantPoint, groups: list[dict], consumers) -> None:
+    def quantize_groups(self, point: QuantPoint, groups: Sequence[ChannelGroup], consumers) -> None:
         nodes: list[onnx.NodeProto] = []
         parts: list[tuple[np.ndarray, str]] = []
         for k, group in enumerate(groups):
-            channels = np.asarray(group["channels"], dtype=np.int64)
+            channels = np.asarray(group.channels, dtype=np.int64)
             prefix = f"{point.name}/group{k}"
             indices = self.constant(f"{prefix}/channels", channels)
             sliced = f"{prefix}/input"
             nodes.append(
                 onnx.helper.make_node("Gather", [point.tensor, indices], [sliced], name=f"{prefix}/Gather", axis=-1)
             )
-            pair, dequantized = self.qdq_pair(prefix, sliced, group["scale"], point.name)
+            pair, dequantized = self.qdq_pair(prefix, sliced, group.scale, point.name)
             nodes.extend(pair)
             parts.append((channels, dequantized))
         rebuilt = None

@@ -21,6 +21,7 @@ from qtool.data import LABELS, QnliSplit, make_batches, tokenize_part
 from qtool.defaults import MAX_LENGTH, SEED
 from qtool.errors import QtoolError
 from qtool.fileio import atomic_dir, sha256_text, write_json
+from qtool.models.families import model_input_names
 from qtool.models.resolve import (
     ModelSource,
     check_family,
@@ -31,7 +32,6 @@ from qtool.models.resolve import (
     load_tokenizer,
 )
 from qtool.progress import progress_bar
-from qtool.runners.torch_eager import model_input_names
 
 log = logging.getLogger(__name__)
 

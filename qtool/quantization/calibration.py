@@ -16,7 +16,7 @@ from typing import Any
 
 from qtool import __version__
 from qtool.analysis.collect import ActivationStats
-from qtool.calibrators.base import ActivationRange
+from qtool.calibrators.base import ActivationRange, ChannelGroup
 from qtool.calibrators.methods import CALIBRATORS, make_calibrator
 from qtool.calibrators.precision import SCOPES, check_scope, kept_in_float
 from qtool.defaults import OUTLIER_RATIO, PEG_GROUPING, PEG_GROUPS, PERCENTILE
@@ -112,65 +112,50 @@ def _positive(value: float, where: str) -> float:
     return value
 
 
-@dataclass(frozen=True)
-class GroupScale:
-    """One channel group of a per-embedding-group (PEG) range."""
-
-    channels: tuple[int, ...]
-    amax: float
-    scale: float
-
-    def to_json(self) -> dict:
-        return {"amax": self.amax, "scale": self.scale, "channels": list(self.channels)}
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> GroupScale:
-        channels = _require(data, "channels", list, where)
-        if not channels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in channels):
-            raise _Invalid(f"{where}channels are not channel numbers")
-        scale = _positive(float(_require(data, "scale", (int, float), where)), f"{where}scale")
-        amax = float(_require(data, "amax", (int, float), where))
-        if not math.isfinite(amax) or amax < 0:
-            raise _Invalid(f"{where}amax is {amax}, not a range (a number >= 0)")
-        return cls(tuple(channels), amax, scale)
+def _group_from_json(data: Any, where: str) -> ChannelGroup:
+    channels = _require(data, "channels", list, where)
+    if not channels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in channels):
+        raise _Invalid(f"{where}channels are not channel numbers")
+    scale = _positive(float(_require(data, "scale", (int, float), where)), f"{where}scale")
+    amax = float(_require(data, "amax", (int, float), where))
+    if not math.isfinite(amax) or amax < 0:
+        raise _Invalid(f"{where}amax is {amax}, not a range (a number >= 0)")
+    return ChannelGroup(tuple(channels), amax, scale)
 
 
 @dataclass(frozen=True)
 class PointScale:
-    """The calibrated range of one quantization point (a per-tensor scale, or PEG channel groups)."""
+    """The calibrated range of one quantization point, with where it came from."""
 
     tensor: str
     role: str
     method: str
     params: dict
-    amax: float
-    scale: float
-    groups: tuple[GroupScale, ...] | None = None
+    range: ActivationRange
 
     @classmethod
     def from_range(cls, point, method: str, params: dict, estimated: ActivationRange) -> PointScale:
-        groups = None
-        if estimated.groups is not None:
-            groups = tuple(GroupScale(g.channels, g.amax, g.scale) for g in estimated.groups)
-        return cls(point.tensor, point.role, method, params, estimated.amax, estimated.scale, groups)
+        return cls(point.tensor, point.role, method, params, estimated)
+
+    @property
+    def amax(self) -> float:
+        return self.range.amax
+
+    @property
+    def scale(self) -> float:
+        return self.range.scale
+
+    @property
+    def groups(self) -> tuple[ChannelGroup, ...] | None:
+        return self.range.groups
 
     @property
     def tensor_scale(self) -> float:
-        """The one per-tensor scale: the scale, or the only group's scale of a PEG range with K = 1."""
-        return self.groups[0].scale if self.groups else self.scale
+        return self.range.tensor_scale
 
     def to_json(self) -> dict:
-        data = {
-            "tensor": self.tensor,
-            "role": self.role,
-            "method": self.method,
-            "params": self.params,
-            "amax": self.amax,
-            "scale": self.scale,
-        }
-        if self.groups is not None:
-            data["groups"] = [group.to_json() for group in self.groups]
-        return data
+        return {"tensor": self.tensor, "role": self.role, "method": self.method, "params": self.params,
+                **self.range.to_json()}
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> PointScale:
@@ -178,7 +163,7 @@ class PointScale:
         if groups is not None:
             if not isinstance(groups, list) or not groups:
                 raise _Invalid(f"{where}groups is not a list of channel groups")
-            groups = tuple(GroupScale.from_json(g, f"{where}group {k} ") for k, g in enumerate(groups))
+            groups = tuple(_group_from_json(g, f"{where}group {k} ") for k, g in enumerate(groups))
             channels = sorted(c for group in groups for c in group.channels)
             if channels != list(range(len(channels))):
                 raise _Invalid(
@@ -189,9 +174,11 @@ class PointScale:
             role=_require(data, "role", str, where),
             method=_require(data, "method", str, where),
             params=_require(data, "params", dict, where),
-            amax=float(_require(data, "amax", (int, float), where)),
-            scale=_positive(float(_require(data, "scale", (int, float), where)), f"{where}scale"),
-            groups=groups,
+            range=ActivationRange(
+                float(_require(data, "amax", (int, float), where)),
+                _positive(float(_require(data, "scale", (int, float), where)), f"{where}scale"),
+                groups,
+            ),
         )
 
 

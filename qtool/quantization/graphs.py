@@ -69,12 +69,8 @@ def qdq_model(
     missing = sorted(set(calibration.tensors) - {p.name for p in points})
     if missing:
         raise QtoolError(f"the calibration names points that the model does not have ({', '.join(missing[:3])})")
-    activations = {
-        name: {"scale": entry.scale, "groups": [g.to_json() for g in entry.groups] if entry.groups else None}
-        for name, entry in calibration.tensors.items()
-    }
     plan = QdqPlan(
-        activations=activations,
+        activations={name: entry.range for name, entry in calibration.tensors.items()},
         weights=calibration.weights,
         weight_bits=calibration.weight_bits,
         embedding_tables=calibration.embedding_tables_quantized,

@@ -26,10 +26,11 @@ import numpy as np
 from qtool.analysis.collect import calibration_examples
 from qtool.data import QnliSplit, TokenizedPart, make_batches, tokenize_part
 from qtool.defaults import MAX_LENGTH, SEARCH_MAX_DROP, SEARCH_POINTS_PER_TASK
-from qtool.deployment.evaluate import RECIPE_LEVEL, predict_logits, tokenizer_for
+from qtool.deployment.evaluate import RECIPE_LEVEL, predict_logits
 from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig, parallelism, run_tasks
 from qtool.exporter.qdq import switch_input
+from qtool.models.families import tokenizer_for
 from qtool.progress import progress_bar
 from qtool.quantization.calibration import Calibration, load_calibration, write_calibration
 from qtool.quantization.graphs import prepared_model, qdq_model

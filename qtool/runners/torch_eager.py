@@ -2,47 +2,26 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from qtool.errors import QtoolError
 from qtool.runners.base import Runner
-
-# What QNLI pairs are tokenized into; a model takes the ones its forward() accepts.
-TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def model_input_names(model, tokenizer=None) -> tuple[str, ...]:
-    """The token inputs a transformers `model` takes, by keyword, in its forward() order.
-
-    `token_type_ids` only when the model has a segment table to read them with (RoBERTa's holds one
-    row, DistilBERT and MPNet have none) and the tokenizer, when given, produces them.
-    """
-    accepted = list(inspect.signature(model.forward).parameters)
-    names = [name for name in TOKEN_INPUTS if name in accepted]
-    segments = getattr(model.config, "type_vocab_size", 0) or 0
-    produced = getattr(tokenizer, "model_input_names", TOKEN_INPUTS) if tokenizer is not None else TOKEN_INPUTS
-    if "token_type_ids" in names and (segments < 2 or "token_type_ids" not in produced):
-        names.remove("token_type_ids")
-    if "input_ids" not in names:
-        raise QtoolError(f"{type(model).__name__}.forward takes no input_ids by keyword; qtool feeds BERT-family models")
-    return tuple(sorted(names, key=accepted.index))
 
 
 class TorchRunner(Runner):
     """A Hugging Face sequence classifier run by PyTorch in eval mode, without autograd, fed the
-    token inputs it takes (`model_input_names`)."""
+    token inputs `inputs_of(model)` names (`qtool.models.families.model_input_names`)."""
 
     name = "torch-eager"
     library = "torch"
 
-    def __init__(self, model_dir: Path, threads: int | None = None) -> None:
+    def __init__(self, model_dir: Path, threads: int | None = None, *, inputs_of: Callable) -> None:
         super().__init__()
         self.model_dir = Path(model_dir)
         self.threads = threads
+        self.inputs_of = inputs_of
         self.model = None
         self._inputs: tuple[str, ...] = ()
 
@@ -55,7 +34,7 @@ class TorchRunner(Runner):
         self.model = AutoModelForSequenceClassification.from_pretrained(
             self.model_dir, attn_implementation="eager"
         ).eval()
-        self._inputs = model_input_names(self.model)
+        self._inputs = tuple(self.inputs_of(self.model))
 
     def _deactivate(self) -> None:
         self.model = None

@@ -11,13 +11,14 @@ from qtool.analysis.collect import ActivationStats, CollectConfig
 from qtool.cache import timed_stage
 from qtool.data import QnliSplit
 from qtool.defaults import PEG_FORM
-from qtool.deployment.evaluate import EvalConfig, evaluate_graph, tokenizer_for
+from qtool.deployment.evaluate import EvalConfig, evaluate_graph
 from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig
 from qtool.exporter.points import load_quant_points
 from qtool.exporter.qdq import PEG_FORMS
 from qtool.fileio import distinct_output
 from qtool.graph import model_identity
+from qtool.models.families import tokenizer_for
 from qtool.quantization import scale_formats
 from qtool.quantization.calibration import (
     CalibrateConfig,

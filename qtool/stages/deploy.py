@@ -22,9 +22,10 @@ from qtool.deployment.bench import (
     run_benchmark,
     tokenizer_for_model,
 )
-from qtool.deployment.evaluate import EvalConfig, evaluate, logit_to_label, tokenizer_for
+from qtool.deployment.evaluate import EvalConfig, evaluate, logit_to_label
 from qtool.fileio import sha256_file
 from qtool.graph import graph_metadata, is_recipe_graph
+from qtool.models.families import tokenizer_for
 from qtool.runners.ort import check_onnx_file, cpu_description, cpu_summary, int8_kernels_for_this_cpu
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from qtool.cache import cached_stage
 from qtool.data import QnliSplit
 from qtool.errors import QtoolError
-from qtool.exporter.onnx_export import TOKENIZER_DIR, ExportConfig, export_onnx
 from qtool.fileio import manifest_path, read_json
 from qtool.models.finetune import FinetuneConfig, classifier_for, finetune
+from qtool.models.onnx_export import TOKENIZER_DIR, ExportConfig, export_onnx
 from qtool.models.resolve import ModelSource, resolve_model
 
 

@@ -8,9 +8,9 @@ from qtool.analysis.collect import ActivationStats, CollectConfig, collect_or_lo
 from qtool.analysis.outliers import OutlierConfig
 from qtool.analysis.writer import analysis_document, write_analysis
 from qtool.data import QnliSplit
-from qtool.deployment.evaluate import tokenizer_for
 from qtool.errors import QtoolError
 from qtool.fileio import distinct_output
+from qtool.models.families import tokenizer_for
 from qtool.runners.ort import check_onnx_file
 
 

@@ -31,14 +31,15 @@ from qtool.data import QnliSplit
 from qtool.defaults import DEPLOY_MAX_DROP, SEARCH_MAX_DROP, SEED, SMOOTH_ALPHA
 from qtool.deployment.backends import build_ort
 from qtool.deployment.bench import BenchConfig
-from qtool.deployment.evaluate import EvalConfig, changed_predictions, evaluate_graph, tokenizer_for
+from qtool.deployment.evaluate import EvalConfig, changed_predictions, evaluate_graph
 from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig, run_tasks
-from qtool.exporter.onnx_export import ExportConfig
 from qtool.exporter.weight_codes import weight_kernels
 from qtool.fileio import manifest_path, sha256_file, write_json
 from qtool.graph import load_model
+from qtool.models.families import tokenizer_for
 from qtool.models.finetune import FinetuneConfig
+from qtool.models.onnx_export import ExportConfig
 from qtool.quantization.calibration import CalibrateConfig
 from qtool.quantization.nncf_quantizers import NNCF_PEERS, RANKING_PAIRS, nncf_missing, quantize_with_nncf
 from qtool.quantization.ort_quantizers import OPTIMIZER_FORMAT, PEERS, quantize_with_ort

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from qtool.cli import app
 from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
-from qtool.exporter import ExportConfig, export_onnx
 from qtool.exporter.points import find_quant_points
 from qtool.models import resolve_model
+from qtool.models.onnx_export import ExportConfig, export_onnx
 from qtool.quantization.calibration import CalibrateConfig, calibrate
 from qtool.quantization.graphs import calibrated_model
 from qtool.runners import OrtRunner
@@ -49,7 +49,7 @@ def _batches(exported, count: int = 24, size: int = 8):
 
 
 def embedded_tokenizer_of(exported):
-    from qtool.deployment.evaluate import tokenizer_for
+    from qtool.models.families import tokenizer_for
 
     return tokenizer_for(exported["graph"])
 

@@ -61,8 +61,8 @@ def build_bert_classifier(
 
 def export_tiny(folder: Path, data: Path, out: Path) -> Path:
     from qtool.data import DataConfig, load_qnli
-    from qtool.exporter import export_onnx
     from qtool.models import resolve_model
+    from qtool.models.onnx_export import export_onnx
 
     export_onnx(resolve_model(str(folder)), load_qnli(DataConfig(source=str(data))), out)
     return out

@@ -22,6 +22,7 @@ from qtool.defaults import MAX_LENGTH
 from qtool.errors import QtoolError
 from qtool.fileio import atomic_dir, atomic_path, sha256_file
 from qtool.graph import METADATA_PREFIX
+from qtool.models.families import model_input_names
 from qtool.models.resolve import (
     ModelSource,
     check_family,
@@ -30,7 +31,6 @@ from qtool.models.resolve import (
     load_config,
     load_tokenizer,
 )
-from qtool.runners.torch_eager import model_input_names
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ import pytest
 
 from qtool.data import DataConfig, load_qnli
 from qtool.errors import QtoolError
-from qtool.exporter import ExportConfig, export_onnx, read_qtool_metadata
 from qtool.fileio import manifest_path, sha256_file
+from qtool.graph import read_qtool_metadata
 from qtool.models import resolve_model
+from qtool.models.onnx_export import ExportConfig, export_onnx
 from qtool.runners import OrtRunner
 from qtool.stages.model import export_stage
 from tests.helpers.models import build_bert_classifier
