@@ -104,7 +104,7 @@ def command(name: str | None = None):
             try:
                 return function(*args, **kwargs)
             except QtoolError as exc:
-                render.error(str(exc))
+                render.error(exc.cli_message)
                 raise typer.Exit(2) from None
             except KeyboardInterrupt:
                 render.stderr.print("interrupted")

@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 
 def _flag(name: str) -> str:
-    """An option as the API (`int8_kernels`) and the CLI (`--int8-kernels`) spell it."""
-    return f"{name} (--{name.replace('_', '-')})"
+    """An option as the command line spells it (`QtoolError` gives the API's spelling too)."""
+    return f"--{name.replace('_', '-')}"
 
 
 def _itself(path: Path) -> Path | None:

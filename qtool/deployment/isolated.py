@@ -61,7 +61,7 @@ def _child_main(job_path: Path, result_path: Path) -> None:
     try:
         outcome = ("ok", function(*args))
     except QtoolError as exc:
-        outcome = ("user-error", str(exc))
+        outcome = ("user-error", exc.cli_message)
     except Exception:
         outcome = ("crash", traceback.format_exc())
     Path(result_path).write_bytes(pickle.dumps(outcome))

@@ -24,7 +24,7 @@ from qtool.deployment.trt_build import (
     read_onnx_facts,
 )
 from qtool.deployment.trt_layers import layer_precision, summarize_layers
-from qtool.errors import QtoolError
+from qtool.errors import QtoolError, api_spelling
 from qtool.fileio import manifest_path, sha256_file
 from qtool.graph import graph_metadata
 from qtool.runners.trt import TrtRunner, read_plan_manifest
@@ -71,12 +71,12 @@ def test_default_config_is_valid_and_frozen():
 def test_config_validation_names_the_problem_on_one_line(config, max_positions, words):
     with pytest.raises(QtoolError) as raised:
         config.validate(max_positions=max_positions)
-    message = str(raised.value)
+    message = raised.value.cli_message
     assert "\n" not in message and all(word in message for word in words)
 
 
 def test_timing_cache_must_be_a_file(tmp_path):
-    with pytest.raises(QtoolError, match="--timing-cache .* is a folder"):
+    with pytest.raises(QtoolError, match=api_spelling("--timing-cache .* is a folder")):
         TrtBuildConfig(timing_cache=tmp_path).validate()
 
 
@@ -93,7 +93,7 @@ def test_network_inputs_must_be_batch_by_sequence_and_fit_fixed_axes():
     check_network_inputs({"input_ids": (-1, -1)}, shapes)
     with pytest.raises(QtoolError, match=r"input_ids has shape \[-1, -1, 4\]"):
         check_network_inputs({"input_ids": (-1, -1, 4)}, shapes)
-    with pytest.raises(QtoolError, match="fixed size 64 on axis 1; set --sequence 64,64,64"):
+    with pytest.raises(QtoolError, match=api_spelling("fixed size 64 on axis 1; set --sequence 64,64,64")):
         check_network_inputs({"input_ids": (-1, 64)}, shapes)
     check_network_inputs(
         {"input_ids": (-1, 128)}, profile_shapes(TrtBuildConfig(sequence=(128, 128, 128)), ["input_ids"])
@@ -111,7 +111,7 @@ def test_onnx_facts_come_from_the_graph(tiny_graph, tmp_path):
 def test_config_errors_come_before_the_tensorrt_import(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     short_positions = write_tiny_graph(tmp_path / "short.onnx", positions=64)
-    with pytest.raises(QtoolError, match="--sequence max 128 exceeds the model's 64 positions"):
+    with pytest.raises(QtoolError, match=api_spelling("--sequence max 128 exceeds the model's 64 positions")):
         build_engine(short_positions, tmp_path / "engine.plan")
 
 
@@ -263,7 +263,7 @@ def test_parse_errors_are_one_line_and_name_the_node(use_fake, tiny_graph, tmp_p
     plan = tmp_path / "x.plan"
     with pytest.raises(QtoolError) as raised:
         build_engine(tiny_graph, plan)
-    message = str(raised.value)
+    message = raised.value.cli_message
     assert "\n" not in message and "at node /bert/encoder/NonZero_3 (NonZero): Unsupported operator NonZero" in message
     assert "(and 1 more)" in message and "polygraphy inspect capability" in message
     assert not plan.exists()
@@ -285,7 +285,7 @@ def test_build_needs_a_gpu(use_fake, tiny_graph, tmp_path):
 def test_fixed_sequence_graph_needs_a_matching_profile(use_fake, tmp_path):
     use_fake()
     graph = write_tiny_graph(tmp_path / "fixed.onnx", fixed_sequence=32)
-    with pytest.raises(QtoolError, match="fixed size 32 on axis 1; set --sequence 32,32,32"):
+    with pytest.raises(QtoolError, match=api_spelling("fixed size 32 on axis 1; set --sequence 32,32,32")):
         build_engine(graph, tmp_path / "x.plan")
     build_engine(graph, tmp_path / "x.plan", TrtBuildConfig(sequence=(32, 32, 32)))
 

@@ -16,7 +16,7 @@ from qtool.calibrators.methods import PEG_ROLES
 from qtool.cli import app
 from qtool.data import make_batches, tokenize_part
 from qtool.defaults import PEG_AUTO_MAX_GROUPS
-from qtool.errors import QtoolError
+from qtool.errors import QtoolError, api_spelling
 from qtool.fileio import dumps_stable
 from qtool.graph import graph_metadata
 from qtool.models.resolve import load_tokenizer
@@ -207,7 +207,7 @@ def test_weight_bits_name_the_recipe_and_are_checked(tmp_path):
     assert CalibrateConfig(method="peg", weights="folded", weight_bits=7).recipe_name() == "peg-k4-all-wfolded-w7"
     assert CalibrateConfig().recipe_name() == "max-all"
     for bad in (6, 9, True):
-        with pytest.raises(QtoolError, match="--weight-bits must be one of 8, 7"):
+        with pytest.raises(QtoolError, match=api_spelling("--weight-bits must be one of 8, 7")):
             CalibrateConfig(weight_bits=bad).validate()
     result = runner.invoke(app, ["calibrate", str(tmp_path / "missing.onnx"), "--weight-bits", "9"])
     assert result.exit_code == 2 and "--weight-bits must be one of 8, 7" in result.stderr.strip().splitlines()[-1]
@@ -217,12 +217,12 @@ def test_another_outlier_ratio_is_another_recipe():
     assert CalibrateConfig(mixed_precision="outliers").recipe_name() == "max-all-mp-outliers"
     assert CalibrateConfig(mixed_precision="outliers", outlier_ratio=8).recipe_name() == "max-all-mp-outliers8"
     for ratio in (float("nan"), float("inf"), 0.5):
-        with pytest.raises(QtoolError, match="--outlier-ratio"):
+        with pytest.raises(QtoolError, match=api_spelling("--outlier-ratio")):
             CalibrateConfig(mixed_precision="outliers", outlier_ratio=ratio).validate()
 
 
 def test_folded_weights_need_peg_and_cannot_be_searched(tmp_path):
-    with pytest.raises(QtoolError, match="--method peg"):
+    with pytest.raises(QtoolError, match=api_spelling("--method peg")):
         CalibrateConfig(method="max", weights="folded").validate()
     result = runner.invoke(
         app, ["calibrate", str(tmp_path / "m.onnx"), "--method", "auto", "--base-method", "peg", "--weights", "folded"]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from qtool.analysis import CollectConfig, collect
 from qtool.cli import app
 from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
-from qtool.errors import QtoolError
+from qtool.errors import QtoolError, api_spelling
 from qtool.exporter.points import load_quant_points
 from qtool.fileio import read_json
 from qtool.models.resolve import load_tokenizer
@@ -66,7 +66,7 @@ def test_trt_version_codes_follow_nv_tensorrt_version():
     assert trt_version_code("8.6.1") == 8601  # TensorRT 8: major*1000 + minor*100 + patch
     assert trt_cache_header("10.14.1") == "TRT-101401-EntropyCalibration2"
     for bad in ("ten", "10", "10.100.1"):
-        with pytest.raises(QtoolError, match="--trt-version"):
+        with pytest.raises(QtoolError, match=api_spelling("--trt-version")):
             trt_version_code(bad)
 
 

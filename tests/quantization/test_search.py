@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from qtool.analysis.stats import TensorStats
 from qtool.cli import app
 from qtool.data import make_batches, tokenize_part
-from qtool.errors import QtoolError
+from qtool.errors import QtoolError, api_spelling
 from qtool.exporter.qdq import switch_input
 from qtool.quantization.calibration import CalibrateConfig, calibrate
 from qtool.quantization.graphs import calibrated_model
@@ -114,9 +114,9 @@ def test_search_without_a_set_in_budget_keeps_the_best_and_says_so(scaled_model,
 def test_search_refuses_a_calibration_with_points_already_in_float(scaled_model, relabelled):
     split, tokenizer = relabelled
     document = calibrate(scaled_model["stats"], CalibrateConfig(mixed_precision="paper"))
-    with pytest.raises(QtoolError, match="drop --keep-fp"):
+    with pytest.raises(QtoolError, match=api_spelling("drop --keep-fp")):
         search_precision(scaled_model["graph"], scaled_model["stats"], document, split, tokenizer)
-    with pytest.raises(QtoolError, match="--max-drop"):
+    with pytest.raises(QtoolError, match=api_spelling("--max-drop")):
         SearchConfig(max_drop=-1).validate()
 
 

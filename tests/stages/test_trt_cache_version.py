@@ -22,7 +22,7 @@ def test_tensorrt_10_and_older_take_a_cache(version):
 def test_tensorrt_11_and_newer_are_refused_on_one_line(version):
     with pytest.raises(QtoolError) as raised:
         check_trt_cache_version(version)
-    message = str(raised.value)
+    message = raised.value.cli_message
     assert "\n" not in message and f"TensorRT {version} reads no calibration cache" in message
     assert "qtool build GRAPH --backend trt" in message and "--trt-version 10.x" in message
 
