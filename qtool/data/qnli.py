@@ -13,6 +13,7 @@ import csv
 import hashlib
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,9 @@ ALL = "all"  # every row of the evaluation file (dev.tsv, a given TSV, or the hu
 EVAL_PARTS = (*PARTS, ALL)
 HUB_DATASET = ("nyu-mll/glue", "qnli")
 DATA_ENV = "QTOOL_DATA"
+HUB_ADDRESS = ("huggingface.co", 443)
+HUB_PROBE_SECONDS = 3.0
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")  # the hub libraries then read their cache only
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,23 @@ def _from_train_and_dev(train: list[Example], dev: list[Example], config: DataCo
     return QnliSplit(name=name, parts=parts, all_rows=dev)
 
 
+def hub_reachable(address: tuple[str, int] = HUB_ADDRESS, timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether a connection to the hub opens within `timeout` (the hub libraries would otherwise retry
+    for about half a minute before failing)."""
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _load_from_hub() -> tuple[list[Example], list[Example]]:
+    if not any(os.environ.get(name) for name in OFFLINE_ENV) and not hub_reachable():
+        raise QtoolError(
+            f"no --data was given and {DATA_ENV} is not set, so qtool looked for {'/'.join(HUB_DATASET)} on the "
+            f"Hugging Face hub, and {HUB_ADDRESS[0]} cannot be reached from here; pass --data with a GLUE QNLI "
+            "folder or a QNLI TSV file (or set HF_HUB_OFFLINE=1 to read a cached copy)"
+        )
     try:
         import datasets
 

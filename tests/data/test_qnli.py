@@ -156,3 +156,26 @@ def test_a_dev_file_splits_like_its_folder_wherever_it_is_named_from(tmp_path, m
         split = load_qnli(DataConfig(source=source))
         assert split.fingerprint == by_folder.fingerprint and split.name == by_folder.name
         assert len(split.part("all")) == 120
+
+
+def test_without_data_and_without_the_hub_the_error_comes_at_once(monkeypatch):
+    import qtool.data.qnli as qnli
+
+    for name in (qnli.DATA_ENV, *qnli.OFFLINE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(qnli, "hub_reachable", lambda: False)
+    with pytest.raises(QtoolError) as caught:
+        qnli.load_qnli(qnli.DataConfig())
+    message = caught.value.cli_message
+    assert "cannot be reached" in message and "pass --data" in message and "HF_HUB_OFFLINE=1" in message
+
+
+def test_the_hub_probe_answers_false_for_a_closed_port():
+    import socket
+
+    from qtool.data.qnli import hub_reachable
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: connections are refused
+        assert hub_reachable(("127.0.0.1", port), timeout=1.0) is False
