@@ -108,18 +108,35 @@ def artifacts_folder(path: Path | str | None) -> Path:
     return Path(path or os.environ.get(ARTIFACTS_ENV) or "artifacts")
 
 
-def data_config(data: str | Path | None = None, seed: int | None = None):
+def data_config(data: str | Path | None = None, seed: int | None = None, max_length: int | None = None):
+    """Where the data comes from, how it is split, and how many tokens a text or pair keeps."""
     from qtool.data import DataConfig
 
-    return configured(DataConfig, source=str(data) if data is not None else None, seed=seed)
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 8):
+        raise QtoolError(f"--max-length must be a whole number of tokens, at least 8, got {max_length!r}")
+    return configured(DataConfig, source=str(data) if data is not None else None, seed=seed, max_length=max_length)
 
 
-def load_data(data: str | Path | None = None, seed: int | None = None):
+def load_data(data: str | Path | None = None, seed: int | None = None, max_length: int | None = None):
     """The data config and the QNLI split it names."""
     from qtool.data import load_qnli
 
-    config = data_config(data, seed)
+    config = data_config(data, seed, max_length)
     return config, load_qnli(config)
+
+
+def check_positions(graph: Path, max_length: int) -> None:
+    """A one-line error when `max_length` tokens exceed what the graph's model takes."""
+    from qtool.deployment.model_files import model_max_positions
+    from qtool.models.families import tokenizer_for
+
+    try:
+        tokenizer = tokenizer_for(graph)
+    except QtoolError:
+        tokenizer = None  # a graph without a recorded tokenizer: its position table decides
+    limit = model_max_positions(graph, tokenizer)
+    if limit is not None and max_length > limit:
+        raise QtoolError(f"--max-length {max_length} exceeds the {limit} positions of {graph}; use at most {limit}")
 
 
 def collect_config(samples=None, batch_size=None, threads=None, max_length=None, bins=None):
@@ -158,7 +175,7 @@ def _graph(path: Path | str) -> Path:
 
 # -- the model -------------------------------------------------------------------------------------
 def finetune(model=None, *, data=None, seed=None, epochs=None, learning_rate=None, batch_size=None,
-             warmup_ratio=None, max_steps=None, force=False, artifacts=None) -> Finetuned:
+             warmup_ratio=None, max_steps=None, max_length=None, force=False, artifacts=None) -> Finetuned:
     """Fine-tune `model` (a hub id, a folder, or None for the default) into a QNLI classifier, cached
     under ARTIFACTS/models/."""
     from qtool.models.finetune import FinetuneConfig
@@ -168,20 +185,21 @@ def finetune(model=None, *, data=None, seed=None, epochs=None, learning_rate=Non
         FinetuneConfig, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
         warmup_ratio=warmup_ratio, max_steps=max_steps, seed=seed,
     )
-    data_options, split = load_data(data, seed)
+    data_options, split = load_data(data, seed, max_length)
     folder, manifest = finetune_stage(model, split, config, artifacts_folder(artifacts), data_options.max_length, force)
     details = {key: manifest[key] for key in ("eval_accuracy", "eval_examples", "steps", "train_seconds")}
     details |= {"model_dir": str(folder), "data_split": split.describe()}
     return Finetuned(details, folder=Path(folder), eval_accuracy=manifest["eval_accuracy"])
 
 
-def export(model=None, *, data=None, seed=None, output=None, opset=None, force=False, artifacts=None) -> Exported:
+def export(model=None, *, data=None, seed=None, output=None, opset=None, max_length=None, force=False,
+           artifacts=None) -> Exported:
     """The classifier as FP32 ONNX (with its tokenizer and a parity manifest), reused when unchanged."""
     from qtool.models.finetune import FinetuneConfig
     from qtool.models.onnx_export import ExportConfig
     from qtool.stages.model import export_stage
 
-    data_options, split = load_data(data, seed)
+    data_options, split = load_data(data, seed, max_length)
     config = configured(ExportConfig, opset=opset, max_length=data_options.max_length)
     made = export_stage(
         model, split, artifacts_folder(artifacts), config, configured(FinetuneConfig, seed=seed),
@@ -193,17 +211,18 @@ def export(model=None, *, data=None, seed=None, output=None, opset=None, force=F
 
 # -- statistics ------------------------------------------------------------------------------------
 def collect(graph, *, data=None, seed=None, samples=None, batch_size=None, threads=None, bins=None,
-            stats=None, force=False) -> Statistics:
+            max_length=None, stats=None, force=False) -> Statistics:
     """Activation statistics at every quantization point of an FP32 graph, streamed over the
     calibration pairs (cached in `<graph>.stats.npz`, or `stats`)."""
     from qtool.fileio import distinct_output
     from qtool.stages.statistics import collect_stage
 
-    config = collect_config(samples, batch_size, threads, data_config(data, seed).max_length, bins)
+    config = collect_config(samples, batch_size, threads, data_config(data, seed, max_length).max_length, bins)
     graph = _graph(graph)
+    check_positions(graph, config.max_length)
     if stats is not None:
         distinct_output(Path(stats), graph)
-    split = load_data(data, seed)[1]
+    split = load_data(data, seed, max_length)[1]
     result, target = collect_stage(graph, split, config, Path(stats) if stats else None, force)
     manifest = result.manifest
     details = {key: manifest[key] for key in ("samples", "sample_sources", "tokens", "model")}
@@ -211,8 +230,8 @@ def collect(graph, *, data=None, seed=None, samples=None, batch_size=None, threa
     return Statistics(details, stats=Path(target), points=len(result.points))
 
 
-def analyze(graph, *, data=None, seed=None, samples=None, batch_size=None, threads=None, stats=None, out=None,
-            sigma=None, figures=True, force=False) -> Analysis:
+def analyze(graph, *, data=None, seed=None, samples=None, batch_size=None, threads=None, max_length=None,
+            stats=None, out=None, sigma=None, figures=True, force=False) -> Analysis:
     """Outlier measures at every point (kurtosis, top-1 % channel energy, outlier channels) and their
     files in `out` (default: `<graph folder>/analysis`). Reads `stats` or the statistics beside the
     graph; when they are missing or were made with other options, collects them on `data`."""
@@ -222,12 +241,13 @@ def analyze(graph, *, data=None, seed=None, samples=None, batch_size=None, threa
     graph = _graph(graph)
     outliers = configured(OutlierConfig, sigma=sigma)
     outliers.validate()
-    split, max_length = None, None
+    split = None
     if stats is None or data is not None:
-        data_options, split = load_data(data, seed)
-        max_length = data_options.max_length
-    config = collect_config(samples, batch_size, threads, max_length)
-    collected = None if stats or force or samples is not None else _statistics_beside(graph, split)
+        data_options, split = load_data(data, seed, max_length)
+        check_positions(graph, data_options.max_length)
+    config = collect_config(samples, batch_size, threads, data_options.max_length if split else None)
+    asked = stats or force or samples is not None or max_length is not None
+    collected = None if asked else _statistics_beside(graph, split)
     if collected is None:
         collected = statistics_for(graph, split, config, Path(stats) if stats else None, force)
     document, paths = analyze_stage(collected, outliers, Path(out) if out else graph.parent / "analysis", figures)
@@ -312,6 +332,7 @@ def recipe_configs(method=None, *, base_method=None, search_options: dict | None
 def calibrate(graph, method=None, *, p=None, groups=None, grouping=None, permute=None, scope=None, weights=None,
               weight_bits=None, keep_fp=None, mixed_precision=None, outlier_ratio=None, smooth=None,
               base_method=None, max_drop=None, tune_samples=None, sensitivity_samples=None, stats=None, out=None,
+              max_length=None,
               evaluate=True, data=None, seed=None, samples=None, batch_size=None, limit=None, threads=None,
               executor=None, address=None, cpus_per_task=None) -> Calibrated:
     """Scales for the FP32 `graph` with one method (see `calibration_methods()`), written as
@@ -320,7 +341,7 @@ def calibrate(graph, method=None, *, p=None, groups=None, grouping=None, permute
     keep in float so that tuning accuracy stays within `max_drop` points of FP32."""
     from qtool.stages.calibrate import calibrate_and_evaluate
 
-    max_length = data_config(data, seed).max_length
+    max_length = data_config(data, seed, max_length).max_length
     config, search = recipe_configs(
         method, base_method=base_method,
         search_options=dict(max_drop=max_drop, tune_samples=tune_samples, sensitivity_samples=sensitivity_samples,
@@ -333,7 +354,8 @@ def calibrate(graph, method=None, *, p=None, groups=None, grouping=None, permute
     evaluation = eval_config(batch_size, limit, threads) if evaluate else None
     tasks = executor_config(executor, address, cpus_per_task)
     graph = _graph(graph)
-    split = load_data(data, seed)[1]
+    check_positions(graph, max_length)
+    split = load_data(data, seed, max_length)[1]
     details = calibrate_and_evaluate(
         graph, split, config, search, collecting, Path(stats) if stats else None, Path(out) if out else None,
         evaluation, tasks,
@@ -364,13 +386,14 @@ def export_scales(calibration, fmt, *, output=None, model=None, trt_version=None
 
 # -- deployment ------------------------------------------------------------------------------------
 def evaluate(graph, *, data=None, seed=None, part=None, batch_size=None, limit=None, threads=None,
-             tokenizer=None) -> Evaluation:
+             max_length=None, tokenizer=None) -> Evaluation:
     """Accuracy of an ONNX classifier on a data part, through ONNX Runtime on the CPU."""
     from qtool.deployment.evaluate import evaluate_graph
 
     config = eval_config(batch_size, limit, threads, part)
     graph = _graph(graph)
-    data_options, split = load_data(data, seed)
+    data_options, split = load_data(data, seed, max_length)
+    check_positions(graph, data_options.max_length)
     result = evaluate_graph(
         graph, split, config, data_options.max_length, False, Path(tokenizer) if tokenizer else None
     )
@@ -426,20 +449,23 @@ def bench(models: Sequence, *, compare=False, batch_sizes=None, sequence_lengths
 
 
 def reproduce(model=None, *, data=None, seed=None, configurations=None, config_file=None, max_drop=None,
-              samples=None, limit=None, artifacts=None, executor=None, address=None,
+              samples=None, limit=None, max_length=None, artifacts=None, executor=None, address=None,
               cpus_per_task=None) -> Study:
     """The study end to end (every stage cached): ARTIFACTS/report/ with results.json, report.md and
     report.html. `configurations` picks a subset by name (see `qtool reproduce --help`)."""
+    from qtool.models.onnx_export import ExportConfig
     from qtool.stages.study import ReproduceConfig, load_configuration_file, run_reproduce
 
+    length = data_config(data, seed, max_length).max_length
     config = configured(
         ReproduceConfig, seed=seed, configurations=tuple(configurations) if configurations else None,
-        max_drop=max_drop, collect=collect_config(samples), eval=eval_config(limit=limit),
+        max_drop=max_drop, collect=collect_config(samples, max_length=length), eval=eval_config(limit=limit),
+        export=ExportConfig(max_length=length),
         extra_configurations=load_configuration_file(Path(config_file)) if config_file else None,
         executor=executor_config(executor, address, cpus_per_task),
     )
     config.validate()
-    split = load_data(data, seed)[1]
+    split = load_data(data, seed, max_length)[1]
     folder = artifacts_folder(artifacts)
     result = run_reproduce(model, split, config, folder)
     return Study(result, report=folder / "report" / "report.md", rows=result.get("results", []))

@@ -147,3 +147,32 @@ def test_a_backend_registered_from_outside_builds_benches_and_evaluates(copy_bac
     assert result.exit_code == 0, result.output
     result = cli.invoke(app, ["build", str(graph), "--backend", "copy", "--int8-kernels", "u8u8"])
     assert result.exit_code == 2 and "is not an option of backend copy" in result.stderr
+
+
+@pytest.mark.parametrize("length", [64, 256])
+def test_max_length_runs_through_the_whole_chain(tmp_path, tiny_classifier, tiny_data, length):
+    exported = qtool.export(tiny_classifier, data=tiny_data, max_length=length, output=tmp_path / "fp32.onnx")
+    assert exported.details["config"]["max_length"] == length
+    collected = qtool.collect(exported.graph, data=tiny_data, max_length=length, samples=32)
+    assert ActivationStats.load(collected.stats).manifest["config"]["max_length"] == length
+    made = qtool.calibrate(exported.graph, method="percentile", data=tiny_data, max_length=length, limit=24)
+    assert json.loads(made.calibration.read_text())["statistics_sha256"]
+    built = qtool.build(made.qdq_graph)
+    evaluation = qtool.evaluate(built.artifact, data=tiny_data, max_length=length, limit=24)
+    assert evaluation.examples == 24
+
+
+def test_a_max_length_beyond_the_model_positions_is_one_line(tmp_path, embedded_tokenizer, tiny_data):
+    from tests.helpers.models import build_bert_classifier
+
+    short = build_bert_classifier(tmp_path / "short", embedded_tokenizer, layers=1, hidden=16, heads=2, positions=96)
+    graph = qtool.export(short, data=tiny_data, max_length=64, output=tmp_path / "fp32.onnx").graph
+    with pytest.raises(qtool.QtoolError, match="takes at most 96 tokens"):
+        qtool.export(short, data=tiny_data, max_length=256, output=tmp_path / "long.onnx")
+    with pytest.raises(qtool.QtoolError, match="max_length=256 exceeds the 96 positions"):
+        qtool.evaluate(graph, data=tiny_data, max_length=256)
+    result = CliRunner().invoke(app, ["collect", str(graph), "--data", str(tiny_data), "--max-length", "256"])
+    assert result.exit_code == 2 and "--max-length 256 exceeds the 96 positions" in result.stderr
+    assert not (tmp_path / "fp32.stats.npz").exists()  # refused before anything was collected
+    with pytest.raises(qtool.QtoolError, match="at least 8"):
+        qtool.evaluate(graph, data=tiny_data, max_length=4)

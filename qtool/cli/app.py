@@ -51,7 +51,9 @@ app = typer.Typer(
     cls=OneLineUsageErrors,
     name="qtool",
     help="Post-training INT8 quantization of BERT-family QNLI classifiers: export, measure outliers, "
-    "calibrate, build and benchmark. Data: --data FOLDER (GLUE TSV) or $QTOOL_DATA, else the hub.",
+    "calibrate, build and benchmark.\n\nYour own model, in order: export (finetune first if it has no "
+    "classification head), analyze, calibrate, build, bench; reproduce runs the whole study. "
+    "Data: --data FOLDER (GLUE TSV) or $QTOOL_DATA, else the hub.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -138,7 +140,7 @@ def main_options(
 def finetune(
     model: o.Model = None, data: o.Data = None, seed: o.Seed = None, epochs: o.Epochs = None, lr: o.LearningRate = None,
     batch_size: o.BatchSize = None, warmup_ratio: o.WarmupRatio = None, max_steps: o.MaxSteps = None,
-    force: o.RetrainForce = False, artifacts: o.Artifacts = None, as_json: o.Json = False,
+    max_length: o.MaxLength = None, force: o.RetrainForce = False, artifacts: o.Artifacts = None, as_json: o.Json = False,
 ) -> None:
     """Fine-tune --model into a QNLI classifier (AdamW, linear warm-up and decay, fixed seed).
 
@@ -147,7 +149,7 @@ def finetune(
     """
     made = api.finetune(
         model, data=data, seed=seed, epochs=epochs, learning_rate=lr, batch_size=batch_size,
-        warmup_ratio=warmup_ratio, max_steps=max_steps, force=force, artifacts=artifacts,
+        warmup_ratio=warmup_ratio, max_steps=max_steps, max_length=max_length, force=force, artifacts=artifacts,
     )
     if as_json:
         return render.print_json(made.to_dict())
@@ -163,7 +165,8 @@ def finetune(
 @command()
 def export(
     model: o.Model = None, data: o.Data = None, seed: o.Seed = None, output: o.ExportOutput = None,
-    opset: o.Opset = None, force: o.ReexportForce = False, artifacts: o.Artifacts = None, as_json: o.Json = False,
+    opset: o.Opset = None, max_length: o.MaxLength = None, force: o.ReexportForce = False,
+    artifacts: o.Artifacts = None, as_json: o.Json = False,
 ) -> None:
     """Export the QNLI classifier to FP32 ONNX and check it against PyTorch on real QNLI batches.
 
@@ -171,7 +174,9 @@ def export(
     Writes the graph, its tokenizer beside it and a manifest with the parity figure; a graph of the
     same weights and options is reused unless --force.
     """
-    made = api.export(model, data=data, seed=seed, output=output, opset=opset, force=force, artifacts=artifacts)
+    made = api.export(
+        model, data=data, seed=seed, output=output, opset=opset, max_length=max_length, force=force, artifacts=artifacts
+    )
     if as_json:
         return render.print_json(made.to_dict())
     parity = made.details["parity"]
@@ -187,12 +192,12 @@ def export(
 def eval_command(
     model_path: o.EvalGraph, data: o.Data = None, seed: o.Seed = None, part: o.Part = None,
     batch_size: o.BatchSize = None, limit: o.Limit = None, threads: o.Threads = None, tokenizer: o.Tokenizer = None,
-    as_json: o.Json = False,
+    max_length: o.MaxLength = None, as_json: o.Json = False,
 ) -> None:
     """Accuracy of an ONNX classifier on a QNLI part, through ONNX Runtime on the CPU."""
     result = api.evaluate(
         model_path, data=data, seed=seed, part=part, batch_size=batch_size, limit=limit, threads=threads,
-        tokenizer=tokenizer,
+        tokenizer=tokenizer, max_length=max_length,
     )
     if as_json:
         return render.print_json(result.to_dict())
@@ -209,7 +214,7 @@ def eval_command(
 def collect(
     model_path: o.Fp32Graph, data: o.Data = None, seed: o.Seed = None, samples: o.Samples = None,
     batch_size: o.BatchSize = None, threads: o.Threads = None, bins: o.Bins = None, stats: o.Stats = None,
-    force: o.Force = False, as_json: o.Json = False,
+    max_length: o.MaxLength = None, force: o.Force = False, as_json: o.Json = False,
 ) -> None:
     """Stream activation statistics at every quantization point over the calibration pairs.
 
@@ -218,7 +223,7 @@ def collect(
     """
     made = api.collect(
         model_path, data=data, seed=seed, samples=samples, batch_size=batch_size, threads=threads, bins=bins,
-        stats=stats, force=force,
+        stats=stats, max_length=max_length, force=force,
     )
     if as_json:
         return render.print_json(made.to_dict())
@@ -235,7 +240,7 @@ def analyze(
     model_path: o.Fp32Graph, data: o.Data = None, seed: o.Seed = None, samples: o.Samples = None,
     batch_size: o.BatchSize = None, threads: o.Threads = None, stats: o.Stats = None, out: o.AnalysisOut = None,
     top: o.Top = None, sigma: o.Sigma = None, figures: o.Figures = True, force: o.Force = False,
-    as_json: o.Json = False, wide: o.Wide = False,
+    max_length: o.MaxLength = None, as_json: o.Json = False, wide: o.Wide = False,
 ) -> None:
     """Measure the outliers: kurtosis, top-1 % channel energy and outlier channels at every point.
 
@@ -245,7 +250,7 @@ def analyze(
         raise QtoolError(f"--top must be at least 1, got {top}")
     made = api.analyze(
         model_path, data=data, seed=seed, samples=samples, batch_size=batch_size, threads=threads, stats=stats,
-        out=out, sigma=sigma, figures=figures, force=force,
+        out=out, sigma=sigma, figures=figures, force=force, max_length=max_length,
     )
     if as_json:
         return render.print_json(made.to_dict())
@@ -261,8 +266,8 @@ def calibrate(
     max_drop: o.SearchMaxDrop = None, tune_samples: o.TuneSamples = None, sensitivity_samples: o.SensitivitySamples = None,
     stats: o.Stats = None, out: o.CalibrationOut = None, evaluate_accuracy: o.EvaluateAccuracy = True,
     data: o.Data = None, seed: o.Seed = None, samples: o.Samples = None, batch_size: o.BatchSize = None,
-    limit: o.Limit = None, threads: o.Threads = None, as_json: o.Json = False, executor: o.Executor = None,
-    address: o.RayAddress = None, cpus_per_task: o.CpusPerTask = None,
+    limit: o.Limit = None, threads: o.Threads = None, max_length: o.MaxLength = None, as_json: o.Json = False,
+    executor: o.Executor = None, address: o.RayAddress = None, cpus_per_task: o.CpusPerTask = None,
 ) -> None:
     """Compute activation scales with one method and write the calibration JSON and the QDQ graph.
 
@@ -280,7 +285,7 @@ def calibrate(
         smooth=smooth, base_method=base_method, max_drop=max_drop, tune_samples=tune_samples,
         sensitivity_samples=sensitivity_samples, stats=stats, out=out, evaluate=evaluate_accuracy, data=data,
         seed=seed, samples=samples, batch_size=batch_size, limit=limit, threads=threads, executor=executor,
-        address=address, cpus_per_task=cpus_per_task,
+        address=address, cpus_per_task=cpus_per_task, max_length=max_length,
     )
     render.print_json(made.to_dict()) if as_json else render.calibration_summary(made.details)
 
@@ -370,8 +375,8 @@ def build(
 def reproduce(
     model: o.Model = None, data: o.Data = None, seed: o.Seed = None, configs: o.Configurations = None,
     config_file: o.ConfigFile = None, max_drop: o.DeployMaxDrop = None, samples: o.Samples = None,
-    limit: o.Limit = None, artifacts: o.Artifacts = None, as_json: o.Json = False, executor: o.Executor = None,
-    address: o.RayAddress = None, cpus_per_task: o.CpusPerTask = None,
+    limit: o.Limit = None, max_length: o.MaxLength = None, artifacts: o.Artifacts = None, as_json: o.Json = False,
+    executor: o.Executor = None, address: o.RayAddress = None, cpus_per_task: o.CpusPerTask = None,
 ) -> None:
     """Run the study end to end: fine-tune if needed, export, collect, analyze, then calibrate and
     evaluate every configuration; writes ARTIFACTS/report/results.json and report.md.
@@ -386,8 +391,8 @@ def reproduce(
     """
     study = api.reproduce(
         model, data=data, seed=seed, configurations=configs, config_file=config_file, max_drop=max_drop,
-        samples=samples, limit=limit, artifacts=artifacts, executor=executor, address=address,
-        cpus_per_task=cpus_per_task,
+        samples=samples, limit=limit, max_length=max_length, artifacts=artifacts, executor=executor,
+        address=address, cpus_per_task=cpus_per_task,
     )
     if as_json:
         return render.print_json(study.to_dict())

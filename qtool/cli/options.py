@@ -54,6 +54,13 @@ Data = Annotated[
         "A QNLI-format TSV file works too (see --part all). Default: $QTOOL_DATA, else the Hugging Face hub.",
     ),
 ]
+MaxLength = Annotated[
+    int | None,
+    typer.Option(
+        "--max-length",
+        help=f"Tokens per text pair; longer pairs are cut. At most the model's positions. Default: {DataConfig.max_length}.",
+    ),
+]
 Seed = Annotated[
     int | None, typer.Option("--seed", help=f"Seed of the data split and of training. Default: {DataConfig.seed}.")
 ]

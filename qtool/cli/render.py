@@ -21,6 +21,9 @@ stdout = Console()
 stderr = Console(stderr=True)
 
 
+LEGEND_AFTER = 16  # characters of a name cell kept in a table too narrow for whole names
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -46,29 +49,46 @@ def note(text: str) -> None:
     stdout.print(text, highlight=False, soft_wrap=True)
 
 
+def _table(title: str, columns: list[Column], rows: list[list[str]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        # Names and paths (left-aligned) are never split, so they can be copied; numbers may wrap.
+        table.add_column(
+            column.name, justify="right" if column.right else "left", overflow="fold", no_wrap=not column.right
+        )
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def print_table(title: str, columns: list[Column], rows: list[list[str]], wide: bool = False) -> None:
     shown = [index for index, column in enumerate(columns) if wide or column.essential]
-    table = Table(title=title, title_justify="left")
-    for index in shown:
-        column = columns[index]
-        table.add_column(column.name, justify="right" if column.right else "left", overflow="fold")
-    for row in rows:
-        table.add_row(*(row[index] for index in shown))
+    columns, rows = [columns[i] for i in shown], [[row[i] for i in shown] for row in rows]
+    table, legend = _table(title, columns, rows), []
     console = stdout
     if wide:  # as wide as the table needs, even past the terminal or the 80 columns of a pipe
         needed = Measurement.get(stdout, stdout.options.update(max_width=10**4), table).maximum
         console = Console(file=stdout.file, width=max(stdout.width, needed), force_terminal=stdout.is_terminal)
+    elif Measurement.get(stdout, stdout.options.update(max_width=10**4), table).maximum > stdout.width:
+        # Too wide with whole names: the rows name their long cells by key, listed whole below the table.
+        keys: dict[str, str] = {}
+        for row in rows:
+            for index, column in enumerate(columns):
+                if not column.right and len(row[index]) > LEGEND_AFTER:
+                    row[index] = keys.setdefault(row[index], f"[{len(keys) + 1}]")
+        table, legend = _table(title, columns, rows), [f"{key} {name}" for name, key in keys.items()]
     console.print(table)
+    for line in legend:
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def print_fields(title: str, rows: list[tuple[str, Any]]) -> None:
-    """A two-column table of named values."""
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column("field", style="bold", overflow="fold")
-    table.add_column("value", overflow="fold")
+    """Named values, one per line (`name  value`): a long value such as a path stays one line that the
+    terminal wraps, so it can be copied whole."""
+    width = max((len(key) for key, _ in rows), default=0)
+    stdout.print(f"[bold]{escape(title)}[/]", highlight=False)
     for key, value in rows:
-        table.add_row(key, str(value))
-    stdout.print(table)
+        stdout.print(f"  [bold]{escape(key.ljust(width))}[/]  {escape(str(value))}", highlight=False, soft_wrap=True)
 
 
 def fmt(value, spec: str) -> str:

@@ -36,6 +36,7 @@ def build_bert_classifier(
     intermediate: int | None = None,
     seed: int = 0,
     head: bool = True,
+    positions: int = 512,
 ) -> Path:
     """Save a randomly initialised BERT (with or without a 2-way head) and the tokenizer to `folder`."""
     import torch
@@ -48,7 +49,7 @@ def build_bert_classifier(
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=intermediate or 4 * hidden,
-        max_position_embeddings=512,
+        max_position_embeddings=positions,
         num_labels=2,
         id2label={0: "entailment", 1: "not_entailment"},
         label2id={"entailment": 0, "not_entailment": 1},
