@@ -318,6 +318,7 @@ def recipe_configs(method=None, *, base_method=None, search_options: dict | None
             f"--{foreign[0]} is an option of --method {' or '.join(owners)}, not of {chosen}; drop it or change the method"
         )
     recipe_options = {k: tuple(v) if k == "keep_fp" and v else v for k, v in recipe_options.items()}
+    recipe_options["method_options"] = tuple(sorted((recipe_options.get("method_options") or {}).items())) or None
     config = configured(CalibrateConfig, method=chosen, **recipe_options)
     config.validate()
     search = configured(SearchConfig, **search_options) if auto else None
@@ -332,13 +333,14 @@ def recipe_configs(method=None, *, base_method=None, search_options: dict | None
 def calibrate(graph, method=None, *, p=None, groups=None, grouping=None, permute=None, scope=None, weights=None,
               weight_bits=None, keep_fp=None, mixed_precision=None, outlier_ratio=None, smooth=None,
               base_method=None, max_drop=None, tune_samples=None, sensitivity_samples=None, stats=None, out=None,
-              max_length=None,
+              max_length=None, method_options=None,
               evaluate=True, data=None, seed=None, samples=None, batch_size=None, limit=None, threads=None,
               executor=None, address=None, cpus_per_task=None) -> Calibrated:
     """Scales for the FP32 `graph` with one method (see `calibration_methods()`), written as
     `<recipe>.calib.json` and `<recipe>.qdq.onnx` in `out` (default: beside the graph); with
     `evaluate`, the eval accuracy of FP32 and of the QDQ graph. Method `auto` searches the points to
-    keep in float so that tuning accuracy stays within `max_drop` points of FP32."""
+    keep in float so that tuning accuracy stays within `max_drop` points of FP32. `method_options`
+    (a dict) are a method's options that have no keyword here, e.g. a registered calibrator's own."""
     from qtool.stages.calibrate import calibrate_and_evaluate
 
     max_length = data_config(data, seed, max_length).max_length
@@ -348,7 +350,7 @@ def calibrate(graph, method=None, *, p=None, groups=None, grouping=None, permute
                             batch_size=batch_size, threads=threads, max_length=max_length),
         p=p, groups=groups, grouping=grouping, permute=permute, scope=scope, weights=weights,
         weight_bits=weight_bits, keep_fp=keep_fp, mixed_precision=mixed_precision, outlier_ratio=outlier_ratio,
-        smooth=smooth,
+        smooth=smooth, method_options=method_options,
     )
     collecting = collect_config(samples, batch_size, threads, max_length)
     evaluation = eval_config(batch_size, limit, threads) if evaluate else None

@@ -176,3 +176,53 @@ def test_a_max_length_beyond_the_model_positions_is_one_line(tmp_path, embedded_
     assert not (tmp_path / "fp32.stats.npz").exists()  # refused before anything was collected
     with pytest.raises(qtool.QtoolError, match="at least 8"):
         qtool.evaluate(graph, data=tiny_data, max_length=4)
+
+
+class FractionCalibrator(Calibrator):
+    """A calibrator from outside qtool with an option of its own: a fraction of each point's max |x|."""
+
+    name = "fraction"
+    options = ("fraction",)
+
+    def __init__(self, fraction: float = 1.0):
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        self.fraction = float(fraction)
+
+    def params(self) -> dict:
+        return {"fraction": self.fraction}
+
+    def estimate(self, point, stats) -> ActivationRange:
+        return ActivationRange(stats.absmax * self.fraction)
+
+
+@pytest.fixture
+def fraction():
+    qtool.register_calibrator(FractionCalibrator)
+    yield FractionCalibrator.name
+    CALIBRATORS.pop(FractionCalibrator.name)
+
+
+def test_a_plugged_in_calibrator_takes_its_own_options_through_api_cli_and_config_file(
+    fraction, graph, session_data, tmp_path
+):
+    made = qtool.calibrate(graph, method=fraction, method_options={"fraction": 0.25}, data=session_data, limit=16)
+    assert made.recipe == "fraction-0.25-all" and made.details["params"] == {"fraction": 0.25}
+    cli = CliRunner()
+    args = ["calibrate", str(graph), "--method", fraction, "--data", str(session_data), "--limit", "16"]
+    result = cli.invoke(app, [*args, "--method-option", "fraction=0.25", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["calibration"] == str(made.calibration)
+    for bad, message in (
+        (["--method-option", "alpha=2"], "--method-option alpha is not an option of method fraction (it takes fraction)"),
+        (["--method-option", "fraction=3"], "method fraction: fraction must be in (0, 1], got 3"),
+        (["--method-option", "fraction"], "--method-option takes NAME=VALUE"),
+    ):
+        result = cli.invoke(app, [*args, *bad])
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+    from qtool.stages.study import load_configuration_file
+
+    toml = tmp_path / "extra.toml"
+    toml.write_text('[configurations.quarter]\nmethod = "fraction"\nmethod_options = { fraction = 0.25 }\n')
+    ((name, config),) = load_configuration_file(toml)
+    assert name == "quarter" and config.recipe_name() == "fraction-0.25-all"

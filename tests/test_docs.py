@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from qtool import api as qtool_api
 from qtool.cli import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -78,3 +79,50 @@ def test_every_documented_command_parses(where, words):
     """The command and every option a documented line uses exist (`--help` stops before running)."""
     result = CliRunner().invoke(app, [*words, "--help"])
     assert result.exit_code == 0, f"{where}\n{result.output}"
+
+
+def test_the_calibration_page_blocks_run_on_a_tiny_model(tmp_path, tiny_onnx, session_data, monkeypatch):
+    """docs/calibration.md's blocks as written, with the tiny model as FP32.onnx and its max-all
+    calibration as CALIB.json; optional [--flags] left out."""
+    import shutil
+
+    from qtool.data import DataConfig, load_qnli
+    from qtool.data.batching import padded_feeds
+    from qtool.models.families import tokenizer_for
+    from qtool.quantization.ort_quantizers import calibration_reader
+
+    shutil.copytree(tiny_onnx.parent, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QTOOL_DATA", str(session_data))
+    made = qtool_api.calibrate(tiny_onnx.name, method="max", evaluate=False)
+    names = {"FP32.onnx": tiny_onnx.name, "CALIB.json": made.calibration.name}
+    blocks = re.findall(r"```(\w*)\n(.*?)```", (README.parent / "docs" / "calibration.md").read_text(), flags=re.S)
+    assert blocks
+    for language, block in blocks:
+        if language == "python":
+            split = load_qnli(DataConfig(source=str(session_data)))
+            feeds = padded_feeds(tokenizer_for(tmp_path / tiny_onnx.name), split.part("calibration")[:16], 8, 32)
+            code = block.replace('"FP32.onnx"', f'"{tiny_onnx.name}"')
+            exec(compile(code, "docs/calibration.md", "exec"), {"reader": calibration_reader(feeds)})
+            assert (tmp_path / "ort.qdq.onnx").is_file()
+            continue
+        for line in block.splitlines():
+            words = [names.get(w, w) for w in shlex.split(re.sub(r"\[[^\]]*\]", "", line), comments=True)]
+            if words[:1] == ["qtool"]:
+                result = CliRunner().invoke(app, [*words[1:], "--limit", "16"] if "calibrate" in words else words[1:])
+                assert result.exit_code == 0, f"{line}\n{result.output}"
+    assert (tmp_path / "max-all.calib.cache").is_file() and (tmp_path / "max-all.ort-overrides.json").is_file()
+
+
+def test_the_docs_speak_of_the_product_and_dated_changes_not_of_sessions():
+    pages = [README, README.parent / "CHANGELOG.md", *sorted((README.parent / "docs").glob("*.md"))]
+    pattern = re.compile(r"\b(this|previous|last|next|(first|second|third|fourth|fifth|sixth|seventh|eighth)) session\b", re.I)
+    found = [f"{page.name}: {m.group(0)}" for page in pages for m in pattern.finditer(page.read_text())]
+    assert not found
+
+
+def test_top_level_help_gives_the_order_of_commands_for_your_own_model():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "Your own model, in order: export" in text and "analyze, calibrate, build, bench" in text

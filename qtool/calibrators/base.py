@@ -21,7 +21,9 @@ class Calibrator(ABC):
     """Turns the statistics of one quantization point into a range."""
 
     name: str
-    options: tuple[str, ...] = ()  # keyword options the constructor takes from the CLI
+    # Keyword options the constructor takes: p, groups, grouping and permute have flags of their own;
+    # any other (a calibrator from outside qtool) comes as `--method-option NAME=VALUE`.
+    options: tuple[str, ...] = ()
 
     @abstractmethod
     def params(self) -> dict: ...

@@ -215,4 +215,7 @@ def make_calibrator(method: str, **options) -> Calibrator:
         cls = CALIBRATORS[method]
     except KeyError:
         raise QtoolError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATORS)}") from None
-    return cls(**{k: v for k, v in options.items() if k in cls.options and v is not None})
+    try:
+        return cls(**{k: v for k, v in options.items() if k in cls.options and v is not None})
+    except (TypeError, ValueError) as exc:  # a calibrator from outside qtool refusing a value
+        raise QtoolError(f"method {method}: {exc}") from None

@@ -70,6 +70,30 @@ def int_list(values: list[str] | None, option: str) -> tuple[int, ...] | None:
         raise QtoolError(f"{option} takes whole numbers such as 1,8; got {' '.join(values)}") from None
 
 
+def name_values(items: list[str] | None, option: str) -> dict | None:
+    """Repeatable NAME=VALUE options, values read as a whole number, a number, true/false or text."""
+    if not items:
+        return None
+    values = {}
+    for item in items:
+        name, equals, text = item.partition("=")
+        if not equals or not name.strip():
+            raise QtoolError(f"{option} takes NAME=VALUE such as fraction=0.5; got {item!r}")
+        values[name.strip()] = _typed(text.strip())
+    return values
+
+
+def _typed(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def int_triple(value: str | None, option: str) -> tuple[int, int, int] | None:
     parts = int_list([value], option) if value is not None else None
     if value is not None and (parts is None or len(parts) != 3):
@@ -262,7 +286,8 @@ def calibrate(
     model_path: o.Fp32Graph, method: o.Method = None, p: o.Percentile = None, groups: o.Groups = None,
     grouping: o.Grouping = None, permute: o.Permute = None, scope: o.Scope = None, weights: o.Weights = None,
     weight_bits: o.WeightBits = None, keep_fp: o.KeepFp = None, mixed_precision: o.MixedPrecision = None,
-    outlier_ratio: o.OutlierRatio = None, smooth: o.Smooth = None, base_method: o.BaseMethod = None,
+    outlier_ratio: o.OutlierRatio = None, smooth: o.Smooth = None, method_option: o.MethodOption = None,
+    base_method: o.BaseMethod = None,
     max_drop: o.SearchMaxDrop = None, tune_samples: o.TuneSamples = None, sensitivity_samples: o.SensitivitySamples = None,
     stats: o.Stats = None, out: o.CalibrationOut = None, evaluate_accuracy: o.EvaluateAccuracy = True,
     data: o.Data = None, seed: o.Seed = None, samples: o.Samples = None, batch_size: o.BatchSize = None,
@@ -286,6 +311,7 @@ def calibrate(
         sensitivity_samples=sensitivity_samples, stats=stats, out=out, evaluate=evaluate_accuracy, data=data,
         seed=seed, samples=samples, batch_size=batch_size, limit=limit, threads=threads, executor=executor,
         address=address, cpus_per_task=cpus_per_task, max_length=max_length,
+        method_options=name_values(method_option, "--method-option"),
     )
     render.print_json(made.to_dict()) if as_json else render.calibration_summary(made.details)
 

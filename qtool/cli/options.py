@@ -170,6 +170,14 @@ Method = Annotated[
         f"see --max-drop). Default: {CalibrateConfig.method}.",
     ),
 ]
+MethodOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--method-option",
+        help="NAME=VALUE: an option of --method that has no flag of its own (a calibrator registered from "
+        "outside qtool), e.g. --method-option fraction=0.5; repeatable.",
+    ),
+]
 Percentile = Annotated[
     float | None,
     typer.Option(

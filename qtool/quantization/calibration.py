@@ -45,6 +45,8 @@ class CalibrateConfig:
     mixed_precision: str | None = None
     outlier_ratio: float = OUTLIER_RATIO
     smooth: float | None = None  # SmoothQuant-style migration strength alpha, applied before calibrating
+    # Options of the method that have no field here (a calibrator from outside qtool), as (name, value).
+    method_options: tuple[tuple[str, Any], ...] = ()
 
     def validate(self) -> None:
         if self.method not in CALIBRATORS:
@@ -60,12 +62,22 @@ class CalibrateConfig:
             raise QtoolError("--weights folded folds PEG's group scales into the weights; use it with --method peg")
         if not 1 <= self.outlier_ratio < math.inf:
             raise QtoolError(f"--outlier-ratio must be a finite number of at least 1, got {self.outlier_ratio}")
+        takes = CALIBRATORS[self.method].options
+        unknown = sorted(name for name, _ in self.method_options if name not in takes)
+        if unknown:
+            raise QtoolError(
+                f"--method-option {unknown[0]} is not an option of method {self.method} "
+                f"(it takes {', '.join(takes) or 'none'})"
+            )
         self.calibrator()  # validates the method's own options
         if self.smooth is not None:
             SmoothConfig(alpha=self.smooth).validate()
 
     def calibrator(self):
-        return make_calibrator(self.method, p=self.p, groups=self.groups, permute=self.permute, grouping=self.grouping)
+        return make_calibrator(
+            self.method, p=self.p, groups=self.groups, permute=self.permute, grouping=self.grouping,
+            **dict(self.method_options),
+        )
 
     def recipe_name(self) -> str:
         parts = [self.calibrator().label(), self.scope]

@@ -172,7 +172,7 @@ def load_configuration_file(path: Path) -> tuple[tuple[str, CalibrateConfig], ..
     known = set(CalibrateConfig.__dataclass_fields__)
     kinds = {key: type(value) for key, value in vars(CalibrateConfig()).items() if value is not None}
     kinds |= {"keep_fp": list, "groups": (int, str), "p": (int, float), "outlier_ratio": (int, float)}
-    kinds |= {"smooth": (int, float), "mixed_precision": str}  # None by default
+    kinds |= {"smooth": (int, float), "mixed_precision": str, "method_options": dict}  # None or empty by default
     loaded = []
     for name, options in tables.items():
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
@@ -193,6 +193,8 @@ def load_configuration_file(path: Path) -> tuple[tuple[str, CalibrateConfig], ..
             raise QtoolError(f"{path}: configuration {name!r} has values of the wrong type for {wrong or ['keep_fp']}")
         if "keep_fp" in options:
             options = {**options, "keep_fp": tuple(options["keep_fp"])}
+        if "method_options" in options:  # [configurations.NAME.method_options] or method_options = {...}
+            options = {**options, "method_options": tuple(sorted(options["method_options"].items()))}
         config = CalibrateConfig(**options)
         config.validate()
         loaded.append((name, config))
