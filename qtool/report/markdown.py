@@ -72,6 +72,15 @@ def stage_time_lines(result: dict) -> list[str]:
         lines.append(
             f"| {stage} | {total['runs']} | {total['reused']} | {total['seconds']:.1f} | {total['computed_seconds']:.1f} |"
         )
+    calibrations = [
+        (row["configuration"], row.get("method", "-"), sum(t["computed_seconds"] for t in stage_list))
+        for row in result.get("results", [])
+        if (stage_list := [t for t in row.get("stage_times") or [] if t["stage"] == "calibration"])
+    ]
+    if calibrations:
+        lines += ["", "Calibration time of each configuration (computed; from the statistics file):", ""]
+        lines += ["| configuration | method | calibration s |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {method} | {seconds:.2f} |" for name, method, seconds in calibrations]
     return lines
 
 

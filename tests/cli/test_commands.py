@@ -202,6 +202,10 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         "-c",
         "peg-k2-all",
         "-c",
+        "entropy-all",
+        "-c",
+        "mse-all",
+        "-c",
         "ort-static-percentile",
         "-c",
         "ort-dynamic",
@@ -226,6 +230,8 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         "fp32",
         "max-all",
         "peg-k2-all",
+        "entropy-all",
+        "mse-all",
         "ort-static-percentile",
         "ort-dynamic",
         "nncf-ptq",
@@ -233,9 +239,9 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         "max-all-smooth0.5",
         "max-all-mp-auto0.5",
     ]
-    nncf = summary["results"][5]
+    nncf = summary["results"][7]
     assert nncf["peer"] and nncf["peer_record"]["quantized_ops"] > 0 and nncf["params"]["calibration_pairs"] == 16
-    assert nncf["deployed_kernels"] == summary["results"][4]["deployed_kernels"] == "u8s8"  # int8 weights
+    assert nncf["deployed_kernels"] == summary["results"][6]["deployed_kernels"] == "u8s8"  # int8 weights
     assert summary["results"][-3]["scope"] == "gemm" and summary["results"][-3]["params"]["groups"] == 3
     assert summary["results"][-2]["smoothing"] == 0.5 and summary["results"][1]["smoothing"] is None
     searched = summary["results"][-1]
@@ -244,7 +250,7 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         and searched["quantized_points"] + len(searched["kept_in_float"]) == searched["total_points"]
     )
     assert searched["search"]["curve"][0]["float_points"] == 0 and "search_max-all-mp-auto0.5" in summary["figures"]
-    assert summary["results"][3]["params"]["calibration_pairs"] == 16
+    assert summary["results"][5]["params"]["calibration_pairs"] == 16
     assert all(r["latency"]["p50_ms"] > 0 for r in summary["results"])
     assert {r["latency"]["memory_scope"] for r in summary["results"]} == {"isolated process"}  # one process each
     advice = summary["recommendation"]
@@ -257,13 +263,14 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     report = (artifacts / "report" / "report.md").read_text()
     assert "peg-k2-all" in report and summary["data_split"]["fingerprint"] in report
     calibrated = [r for r in summary["results"] if "calibration" in r]  # the recipe and its deployed form
-    assert len(calibrated) == 5 and all(0 <= r["deployed_accuracy"] <= 1 for r in calibrated)
+    assert len(calibrated) == 7 and all(0 <= r["deployed_accuracy"] <= 1 for r in calibrated)
     assert not any("deployed_accuracy" in r for r in summary["results"] if "calibration" not in r)
     for row in calibrated:  # the deployed form against its QDQ graph, prediction by prediction
         assert 0 <= row["deployed_changed"] <= row["examples"] and row["deployed_kernels"] in ("u8s8", "u8u8")
         assert abs(row["deployed_correct"] - row["correct"]) <= row["deployed_changed"]
         assert row["deployed_changed"] <= 0.01 * row["examples"] + 1, row["configuration"]  # this tiny model
     assert "| deployed changed | kernels |" in report and "## Stage times" in report
+    assert "| entropy-all | entropy |" in report and "| mse-all | mse |" in report  # calibration times
     stages = summary["stage_times"]["stages"]
     assert {"export", "statistics", "calibration", "score QDQ graph", "score deployed graph"} <= set(stages)
     assert {"mixed-precision search", "peer quantization", "time deployed graph", "migration"} <= set(stages)
