@@ -310,8 +310,8 @@ def recipe_configs(method=None, *, base_method=None, search_options: dict | None
     chosen = (base_method or BASE_METHOD) if auto else (method or CalibrateConfig.method)
     if chosen not in CALIBRATORS:
         raise QtoolError(f"unknown --base-method {chosen!r}; choose one of {', '.join(CALIBRATORS)}")
-    method_options = ("p", "groups", "grouping", "permute")
-    foreign = [k for k in method_options if recipe_options.get(k) is not None and k not in CALIBRATORS[chosen].options]
+    flagged = ("p", "groups", "grouping", "permute")  # the method options with flags of their own
+    foreign = [k for k in flagged if recipe_options.get(k) is not None and k not in CALIBRATORS[chosen].options]
     if foreign:
         owners = sorted(name for name, cls in CALIBRATORS.items() if foreign[0] in cls.options)
         raise QtoolError(
