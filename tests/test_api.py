@@ -62,6 +62,8 @@ def test_results_are_typed_and_their_dict_is_the_json(graph, session_data):
     assert isinstance(evaluation, qtool.api.Evaluation)
     assert evaluation.examples == 40 and evaluation.accuracy == evaluation.correct / 40
     assert evaluation.to_dict()["accuracy"] == evaluation.accuracy
+    metrics = evaluation.details["metrics"]
+    assert {"macro_f1", "mcc", "f1"} <= set(metrics) and metrics["f1_positive_label"] == "not_entailment"
     result = CliRunner().invoke(app, ["eval", str(graph), "--data", str(session_data), "--limit", "40", "--json"])
     assert json.loads(result.stdout)["accuracy"] == evaluation.accuracy
 

@@ -229,7 +229,7 @@ def eval_command(
     render.print_fields(
         "accuracy",
         [("model", model_path), ("accuracy", f"{render.accuracy(result.accuracy)} ({result.correct}/{result.examples})"),
-         ("throughput", f"{details['examples_per_second']:.0f} pairs/s"),
+         *render.metric_fields(details["metrics"]), ("throughput", f"{details['examples_per_second']:.0f} pairs/s"),
          ("data", f"{details['data_split']['name']}, part {details['data_part']}")],
     )
 

@@ -166,6 +166,16 @@ def accuracy(fraction: float) -> str:
     return f"{100 * fraction:.2f} %"
 
 
+def metric_fields(metrics: dict) -> list[tuple[str, str]]:
+    """Macro-F1, F1 and MCC with their 95 % intervals, as fields."""
+    shown = {"macro_f1": "macro-F1", "f1": "F1", "mcc": "MCC"}
+    return [
+        (label, f"{metrics[name]:.4f} (95 % CI {metrics[name + '_ci95'][0]:.4f}-{metrics[name + '_ci95'][1]:.4f})")
+        for name, label in shown.items()
+        if name in metrics
+    ]
+
+
 def calibration_summary(summary: dict) -> None:
     rows = [
         ("recipe", summary["recipe"]),

@@ -17,6 +17,7 @@ from qtool.data import LABELS, QnliSplit, make_batches, tokenize_part
 from qtool.data.batching import Batch
 from qtool.data.qnli import EVAL_PARTS
 from qtool.defaults import MAX_LENGTH
+from qtool.deployment.metrics import classification_metrics
 from qtool.errors import QtoolError
 from qtool.fileio import sha256_file
 from qtool.graph import graph_metadata, is_recipe_graph
@@ -159,7 +160,12 @@ def evaluate_graph(
         return {"model": str(model_path), "optimization_level": level, **result}
 
     def shown(result: dict) -> dict:
-        return result if predictions else {k: v for k, v in result.items() if k != "predictions"}
+        examples = split.part(config.part)[: config.limit or None]
+        metrics = classification_metrics([e.label for e in examples], result["predictions"], len(LABELS))
+        if "f1" in metrics:
+            metrics["f1_positive_label"] = LABELS[1]
+        kept = result if predictions else {k: v for k, v in result.items() if k != "predictions"}
+        return {**kept, "metrics": metrics}
 
     if not use_cache:
         return shown(run())

@@ -84,6 +84,28 @@ def stage_time_lines(result: dict) -> list[str]:
     return lines
 
 
+def metric_lines(result: dict) -> list[str]:
+    """Macro-F1, F1 and Matthews correlation of every configuration with their bootstrap intervals."""
+    rows = [row for row in result.get("results", []) if row.get("metrics")]
+    if not rows:
+        return []
+    names = [name for name in ("macro_f1", "f1", "mcc") if name in rows[0]["metrics"]]
+    lines = ["| configuration | " + " | ".join(f"{name} (95 % CI)" for name in names) + " |"]
+    lines.append("| --- |" + " --- |" * len(names))
+    for row in rows:
+        metrics = row["metrics"]
+        cells = [f"{metrics[n]:.4f} ({metrics[n + '_ci95'][0]:.4f}-{metrics[n + '_ci95'][1]:.4f})" for n in names]
+        lines.append(f"| {row['configuration']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+METRIC_NOTE = (
+    "On the eval part, from the recipe's predictions (the QDQ graph as scored above); intervals are 95 % "
+    "percentile bootstraps over the pairs (1,000 resamples, fixed seed). F1 is the second label's "
+    "(scikit-learn's default positive label); MCC is Gorodkin's multi-class Matthews correlation."
+)
+
+
 def deploy_paragraph(result: dict) -> list[str]:
     advice = result.get("recommendation")
     if advice is None or advice["configuration"] == "fp32" and "runner_up" not in advice:
@@ -352,6 +374,7 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         *_section("Migrating activation range into the weights", smoothing_table(result), SMOOTHING_NOTE),
         *_section("Automatic mixed precision", search_lines(result)),
         *_section("Peers", peer_lines(result), PEER_NOTE),
+        *_section("Other metrics", metric_lines(result), METRIC_NOTE),
         "## What to deploy",
         "",
         *deploy_paragraph(result),

@@ -245,6 +245,7 @@ def _result_row(name: str, graph: Path, evaluation: dict, scope: str, extra: dic
         "accuracy_ci95": [low, high],
         "correct": evaluation["correct"],
         "examples": evaluation["examples"],
+        "metrics": evaluation.get("metrics"),
         **extra,
     }
 

@@ -271,6 +271,7 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         assert row["deployed_changed"] <= 0.01 * row["examples"] + 1, row["configuration"]  # this tiny model
     assert "| deployed changed | kernels |" in report and "## Stage times" in report
     assert "| entropy-all | entropy |" in report and "| mse-all | mse |" in report  # calibration times
+    assert "## Other metrics" in report and all("mcc_ci95" in r["metrics"] for r in summary["results"])
     stages = summary["stage_times"]["stages"]
     assert {"export", "statistics", "calibration", "score QDQ graph", "score deployed graph"} <= set(stages)
     assert {"mixed-precision search", "peer quantization", "time deployed graph", "migration"} <= set(stages)
