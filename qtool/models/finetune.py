@@ -133,6 +133,8 @@ def finetune(
     check_family(model_config, source.name, max_length)
     if has_qnli_head(model_config):
         log.warning("%s already has a two-way classification head; fine-tuning it further", source.name)
+    elif is_classifier(model_config):
+        check_head_fits(model_config, source.name)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     tokenizer = load_tokenizer(source.path)
@@ -196,6 +198,20 @@ def finetune(
     return directory, manifest
 
 
+def check_head_fits(model_config, where: str) -> None:
+    """Refuse a trained classification head whose labels are not the task's: fine-tuning would replace
+    it without a word."""
+    labels = getattr(model_config, "num_labels", len(LABELS))
+    if labels != len(LABELS):
+        names = ", ".join(str(name) for name in (getattr(model_config, "id2label", None) or {}).values())
+        raise QtoolError(
+            f"{where} already classifies into {labels} label{'' if labels == 1 else 's'} ({names}) and QNLI "
+            f"into {len(LABELS)} "
+            f"({', '.join(LABELS)}); qtool does not replace a trained head: pass its base encoder "
+            "(no classification head) to fine-tune, or a checkpoint trained for QNLI"
+        )
+
+
 def classifier_for(
     spec: str | None,
     split: QnliSplit,
@@ -212,18 +228,15 @@ def classifier_for(
     check_family(model_config, source.name, max_length)
     if has_qnli_head(model_config):
         return source, None
-    labels = getattr(model_config, "num_labels", 2)
+    if is_classifier(model_config):
+        check_head_fits(model_config, source.name)
     key = finetune_key(source, split, config, max_length)
     directory = finetuned_dir(artifacts, source, key)
     manifest = cached_finetune(directory, key)
     if manifest is None:
         if not allow_finetune:
-            if is_classifier(model_config) and labels != 2:
-                problem = f"classifies into {labels} labels and QNLI into 2 (entailment, not_entailment)"
-            else:
-                problem = "has no QNLI classification head"
             raise QtoolError(
-                f"{source.name} {problem}, and no fine-tuned copy with the default settings is under "
+                f"{source.name} has no QNLI classification head, and no fine-tuned copy with the default settings is under "
                 f"{Path(artifacts) / 'models'}; run `qtool finetune --model {source.spec}` with the same --data, "
                 "or pass as --model the folder that `qtool finetune` printed"
             )

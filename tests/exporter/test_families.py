@@ -4,7 +4,6 @@ the QDQ graph and its ONNX Runtime CPU form, as tiny random models built here.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -160,7 +159,7 @@ def _gpt2(folder, tokenizer):
     [
         ("gpt2", "qtool quantizes BERT-family encoders: bert, roberta"),
         ("no tokenizer", "has no tokenizer files"),
-        ("three labels", "classifies into 3 labels"),
+        ("three labels", "already classifies into 3 labels (entailment, not_entailment, neutral)"),
         ("bert with 64 positions", "takes at most 64 tokens"),
         ("roberta with 64 positions", "takes at most 63 tokens"),  # positions count from the padding index + 1
     ],
@@ -186,8 +185,6 @@ def test_models_qtool_cannot_take_are_one_line_errors(case, words, tmp_path, emb
             app, [command, "--model", str(folder), "--data", str(session_data), "--artifacts", str(artifacts),
                   "--max-steps", "1"][: 7 if command == "export" else 9],
         )
-        if command == "finetune" and case == "three labels":
-            continue  # fine-tuning replaces a three-way head with a two-way one: that is its job
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         errors = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and words in errors[0] and result.stderr.strip().endswith(errors[0]), result.stderr
@@ -195,8 +192,8 @@ def test_models_qtool_cannot_take_are_one_line_errors(case, words, tmp_path, emb
 
 
 @pytest.mark.parametrize("family", ["roberta", "distilbert", "mpnet"])
-def test_finetune_gives_a_three_way_checkpoint_a_qnli_head_that_exports(family, tmp_path, embedded_tokenizer, tiny_data):
-    folder = build_family_classifier(tmp_path / "model", embedded_tokenizer, family, num_labels=3)
+def test_finetune_gives_an_encoder_a_qnli_head_that_exports(family, tmp_path, embedded_tokenizer, tiny_data):
+    folder = build_family_classifier(tmp_path / "model", embedded_tokenizer, family, head=False)
     common = ["--data", str(tiny_data), "--artifacts", str(tmp_path / "artifacts"), "--json"]
     tuned = runner.invoke(app, ["finetune", "--model", str(folder), "--max-steps", "2", *common])
     assert tuned.exit_code == 0, tuned.output
@@ -205,12 +202,12 @@ def test_finetune_gives_a_three_way_checkpoint_a_qnli_head_that_exports(family, 
     assert json.loads(exported.stdout)["inputs"] == INPUTS[family]
 
 
-def test_finetune_gives_a_regression_checkpoint_a_two_way_classification_loss(tmp_path, embedded_tokenizer, tiny_data):
+def test_finetune_never_replaces_a_trained_head_with_other_labels(tmp_path, embedded_tokenizer, tiny_data):
     folder = build_family_classifier(tmp_path / "model", embedded_tokenizer, "bert", num_labels=1)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(config | {"problem_type": "regression"}))
-    common = ["--data", str(tiny_data), "--artifacts", str(tmp_path / "artifacts"), "--json"]
+    artifacts = tmp_path / "artifacts"
+    common = ["--data", str(tiny_data), "--artifacts", str(artifacts), "--json"]
     tuned = runner.invoke(app, ["finetune", "--model", str(folder), "--max-steps", "2", *common])
-    assert tuned.exit_code == 0, tuned.output
-    saved = json.loads((Path(json.loads(tuned.stdout)["model_dir"]) / "config.json").read_text())
-    assert saved["problem_type"] == "single_label_classification" and len(saved["id2label"]) == 2
+    assert tuned.exit_code == 2 and "already classifies into 1 label (entailment)" in tuned.stderr
+    assert "does not replace a trained head" in tuned.stderr and not (artifacts / "models").exists()

@@ -112,9 +112,12 @@ def outlier_classifier(
 FAMILIES = ("bert", "roberta", "distilbert", "mpnet", "electra")
 
 
-def build_family_classifier(folder: Path, tokenizer, family: str, *, num_labels: int = 2, seed: int = 0) -> Path:
+def build_family_classifier(
+    folder: Path, tokenizer, family: str, *, num_labels: int = 2, seed: int = 0, head: bool = True
+) -> Path:
     """A randomly initialised two-layer, 40-wide, 4-head sequence classifier of `family` (ELECTRA with a
-    24-wide embedding projected up to 40, as ELECTRA-small's 128 -> 256), saved with `tokenizer`."""
+    24-wide embedding projected up to 40, as ELECTRA-small's 128 -> 256), saved with `tokenizer`;
+    without `head`, its encoder alone."""
     import torch
     from transformers import (
         BertConfig,
@@ -152,7 +155,8 @@ def build_family_classifier(folder: Path, tokenizer, family: str, *, num_labels:
     }
     model_class, config = configs[family]
     torch.manual_seed(seed)
-    model_class(config).eval().save_pretrained(folder)
+    model = model_class(config).eval()
+    (model if head else model.base_model).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return Path(folder)
 
