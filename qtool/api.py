@@ -125,13 +125,13 @@ def load_data(data: str | Path | None = None, seed: int | None = None, max_lengt
     return config, load_qnli(config)
 
 
-def check_positions(graph: Path, max_length: int) -> None:
-    """A one-line error when `max_length` tokens exceed what the graph's model takes."""
+def check_positions(graph: Path, max_length: int, tokenizer_path: Path | None = None) -> None:
+    """A one-line error when `max_length` tokens exceed what the graph's model (and its tokenizer) take."""
     from qtool.deployment.model_files import model_max_positions
     from qtool.models.families import tokenizer_for
 
     try:
-        tokenizer = tokenizer_for(graph)
+        tokenizer = tokenizer_for(graph, tokenizer_path)
     except QtoolError:
         tokenizer = None  # a graph without a recorded tokenizer: its position table decides
     limit = model_max_positions(graph, tokenizer)
@@ -295,7 +295,7 @@ def register_calibrator(calibrator: type) -> None:
 def recipe_configs(method=None, *, base_method=None, search_options: dict | None = None, **recipe_options):
     """The recipe (`CalibrateConfig`) and, for method `auto`, the `SearchConfig` of calibrate's options."""
     from qtool.calibrators.methods import CALIBRATORS
-    from qtool.quantization.calibration import CalibrateConfig
+    from qtool.quantization.calibration import FLAGGED_METHOD_OPTIONS, CalibrateConfig
     from qtool.quantization.search import SearchConfig
 
     search_options = {k: v for k, v in (search_options or {}).items() if v is not None}
@@ -310,8 +310,7 @@ def recipe_configs(method=None, *, base_method=None, search_options: dict | None
     chosen = (base_method or BASE_METHOD) if auto else (method or CalibrateConfig.method)
     if chosen not in CALIBRATORS:
         raise QtoolError(f"unknown --base-method {chosen!r}; choose one of {', '.join(CALIBRATORS)}")
-    flagged = ("p", "groups", "grouping", "permute")  # the method options with flags of their own
-    foreign = [k for k in flagged if recipe_options.get(k) is not None and k not in CALIBRATORS[chosen].options]
+    foreign = [k for k in FLAGGED_METHOD_OPTIONS if recipe_options.get(k) is not None and k not in CALIBRATORS[chosen].options]
     if foreign:
         owners = sorted(name for name, cls in CALIBRATORS.items() if foreign[0] in cls.options)
         raise QtoolError(
@@ -390,16 +389,17 @@ def export_scales(calibration, fmt, *, output=None, model=None, trt_version=None
 def evaluate(graph, *, data=None, seed=None, part=None, batch_size=None, limit=None, threads=None,
              max_length=None, tokenizer=None) -> Evaluation:
     """Accuracy of an ONNX classifier on a data part, through ONNX Runtime on the CPU."""
-    from qtool.deployment.evaluate import evaluate_graph
+    from qtool.deployment.evaluate import evaluate_graph, evaluation_metrics
 
     config = eval_config(batch_size, limit, threads, part)
     graph = _graph(graph)
     data_options, split = load_data(data, seed, max_length)
-    check_positions(graph, data_options.max_length)
+    check_positions(graph, data_options.max_length, Path(tokenizer) if tokenizer else None)
     result = evaluate_graph(
-        graph, split, config, data_options.max_length, False, Path(tokenizer) if tokenizer else None
+        graph, split, config, data_options.max_length, False, Path(tokenizer) if tokenizer else None, predictions=True
     )
-    details = {**result, "data_split": split.describe()}
+    metrics = evaluation_metrics(split, config, result)
+    details = {k: v for k, v in result.items() if k != "predictions"} | {"data_split": split.describe(), "metrics": metrics}
     return Evaluation(details, accuracy=result["accuracy"], correct=result["correct"], examples=result["examples"])
 
 

@@ -219,6 +219,7 @@ def test_a_plugged_in_calibrator_takes_its_own_options_through_api_cli_and_confi
         (["--method-option", "alpha=2"], "--method-option alpha is not an option of method fraction (it takes fraction)"),
         (["--method-option", "fraction=3"], "method fraction: fraction must be in (0, 1], got 3"),
         (["--method-option", "fraction"], "--method-option takes NAME=VALUE"),
+        (["--method-option", "p=99"], "p has a flag of its own: pass --p, not --method-option p=..."),
     ):
         result = cli.invoke(app, [*args, *bad])
         assert result.exit_code == 2 and message in result.stderr, result.stderr

@@ -187,8 +187,8 @@ def ort_runner(path: Path, threads: int | None = None, providers: Sequence[str] 
 
 # -- TensorRT ------------------------------------------------------------------------------------
 def build_trt(graph: Path, output: Path | None = None, options: TrtBuildConfig | None = None) -> dict:
-    """A TensorRT engine `<graph>.plan` with its build manifest (needs TensorRT and an NVIDIA GPU)."""
-    check_trt_graph(graph)
+    """A TensorRT engine `<graph>.plan` with its build manifest (needs TensorRT and an NVIDIA GPU); the
+    graph was checked by the backend's `check_graph` (`check_trt_graph`) first."""
     target = distinct_output(Path(output or Path(graph).with_suffix(".plan")), graph)
     built = build_engine(graph, target, options or TrtBuildConfig())
     return {"backend": "trt", "engine": str(target), **built, "artifact": str(target)}

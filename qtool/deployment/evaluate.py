@@ -125,6 +125,14 @@ def evaluate(
     return result
 
 
+def evaluation_metrics(split: QnliSplit, config: EvalConfig, evaluation: dict) -> dict:
+    """Macro-F1, F1 and MCC with intervals of an evaluation with `predictions` (of `split`'s part as
+    `config` takes it); computed where they are reported, as their bootstrap costs a fraction of a second."""
+    examples = split.part(config.part)[: config.limit or None]
+    metrics = classification_metrics([e.label for e in examples], evaluation["predictions"], len(LABELS))
+    return metrics | ({"f1_positive_label": LABELS[1]} if "f1" in metrics else {})
+
+
 def changed_predictions(first: dict, second: dict) -> int:
     """How many examples two evaluations with `predictions` (of the same part) predict differently."""
     return sum(a != b for a, b in zip(first["predictions"], second["predictions"], strict=True))
@@ -160,12 +168,7 @@ def evaluate_graph(
         return {"model": str(model_path), "optimization_level": level, **result}
 
     def shown(result: dict) -> dict:
-        examples = split.part(config.part)[: config.limit or None]
-        metrics = classification_metrics([e.label for e in examples], result["predictions"], len(LABELS))
-        if "f1" in metrics:
-            metrics["f1_positive_label"] = LABELS[1]
-        kept = result if predictions else {k: v for k, v in result.items() if k != "predictions"}
-        return {**kept, "metrics": metrics}
+        return result if predictions else {k: v for k, v in result.items() if k != "predictions"}
 
     if not use_cache:
         return shown(run())

@@ -51,7 +51,7 @@ from typing import NamedTuple
 import numpy as np
 import onnx
 
-from qtool.exporter.weight_codes import u8s8_exact_everywhere
+from qtool.exporter.weight_codes import dequantized_constant, u8s8_exact_everywhere
 from qtool.graph import GraphIndex, attribute, prune_dead_nodes, save_derived_graph, set_attribute, tensor_ranks
 from qtool.runners.ort import GEMM_WEIGHT_BITS_METADATA, INT8_KERNELS, INT8_KERNELS_METADATA
 
@@ -424,20 +424,18 @@ def _float_input_weights_dequantized(graph: GraphIndex) -> int:
     for node in list(graph.graph.node):
         if node.op_type != "DequantizeLinear":
             continue
-        weight, scale, readers = graph.array(node.input[0]), graph.array(node.input[1]), graph.consumers[node.output[0]]
-        zero = graph.array(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.int8)
-        if weight is None or scale is None or zero is None or weight.dtype not in EIGHT_BIT_TYPES or not readers:
+        weight, readers = graph.array(node.input[0]), graph.consumers[node.output[0]]
+        if weight is None or weight.dtype not in EIGHT_BIT_TYPES or not readers:
             continue
         if any(
             reader.op_type not in ("MatMul", "Gemm") or index != 1 or _activation_dequantize(graph, reader.input[0])
             for reader, index in readers
         ):
             continue
-        shape = [1] * weight.ndim
-        shape[attribute(node, "axis", 1) % weight.ndim] = -1
-        per_axis = [value.reshape(shape) if value.size > 1 else value.reshape(()) for value in (zero, scale)]
-        values = (weight.astype(np.float32) - per_axis[0].astype(np.float32)) * per_axis[1].astype(np.float32)
-        name = graph.add_initializer(f"{node.input[0]}/dequantized", values.astype(np.float32))
+        values = dequantized_constant(graph, node.output[0])
+        if values is None:
+            continue
+        name = graph.add_initializer(f"{node.input[0]}/dequantized", values)
         for reader, index in readers:
             reader.input[index] = name
         folded += 1

@@ -38,7 +38,8 @@ import onnx
 
 from qtool.defaults import TRT_FP16, TRT_QUANTIZE_HEAD
 from qtool.errors import QtoolError
-from qtool.graph import GraphIndex, attribute, load_model, prune_dead_nodes, save_derived_graph, tensor_ranks
+from qtool.exporter.weight_codes import dequantized_constant
+from qtool.graph import GraphIndex, load_model, prune_dead_nodes, save_derived_graph, tensor_ranks
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +60,6 @@ class TrtFormConfig:
 
 
 # -- constants -------------------------------------------------------------------------------------
-def _dequantized_constant(index: GraphIndex, name: str) -> np.ndarray | None:
-    """The float values of `name` when a DequantizeLinear of constants produces it, else None."""
-    node = index.producer.get(name)
-    if node is None or node.op_type != "DequantizeLinear":
-        return None
-    values = [index.constant_value(i) if i else None for i in node.input]
-    if values[0] is None or values[1] is None or (len(values) > 2 and node.input[2] and values[2] is None):
-        return None
-    codes, scale = values[0].astype(np.float32), values[1].astype(np.float32)
-    zero = values[2].astype(np.float32) if len(values) > 2 and values[2] is not None else np.float32(0)
-    if scale.ndim == 1 and codes.ndim > 1:  # per-axis
-        shape = [1] * codes.ndim
-        shape[attribute(node, "axis", 1)] = -1
-        scale = scale.reshape(shape)
-        zero = np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
-    return ((codes - zero) * scale).astype(np.float32)
-
-
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     try:
         return tensor_ranks(model)
@@ -95,7 +78,7 @@ def float_embedding_tables(model: onnx.ModelProto) -> list[str]:
     for node in index.nodes:
         if node.op_type != "Gather":
             continue
-        table = _dequantized_constant(index, node.input[0])
+        table = dequantized_constant(index, node.input[0])
         if table is not None:
             node.input[0] = index.add_initializer(f"{node.input[0]}/float", table)
             changed.append(node.name)
@@ -116,7 +99,7 @@ def float_head_gemms(model: onnx.ModelProto) -> list[str]:
             quantize = index.producer.get(dequantize.input[0])
             if quantize is not None and quantize.op_type == "QuantizeLinear":
                 node.input[0], touched = quantize.input[0], True
-        weight = _dequantized_constant(index, node.input[1])
+        weight = dequantized_constant(index, node.input[1])
         if weight is not None:
             node.input[1], touched = index.add_initializer(f"{node.input[1]}/float", weight), True
         if touched:

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from qtool.exporter.ort_fused import is_integer_op
-from qtool.graph import GraphIndex
+from qtool.graph import GraphIndex, attribute
 
 SEVEN_BIT_MAX = 63  # weights within [-64, 63] never saturate U8S8's 16-bit pair sums
 
@@ -53,3 +53,21 @@ def weight_kernels(model: onnx.ModelProto) -> str:
         if weight is not None and weight.ndim == 2 and weight.dtype in (np.int8, np.uint8):
             kinds.add("u8s8" if weight.dtype == np.int8 else "u8u8")
     return "u8s8" if "u8s8" in kinds else "u8u8" if kinds else "float"
+
+
+def dequantized_constant(index: GraphIndex, name: str) -> np.ndarray | None:
+    """The float values of `name` when a DequantizeLinear of constants produces it, else None."""
+    node = index.producer.get(name)
+    if node is None or node.op_type != "DequantizeLinear":
+        return None
+    values = [index.constant_value(i) if i else None for i in node.input]
+    if values[0] is None or values[1] is None or (len(values) > 2 and node.input[2] and values[2] is None):
+        return None
+    codes, scale = values[0].astype(np.float32), values[1].astype(np.float32)
+    zero = values[2].astype(np.float32) if len(values) > 2 and values[2] is not None else np.float32(0)
+    if scale.ndim == 1 and codes.ndim > 1:  # per-axis
+        shape = [1] * codes.ndim
+        shape[attribute(node, "axis", 1)] = -1
+        scale = scale.reshape(shape)
+        zero = np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
+    return ((codes - zero) * scale).astype(np.float32)

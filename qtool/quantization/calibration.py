@@ -27,6 +27,7 @@ from qtool.exporter.smooth import SmoothConfig
 from qtool.fileio import read_json, sha256_text, write_json
 from qtool.graph import model_identity
 
+FLAGGED_METHOD_OPTIONS = ("p", "groups", "grouping", "permute")  # method options with fields (and flags) here
 CALIBRATION_FORMAT = "qtool-calibration/1"  # the schema version of the file
 GRID = "symmetric int8, zero point 0, scale = amax / 127"  # activations; weights per `weight_bits`
 
@@ -63,6 +64,9 @@ class CalibrateConfig:
         if not 1 <= self.outlier_ratio < math.inf:
             raise QtoolError(f"--outlier-ratio must be a finite number of at least 1, got {self.outlier_ratio}")
         takes = CALIBRATORS[self.method].options
+        flagged = sorted(name for name, _ in self.method_options if name in FLAGGED_METHOD_OPTIONS)
+        if flagged:
+            raise QtoolError(f"{flagged[0]} has a flag of its own: pass --{flagged[0]}, not --method-option {flagged[0]}=...")
         unknown = sorted(name for name, _ in self.method_options if name not in takes)
         if unknown:
             raise QtoolError(

@@ -38,7 +38,7 @@ def build_stage(graph: Path, backend: str, output: Path | None = None, options=N
         chosen.check_graph(Path(graph))
     chosen.require_library()
     report = chosen.build(Path(graph), output, options)
-    scope = graph_metadata(graph).get("scope")
+    scope = report.get("scope")
     if scope in SCOPES and not SCOPES[scope].gemm_edges_only:
         report["note"] = (
             f"scope {scope} also quantizes the residual path (a Q/DQ pair per residual input); "

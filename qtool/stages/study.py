@@ -31,7 +31,7 @@ from qtool.data import QnliSplit
 from qtool.defaults import DEPLOY_MAX_DROP, SEARCH_MAX_DROP, SEED, SMOOTH_ALPHA
 from qtool.deployment.backends import build_ort
 from qtool.deployment.bench import BenchConfig
-from qtool.deployment.evaluate import EvalConfig, changed_predictions, evaluate_graph
+from qtool.deployment.evaluate import EvalConfig, changed_predictions, evaluate_graph, evaluation_metrics
 from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig, run_tasks
 from qtool.exporter.weight_codes import weight_kernels
@@ -220,7 +220,7 @@ def _peer_row(name: str, fp32: Path, split: QnliSplit, config: ReproduceConfig) 
     """A peer quantizer's graph (ONNX Runtime's or NNCF's), scored and timed as it deploys."""
     graph = fp32.with_name(f"{name}.onnx")
     used = _write_peer(name, fp32, graph, split, config)
-    evaluation = evaluate_graph(graph, split, config.eval, config.export.max_length)
+    evaluation = evaluate_graph(graph, split, config.eval, config.export.max_length, predictions=True)
     extra = {
         "method": name,
         "params": {"calibration_pairs": used["calibration_pairs"]},
@@ -232,7 +232,11 @@ def _peer_row(name: str, fp32: Path, split: QnliSplit, config: ReproduceConfig) 
     }
     if "kept_in_float" in used:
         extra["kept_in_float"] = used["kept_in_float"]
-    return _result_row(name, graph, evaluation, used["scope"], extra)
+    return _result_row(name, graph, evaluation, used["scope"], extra | _metrics(split, config, evaluation))
+
+
+def _metrics(split: QnliSplit, config: ReproduceConfig, evaluation: dict) -> dict:
+    return {"metrics": evaluation_metrics(split, config.eval, evaluation)}
 
 
 def _result_row(name: str, graph: Path, evaluation: dict, scope: str, extra: dict) -> dict:
@@ -245,7 +249,6 @@ def _result_row(name: str, graph: Path, evaluation: dict, scope: str, extra: dic
         "accuracy_ci95": [low, high],
         "correct": evaluation["correct"],
         "examples": evaluation["examples"],
-        "metrics": evaluation.get("metrics"),
         **extra,
     }
 
@@ -280,6 +283,7 @@ def _calibrated_row(
     }
     deployed = evaluate_graph(Path(form["graph"]), split, config.eval, config.export.max_length, predictions=True)
     changed = changed_predictions(deployed, evaluation)
+    metrics = _metrics(split, config, evaluation)
     del deployed["predictions"], evaluation["predictions"]
     extra |= {
         "deployed_accuracy": deployed["accuracy"],
@@ -290,7 +294,7 @@ def _calibrated_row(
     }
     if made.search is not None:
         extra["search"] = made.search
-    return _result_row(name, made.qdq_graph, evaluation, calibration.scope, extra)
+    return _result_row(name, made.qdq_graph, evaluation, calibration.scope, extra | metrics)
 
 
 def configuration_row(
@@ -375,8 +379,9 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
         stats, stats_path = collect_stage(fp32, split, config.collect)
         with timed_stage("analysis"):
             analysis, analysis_paths = analyze_stage(stats, OutlierConfig(), fp32.parent / "analysis")
-        fp32_evaluation = evaluate_graph(fp32, split, config.eval, config.export.max_length)
+        fp32_evaluation = evaluate_graph(fp32, split, config.eval, config.export.max_length, predictions=True)
         fp32_row = {"latency": latency_stage(fp32, split, config.bench)}
+    fp32_row |= _metrics(split, config, fp32_evaluation)
     rows = [{**_result_row(FP32, fp32, fp32_evaluation, "none (FP32)", fp32_row), "stage_times": times}]
     tasks = [(name, recipe, fp32, stats_path, split, _for_tasks(config)) for name, recipe in configurations.items()]
     rows += run_tasks(
