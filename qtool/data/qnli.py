@@ -33,6 +33,8 @@ DATA_ENV = "QTOOL_DATA"
 HUB_ADDRESS = ("huggingface.co", 443)
 HUB_PROBE_SECONDS = 3.0
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")  # the hub libraries then read their cache only
+# A proxy or a mirror: the direct probe says nothing about them, so the hub libraries are left to try.
+ROUTED_ENV = ("HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,7 @@ def hub_reachable(address: tuple[str, int] = HUB_ADDRESS, timeout: float = HUB_P
 
 
 def _load_from_hub() -> tuple[list[Example], list[Example]]:
-    if not any(os.environ.get(name) for name in OFFLINE_ENV) and not hub_reachable():
+    if not any(os.environ.get(name) for name in OFFLINE_ENV + ROUTED_ENV) and not hub_reachable():
         raise QtoolError(
             f"no --data was given and {DATA_ENV} is not set, so qtool looked for {'/'.join(HUB_DATASET)} on the "
             f"Hugging Face hub, and {HUB_ADDRESS[0]} cannot be reached from here; pass --data with a GLUE QNLI "

@@ -161,7 +161,7 @@ def test_a_dev_file_splits_like_its_folder_wherever_it_is_named_from(tmp_path, m
 def test_without_data_and_without_the_hub_the_error_comes_at_once(monkeypatch):
     import qtool.data.qnli as qnli
 
-    for name in (qnli.DATA_ENV, *qnli.OFFLINE_ENV):
+    for name in (qnli.DATA_ENV, *qnli.OFFLINE_ENV, *qnli.ROUTED_ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(qnli, "hub_reachable", lambda: False)
     with pytest.raises(QtoolError) as caught:
@@ -179,3 +179,19 @@ def test_the_hub_probe_answers_false_for_a_closed_port():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # bound, not listening: connections are refused
         assert hub_reachable(("127.0.0.1", port), timeout=1.0) is False
+
+
+def test_behind_a_proxy_or_a_mirror_the_hub_libraries_are_left_to_try(monkeypatch):
+    import qtool.data.qnli as qnli
+
+    monkeypatch.delenv(qnli.DATA_ENV, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setattr(qnli, "hub_reachable", lambda: pytest.fail("probed although a proxy is set"))
+
+    class FakeDatasets:
+        @staticmethod
+        def load_dataset(*args):
+            return {"train": [], "validation": []}
+
+    monkeypatch.setitem(__import__("sys").modules, "datasets", FakeDatasets)
+    assert qnli._load_from_hub() == ([], [])
