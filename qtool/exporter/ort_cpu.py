@@ -37,6 +37,10 @@ whose float result is the same up to rounding:
   With `fuse_bias=False` the rewritten graph computes bit-for-bit what the QDQ graph computes
   when ONNX Runtime runs both without graph optimizations.
 
+- a quantized sum, DQ(a) + DQ(b) -> Q (the residual stream of scope `all`), dequantizes one input
+  as Cast -> Mul (the same floats), so that ONNX Runtime does not make a QLinearAdd of it, whose
+  fixed-point scale ratios round some sums one step differently.
+
 Nothing else moves: a Q/DQ pair on a LayerNorm input, a residual sum or a GELU input stays (scope
 `all`), since dropping one would change the values. `qtool.exporter.ort_fused.check_fused` reports
 what ONNX Runtime made of a graph.
@@ -46,21 +50,26 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import onnx
 
-from qtool.exporter.weight_codes import dequantized_constant, u8s8_exact_everywhere
+from qtool.exporter.ort_projections import (
+    MS_DOMAIN,
+    activation_dequantize,
+    float_input_weights_dequantized,
+    fold_channel_division,
+    gemm_bias_to_add,
+    projections_to_matmul_integer_to_float,
+)
+from qtool.exporter.weight_codes import u8s8_exact_everywhere
 from qtool.graph import GraphIndex, attribute, prune_dead_nodes, save_derived_graph, set_attribute, tensor_ranks
 from qtool.runners.ort import GEMM_WEIGHT_BITS_METADATA, INT8_KERNELS, INT8_KERNELS_METADATA
 
 log = logging.getLogger(__name__)
 
-MS_DOMAIN = "com.microsoft"
-FORM_VERSION = 6  # bumped whenever the rewrite changes, so cached ONNX Runtime forms are rebuilt
+FORM_VERSION = 7  # bumped whenever the rewrite changes, so cached ONNX Runtime forms are rebuilt
 UINT8_OFFSET = 128  # uint8 code = int8 code + 128 for the same real value
-EIGHT_BIT_TYPES = (np.dtype(np.int8), np.dtype(np.uint8))
 
 
 def _scalar_int8_zero_point(graph: GraphIndex, node: onnx.NodeProto) -> int | None:
@@ -71,6 +80,46 @@ def _scalar_int8_zero_point(graph: GraphIndex, node: onnx.NodeProto) -> int | No
     if zero_point is None or zero_point.dtype != np.int8 or zero_point.size != 1:
         return None
     return int(zero_point.reshape(()))
+
+
+# -- step 0: quantized sums outside QLinearAdd -------------------------------------------------------
+def _sums_outside_qlinear_add(graph: GraphIndex) -> int:
+    """DQ(a) + DQ(b) -> Q, a quantized sum (the residual stream of scope `all`): one input's
+    dequantization becomes Cast -> Mul by its scale (Sub of its zero point between, unless 0), the same
+    floats, so ONNX Runtime leaves the sum as the QDQ graph computes it. Fused into QLinearAdd, its
+    kernel multiplies the codes by the scale ratios in 22-bit fixed point (MLAS `qladd`) and rounds
+    some sums one step off (`benchmarks/first_divergence.py`). The input taken is one whose codes
+    nothing else reads, so every other pair still moves to uint8; returns the sums rewritten."""
+    rewritten = 0
+    for add in list(graph.graph.node):
+        if add.op_type != "Add" or not any(r.op_type == "QuantizeLinear" for r, _ in graph.consumers[add.output[0]]):
+            continue
+        sources = [activation_dequantize(graph, name) for name in add.input]
+        if any(source is None for source in sources):
+            continue
+        for dq in sources:
+            zero_point = _scalar_int8_zero_point(graph, dq)
+            codes_readers = graph.consumers[dq.input[0]]
+            if zero_point is None or len(codes_readers) != 1 or len(graph.consumers[dq.output[0]]) != 1:
+                continue
+            codes = graph.unique_name(f"{dq.output[0]}/codes_as_float")
+            steps = [
+                onnx.helper.make_node(
+                    "Cast", [dq.input[0]], [codes], name=graph.unique_name(f"{dq.name}/Cast"), to=onnx.TensorProto.FLOAT
+                )
+            ]
+            if zero_point:
+                centred = graph.unique_name(f"{dq.output[0]}/centred")
+                offset = graph.add_initializer(f"{dq.output[0]}/zero_point_as_float", np.float32(zero_point))
+                steps.append(
+                    onnx.helper.make_node("Sub", [codes, offset], [centred], name=graph.unique_name(f"{dq.name}/Sub"))
+                )
+                codes = centred
+            steps.append(onnx.helper.make_node("Mul", [codes, dq.input[1]], [dq.output[0]], name=dq.name))
+            graph.replace_node(dq, steps)
+            rewritten += 1
+            break
+    return rewritten
 
 
 # -- step 1: activations in uint8 ------------------------------------------------------------------
@@ -188,193 +237,6 @@ def _gather_before_dequantize(graph: GraphIndex) -> int:
     return rewritten
 
 
-# -- step 3: projections -----------------------------------------------------------------------------
-def _activation_dequantize(graph: GraphIndex, tensor: str) -> onnx.NodeProto | None:
-    """The DequantizeLinear of an 8-bit activation (scalar scale and zero point) producing `tensor`."""
-    node = graph.producer.get(tensor)
-    if node is None or node.op_type != "DequantizeLinear" or node.input[0] in graph.initializers:
-        return None
-    scale = graph.array(node.input[1])
-    zero_point = graph.array(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    if scale is None or scale.size != 1 or zero_point is None or zero_point.dtype not in EIGHT_BIT_TYPES:
-        return None
-    return node
-
-
-def _weight_dequantize(graph: GraphIndex, tensor: str) -> onnx.NodeProto | None:
-    """The DequantizeLinear of a constant 2-D 8-bit weight producing `tensor` (read by one node only)."""
-    node = graph.producer.get(tensor)
-    if node is None or node.op_type != "DequantizeLinear" or len(graph.consumers[tensor]) != 1:
-        return None
-    weight = graph.array(node.input[0])
-    if weight is None or weight.ndim != 2 or weight.dtype not in EIGHT_BIT_TYPES:
-        return None
-    return node
-
-
-def _single_follower(graph: GraphIndex, tensor: str, op_type: str) -> onnx.NodeProto | None:
-    followers = graph.consumers[tensor]
-    if len(followers) != 1 or tensor in graph.graph_outputs or followers[0][0].op_type != op_type:
-        return None
-    return followers[0][0]
-
-
-class _Projection(NamedTuple):
-    transposed: bool  # the weight is [N, K] (Gemm transB=1)
-    bias: str
-    add: onnx.NodeProto | None  # the bias Add that the fused node replaces
-    total: onnx.NodeProto | None  # the Sum of a PEG split GEMM whose first partial takes the bias
-
-
-def _biased_projection(graph: GraphIndex, node: onnx.NodeProto) -> _Projection | None:
-    """MatMul -> Add(b) or Gemm with a bias, or a partial product of a PEG split GEMM, MatMul -> Sum
-    -> Add(b): the first partial takes the bias, the others have none (bias "")."""
-    if node.op_type == "MatMul":
-        total = _single_follower(graph, node.output[0], "Sum")
-        result = (total or node).output[0]
-        add = _single_follower(graph, result, "Add")
-        if total is not None and (total.input[0] != node.output[0] or add is None):
-            return _Projection(False, "", None, None)
-        if add is None:
-            return None
-        bias = add.input[1] if add.input[0] == result else add.input[0]
-        return _Projection(False, bias, add, total)
-    if node.op_type == "Gemm" and len(node.input) == 3 and node.input[2]:
-        if attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0 or attribute(node, "beta", 1.0) != 1.0:
-            return None
-        return _Projection(bool(attribute(node, "transB", 0)), node.input[2], None, None)
-    return None
-
-
-def _projections_to_matmul_integer_to_float(graph: GraphIndex) -> int:
-    """DQ(x) -> MatMul(DQ(W)) -> Add(b) and Gemm(DQ(x), DQ(W), b) -> MatMulIntegerToFloat(..., b), and
-    the partial products of PEG's split GEMMs (the bias joins the first).
-
-    MatMulIntegerToFloat reads the weight as [K, N] with a per-tensor or per-column (N) scale;
-    a Gemm weight with transB=1 is transposed in int8, its per-row scales becoming per-column.
-    """
-    fused = 0
-    for node in list(graph.graph.node):
-        projection = _biased_projection(graph, node)
-        if projection is None:
-            continue
-        transposed, bias, add, total = projection
-        activation_dq = _activation_dequantize(graph, node.input[0])
-        weight_dq = _weight_dequantize(graph, node.input[1])
-        if activation_dq is None or weight_dq is None:
-            continue
-        weight, scale = graph.array(weight_dq.input[0]), graph.array(weight_dq.input[1])
-        output_axis = 0 if transposed else 1
-        if scale is None or (scale.size > 1 and attribute(weight_dq, "axis", 1) % 2 != output_axis):
-            continue
-        bias_source = graph.constant_source(bias) if bias else ""
-        bias_array = graph.array(bias_source) if bias_source else None
-        if bias and (
-            bias_array is None or bias_array.dtype != np.float32 or bias_array.shape != (weight.shape[output_axis],)
-        ):
-            continue
-        weight_name = weight_dq.input[0]
-        if transposed:
-            weight_name = graph.add_initializer(f"{weight_name}/transposed", np.ascontiguousarray(weight.T))
-        weight_zero_point = weight_dq.input[2] if len(weight_dq.input) > 2 else ""  # absent: 0
-        fused_node = onnx.helper.make_node(
-            "MatMulIntegerToFloat",
-            [
-                activation_dq.input[0],
-                weight_name,
-                activation_dq.input[1],
-                weight_dq.input[1],
-                activation_dq.input[2],
-                weight_zero_point,
-                bias_source,
-            ],
-            [add.output[0] if add is not None and total is None else node.output[0]],
-            name=node.name,
-            domain=MS_DOMAIN,
-        )
-        if add is not None:
-            graph.replace_node(add, [])  # first: the fused node (or the Sum) takes over the Add's output
-        if total is not None:
-            total.output[0] = add.output[0]
-        graph.replace_node(node, [fused_node])
-        fused += 1
-    return fused
-
-
-def _gemm_bias_to_add(graph: GraphIndex) -> int:
-    """Gemm(DQ(x), DQ(W), float bias) -> Add(Gemm(DQ(x), DQ(W)), bias), which ONNX Runtime fuses into QGemm."""
-    rewritten = 0
-    for node in list(graph.graph.node):
-        if node.op_type != "Gemm" or len(node.input) < 3 or not node.input[2]:
-            continue
-        if attribute(node, "beta", 1.0) != 1.0:
-            continue
-        if _activation_dequantize(graph, node.input[0]) is None or _weight_dequantize(graph, node.input[1]) is None:
-            continue
-        product = graph.unique_name(f"{node.output[0]}/without_bias")
-        add = onnx.helper.make_node(
-            "Add", [product, node.input[2]], [node.output[0]], name=graph.unique_name(f"{node.name}/BiasAdd")
-        )
-        del node.input[2]
-        node.output[0] = product
-        graph.replace_node(node, [node, add])
-        rewritten += 1
-    return rewritten
-
-
-# -- step 4: PEG's channel division folded into its producer ---------------------------------------
-def _division_targets(graph: GraphIndex, node: onnx.NodeProto) -> list[tuple[onnx.NodeProto, int]] | None:
-    """The per-channel constants to divide so that `node`'s output arrives divided: the weight scales
-    and bias of a biased MatMulIntegerToFloat (or of every partial of a PEG split GEMM's Sum), or a
-    LayerNormalization's scale and bias over the last axis; None when there is no such fold."""
-    if node.op_type == "LayerNormalization" and len(node.input) == 3 and attribute(node, "axis", -1) == -1:
-        return [(node, 1), (node, 2)]
-    if node.op_type == "MatMulIntegerToFloat" and len(node.input) > 6 and node.input[6]:
-        return [(node, 3), (node, 6)]
-    if node.op_type != "Sum":
-        return None
-    partials = [graph.producer.get(name) for name in node.input]
-    if any(
-        p is None or p.op_type != "MatMulIntegerToFloat" or len(graph.consumers[p.output[0]]) != 1 for p in partials
-    ):
-        return None
-    biased = [p for p in partials if len(p.input) > 6 and p.input[6]]
-    return [(p, 3) for p in partials] + [(p, 6) for p in biased] if len(biased) == 1 else None
-
-
-def _fold_channel_division(graph: GraphIndex) -> int:
-    """Div(X, s) of PEG's scaled form, with X computed by one of `_division_targets`' nodes and read by
-    nothing else (but Shape): those constants are divided by s instead, so X arrives divided. Only
-    float rounding differs."""
-    folded = 0
-    for div in list(graph.graph.node):
-        producer = graph.producer.get(div.input[0]) if div.op_type == "Div" else None
-        scales = graph.array(div.input[1]) if producer is not None else None
-        if scales is None or scales.ndim != 1 or scales.dtype != np.float32 or not np.all(scales > 0):
-            continue
-        targets = _division_targets(graph, producer)
-        readers = graph.consumers[div.input[0]]
-        if (
-            targets is None
-            or div.input[0] in graph.graph_outputs
-            or any(reader is not div and reader.op_type != "Shape" for reader, _ in readers)
-        ):
-            continue
-        values = [graph.constant_value(node.input[index]) for node, index in targets]
-        if any(v is None or v.dtype != np.float32 or v.size not in (1, scales.size) for v in values):
-            continue
-        for (node, index), value in zip(targets, values, strict=True):
-            divided = (np.broadcast_to(value.reshape(-1), scales.shape) / scales).astype(np.float32)
-            node.input[index] = graph.add_initializer(f"{node.input[index]}/divided", divided)
-        for reader, index in readers:
-            if reader is not div:
-                reader.input[index] = div.output[0]  # the same shape
-        graph.replace_node(div, [])  # first: nodes are found by their first output
-        producer.output[0] = div.output[0]
-        folded += 1
-    return folded
-
-
 # -- step 5: channel Gathers as row Gathers --------------------------------------------------------
 def _channel_gathers_as_row_gathers(graph: GraphIndex, ranks: dict[str, int]) -> int:
     """Gather(X, channels, axis=-1) -> Transpose(Gather(Transpose(X), channels, axis=0)), one leading
@@ -415,33 +277,6 @@ def _channel_gathers_as_row_gathers(graph: GraphIndex, ranks: dict[str, int]) ->
     return sum(len(gathers) for gathers in by_source.values())
 
 
-# -- step 6: float activations times dequantized weights ----------------------------------------------
-def _float_input_weights_dequantized(graph: GraphIndex) -> int:
-    """A MatMul or Gemm whose activation stays float reads its weight's dequantized values ((w - z) * s in
-    float32) as an initializer; returns how many. Left as DQ -> MatMul, ONNX Runtime makes MatMulNBits of
-    it (accuracy level 4), which quantizes the activation that the recipe keeps in float."""
-    folded = 0
-    for node in list(graph.graph.node):
-        if node.op_type != "DequantizeLinear":
-            continue
-        weight, readers = graph.array(node.input[0]), graph.consumers[node.output[0]]
-        if weight is None or weight.dtype not in EIGHT_BIT_TYPES or not readers:
-            continue
-        if any(
-            reader.op_type not in ("MatMul", "Gemm") or index != 1 or _activation_dequantize(graph, reader.input[0])
-            for reader, index in readers
-        ):
-            continue
-        values = dequantized_constant(graph, node.output[0])
-        if values is None:
-            continue
-        name = graph.add_initializer(f"{node.input[0]}/dequantized", values)
-        for reader, index in readers:
-            reader.input[index] = name
-        folded += 1
-    return folded
-
-
 # -- assembly -----------------------------------------------------------------------------------------
 def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True, kernels: str = "u8s8") -> onnx.ModelProto:
     """A copy of a qtool QDQ graph that ONNX Runtime's CPU provider runs on integer kernels.
@@ -461,21 +296,22 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True, kerne
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     counts = {
+        "sums_outside_qlinear_add": _sums_outside_qlinear_add(GraphIndex(rewritten.graph)),
         "uint8_activation_pairs": _activations_to_uint8(GraphIndex(rewritten.graph)),
         "uint8_weights": _weights_to_uint8(GraphIndex(rewritten.graph)) if kernels == "u8u8" else 0,
         "gathers_before_dequantize": _gather_before_dequantize(GraphIndex(rewritten.graph)),
     }
     if fuse_bias:
-        counts["matmul_integer_to_float_with_bias"] = _projections_to_matmul_integer_to_float(
+        counts["matmul_integer_to_float_with_bias"] = projections_to_matmul_integer_to_float(
             GraphIndex(rewritten.graph)
         )
         if counts["matmul_integer_to_float_with_bias"] and not any(
             o.domain == MS_DOMAIN for o in rewritten.opset_import
         ):
             rewritten.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
-        counts["peg_divisions_folded"] = _fold_channel_division(GraphIndex(rewritten.graph))
-        counts["float_input_weights_dequantized"] = _float_input_weights_dequantized(GraphIndex(rewritten.graph))
-    counts["gemm_bias_to_add"] = _gemm_bias_to_add(GraphIndex(rewritten.graph))
+        counts["peg_divisions_folded"] = fold_channel_division(GraphIndex(rewritten.graph))
+        counts["float_input_weights_dequantized"] = float_input_weights_dequantized(GraphIndex(rewritten.graph))
+    counts["gemm_bias_to_add"] = gemm_bias_to_add(GraphIndex(rewritten.graph))
     prune_dead_nodes(rewritten)
     counts["channel_gathers_as_row_gathers"] = _channel_gathers_as_row_gathers(GraphIndex(rewritten.graph), ranks)
     log.info("ONNX Runtime CPU rewrite: %s", ", ".join(f"{key} {value}" for key, value in counts.items()))
