@@ -408,12 +408,14 @@ def reproduce(
     evaluate every configuration; writes ARTIFACTS/report/results.json and report.md.
 
     Configurations: FP32; max (scope all, gemm, gemm-inputs); percentile 99, 99.9, 99.99, 99.999;
-    entropy and mse (ranges from the histogram); PEG K = 1, 2, 3, 4, 6, 8 and auto, in equal and
-    range-optimal groups, and with folded weights; 7-bit weights (max-gemm-inputs-w7,
-    peg-k4-all-wfolded-w7); mixed precision paper, outliers and the search (auto); migration
-    (--smooth 0.5); peers: ONNX Runtime's quantizers and transformer optimizer, and NNCF's (with
-    qtool[peers]; skipped with a note without it). -c NAME runs a subset. Every stage is cached, so
-    a rerun (or a run after an interruption) only does what is missing.
+    entropy and mse (ranges from the histogram); PEG K = 2, 3, 4, 6, 8 in equal groups, K = 4 and
+    auto in range-optimal groups, and with folded weights; 7-bit weights (max-gemm-inputs-w7,
+    peg-k4-all-wfolded-w7); mixed precision paper, outliers and the search (auto); peers: ONNX
+    Runtime's quantizers and transformer optimizer, and NNCF's (with qtool[peers]; skipped with a
+    note without it). -c all adds the extended rows: range-optimal PEG at K = 1, 2, 3, 6, 8, folded
+    at K = 2, 3, and migration (--smooth 0.5) before max, max-gemm, percentile and PEG K = 4.
+    -c NAME runs a subset. Every stage is cached, so a rerun (or a run after an interruption) only
+    does what is missing.
     """
     study = api.reproduce(
         model, data=data, seed=seed, configurations=configs, config_file=config_file, max_drop=max_drop,

@@ -455,7 +455,8 @@ Configurations = Annotated[
     typer.Option(
         "--config",
         "-c",
-        help="Run only this configuration (repeatable), e.g. fp32, max-all, peg-k4-all. Default: all of them.",
+        help="Run only this configuration (repeatable), e.g. fp32, max-all, peg-k4-all; 'all' adds the extended "
+        "rows to the default set, 'extended' runs only them. Default: the default set and the peers.",
     ),
 ]
 ConfigFile = Annotated[

@@ -4,7 +4,7 @@
    expected signal-to-quantization-noise ratio at its calibrated per-tensor scale (rounding noise
    inside the range, clipping error outside it; for PEG the whole tensor's scale, an approximation). The short evaluations quantize one point at a time (weights
    quantized everywhere, every other activation in float) and measure the KL divergence of the
-   classifier's output from FP32's on a few hundred tuning pairs. One ONNX Runtime session serves
+   classifier's output from FP32's on the first tuning pairs (128 by default). One ONNX Runtime session serves
    all of them: the QDQ graph is written with a boolean switch per point (`QdqPlan.switches`).
 2. Search. Points are ranked by measured sensitivity (the statistics break ties). The real QDQ
    graph with the n most sensitive points in float is evaluated for n = 0, 1, 2, ... until the

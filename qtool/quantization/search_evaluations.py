@@ -47,8 +47,8 @@ CandidateDone = Callable[[int, np.ndarray], None]
 class SearchConfig:
     max_drop: float = SEARCH_MAX_DROP  # accuracy points below FP32 on the tuning pairs
     tune_samples: int = 1000
-    sensitivity_samples: int = 256
-    curve_extra: int = 3  # evaluations past the first set within budget, to show the curve's shape
+    sensitivity_samples: int = 128
+    curve_extra: int = 1  # evaluations past the first set within budget, to show the curve's shape
     batch_size: int = 32
     threads: int | None = None
     max_length: int = MAX_LENGTH

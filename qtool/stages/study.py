@@ -71,20 +71,40 @@ class AutoMixedPrecision:
         return auto_recipe_name(self.base.recipe_name(), self.search.max_drop)
 
 
-def study_configurations() -> dict[str, CalibrateConfig | AutoMixedPrecision]:
-    """The study's configurations, keyed by recipe name."""
+ALL = "all"  # -c all: every built-in configuration, the extended rows included, and the peers
+EXTENDED = "extended"  # -c extended: the extended rows only
+
+
+def study_configurations(extended: bool = True) -> dict[str, CalibrateConfig | AutoMixedPrecision]:
+    """The study's configurations, keyed by recipe name. Without `extended`, the default set: the
+    paper's rows (max, percentile 99-99.99, PEG K = 3, 4, 6 in equal groups, mixed precision) and
+    qtool's answers. The extended rows, left to `-c all` so that a fresh `make reproduce` stays within
+    30 minutes on two cores, are sweeps around a default row: percentile 99.999, equal PEG at K = 2
+    and 8, range-optimal PEG at K = 1, 2, 3, 6, 8, folded PEG at K = 2 and 3, and migration."""
+    sweeps: list[CalibrateConfig] = []
+
+    def swept(*configs: CalibrateConfig) -> list[CalibrateConfig]:
+        sweeps.extend(configs)
+        return list(configs)
+
     configs = [CalibrateConfig(method="max", scope=scope) for scope in ("all", "gemm", "gemm-inputs")]
-    configs += [CalibrateConfig(method="percentile", p=p) for p in (99.0, 99.9, 99.99, 99.999)]
+    configs += [CalibrateConfig(method="percentile", p=p) for p in (99.0, 99.9, 99.99)]
+    configs += swept(CalibrateConfig(method="percentile", p=99.999))
     # Beyond the study: Q/DQ only on the GEMM edges, the residual stream in float (max-gemm-inputs above too).
     configs += [CalibrateConfig(method="percentile", p=99.99, scope="gemm-inputs")]
     # Beyond the study: ranges from objectives over the histogram, TensorRT's entropy and the least MSE.
     configs += [CalibrateConfig(method="entropy"), CalibrateConfig(method="mse")]
-    configs += [CalibrateConfig(method="peg", groups=k, grouping="equal") for k in (2, 3, 4, 6, 8)]
+    configs += swept(CalibrateConfig(method="peg", groups=2, grouping="equal"))
+    configs += [CalibrateConfig(method="peg", groups=k, grouping="equal") for k in (3, 4, 6)]
+    configs += swept(CalibrateConfig(method="peg", groups=8, grouping="equal"))
     # Beyond the study: group boundaries with the least expected rounding noise (K = 1 is one group either way).
-    configs += [CalibrateConfig(method="peg", groups=k) for k in (1, 2, 3, 4, 6, 8)]
+    configs += swept(*(CalibrateConfig(method="peg", groups=k) for k in (1, 2, 3)))
+    configs += [CalibrateConfig(method="peg", groups=4)]
+    configs += swept(*(CalibrateConfig(method="peg", groups=k) for k in (6, 8)))
     configs.append(CalibrateConfig(method="peg", groups=AUTO_GROUPS))
     # Beyond the study: the same groups with their scales folded into the weights, one GEMM per projection.
-    configs += [CalibrateConfig(method="peg", groups=k, weights="folded") for k in (2, 3, 4, AUTO_GROUPS)]
+    configs += swept(*(CalibrateConfig(method="peg", groups=k, weights="folded") for k in (2, 3)))
+    configs += [CalibrateConfig(method="peg", groups=k, weights="folded") for k in (4, AUTO_GROUPS)]
     # Beyond the study: 7-bit weights, exact on U8S8 kernels also on x86 CPUs without VNNI.
     configs += [
         CalibrateConfig(method="max", scope="gemm-inputs", weight_bits=7),
@@ -92,21 +112,25 @@ def study_configurations() -> dict[str, CalibrateConfig | AutoMixedPrecision]:
     ]
     configs += [CalibrateConfig(mixed_precision="paper"), CalibrateConfig(mixed_precision="outliers")]
     # Beyond the study: SmoothQuant-style migration before each kind of calibration.
-    configs += [
+    configs += swept(
         CalibrateConfig(method="max", smooth=SMOOTH_ALPHA),
         CalibrateConfig(method="max", scope="gemm", smooth=SMOOTH_ALPHA),
         CalibrateConfig(method="percentile", p=99.99, smooth=SMOOTH_ALPHA),
         CalibrateConfig(method="peg", groups=4, smooth=SMOOTH_ALPHA),
-    ]
+    )
     # Beyond the study: the points kept in float found by the search instead of a preset.
     configs += [AutoMixedPrecision()]
-    return {c.recipe_name(): c for c in configs}
+    return {c.recipe_name(): c for c in configs if extended or c not in sweeps}
+
+
+def extended_rows() -> list[str]:
+    return [name for name in study_configurations() if name not in study_configurations(extended=False)]
 
 
 @dataclass(frozen=True)
 class ReproduceConfig:
     seed: int = SEED
-    configurations: tuple[str, ...] | None = None  # None: every study configuration
+    configurations: tuple[str, ...] | None = None  # None: the default set and the peers
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -126,28 +150,35 @@ class ReproduceConfig:
     def selected(self) -> dict[str, CalibrateConfig | AutoMixedPrecision | None]:
         """Configurations to run: a calibration recipe, or None for an ONNX Runtime peer."""
         available: dict[str, CalibrateConfig | AutoMixedPrecision | None] = {
-            **study_configurations(),
+            **study_configurations(extended=self.configurations is not None),
             **dict.fromkeys(PEERS),
             **dict.fromkeys(NNCF_PEERS),
         }
         available |= dict(self.extra_configurations)
         if self.configurations is None:
             return {name: recipe for name, recipe in available.items() if name not in self.skipped()}
-        unknown = [c for c in self.configurations if c not in available and c != FP32]
+        aliases = {ALL: [name for name in available if name not in self.skipped()], EXTENDED: extended_rows()}
+        names = [n for name in self.configurations for n in aliases.get(name, [name])]
+        unknown = [c for c in names if c not in available and c != FP32]
         if unknown:
             raise QtoolError(
-                f"unknown configuration(s) {', '.join(unknown)}; choose from {FP32}, {', '.join(available)}"
+                f"unknown configuration(s) {', '.join(unknown)}; choose from {FP32}, {ALL}, {EXTENDED}, "
+                f"{', '.join(available)}"
             )
         missing = nncf_missing()
-        asked = [name for name in self.configurations if name in NNCF_PEERS]
+        asked = [name for name in names if name in NNCF_PEERS]
         if asked and missing:
             raise QtoolError(f"{', '.join(asked)} cannot run: {missing}")
-        return {name: available[name] for name in self.configurations if name != FP32}
+        return {name: available[name] for name in dict.fromkeys(names) if name != FP32}
 
     def skipped(self) -> dict[str, str]:
         """Peers left out of a full study because their optional extra is missing, and why."""
         missing = nncf_missing()
-        return dict.fromkeys(NNCF_PEERS, missing) if missing and self.configurations is None else {}
+        full = self.configurations is None or ALL in self.configurations
+        skipped = dict.fromkeys(NNCF_PEERS, missing) if missing and full else {}
+        if self.configurations is None:
+            skipped[EXTENDED] = f"its {len(extended_rows())} rows ({', '.join(extended_rows())}) run with `-c {ALL}`"
+        return skipped
 
 
 def load_configuration_file(path: Path) -> tuple[tuple[str, CalibrateConfig], ...]:

@@ -15,7 +15,7 @@ def test_without_nncf_a_full_study_skips_its_peers_with_a_note(monkeypatch):
     monkeypatch.setattr(study, "nncf_missing", lambda: "NNCF is not installed (pip install 'qtool[peers]')")
     full = ReproduceConfig()
     assert not set(NNCF_PEERS) & set(full.selected()) and "ort-dynamic" in full.selected()
-    assert set(full.skipped()) == set(NNCF_PEERS)
+    assert set(full.skipped()) == {*NNCF_PEERS, "extended"}
     lines = peer_lines({"results": [], "skipped": full.skipped()})
     assert any("`nncf-ptq` did not run: NNCF is not installed (pip install 'qtool[peers]')" in line for line in lines)
     with pytest.raises(QtoolError, match=r"nncf-ptq cannot run: .*qtool\[peers\]"):
@@ -25,7 +25,22 @@ def test_without_nncf_a_full_study_skips_its_peers_with_a_note(monkeypatch):
 
 def test_with_nncf_every_peer_is_in_a_full_study(monkeypatch):
     monkeypatch.setattr(study, "nncf_missing", lambda: None)
-    assert set(NNCF_PEERS) <= set(ReproduceConfig().selected()) and ReproduceConfig().skipped() == {}
+    assert set(NNCF_PEERS) <= set(ReproduceConfig().selected()) and set(ReproduceConfig().skipped()) == {"extended"}
+
+
+def test_the_default_study_leaves_the_extended_rows_to_c_all(monkeypatch):
+    """A default run: the default set and the peers; `-c all` adds the extended rows (sweeps around a
+    default row), `-c extended` runs only them, and a default report says how to run them."""
+    monkeypatch.setattr(study, "nncf_missing", lambda: None)
+    default, everything = ReproduceConfig().selected(), ReproduceConfig(configurations=("all",)).selected()
+    extended = ReproduceConfig(configurations=("extended",)).selected()
+    assert set(extended) == set(study.extended_rows()) and not set(extended) & set(default)
+    assert set(everything) == set(default) | set(extended)
+    assert {"peg-k4-all", "peg-auto-all", "peg-k4-all-wfolded", "max-all-mp-auto0.5"} <= set(default)
+    assert {"peg-k1-all", "peg-k8-all", "peg-k2-all-wfolded", "peg-k4-all-smooth0.5"} <= set(extended)
+    assert ReproduceConfig(configurations=("all", "max-all")).skipped() == {}
+    lines = peer_lines({"results": [], "skipped": ReproduceConfig().skipped()})
+    assert any("`extended` did not run: its 14 rows (percentile-99.999-all," in line and "`-c all`" in line for line in lines)
 
 
 def test_report_names_an_nncf_peer_as_nncf_and_shows_its_accuracy_control():
