@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 
 import pytest
 from typer.testing import CliRunner
 
 import qtool
 from qtool.analysis.collect import ActivationStats
-from qtool.calibrators.base import ActivationRange, Calibrator
+from qtool.calibrators.base import ActivationRange, Calibrator, method_option
 from qtool.calibrators.methods import CALIBRATORS
 from qtool.cli import app
 
@@ -180,16 +181,21 @@ def test_a_max_length_beyond_the_model_positions_is_one_line(tmp_path, embedded_
         qtool.evaluate(graph, data=tiny_data, max_length=4)
 
 
+@dataclass(frozen=True)
+class FractionOptions:
+    fraction: float = method_option(1.0, "the share of max |x| kept in range", above=0, at_most=1)
+    rounds: int = method_option(1, "a whole-number option, to check its conversion", at_least=1)
+
+
 class FractionCalibrator(Calibrator):
-    """A calibrator from outside qtool with an option of its own: a fraction of each point's max |x|."""
+    """A calibrator from outside qtool with options of its own: a fraction of each point's max |x|."""
 
     name = "fraction"
-    options = ("fraction",)
+    options = FractionOptions
 
-    def __init__(self, fraction: float = 1.0):
-        if not 0 < fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-        self.fraction = float(fraction)
+    def __init__(self, fraction: float = 1.0, rounds: int = 1):
+        self.fraction = fraction
+        assert isinstance(rounds, int)  # converted from the command line's text by the declaration
 
     def params(self) -> dict:
         return {"fraction": self.fraction}
@@ -212,12 +218,17 @@ def test_a_plugged_in_calibrator_takes_its_own_options_through_api_cli_and_confi
     assert made.recipe == "fraction-0.25-all" and made.details["params"] == {"fraction": 0.25}
     cli = CliRunner()
     args = ["calibrate", str(graph), "--method", fraction, "--data", str(session_data), "--limit", "16"]
-    result = cli.invoke(app, [*args, "--method-option", "fraction=0.25", "--json"])
+    result = cli.invoke(app, [*args, "--method-option", "fraction=0.25", "--method-option", "rounds=2", "--json"])
     assert result.exit_code == 0, result.output
+    declared = qtool.calibration_methods(options=True)[fraction]
+    assert declared["fraction"] == {"default": 1.0, "help": "the share of max |x| kept in range", "bounds": "in (0, 1]"}
+    assert qtool.calibration_methods(options=True)["peg"]["groups"]["choices"] == ["auto"]
     assert json.loads(result.stdout)["calibration"] == str(made.calibration)
     for bad, message in (
-        (["--method-option", "alpha=2"], "--method-option alpha is not an option of method fraction (it takes fraction)"),
-        (["--method-option", "fraction=3"], "method fraction: fraction must be in (0, 1], got 3"),
+        (["--method-option", "alpha=2"], "--method-option alpha is not an option of method fraction (it takes fraction, rounds)"),
+        (["--method-option", "fraction=3"], "--method-option fraction must be in (0, 1], got 3"),
+        (["--method-option", "fraction=half"], "--method-option fraction must be a number, got 'half'"),
+        (["--method-option", "rounds=1.5"], "--method-option rounds must be a whole number, got 1.5"),
         (["--method-option", "fraction"], "--method-option takes NAME=VALUE"),
         (["--method-option", "p=99"], "p has a flag of its own: pass --p, not --method-option p=..."),
     ):

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from qtool.analysis.stats import TensorStats
-from qtool.calibrators.base import ActivationRange, Calibrator, ChannelGroup
+from qtool.calibrators.base import (
+    FLAGGED_METHOD_OPTIONS,
+    ActivationRange,
+    Calibrator,
+    ChannelGroup,
+    checked_options,
+    method_option,
+)
 from qtool.calibrators.histogram import EntropyCalibrator, MseCalibrator
 from qtool.defaults import PEG_AUTO_MAX_GROUPS, PEG_AUTO_NOISE_FACTOR, PEG_GROUPING, PEG_GROUPS, PERCENTILE
 from qtool.errors import QtoolError
@@ -43,13 +51,16 @@ class MaxCalibrator(Calibrator):
         return ActivationRange(stats.absmax)
 
 
+@dataclass(frozen=True)
+class PercentileOptions:
+    p: float = method_option(PERCENTILE, "the percentile of |x| that becomes the range", above=0, at_most=100)
+
+
 class PercentileCalibrator(Calibrator):
     name = "percentile"
-    options = ("p",)
+    options = PercentileOptions
 
     def __init__(self, p: float = PERCENTILE):
-        if not 0 < p <= 100:
-            raise QtoolError(f"--p must be in (0, 100], got {p:g}")
         self.p = float(p)
 
     def params(self) -> dict:
@@ -138,6 +149,16 @@ PEG_GROUPINGS = ("optimal", "equal")
 AUTO_GROUPS = "auto"
 
 
+@dataclass(frozen=True)
+class PegOptions:
+    groups: int | str = method_option(
+        PEG_GROUPS, f"groups K per tensor, or {AUTO_GROUPS} (the fewest groups near per-channel noise)",
+        at_least=1, choices=(AUTO_GROUPS,),
+    )
+    permute: bool = method_option(True, "sort the channels by range before cutting them into groups")
+    grouping: str = method_option(PEG_GROUPING, "where the group boundaries fall", choices=PEG_GROUPINGS)
+
+
 class PegCalibrator(Calibrator):
     """Per-embedding-group ranges: channels sorted by range (or kept in order with `permute=False`)
     and cut into K groups (K need not divide the width), one range per group. `grouping="optimal"`
@@ -147,12 +168,10 @@ class PegCalibrator(Calibrator):
     per-channel quantization (at most `PEG_AUTO_MAX_GROUPS` groups)."""
 
     name = "peg"
-    options = ("groups", "permute", "grouping")
+    options = PegOptions
 
     def __init__(self, groups: int | str = PEG_GROUPS, permute: bool = True, grouping: str = PEG_GROUPING):
-        self.groups = peg_groups(groups)
-        if grouping not in PEG_GROUPINGS:
-            raise QtoolError(f"unknown --grouping {grouping!r}; choose one of {', '.join(PEG_GROUPINGS)}")
+        self.groups = groups
         self.permute = bool(permute)
         self.grouping = grouping
 
@@ -188,19 +207,6 @@ class PegCalibrator(Calibrator):
         return ActivationRange(stats.absmax, groups=groups)
 
 
-def peg_groups(value: int | str) -> int | str:
-    """`--groups`: a group count K >= 1 (also as text, from the command line) or `auto`."""
-    if value == AUTO_GROUPS:
-        return value
-    try:
-        groups = int(value)
-    except (TypeError, ValueError):
-        raise QtoolError(f"--groups must be a whole number of groups or {AUTO_GROUPS}, got {value!r}") from None
-    if groups < 1 or str(groups) != str(value).strip():
-        raise QtoolError(f"--groups must be at least 1 (or {AUTO_GROUPS}), got {value!r}")
-    return groups
-
-
 CALIBRATORS: dict[str, type[Calibrator]] = {
     "max": MaxCalibrator,
     "percentile": PercentileCalibrator,
@@ -211,11 +217,15 @@ CALIBRATORS: dict[str, type[Calibrator]] = {
 
 
 def make_calibrator(method: str, **options) -> Calibrator:
+    """The calibrator `method` with `options` checked against its declared options (qtool's flagged
+    options p, groups, grouping and permute are dropped where the method does not take them)."""
     try:
         cls = CALIBRATORS[method]
     except KeyError:
         raise QtoolError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATORS)}") from None
+    takes = {f.name for f in fields(cls.options)}
+    given = {k: v for k, v in options.items() if k in takes or k not in FLAGGED_METHOD_OPTIONS}
     try:
-        return cls(**{k: v for k, v in options.items() if k in cls.options and v is not None})
+        return cls(**asdict(checked_options(method, cls.options, given)))
     except (TypeError, ValueError) as exc:  # a calibrator from outside qtool refusing a value
         raise QtoolError(f"method {method}: {exc}") from None

@@ -16,7 +16,7 @@ from typing import Any
 
 from qtool import __version__
 from qtool.analysis.collect import ActivationStats
-from qtool.calibrators.base import ActivationRange, ChannelGroup
+from qtool.calibrators.base import FLAGGED_METHOD_OPTIONS, ActivationRange, ChannelGroup, option_names
 from qtool.calibrators.methods import CALIBRATORS, make_calibrator
 from qtool.calibrators.precision import SCOPES, check_scope, kept_in_float
 from qtool.defaults import OUTLIER_RATIO, PEG_GROUPING, PEG_GROUPS, PERCENTILE
@@ -27,7 +27,6 @@ from qtool.exporter.smooth import SmoothConfig
 from qtool.fileio import read_json, sha256_text, write_json
 from qtool.graph import model_identity
 
-FLAGGED_METHOD_OPTIONS = ("p", "groups", "grouping", "permute")  # method options with fields (and flags) here
 CALIBRATION_FORMAT = "qtool-calibration/1"  # the schema version of the file
 GRID = "symmetric int8, zero point 0, scale = amax / 127"  # activations; weights per `weight_bits`
 
@@ -63,7 +62,7 @@ class CalibrateConfig:
             raise QtoolError("--weights folded folds PEG's group scales into the weights; use it with --method peg")
         if not 1 <= self.outlier_ratio < math.inf:
             raise QtoolError(f"--outlier-ratio must be a finite number of at least 1, got {self.outlier_ratio}")
-        takes = CALIBRATORS[self.method].options
+        takes = option_names(CALIBRATORS[self.method])
         flagged = sorted(name for name, _ in self.method_options if name in FLAGGED_METHOD_OPTIONS)
         if flagged:
             raise QtoolError(f"{flagged[0]} has a flag of its own: pass --{flagged[0]}, not --method-option {flagged[0]}=...")
