@@ -13,7 +13,7 @@ API = (
 
 
 def __getattr__(name: str):
-    if name in API or name == "QtoolError":
+    if name in API or name in ("QtoolError", "DataConfig"):
         from qtool import api
 
         return getattr(api, name)
@@ -21,4 +21,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *API, "QtoolError"])
+    return sorted([*globals(), *API, "QtoolError", "DataConfig"])

@@ -3,7 +3,9 @@
 Each function takes paths (or names) and keyword options whose `None` means the stage's own
 default, checks every rule once, raises `QtoolError` with a one-line fix for bad input, and returns
 a typed result whose `to_dict()` is the document `qtool <command> --json` prints. Data: `data` is a
-GLUE TSV folder, one QNLI-format TSV file, or `"hub"` (default: `$QTOOL_DATA`, else the hub).
+file (CSV, TSV, JSONL, Parquet), a GLUE task folder, a saved dataset, `"hub:NAME[:CONFIG]"` or
+`"hub"` (default: `$QTOOL_DATA`, else GLUE QNLI from the hub), or a `qtool.DataConfig` that also
+names its columns, task or splits.
 
     import qtool
     graph = qtool.export("my-org/my-bert-qnli", data="data/QNLI").graph
@@ -14,6 +16,7 @@ GLUE TSV folder, one QNLI-format TSV file, or `"hub"` (default: `$QTOOL_DATA`, e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from qtool.data.split import DataConfig  # qtool.DataConfig: data with its columns, task or splits named
 from qtool.defaults import BASE_METHOD, PEG_FORM
 from qtool.errors import QtoolError
 
@@ -108,21 +112,23 @@ def artifacts_folder(path: Path | str | None) -> Path:
     return Path(path or os.environ.get(ARTIFACTS_ENV) or "artifacts")
 
 
-def data_config(data: str | Path | None = None, seed: int | None = None, max_length: int | None = None):
-    """Where the data comes from, how it is split, and how many tokens a text or pair keeps."""
-    from qtool.data import DataConfig
-
+def data_config(data=None, seed: int | None = None, max_length: int | None = None):
+    """Where the data comes from, how it is read and split, and how many tokens a text or pair keeps.
+    `data`: a path or source text (`hub:NAME[:CONFIG]`), or a `qtool.DataConfig` naming its columns,
+    task or splits too."""
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 8):
         raise QtoolError(f"--max-length must be a whole number of tokens, at least 8, got {max_length!r}")
+    if isinstance(data, DataConfig):
+        return configured(DataConfig, data, seed=seed, max_length=max_length)
     return configured(DataConfig, source=str(data) if data is not None else None, seed=seed, max_length=max_length)
 
 
-def load_data(data: str | Path | None = None, seed: int | None = None, max_length: int | None = None):
-    """The data config and the QNLI split it names."""
-    from qtool.data import load_qnli
+def load_data(data=None, seed: int | None = None, max_length: int | None = None):
+    """The data config and the split it names."""
+    from qtool.data import load_data as load
 
     config = data_config(data, seed, max_length)
-    return config, load_qnli(config)
+    return config, load(config)
 
 
 def check_positions(graph: Path, max_length: int, tokenizer_path: Path | None = None) -> None:
@@ -176,8 +182,8 @@ def _graph(path: Path | str) -> Path:
 # -- the model -------------------------------------------------------------------------------------
 def finetune(model=None, *, data=None, seed=None, epochs=None, learning_rate=None, batch_size=None,
              warmup_ratio=None, max_steps=None, max_length=None, force=False, artifacts=None) -> Finetuned:
-    """Fine-tune `model` (a hub id, a folder, or None for the default) into a QNLI classifier, cached
-    under ARTIFACTS/models/."""
+    """Fine-tune `model` (a hub id, a folder, or None for the default) into a classifier for the
+    data's labels, cached under ARTIFACTS/models/."""
     from qtool.models.finetune import FinetuneConfig
     from qtool.stages.model import finetune_stage
 
@@ -272,10 +278,14 @@ def _statistics_beside(graph: Path, split):
 
 
 # -- calibration -----------------------------------------------------------------------------------
-def calibration_methods() -> tuple[str, ...]:
-    """The names `calibrate(method=...)` takes: every registered calibrator, and `auto`."""
+def calibration_methods(options: bool = False):
+    """The names `calibrate(method=...)` takes: every registered calibrator, and `auto`; with
+    `options`, a dict of each calibrator's options (default, help, bounds) instead."""
+    from qtool.calibrators.base import describe_options
     from qtool.calibrators.methods import CALIBRATORS
 
+    if options:
+        return {name: describe_options(cls.options) for name, cls in CALIBRATORS.items()}
     return (*CALIBRATORS, AUTO_METHOD)
 
 
@@ -289,13 +299,19 @@ def register_calibrator(calibrator: type) -> None:
         raise QtoolError("a calibrator is a subclass of qtool.calibrators.base.Calibrator with a `name`")
     if calibrator.name == AUTO_METHOD:
         raise QtoolError(f"{AUTO_METHOD!r} is the search, not a calibrator name; choose another name")
+    if not dataclasses.is_dataclass(calibrator.options):
+        raise QtoolError(
+            "a calibrator's `options` is a dataclass of the keywords its constructor takes, each a "
+            "`qtool.calibrators.base.method_option(default, help, ...)` field (or leave it unset for none)"
+        )
     CALIBRATORS[calibrator.name] = calibrator
 
 
 def recipe_configs(method=None, *, base_method=None, search_options: dict | None = None, **recipe_options):
     """The recipe (`CalibrateConfig`) and, for method `auto`, the `SearchConfig` of calibrate's options."""
+    from qtool.calibrators.base import FLAGGED_METHOD_OPTIONS, option_names
     from qtool.calibrators.methods import CALIBRATORS
-    from qtool.quantization.calibration import FLAGGED_METHOD_OPTIONS, CalibrateConfig
+    from qtool.quantization.calibration import CalibrateConfig
     from qtool.quantization.search import SearchConfig
 
     search_options = {k: v for k, v in (search_options or {}).items() if v is not None}
@@ -310,9 +326,10 @@ def recipe_configs(method=None, *, base_method=None, search_options: dict | None
     chosen = (base_method or BASE_METHOD) if auto else (method or CalibrateConfig.method)
     if chosen not in CALIBRATORS:
         raise QtoolError(f"unknown --base-method {chosen!r}; choose one of {', '.join(CALIBRATORS)}")
-    foreign = [k for k in FLAGGED_METHOD_OPTIONS if recipe_options.get(k) is not None and k not in CALIBRATORS[chosen].options]
+    takes = option_names(CALIBRATORS[chosen])
+    foreign = [k for k in FLAGGED_METHOD_OPTIONS if recipe_options.get(k) is not None and k not in takes]
     if foreign:
-        owners = sorted(name for name, cls in CALIBRATORS.items() if foreign[0] in cls.options)
+        owners = sorted(name for name, cls in CALIBRATORS.items() if foreign[0] in option_names(cls))
         raise QtoolError(
             f"--{foreign[0]} is an option of --method {' or '.join(owners)}, not of {chosen}; drop it or change the method"
         )

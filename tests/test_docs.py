@@ -16,8 +16,23 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 MODEL, DATA = "./my-classifier", "./data/QNLI"
 
 
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """Each fenced code block of a Markdown text as (language, body), fences paired in order."""
+    blocks, language, body = [], None, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if language is None:
+                language, body = line[3:].strip(), []
+            else:
+                blocks.append((language, "\n".join(body) + "\n"))
+                language = None
+        elif language is not None:
+            body.append(line)
+    return blocks
+
+
 def _blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+    return [body for lang, body in fenced_blocks(README.read_text()) if lang == language]
 
 
 def _quick_start(language: str) -> str:
@@ -45,6 +60,22 @@ def test_readme_cli_quick_start_runs(tmp_path, tiny_classifier, tiny_data, monke
     assert (tmp_path / "work" / "percentile-99.99-all.qdq.ort.onnx").is_file()
 
 
+def test_readme_own_csv_quick_start_runs(tmp_path, embedded_tokenizer, monkeypatch):
+    """The three lines for a user's own classifier on their own CSV, on a tiny 5-label classifier."""
+    from tests.data.test_tables import STARS, review_rows, write_csv
+    from tests.helpers.models import build_bert_classifier
+
+    model = build_bert_classifier(tmp_path / "five", embedded_tokenizer, layers=1, hidden=32, heads=4, labels=STARS)
+    monkeypatch.chdir(tmp_path)
+    write_csv(tmp_path / "reviews.csv", review_rows(120))
+    block = next(b for b in _blocks("bash") if "reviews.csv" in b)
+    for line in block.splitlines():
+        words = [str(model) if w == MODEL else w for w in shlex.split(line, comments=True)[1:]]
+        result = CliRunner().invoke(app, words)
+        assert result.exit_code == 0, f"{line}\n{result.output}"
+    assert (tmp_path / "mine" / "percentile-99.99-all.qdq.ort.onnx").is_file()
+
+
 def test_readme_python_quick_start_runs(tmp_path, tiny_classifier, tiny_data, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("QTOOL_ARTIFACTS", str(tmp_path / "artifacts"))
@@ -66,7 +97,7 @@ def _documented_commands() -> list[tuple[str, list[str]]]:
     """Every `qtool ...` line of a code block in the README and docs/, as words."""
     found = []
     for page in [README, *sorted((README.parent / "docs").glob("*.md"))]:
-        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", page.read_text(), flags=re.S):
+        for block in (b for lang, b in fenced_blocks(page.read_text()) if lang in ("", "bash", "sh", "console")):
             for line in block.replace("\\\n", " ").splitlines():
                 words = shlex.split(line.strip(), comments=True)
                 if words[:1] == ["qtool"]:
@@ -96,7 +127,7 @@ def test_the_calibration_page_blocks_run_on_a_tiny_model(tmp_path, tiny_onnx, se
     monkeypatch.setenv("QTOOL_DATA", str(session_data))
     made = qtool_api.calibrate(tiny_onnx.name, method="max", evaluate=False)
     names = {"FP32.onnx": tiny_onnx.name, "CALIB.json": made.calibration.name}
-    blocks = re.findall(r"```(\w*)\n(.*?)```", (README.parent / "docs" / "calibration.md").read_text(), flags=re.S)
+    blocks = fenced_blocks((README.parent / "docs" / "calibration.md").read_text())
     assert blocks
     for language, block in blocks:
         if language == "python":

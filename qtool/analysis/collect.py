@@ -23,7 +23,7 @@ from qtool import __version__
 from qtool.analysis.stats import DEFAULT_BINS, TensorStats
 from qtool.cache import cached_stage
 from qtool.data import QnliSplit, make_batches, tokenize_part
-from qtool.data.qnli import Example
+from qtool.data.split import Example
 from qtool.defaults import MAX_LENGTH
 from qtool.errors import QtoolError
 from qtool.exporter.points import ATTENTION_LAYOUT, POOLED_LAYOUT, TOKEN_LAYOUT, QuantPoint, load_quant_points

@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 from qtool import __version__, api
 from qtool.cli import options as o
 from qtool.cli import render
+from qtool.data.split import DataConfig
 from qtool.defaults import PEG_FORM
 from qtool.errors import QtoolError
 
@@ -50,7 +51,7 @@ class OneLineUsageErrors(TyperGroup):
 app = typer.Typer(
     cls=OneLineUsageErrors,
     name="qtool",
-    help="Post-training INT8 quantization of BERT-family QNLI classifiers: export, measure outliers, "
+    help="Post-training INT8 quantization of BERT-family text classifiers: export, measure outliers, "
     "calibrate, build and benchmark.\n\nYour own model, in order: export (finetune first if it has no "
     "classification head), analyze, calibrate, build, bench; reproduce runs the whole study. "
     "Data: --data FOLDER (GLUE TSV) or $QTOOL_DATA, else the hub.",
@@ -68,6 +69,14 @@ def int_list(values: list[str] | None, option: str) -> tuple[int, ...] | None:
         return tuple(int(v) for value in values for v in value.split(",") if v.strip())
     except ValueError:
         raise QtoolError(f"{option} takes whole numbers such as 1,8; got {' '.join(values)}") from None
+
+
+def data_source(data, text_columns=None, label_column=None, task=None, split=None):
+    """--data alone, or a DataConfig when its columns, task or splits are named too."""
+    if not (text_columns or label_column or task or split):
+        return data
+    names = [tuple(n.strip() for n in v.split(",") if n.strip()) if v else None for v in (text_columns, split)]
+    return DataConfig(source=data, text_columns=names[0], label_column=label_column, task=task, splits=names[1])
 
 
 def name_values(items: list[str] | None, option: str) -> dict | None:
@@ -162,17 +171,19 @@ def main_options(
 
 @command()
 def finetune(
-    model: o.Model = None, data: o.Data = None, seed: o.Seed = None, epochs: o.Epochs = None, lr: o.LearningRate = None,
+    model: o.Model = None, data: o.Data = None,
+    text_columns: o.TextColumns = None, label_column: o.LabelColumn = None, task: o.Task = None, split: o.Split = None, seed: o.Seed = None, epochs: o.Epochs = None, lr: o.LearningRate = None,
     batch_size: o.BatchSize = None, warmup_ratio: o.WarmupRatio = None, max_steps: o.MaxSteps = None,
     max_length: o.MaxLength = None, force: o.RetrainForce = False, artifacts: o.Artifacts = None, as_json: o.Json = False,
 ) -> None:
-    """Fine-tune --model into a QNLI classifier (AdamW, linear warm-up and decay, fixed seed).
+    """Fine-tune --model into a classifier for the data's labels (AdamW, linear warm-up and decay, fixed seed).
 
     The result is saved in Hugging Face format under ARTIFACTS/models/ with a manifest, and reused
     when the model, data, seed and hyper-parameters match.
     """
     made = api.finetune(
-        model, data=data, seed=seed, epochs=epochs, learning_rate=lr, batch_size=batch_size,
+        model,
+        data=data_source(data, text_columns, label_column, task, split), seed=seed, epochs=epochs, learning_rate=lr, batch_size=batch_size,
         warmup_ratio=warmup_ratio, max_steps=max_steps, max_length=max_length, force=force, artifacts=artifacts,
     )
     if as_json:
@@ -188,18 +199,20 @@ def finetune(
 
 @command()
 def export(
-    model: o.Model = None, data: o.Data = None, seed: o.Seed = None, output: o.ExportOutput = None,
+    model: o.Model = None, data: o.Data = None,
+    text_columns: o.TextColumns = None, label_column: o.LabelColumn = None, task: o.Task = None, split: o.Split = None, seed: o.Seed = None, output: o.ExportOutput = None,
     opset: o.Opset = None, max_length: o.MaxLength = None, force: o.ReexportForce = False,
     artifacts: o.Artifacts = None, as_json: o.Json = False,
 ) -> None:
-    """Export the QNLI classifier to FP32 ONNX and check it against PyTorch on real QNLI batches.
+    """Export the classifier to FP32 ONNX and check it against PyTorch on real batches of the data.
 
     A --model without a classification head uses its cached fine-tuned copy (see `qtool finetune`).
     Writes the graph, its tokenizer beside it and a manifest with the parity figure; a graph of the
     same weights and options is reused unless --force.
     """
     made = api.export(
-        model, data=data, seed=seed, output=output, opset=opset, max_length=max_length, force=force, artifacts=artifacts
+        model,
+        data=data_source(data, text_columns, label_column, task, split), seed=seed, output=output, opset=opset, max_length=max_length, force=force, artifacts=artifacts
     )
     if as_json:
         return render.print_json(made.to_dict())
@@ -214,13 +227,15 @@ def export(
 
 @command("eval")
 def eval_command(
-    model_path: o.EvalGraph, data: o.Data = None, seed: o.Seed = None, part: o.Part = None,
+    model_path: o.EvalGraph, data: o.Data = None,
+    text_columns: o.TextColumns = None, label_column: o.LabelColumn = None, task: o.Task = None, split: o.Split = None, seed: o.Seed = None, part: o.Part = None,
     batch_size: o.BatchSize = None, limit: o.Limit = None, threads: o.Threads = None, tokenizer: o.Tokenizer = None,
     max_length: o.MaxLength = None, as_json: o.Json = False,
 ) -> None:
-    """Accuracy of an ONNX classifier on a QNLI part, through ONNX Runtime on the CPU."""
+    """Accuracy of an ONNX classifier on a data part, through ONNX Runtime on the CPU."""
     result = api.evaluate(
-        model_path, data=data, seed=seed, part=part, batch_size=batch_size, limit=limit, threads=threads,
+        model_path,
+        data=data_source(data, text_columns, label_column, task, split), seed=seed, part=part, batch_size=batch_size, limit=limit, threads=threads,
         tokenizer=tokenizer, max_length=max_length,
     )
     if as_json:
@@ -236,7 +251,8 @@ def eval_command(
 
 @command()
 def collect(
-    model_path: o.Fp32Graph, data: o.Data = None, seed: o.Seed = None, samples: o.Samples = None,
+    model_path: o.Fp32Graph, data: o.Data = None,
+    text_columns: o.TextColumns = None, label_column: o.LabelColumn = None, task: o.Task = None, split: o.Split = None, seed: o.Seed = None, samples: o.Samples = None,
     batch_size: o.BatchSize = None, threads: o.Threads = None, bins: o.Bins = None, stats: o.Stats = None,
     max_length: o.MaxLength = None, force: o.Force = False, as_json: o.Json = False,
 ) -> None:
@@ -246,7 +262,8 @@ def collect(
     of |x|. Padding is excluded. Every calibrator and `qtool analyze` read this one file.
     """
     made = api.collect(
-        model_path, data=data, seed=seed, samples=samples, batch_size=batch_size, threads=threads, bins=bins,
+        model_path,
+        data=data_source(data, text_columns, label_column, task, split), seed=seed, samples=samples, batch_size=batch_size, threads=threads, bins=bins,
         stats=stats, max_length=max_length, force=force,
     )
     if as_json:
@@ -261,7 +278,8 @@ def collect(
 
 @command()
 def analyze(
-    model_path: o.Fp32Graph, data: o.Data = None, seed: o.Seed = None, samples: o.Samples = None,
+    model_path: o.Fp32Graph, data: o.Data = None,
+    text_columns: o.TextColumns = None, label_column: o.LabelColumn = None, task: o.Task = None, split: o.Split = None, seed: o.Seed = None, samples: o.Samples = None,
     batch_size: o.BatchSize = None, threads: o.Threads = None, stats: o.Stats = None, out: o.AnalysisOut = None,
     top: o.Top = None, sigma: o.Sigma = None, figures: o.Figures = True, force: o.Force = False,
     max_length: o.MaxLength = None, as_json: o.Json = False, wide: o.Wide = False,
@@ -273,7 +291,8 @@ def analyze(
     if top is not None and top < 1:
         raise QtoolError(f"--top must be at least 1, got {top}")
     made = api.analyze(
-        model_path, data=data, seed=seed, samples=samples, batch_size=batch_size, threads=threads, stats=stats,
+        model_path,
+        data=data_source(data, text_columns, label_column, task, split), seed=seed, samples=samples, batch_size=batch_size, threads=threads, stats=stats,
         out=out, sigma=sigma, figures=figures, force=force, max_length=max_length,
     )
     if as_json:
@@ -290,7 +309,8 @@ def calibrate(
     base_method: o.BaseMethod = None,
     max_drop: o.SearchMaxDrop = None, tune_samples: o.TuneSamples = None, sensitivity_samples: o.SensitivitySamples = None,
     stats: o.Stats = None, out: o.CalibrationOut = None, evaluate_accuracy: o.EvaluateAccuracy = True,
-    data: o.Data = None, seed: o.Seed = None, samples: o.Samples = None, batch_size: o.BatchSize = None,
+    data: o.Data = None,
+    text_columns: o.TextColumns = None, label_column: o.LabelColumn = None, task: o.Task = None, split: o.Split = None, seed: o.Seed = None, samples: o.Samples = None, batch_size: o.BatchSize = None,
     limit: o.Limit = None, threads: o.Threads = None, max_length: o.MaxLength = None, as_json: o.Json = False,
     executor: o.Executor = None, address: o.RayAddress = None, cpus_per_task: o.CpusPerTask = None,
 ) -> None:
@@ -308,7 +328,8 @@ def calibrate(
         model_path, method, p=p, groups=groups, grouping=grouping, permute=permute, scope=scope, weights=weights,
         weight_bits=weight_bits, keep_fp=keep_fp, mixed_precision=mixed_precision, outlier_ratio=outlier_ratio,
         smooth=smooth, base_method=base_method, max_drop=max_drop, tune_samples=tune_samples,
-        sensitivity_samples=sensitivity_samples, stats=stats, out=out, evaluate=evaluate_accuracy, data=data,
+        sensitivity_samples=sensitivity_samples, stats=stats, out=out, evaluate=evaluate_accuracy,
+        data=data_source(data, text_columns, label_column, task, split),
         seed=seed, samples=samples, batch_size=batch_size, limit=limit, threads=threads, executor=executor,
         address=address, cpus_per_task=cpus_per_task, max_length=max_length,
         method_options=name_values(method_option, "--method-option"),
@@ -351,7 +372,8 @@ def bench(
     models: o.BenchModels, compare_models: o.Compare = False, batch: o.BenchBatch = None, seq_len: o.SeqLen = None,
     warmup: o.Warmup = None, iterations: o.Iterations = None, duration: o.Duration = None, threads: o.Threads = None,
     inputs: o.Inputs = None, provider: o.Provider = None, isolated: o.Isolated = False, with_eval: o.WithEval = False,
-    data: o.Data = None, seed: o.Seed = None, part: o.Part = None, limit: o.Limit = None, as_json: o.Json = False,
+    data: o.Data = None,
+    text_columns: o.TextColumns = None, label_column: o.LabelColumn = None, task: o.Task = None, split: o.Split = None, seed: o.Seed = None, part: o.Part = None, limit: o.Limit = None, as_json: o.Json = False,
     wide: o.Wide = False,
 ) -> None:
     """Latency (mean, p50, p90, p99, min, max), throughput, host memory and size of engines.
@@ -362,7 +384,8 @@ def bench(
     result = api.bench(
         models, compare=compare_models, batch_sizes=int_list(batch, "--batch"),
         sequence_lengths=int_list(seq_len, "--seq-len"), warmup=warmup, iterations=iterations, duration=duration,
-        threads=threads, inputs=inputs, providers=provider, isolated=isolated, with_eval=with_eval, data=data,
+        threads=threads, inputs=inputs, providers=provider, isolated=isolated, with_eval=with_eval,
+        data=data_source(data, text_columns, label_column, task, split),
         seed=seed, part=part, limit=limit,
     )
     if as_json:
@@ -399,7 +422,8 @@ def build(
 
 @command()
 def reproduce(
-    model: o.Model = None, data: o.Data = None, seed: o.Seed = None, configs: o.Configurations = None,
+    model: o.Model = None, data: o.Data = None,
+    text_columns: o.TextColumns = None, label_column: o.LabelColumn = None, task: o.Task = None, split: o.Split = None, seed: o.Seed = None, configs: o.Configurations = None,
     config_file: o.ConfigFile = None, max_drop: o.DeployMaxDrop = None, samples: o.Samples = None,
     limit: o.Limit = None, max_length: o.MaxLength = None, artifacts: o.Artifacts = None, as_json: o.Json = False,
     executor: o.Executor = None, address: o.RayAddress = None, cpus_per_task: o.CpusPerTask = None,
@@ -418,7 +442,8 @@ def reproduce(
     does what is missing.
     """
     study = api.reproduce(
-        model, data=data, seed=seed, configurations=configs, config_file=config_file, max_drop=max_drop,
+        model,
+        data=data_source(data, text_columns, label_column, task, split), seed=seed, configurations=configs, config_file=config_file, max_drop=max_drop,
         samples=samples, limit=limit, max_length=max_length, artifacts=artifacts, executor=executor,
         address=address, cpus_per_task=cpus_per_task,
     )

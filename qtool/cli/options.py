@@ -14,7 +14,8 @@ from qtool.analysis.outliers import OutlierConfig
 from qtool.api import ARTIFACTS_ENV, AUTO_METHOD
 from qtool.calibrators.methods import CALIBRATORS, PEG_GROUPINGS
 from qtool.calibrators.precision import MIXED_PRECISION_PRESETS, SCOPES
-from qtool.data.qnli import EVAL_PARTS, DataConfig
+from qtool.cli.data_options import Data, LabelColumn, Split, Task, TextColumns  # noqa: F401 (every option here)
+from qtool.data.split import EVAL_PARTS, DataConfig
 from qtool.defaults import (
     BASE_METHOD,
     DEPLOY_MAX_DROP,
@@ -44,15 +45,6 @@ def _triple(values: tuple[int, ...]) -> str:
 Model = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Local Hugging Face folder or hub id. Default: the embedded all-MiniLM-L6-v2."),
-]
-Data = Annotated[
-    str | None,
-    typer.Option(
-        "--data",
-        "-d",
-        help="Folder with GLUE QNLI TSV files (dev.tsv, optional train.tsv), or 'hub'. "
-        "A QNLI-format TSV file works too (see --part all). Default: $QTOOL_DATA, else the Hugging Face hub.",
-    ),
 ]
 MaxLength = Annotated[
     int | None,
@@ -131,7 +123,7 @@ ReexportForce = Annotated[
 ]
 
 # -- eval ------------------------------------------------------------------------------------------
-EvalGraph = graph_argument("ONNX graph written by `qtool export` (or any QNLI classifier graph).")
+EvalGraph = graph_argument("ONNX graph written by `qtool export` (or any classifier graph).")
 Part = Annotated[
     str | None,
     typer.Option(
@@ -467,7 +459,8 @@ ConfigFile = Annotated[
 ]
 DeployMaxDrop = Annotated[
     float | None,
-    typer.Option(help=f"Accuracy budget in points for the 'what to deploy' advice. Default: {DEPLOY_MAX_DROP:g}."),
+    typer.Option(help="Budget of the 'what to deploy' advice, in points of the task's primary metric (accuracy; "
+                 f"F1 for MRPC and QQP, MCC for CoLA). Default: {DEPLOY_MAX_DROP:g}."),
 ]
 Executor = Annotated[
     str | None,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qtool.data.qnli import Example
+from qtool.data.split import Example
 from qtool.defaults import MAX_LENGTH
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -47,10 +47,15 @@ class Batch:
         return int(self.feeds["attention_mask"].sum())
 
 
+def _texts(examples: Sequence[Example]) -> tuple[list[str], ...]:
+    """The first texts, and the second ones for a pair task: the tokenizer's positional arguments."""
+    first = [e.text for e in examples]
+    return (first,) if all(e.pair is None for e in examples) else (first, [e.pair or "" for e in examples])
+
+
 def tokenize_part(tokenizer, examples: Sequence[Example], max_length: int = MAX_LENGTH) -> TokenizedPart:
     encoded = tokenizer(
-        [e.question for e in examples],
-        [e.sentence for e in examples],
+        *_texts(examples),
         truncation=True,
         max_length=max_length,
         return_token_type_ids=True,
@@ -112,8 +117,7 @@ def padded_feeds(tokenizer, examples: Sequence[Example], batch_size: int, length
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         encoded = tokenizer(
-            [e.question for e in chunk],
-            [e.sentence for e in chunk],
+            *_texts(chunk),
             truncation=True,
             max_length=length,
             padding="max_length",

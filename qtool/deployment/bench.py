@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from qtool.data.batching import padded_feeds
-from qtool.data.qnli import DataConfig, Example
+from qtool.data.split import DataConfig, Example
 from qtool.deployment.backends import runner_factory
 from qtool.deployment.isolated import run_isolated
 from qtool.deployment.memory import PeakRss, import_backend, nvml_change, nvml_memory, runner_device_memory
@@ -132,11 +132,11 @@ def benchmark_inputs(
     if kind != "qnli":
         raise QtoolError(f"--inputs must be one of {', '.join(INPUT_KINDS)}, got {kind!r}")
     if not examples:
-        raise QtoolError("no QNLI pairs to benchmark with; check --data or use --inputs random")
+        raise QtoolError("no texts to benchmark with; check --data or use --inputs random")
     special = tokenizer.num_special_tokens_to_add(pair=True)
     if seq_len <= special:
         raise QtoolError(
-            f"--seq-len {seq_len} leaves no room for QNLI text (the tokenizer adds {special} special tokens); "
+            f"--seq-len {seq_len} leaves no room for text (the tokenizer adds {special} special tokens); "
             f"use at least {special + 1} or --inputs random"
         )
     pairs = [examples[index % len(examples)] for index in range(batch)]

@@ -1,4 +1,4 @@
-"""Accuracy of any runner on a tokenized QNLI part."""
+"""Accuracy of any runner on a tokenized data part."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from qtool.cache import cached_stage
-from qtool.data import LABELS, QnliSplit, make_batches, tokenize_part
+from qtool.data import QnliSplit, make_batches, tokenize_part
 from qtool.data.batching import Batch
-from qtool.data.qnli import EVAL_PARTS
+from qtool.data.labels import label_of_output
+from qtool.data.split import EVAL_PARTS
+from qtool.data.tables import primary_metric
 from qtool.defaults import MAX_LENGTH
 from qtool.deployment.metrics import classification_metrics
 from qtool.errors import QtoolError
@@ -57,10 +59,13 @@ def scoring_level(model_path: Path) -> str:
     return RECIPE_LEVEL if is_recipe_graph(graph_metadata(model_path)) else "all"
 
 
-def logit_to_label(model_path: Path) -> np.ndarray:
-    """The QNLI label index of each logit column, from the labels recorded in the graph."""
-    names = json.loads(graph_metadata(model_path).get("labels", json.dumps(list(LABELS))))
-    return np.array([LABELS.index(name) for name in names], dtype=np.int64)
+def logit_to_label(model_path: Path, labels: tuple[str, ...]) -> np.ndarray:
+    """The index into the data's `labels` of each logit column, from the labels recorded in the graph
+    (a graph qtool did not export is read in the data's order)."""
+    recorded = graph_metadata(model_path).get("labels")
+    if recorded is None:
+        return np.arange(len(labels), dtype=np.int64)
+    return label_of_output(json.loads(recorded), labels, str(model_path))
 
 
 def predict_logits(
@@ -87,7 +92,7 @@ def predict_logits(
             logits[batch.indices] = output
             done += batch.size
             bar.advance(batch.size, status=f"{done / (time.perf_counter() - started):.0f} ex/s")
-    return logits if logits is not None else np.zeros((0, len(LABELS)), dtype=np.float32)
+    return logits if logits is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 def evaluate(
@@ -105,7 +110,7 @@ def evaluate(
     if config.limit:
         examples = examples[: config.limit]
     part = tokenize_part(tokenizer, examples, max_length)
-    mapping = label_of_logit if label_of_logit is not None else np.arange(len(LABELS))
+    mapping = label_of_logit if label_of_logit is not None else np.arange(len(split.labels))
     started = time.perf_counter()
     logits = predict_logits(runner, make_batches(part, config.batch_size), len(part), description=description)
     seconds = time.perf_counter() - started
@@ -129,8 +134,12 @@ def evaluation_metrics(split: QnliSplit, config: EvalConfig, evaluation: dict) -
     """Macro-F1, F1 and MCC with intervals of an evaluation with `predictions` (of `split`'s part as
     `config` takes it); computed where they are reported, as their bootstrap costs a fraction of a second."""
     examples = split.part(config.part)[: config.limit or None]
-    metrics = classification_metrics([e.label for e in examples], evaluation["predictions"], len(LABELS))
-    return metrics | ({"f1_positive_label": LABELS[1]} if "f1" in metrics else {})
+    metrics = classification_metrics([e.label for e in examples], evaluation["predictions"], len(split.labels))
+    primary = primary_metric(split.task)
+    if primary != "accuracy" and primary not in metrics:  # F1 of a GLUE task is its two labels'
+        primary = "macro_f1"
+    metrics["primary_metric"] = primary
+    return metrics | ({"f1_positive_label": split.labels[1]} if "f1" in metrics else {})
 
 
 def changed_predictions(first: dict, second: dict) -> int:
@@ -161,7 +170,7 @@ def evaluate_graph(
                 tokenizer_for(model_path, tokenizer_path),
                 split,
                 config,
-                logit_to_label(model_path),
+                logit_to_label(model_path, split.labels),
                 max_length,
                 description=f"eval {model_path.name}",
             )

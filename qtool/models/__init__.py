@@ -1,5 +1,5 @@
-"""Model resolution (embedded default, local folders, hub ids) and QNLI fine-tuning."""
+"""Model resolution (embedded default, local folders, hub ids) and fine-tuning."""
 
-from qtool.models.resolve import ModelSource, has_qnli_head, load_tokenizer, resolve_model
+from qtool.models.resolve import ModelSource, is_classifier, load_tokenizer, resolve_model
 
-__all__ = ["ModelSource", "has_qnli_head", "load_tokenizer", "resolve_model"]
+__all__ = ["ModelSource", "is_classifier", "load_tokenizer", "resolve_model"]

@@ -1,4 +1,4 @@
-"""Fine-tune a BERT-family encoder into a two-way QNLI classifier, cached by a manifest.
+"""Fine-tune a BERT-family encoder into a classifier for the data's labels, cached by a manifest.
 
 The fine-tuned model is saved in Hugging Face format under `artifacts/models/` with a manifest
 (base model and its hash, data fingerprint, seed, hyper-parameters, eval accuracy) and reused
@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from qtool import __version__
 from qtool.cache import read_record
-from qtool.data import LABELS, QnliSplit, make_batches, tokenize_part
+from qtool.data import DataSplit, QnliSplit, make_batches, tokenize_part
+from qtool.data.labels import label_of_output, output_names
 from qtool.defaults import MAX_LENGTH, SEED
 from qtool.errors import QtoolError
 from qtool.fileio import atomic_dir, sha256_text, write_json
@@ -25,7 +26,6 @@ from qtool.models.families import model_input_names
 from qtool.models.resolve import (
     ModelSource,
     check_family,
-    has_qnli_head,
     is_classifier,
     load_classifier,
     load_config,
@@ -83,13 +83,23 @@ def cached_finetune(directory: Path, key: dict) -> dict | None:
     return read_record(directory / MANIFEST_NAME, key)
 
 
-def _label_config() -> dict:
+def _label_config(labels: tuple[str, ...]) -> dict:
     return {
-        "num_labels": len(LABELS),
-        "id2label": dict(enumerate(LABELS)),
-        "label2id": {name: index for index, name in enumerate(LABELS)},
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: index for index, name in enumerate(labels)},
         "problem_type": "single_label_classification",  # a checkpoint's regression or multi-label loss does not carry over
     }
+
+
+def head_outputs(model_config, split: DataSplit, where: str) -> np.ndarray | None:
+    """For a classifier, the data label of each of its outputs (a one-line error when its labels are
+    not the data's: qtool never replaces a trained head); None for a model without a head."""
+    if not is_classifier(model_config):
+        return None
+    outputs = output_names(getattr(model_config, "id2label", None), model_config.num_labels)
+    fix = "qtool does not replace a trained head: pass its base encoder (no classification head) to fine-tune it, or data with its labels"
+    return label_of_output(outputs, split.labels, where, fix)
 
 
 def _torch_batches(batches, names: tuple[str, ...]):
@@ -118,7 +128,7 @@ def finetune(
     max_length: int = MAX_LENGTH,
     force: bool = False,
 ) -> tuple[Path, dict]:
-    """Fine-tune (or reuse) a QNLI classifier; return its folder and manifest."""
+    """Fine-tune (or reuse) a classifier for the data's labels; return its folder and manifest."""
     import torch
     from transformers import get_linear_schedule_with_warmup
 
@@ -131,17 +141,20 @@ def finetune(
 
     model_config = load_config(source)
     check_family(model_config, source.name, max_length)
-    if has_qnli_head(model_config):
-        log.warning("%s already has a two-way classification head; fine-tuning it further", source.name)
-    elif is_classifier(model_config):
-        check_head_fits(model_config, source.name)
+    outputs = head_outputs(model_config, split, source.name)
+    if outputs is not None:
+        log.warning("%s already has a classification head for these labels; fine-tuning it further", source.name)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     tokenizer = load_tokenizer(source.path)
-    model = load_classifier(source.path, attn_implementation="eager", ignore_mismatched_sizes=True, **_label_config())
+    labelled = {} if outputs is not None else _label_config(split.labels)
+    model = load_classifier(source.path, attn_implementation="eager", ignore_mismatched_sizes=True, **labelled)
     inputs = model_input_names(model, tokenizer)
     train = tokenize_part(tokenizer, split.part("train"), max_length)
     evaluation = tokenize_part(tokenizer, split.part("eval"), max_length)
+    if outputs is not None:  # the data's label indices as the head's outputs
+        output_of = np.argsort(outputs)
+        train, evaluation = (replace(p, labels=output_of[p.labels]) for p in (train, evaluation))
 
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = config.max_steps or math.ceil(steps_per_epoch * config.epochs)
@@ -198,20 +211,6 @@ def finetune(
     return directory, manifest
 
 
-def check_head_fits(model_config, where: str) -> None:
-    """Refuse a trained classification head whose labels are not the task's: fine-tuning would replace
-    it without a word."""
-    labels = getattr(model_config, "num_labels", len(LABELS))
-    if labels != len(LABELS):
-        names = ", ".join(str(name) for name in (getattr(model_config, "id2label", None) or {}).values())
-        raise QtoolError(
-            f"{where} already classifies into {labels} label{'' if labels == 1 else 's'} ({names}) and QNLI "
-            f"into {len(LABELS)} "
-            f"({', '.join(LABELS)}); qtool does not replace a trained head: pass its base encoder "
-            "(no classification head) to fine-tune, or a checkpoint trained for QNLI"
-        )
-
-
 def classifier_for(
     spec: str | None,
     split: QnliSplit,
@@ -220,23 +219,22 @@ def classifier_for(
     max_length: int = MAX_LENGTH,
     allow_finetune: bool = True,
 ) -> tuple[ModelSource, dict | None]:
-    """The QNLI classifier for `--model`: the model itself if it has a head, else its fine-tuned copy."""
+    """The classifier for `--model`: the model itself if it has a head for the data's labels, else its
+    fine-tuned copy."""
     from qtool.models.resolve import resolve_model
 
     source = resolve_model(spec)
     model_config = load_config(source)
     check_family(model_config, source.name, max_length)
-    if has_qnli_head(model_config):
+    if head_outputs(model_config, split, source.name) is not None:
         return source, None
-    if is_classifier(model_config):
-        check_head_fits(model_config, source.name)
     key = finetune_key(source, split, config, max_length)
     directory = finetuned_dir(artifacts, source, key)
     manifest = cached_finetune(directory, key)
     if manifest is None:
         if not allow_finetune:
             raise QtoolError(
-                f"{source.name} has no QNLI classification head, and no fine-tuned copy with the default settings is under "
+                f"{source.name} has no classification head, and no fine-tuned copy with the default settings is under "
                 f"{Path(artifacts) / 'models'}; run `qtool finetune --model {source.spec}` with the same --data, "
                 "or pass as --model the folder that `qtool finetune` printed"
             )

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from qtool import __version__
-from qtool.data import LABELS, QnliSplit, make_batches, tokenize_part
+from qtool.data import QnliSplit, make_batches, tokenize_part
 from qtool.data.batching import Batch
+from qtool.data.labels import label_of_output, output_names
 from qtool.defaults import MAX_LENGTH
 from qtool.errors import QtoolError
 from qtool.fileio import atomic_dir, atomic_path, sha256_file
@@ -26,7 +27,7 @@ from qtool.models.families import model_input_names
 from qtool.models.resolve import (
     ModelSource,
     check_family,
-    has_qnli_head,
+    is_classifier,
     load_classifier,
     load_config,
     load_tokenizer,
@@ -47,13 +48,6 @@ class ExportConfig:
     def validate(self) -> None:
         if self.opset < 17:
             raise QtoolError(f"--opset must be 17 or newer (LayerNormalization), got {self.opset}")
-
-
-def label_names(config) -> list[str]:
-    """The QNLI label each logit column stands for, from the checkpoint's id2label when it names them."""
-    id2label = {int(k): str(v).lower().replace(" ", "_").replace("-", "_") for k, v in config.id2label.items()}
-    names = [id2label.get(i, "") for i in range(config.num_labels)]
-    return names if sorted(names) == sorted(LABELS) else list(LABELS)
 
 
 def parity_batches(tokenizer, split: QnliSplit, config: ExportConfig) -> list[Batch]:
@@ -111,11 +105,13 @@ def export_onnx(
     config.validate()
     model_config = load_config(source)
     check_family(model_config, source.name, config.max_length)
-    if not has_qnli_head(model_config):
+    if not is_classifier(model_config):
         raise QtoolError(
-            f"{source.name} has no two-way classification head; fine-tune it first "
+            f"{source.name} has no classification head; fine-tune it first "
             f"(qtool finetune --model {source.spec}) and export the folder it prints"
         )
+    labels = output_names(getattr(model_config, "id2label", None), model_config.num_labels)
+    label_of_output(labels, split.labels, source.name)  # its labels are the data's
     tokenizer = load_tokenizer(source.path)
     model = load_classifier(source.path, attn_implementation="eager").eval()
     names = model_input_names(model, tokenizer)
@@ -133,7 +129,6 @@ def export_onnx(
             ) from None
         graph = onnx.load(str(tmp))
         onnx.checker.check_model(graph, full_check=True)
-        labels = label_names(model_config)
         metadata = {
             "source_model": source.name,
             "model_sha256": source.content_hash,

@@ -134,7 +134,7 @@ def check_family(config, where: str, max_length: int | None = None) -> None:
         positions -= (getattr(config, "pad_token_id", None) or 0) + 1
     if positions < max_length:
         raise QtoolError(
-            f"{where} takes at most {positions} tokens and qtool gives a QNLI pair {max_length}; "
+            f"{where} takes at most {positions} tokens and qtool gives a text or pair {max_length}; "
             "use a checkpoint with at least that many position embeddings"
         )
 
@@ -142,11 +142,6 @@ def check_family(config, where: str, max_length: int | None = None) -> None:
 def is_classifier(config) -> bool:
     """True when the checkpoint is a sequence classifier (of any number of labels)."""
     return any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or [])
-
-
-def has_qnli_head(config) -> bool:
-    """True when the checkpoint already is a two-way sequence classifier."""
-    return is_classifier(config) and config.num_labels == 2
 
 
 # A tokenizer folder holds at least one of these; without them transformers makes an empty vocabulary.

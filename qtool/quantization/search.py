@@ -80,7 +80,7 @@ class TuningSet:
     def __init__(self, model_path: Path, split: QnliSplit, tokenizer, config: SearchConfig):
         part, self.sources = tuning_part(split, tokenizer, config, sensitivity=False)
         self.labels = part.labels
-        self.label_of_logit = logit_to_label(model_path)
+        self.label_of_logit = logit_to_label(model_path, split.labels)
         self.batches = make_batches(part, config.batch_size)
         sensitivity, _ = tuning_part(split, tokenizer, config, sensitivity=True)
         self.sensitivity_batches = make_batches(sensitivity, config.batch_size)

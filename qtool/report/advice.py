@@ -5,10 +5,16 @@ from __future__ import annotations
 import statistics
 
 
+def score(row: dict) -> float:
+    """A row's value in the task's primary metric (accuracy unless its metrics name another)."""
+    metrics = row.get("metrics") or {}
+    return metrics.get(metrics.get("primary_metric", "accuracy"), row["accuracy"])
+
+
 def within_budget(rows: list[dict], max_drop: float) -> list[dict]:
-    """The rows (FP32 first) whose accuracy is within `max_drop` points of FP32 and that were timed."""
-    fp32 = rows[0]["accuracy"]
-    return [r for r in rows if r.get("latency") and 100 * (fp32 - r["accuracy"]) <= max_drop]
+    """The rows (FP32 first) within `max_drop` points of FP32 in the task's primary metric, and timed."""
+    fp32 = score(rows[0])
+    return [r for r in rows if r.get("latency") and 100 * (fp32 - score(r)) <= max_drop]
 
 
 CONTENDERS = 6  # the most configurations loaded side by side for the interleaved run
@@ -42,7 +48,8 @@ def recommend(rows: list[dict], max_drop: float, comparison: dict | None) -> dic
         "configuration": best["configuration"],
         "max_drop_points": max_drop,
         "accuracy": best["accuracy"],
-        "drop_points": 100 * (fp32["accuracy"] - best["accuracy"]),
+        "metric": (best.get("metrics") or {}).get("primary_metric", "accuracy"),
+        "drop_points": 100 * (score(fp32) - score(best)),
         "p50_ms": median[best["configuration"]],
         "speedup_vs_fp32": median[fp32["configuration"]] / median[best["configuration"]],
         "spread": spread[best["configuration"]],

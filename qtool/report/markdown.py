@@ -84,19 +84,23 @@ def stage_time_lines(result: dict) -> list[str]:
     return lines
 
 
+METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "macro_f1": "macro-F1", "mcc": "MCC"}
+
+
 def metric_lines(result: dict) -> list[str]:
     """Macro-F1, F1 and Matthews correlation of every configuration with their bootstrap intervals."""
     rows = [row for row in result.get("results", []) if row.get("metrics")]
     if not rows:
         return []
     names = [name for name in ("macro_f1", "f1", "mcc") if name in rows[0]["metrics"]]
-    lines = ["| configuration | " + " | ".join(f"{name} (95 % CI)" for name in names) + " |"]
+    lines = ["| configuration | " + " | ".join(f"{METRIC_NAMES[name]} (95 % CI)" for name in names) + " |"]
     lines.append("| --- |" + " --- |" * len(names))
     for row in rows:
         metrics = row["metrics"]
         cells = [f"{metrics[n]:.4f} ({metrics[n + '_ci95'][0]:.4f}-{metrics[n + '_ci95'][1]:.4f})" for n in names]
         lines.append(f"| {row['configuration']} | " + " | ".join(cells) + " |")
-    return lines
+    primary = rows[0]["metrics"].get("primary_metric", "accuracy")
+    return [*lines, "", f"The task's primary metric, which the deploy budget counts in: {METRIC_NAMES[primary]}."]
 
 
 METRIC_NOTE = (
@@ -118,11 +122,13 @@ def deploy_paragraph(result: dict) -> list[str]:
         if advice["configuration"] == "fp32"
         else "qtool's graph in its ONNX Runtime CPU form, `qtool build --backend ort`"
     )
+    metric = METRIC_NAMES[advice.get("metric", "accuracy")]
     lines = [
-        f"Within {advice['max_drop_points']:g} accuracy point(s) of FP32, the fastest of the {advice['candidates']} "
+        f"Within {advice['max_drop_points']:g} {metric} point(s) of FP32, the fastest of the {advice['candidates']} "
         f"close calls on this machine (FP32 and the configurations in budget within {CLOSE_CALL:g}x of the fastest "
         f"one-by-one p50, at most {CONTENDERS}) is `{advice['configuration']}` ({form}): "
-        f"{100 * advice['accuracy']:.2f} % ({-advice['drop_points']:+.2f} points vs FP32), p50 {advice['p50_ms']:.1f} ms, "
+        f"{100 * advice['accuracy']:.2f} % accuracy ({-advice['drop_points']:+.2f} {metric} points vs FP32), "
+        f"p50 {advice['p50_ms']:.1f} ms, "
         f"{advice['speedup_vs_fp32']:.2f}x the speed of FP32. The candidates ran interleaved (all sessions loaded, "
         f"round-robin on the same inputs), {advice['repeats']} times; p50 is the median of those runs."
     ]
@@ -140,6 +146,11 @@ def deploy_paragraph(result: dict) -> list[str]:
     return lines
 
 
+def is_qnli(result: dict) -> bool:
+    """Whether the study ran on QNLI, the task of the published figures (other data records its labels)."""
+    return "labels" not in result["data_split"]
+
+
 def accuracy_table(result: dict) -> list[str]:
     fp32 = next(r for r in result["results"] if r["configuration"] == "fp32")["accuracy"]
     lines = [
@@ -151,7 +162,7 @@ def accuracy_table(result: dict) -> list[str]:
     for row in result["results"]:
         low, high = row["accuracy_ci95"]
         points = f"{row['quantized_points']}/{row['total_points']}" if "quantized_points" in row else "-"
-        published = PUBLISHED.get(row["configuration"])
+        published = PUBLISHED.get(row["configuration"]) if is_qnli(result) else None
         lines.append(
             f"| {row['configuration']} | {row['scope']} | {points} | {_pct(row['accuracy'])} | "
             f"{_pct(low)}-{_pct(high)} | {100 * (row['accuracy'] - fp32):+.2f} | {_deployed_cell(row)} | {_changed_cell(row)} | "
@@ -331,7 +342,9 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         f"# qtool study: {result['model']}",
         "",
         f"- model: `{result['model']}` (sha256 {result['model_sha256'][:12]}), base `{result['base_model']}`",
-        f"- data: {split['name']}; sizes {split['sizes']}; fingerprint {split['fingerprint']}",
+        f"- data: {split['name']}; sizes {split['sizes']}; fingerprint {split['fingerprint']}"
+        + (f"; labels {', '.join(split['labels'])}" + (f"; GLUE task {split['task']}" if split.get("task") else "")
+           if "labels" in split else ""),
         f"- accuracy on the eval part; calibration statistics from {result['statistics']['samples']} pairs "
         f"{result['statistics']['sample_sources']}",
         "- quantization: symmetric INT8, zero point 0; activations per tensor (PEG: per channel group), weights per "
@@ -351,8 +364,7 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "## Accuracy",
         "",
         *accuracy_table(result),
-        "",
-        PUBLISHED_NOTE,
+        *(["", PUBLISHED_NOTE] if is_qnli(result) else []),
         "",
         "Accuracy % is the recipe's: qtool's QDQ graph scored with ONNX Runtime's graph optimizations off, as the "
         "QDQ semantics (and the NumPy reference of the tests) compute it, so it does not depend on how a CPU's fused "

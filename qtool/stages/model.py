@@ -40,7 +40,7 @@ def export_stage(
     force: bool = False,
 ) -> Exported:
     """`qtool export`: ARTIFACTS/<model>/fp32.onnx (or `output`), reused while the source weights and
-    export options are unchanged. A model without a QNLI head is replaced by its fine-tuned copy,
+    export options are unchanged. A model without a classification head is replaced by its fine-tuned copy,
     which is trained first only with `allow_finetune`."""
     source, finetuned = classifier_for(
         model, split, finetune_config, Path(artifacts), config.max_length, allow_finetune=allow_finetune

@@ -1,6 +1,6 @@
 """`qtool reproduce`: the study as a chain of the same cached stages the commands run.
 
-fine-tune (when the model has no QNLI head) -> export FP32 ONNX -> collect statistics ->
+fine-tune (when the model has no classification head) -> export FP32 ONNX -> collect statistics ->
 analyze outliers -> for every configuration: calibrate, write the QDQ graph, evaluate, time its
 ONNX Runtime CPU form -> results.json, report.md and report.html. Every stage writes files that the
 next reads and each is cached by content (model hash, data fingerprint, recipe), so a rerun or an

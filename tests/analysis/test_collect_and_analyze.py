@@ -13,7 +13,7 @@ from qtool.analysis import ActivationStats, CollectConfig, OutlierConfig, collec
 from qtool.analysis.collect import _augmented_model, calibration_examples
 from qtool.cli import app
 from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
-from qtool.data.qnli import question_position
+from qtool.data.split import question_position
 from qtool.errors import QtoolError
 from qtool.exporter.points import find_quant_points
 from qtool.models.resolve import load_tokenizer

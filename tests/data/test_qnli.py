@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 
 from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
-from qtool.data.qnli import question_position, read_glue_tsv
+from qtool.data.qnli import read_glue_tsv
+from qtool.data.split import question_position
 from qtool.errors import QtoolError
 from tests.helpers.models import write_glue_tsv
 
 
 def _questions(rows):
-    return {r.question for r in rows}
+    return {r.text for r in rows}
 
 
 def test_split_is_deterministic_and_question_grouped(tiny_data):
@@ -165,7 +166,7 @@ def test_without_data_and_without_the_hub_the_error_comes_at_once(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(qnli, "hub_reachable", lambda: False)
     with pytest.raises(QtoolError) as caught:
-        qnli.load_qnli(qnli.DataConfig())
+        load_qnli(DataConfig())
     message = caught.value.cli_message
     assert "cannot be reached" in message and "pass --data" in message and "HF_HUB_OFFLINE=1" in message
 

@@ -145,7 +145,7 @@ def test_qnli_inputs_have_the_exact_shape_and_real_tokens(tokenizer, eval_pairs)
         assert array.shape == (3, 24) and array.dtype == np.int64
     assert (feeds["input_ids"][:, 0] == tokenizer.cls_token_id).all()
     for row, pair in enumerate(eval_pairs[:3]):  # consecutive pairs, in order
-        ids = tokenizer(pair.question, pair.sentence, truncation=True, max_length=24)["input_ids"]
+        ids = tokenizer(pair.text, pair.pair, truncation=True, max_length=24)["input_ids"]
         assert feeds["input_ids"][row, : len(ids)].tolist() == ids
         assert feeds["attention_mask"][row].sum() == len(ids)
 

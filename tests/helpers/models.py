@@ -37,8 +37,10 @@ def build_bert_classifier(
     seed: int = 0,
     head: bool = True,
     positions: int = 512,
+    labels: tuple[str, ...] = ("entailment", "not_entailment"),
 ) -> Path:
-    """Save a randomly initialised BERT (with or without a 2-way head) and the tokenizer to `folder`."""
+    """Save a randomly initialised BERT (with or without a head for `labels`, in that output order)
+    and the tokenizer to `folder`."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertModel
 
@@ -50,9 +52,9 @@ def build_bert_classifier(
         num_attention_heads=heads,
         intermediate_size=intermediate or 4 * hidden,
         max_position_embeddings=positions,
-        num_labels=2,
-        id2label={0: "entailment", 1: "not_entailment"},
-        label2id={"entailment": 0, "not_entailment": 1},
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: index for index, name in enumerate(labels)},
     )
     model = (BertForSequenceClassification if head else BertModel)(config).eval()
     model.save_pretrained(folder)
@@ -98,7 +100,7 @@ def outlier_classifier(
         model.bert.encoder.layer[0].output.dense.bias[5] = outlier
         examples = split.parts["train"][:200]
         encoded = tokenizer(
-            [e.question for e in examples], [e.sentence for e in examples], padding=True, return_tensors="pt"
+            [e.text for e in examples], [e.pair for e in examples], padding=True, return_tensors="pt"
         )
         logits = model(**encoded).logits
         model.classifier.bias[1] -= torch.median(logits[:, 1] - logits[:, 0])
@@ -178,5 +180,5 @@ def relabel_by_fp32(graph: Path, split, tokenizer):
         for batch in make_batches(part, 16):
             feeds = {k: v for k, v in batch.feeds.items() if k in names}
             predicted[batch.indices] = session.run(["logits"], feeds)[0].argmax(-1)
-        parts[name] = [Example(e.question, e.sentence, int(p)) for e, p in zip(examples, predicted, strict=True)]
+        parts[name] = [Example(e.text, e.pair, int(p)) for e, p in zip(examples, predicted, strict=True)]
     return QnliSplit("relabelled", parts)

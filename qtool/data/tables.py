@@ -1,0 +1,284 @@
+"""Labelled texts from where users keep them: one file (TSV, CSV, JSONL, Parquet), a GLUE task folder,
+a `datasets` dataset saved to disk (`save_to_disk`), or one on the hub (`hub:NAME[:CONFIG]`).
+
+Columns are named with `--text-columns A[,B]` and `--label-column L`, else taken from the task (a
+GLUE folder) or the usual names (question/sentence, sentence1/sentence2, premise/hypothesis,
+question1/question2, text, sentence; label). Labels become names: a `datasets` ClassLabel's, a GLUE
+task's, `0 .. N-1` for whole numbers (a label is its index), else the sorted distinct texts. Every
+bad row is a one-line error naming the file, the line (or row) and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qtool.data.split import Example
+from qtool.errors import QtoolError
+
+USUAL_TEXT_COLUMNS = (
+    ("question", "sentence"),
+    ("sentence1", "sentence2"),
+    ("premise", "hypothesis"),
+    ("question1", "question2"),
+    ("text",),
+    ("sentence",),
+)
+LABEL_COLUMN = "label"
+DELIMITERS = {".tsv": "\t", ".csv": ","}
+JSON_SUFFIXES = (".jsonl", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+FILE_SUFFIXES = (*DELIMITERS, *JSON_SUFFIXES, *PARQUET_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    """A GLUE classification task as its TSV folder lays it out."""
+
+    name: str
+    folder: str  # the folder name GLUE's download uses
+    eval_file: str
+    text_columns: tuple[str, ...]
+    label_column: str
+    labels: tuple[str, ...]  # names by index; whole-number labels in the TSV are indices
+    primary_metric: str  # accuracy, f1 or mcc
+    header: tuple[str, ...] | None = None  # column names of a TSV without a header row
+
+
+GLUE_TASKS = {
+    task.name: task
+    for task in (
+        GlueTask("cola", "CoLA", "dev.tsv", ("sentence",), "label", ("unacceptable", "acceptable"), "mcc",
+                 header=("source", "label", "original_label", "sentence")),
+        GlueTask("sst2", "SST-2", "dev.tsv", ("sentence",), "label", ("negative", "positive"), "accuracy"),
+        GlueTask("mrpc", "MRPC", "dev.tsv", ("#1 String", "#2 String"), "Quality", ("not_equivalent", "equivalent"), "f1"),
+        GlueTask("qqp", "QQP", "dev.tsv", ("question1", "question2"), "is_duplicate", ("not_duplicate", "duplicate"), "f1"),
+        GlueTask("mnli", "MNLI", "dev_matched.tsv", ("sentence1", "sentence2"), "gold_label",
+                 ("entailment", "neutral", "contradiction"), "accuracy"),
+        GlueTask("qnli", "QNLI", "dev.tsv", ("question", "sentence"), "label", ("entailment", "not_entailment"), "accuracy"),
+        GlueTask("rte", "RTE", "dev.tsv", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"), "accuracy"),
+        GlueTask("wnli", "WNLI", "dev.tsv", ("sentence1", "sentence2"), "label", ("not_entailment", "entailment"), "accuracy"),
+    )
+}
+
+
+@dataclass
+class Table:
+    """The rows of one file or dataset split: each with where it came from, for errors."""
+
+    where: str
+    columns: list[str]
+    rows: list[tuple[str, dict]] = field(default_factory=list)  # (file:line or split row N, record)
+    label_names: tuple[str, ...] | None = None  # a ClassLabel feature's names, when the data has one
+
+
+def primary_metric(task: str | None) -> str:
+    """The metric a task is judged by: GLUE's for a GLUE task (accuracy, f1 or mcc), else accuracy."""
+    return GLUE_TASKS[task].primary_metric if task in GLUE_TASKS else "accuracy"
+
+
+def glue_task_named(name: str) -> GlueTask:
+    key = name.lower().replace("-", "")
+    if key not in GLUE_TASKS:
+        raise QtoolError(f"unknown --task {name!r}; GLUE classification tasks: {', '.join(GLUE_TASKS)}")
+    return GLUE_TASKS[key]
+
+
+def glue_task_of_folder(folder: Path) -> GlueTask | None:
+    """The GLUE task a folder is named after (SST-2, MNLI, ...), if any."""
+    key = folder.resolve().name.lower().replace("-", "")
+    return GLUE_TASKS.get(key)
+
+
+def _delimited(path: Path, delimiter: str, header: tuple[str, ...] | None) -> Table:
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+            columns = list(header) if header else [c.strip() for c in next(reader, [])]
+            if not columns:
+                raise QtoolError(f"{path} is empty; expected a header row naming the columns, then one row per example")
+            other = "\t" if delimiter == "," else ","
+            if len(columns) == 1 and other in columns[0]:
+                kind = "tab" if other == "\t" else "comma"
+                raise QtoolError(f"{path}: the header is one column {columns[0]!r}; the file looks {kind}-separated, "
+                                 f"so name it {'.tsv' if other == chr(9) else '.csv'}")
+            table = Table(str(path), columns)
+            for line, record in enumerate(reader, start=1 if header else 2):
+                if not any(value.strip() for value in record):
+                    continue
+                if len(record) != len(columns):
+                    raise QtoolError(
+                        f"{path}:{line}: {len(record)} fields where the header has {len(columns)} (a different "
+                        "delimiter or an unquoted one in a text?); fix or remove that line"
+                    )
+                table.rows.append((f"{path}:{line}", dict(zip(columns, record, strict=True))))
+    except UnicodeDecodeError:
+        raise QtoolError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+    return table
+
+
+def _json_lines(path: Path) -> Table:
+    table = Table(str(path), [])
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise QtoolError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+    if text.lstrip().startswith("["):  # one JSON array of objects
+        try:
+            records = [(f"{path} item {i + 1}", r) for i, r in enumerate(json.loads(text))]
+        except json.JSONDecodeError as exc:
+            raise QtoolError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); fix that line") from None
+    else:
+        records = []
+        for line, raw in enumerate(text.splitlines(), start=1):
+            if raw.strip():
+                try:
+                    records.append((f"{path}:{line}", json.loads(raw)))
+                except json.JSONDecodeError as exc:
+                    raise QtoolError(f"{path}:{line}: not valid JSON ({exc.msg}); one object per line") from None
+    for where, record in records:
+        if not isinstance(record, dict):
+            raise QtoolError(f"{where}: expected an object with named fields, got {type(record).__name__}")
+        table.columns.extend(c for c in record if c not in table.columns)
+        table.rows.append((where, record))
+    return table
+
+
+def _parquet(path: Path) -> Table:
+    import pyarrow.parquet as pq
+
+    try:
+        data = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged or foreign file
+        raise QtoolError(f"{path} is not a readable Parquet file ({exc.__class__.__name__}); check the file") from None
+    table = Table(str(path), list(data.column_names))
+    table.rows = [(f"{path} row {i + 1}", record) for i, record in enumerate(data.to_pylist())]
+    return table
+
+
+def read_file(path: Path, header: tuple[str, ...] | None = None) -> Table:
+    suffix = path.suffix.lower()
+    if suffix in DELIMITERS:
+        table = _delimited(path, DELIMITERS[suffix], header)
+    elif suffix in JSON_SUFFIXES:
+        table = _json_lines(path)
+    elif suffix in PARQUET_SUFFIXES:
+        table = _parquet(path)
+    else:
+        raise QtoolError(f"--data {path}: unknown file type {suffix or '(none)'}; use {', '.join(FILE_SUFFIXES)}")
+    if not table.rows:
+        raise QtoolError(f"{path} has no rows")
+    return table
+
+
+def read_dataset_split(dataset, where: str) -> Table:
+    """The rows of a `datasets.Dataset`, with its ClassLabel names when its label column has them."""
+    table = Table(where, list(dataset.column_names))
+    table.rows = [(f"{where} row {i + 1}", record) for i, record in enumerate(dataset)]
+    for feature in dataset.features.values():
+        if hasattr(feature, "names") and feature.names:
+            table.label_names = tuple(str(n) for n in feature.names)
+    return table
+
+
+def chosen_columns(table: Table, text_columns, label_column, task: GlueTask | None) -> tuple[tuple[str, ...], str]:
+    """The text columns and the label column to read, checked against the table's."""
+    label = label_column or (task.label_column if task else LABEL_COLUMN)
+    if text_columns:
+        texts = tuple(text_columns)
+    elif task:
+        texts = task.text_columns
+    else:
+        texts = next((names for names in USUAL_TEXT_COLUMNS if all(n in table.columns for n in names)), ())
+        if not texts:
+            raise QtoolError(
+                f"{table.where}: no usual text columns among {', '.join(table.columns)}; name them with "
+                "--text-columns TEXT or --text-columns FIRST,SECOND"
+            )
+    for name, flag in [*((t, "--text-columns") for t in texts), (label, "--label-column")]:
+        if name not in table.columns:
+            raise QtoolError(f"{table.where}: no column {name!r} (columns: {', '.join(table.columns)}); pass {flag}")
+    return texts, label
+
+
+def _label_value(value, where: str, column: str) -> int | str:
+    """A whole number (an index) or a name; anything else is an error naming the row."""
+    if isinstance(value, bool) or value is None:
+        if value is None:
+            raise QtoolError(f"{where}: no value in label column {column!r}; fill or remove that row")
+        return str(value).lower()
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value) and value == int(value):
+            return int(value)
+        raise QtoolError(
+            f"{where}: label column {column!r} holds the number {value!r}; a classifier needs class labels "
+            "(names, or whole numbers 0 .. N-1): pass --label-column with the class column"
+        )
+    text = str(value).strip()
+    if not text:
+        raise QtoolError(f"{where}: empty label in column {column!r}; fill or remove that row")
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if math.isfinite(number) and number == int(number) and text.lstrip("+-").replace(".0", "").isdigit():
+        return int(number)
+    raise QtoolError(
+        f"{where}: label column {column!r} holds the number {text}; a classifier needs class labels "
+        "(names, or whole numbers 0 .. N-1): pass --label-column with the class column"
+    )
+
+
+def _text_value(value, where: str, column: str) -> str:
+    text = "" if value is None else str(value)
+    if not text.strip():
+        raise QtoolError(f"{where}: empty text in column {column!r}; fill or remove that row")
+    return text
+
+
+def label_names_of(values: list[int | str], declared: tuple[str, ...] | None, where: str) -> tuple[str, ...]:
+    """The label names by index: the declared ones (a task's, a ClassLabel's), `0 .. N-1` for whole
+    numbers, else the sorted distinct names."""
+    numbers = [v for v in values if isinstance(v, int)]
+    if declared:
+        unknown = sorted({str(v) for v in values if (isinstance(v, int) and not 0 <= v < len(declared))
+                          or (isinstance(v, str) and v not in declared)})
+        if unknown:
+            raise QtoolError(
+                f"{where}: unknown label(s) {', '.join(unknown)}; the labels are {', '.join(declared)} "
+                f"(or 0 .. {len(declared) - 1})"
+            )
+        return declared
+    if numbers and len(numbers) == len(values):
+        if min(numbers) < 0:
+            raise QtoolError(f"{where}: label {min(numbers)} is negative (unlabelled rows?); labels are 0 .. N-1")
+        return tuple(str(i) for i in range(max(numbers) + 1))
+    return tuple(sorted({str(v) for v in values}))
+
+
+def examples_of(
+    tables: list[Table], text_columns=None, label_column=None, task: GlueTask | None = None
+) -> tuple[list[list[Example]], tuple[str, ...]]:
+    """Each table's rows as examples, and the label names they share."""
+    read: list[list[tuple[str, str | None, int | str]]] = []
+    values: list[int | str] = []
+    for table in tables:
+        texts, label = chosen_columns(table, text_columns, label_column, task)
+        rows = []
+        for where, record in table.rows:
+            first = _text_value(record.get(texts[0]), where, texts[0])
+            second = _text_value(record.get(texts[1]), where, texts[1]) if len(texts) == 2 else None
+            value = _label_value(record.get(label), where, label)
+            rows.append((first, second, value))
+            values.append(value)
+        read.append(rows)
+    declared = task.labels if task else next((t.label_names for t in tables if t.label_names), None)
+    names = label_names_of(values, declared, tables[0].where)
+    index = {name: i for i, name in enumerate(names)}
+    return [[Example(a, b, v if isinstance(v, int) else index[v]) for a, b, v in rows] for rows in read], names
