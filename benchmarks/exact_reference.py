@@ -100,7 +100,7 @@ def main() -> None:
         form = build_ort(qdq, Path(scratch.name) / f"{recipe}.ort.onnx", OrtBuildOptions())["graph"]
         examples = split.part("eval")[: args.limit] if args.limit else split.part("eval")
         part = tokenize_part(tokenizer_for(qdq), examples)
-        batches, mapping = make_batches(part, 32), logit_to_label(qdq)
+        batches, mapping = make_batches(part, 32), logit_to_label(qdq, split.labels)
         scored = {
             "float64": predictions(float64_graph(qdq), RECIPE_LEVEL, batches, len(part), mapping),
             "float32": predictions(qdq, RECIPE_LEVEL, batches, len(part), mapping),

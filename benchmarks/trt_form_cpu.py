@@ -42,7 +42,7 @@ def main() -> None:
     fp32 = args.folder / "fp32.onnx"
     part = tokenize_part(tokenizer_for(fp32), split.part(args.part), 128)
     batches = make_batches(part, 32)
-    mapping = logit_to_label(fp32)
+    mapping = logit_to_label(fp32, split.labels)
 
     def logits(graph: Path, level: str) -> np.ndarray:
         with OrtRunner(graph, threads=args.threads, optimization_level=level) as runner:

@@ -134,7 +134,7 @@ def main() -> None:
     rows = split.part(args.part)[: args.limit]
     part = tokenize_part(tokenizer_for(args.graph), rows, 128)
     batches = make_batches(part, args.batch)
-    mapping = logit_to_label(args.graph)
+    mapping = logit_to_label(args.graph, split.labels)
     exact = rewrite_for_ort_cpu(onnx.load(str(args.graph)), kernels="u8s8")
     emulated, counters = _emulate(exact)
 
