@@ -299,7 +299,7 @@ def register_calibrator(calibrator: type) -> None:
         raise QtoolError("a calibrator is a subclass of qtool.calibrators.base.Calibrator with a `name`")
     if calibrator.name == AUTO_METHOD:
         raise QtoolError(f"{AUTO_METHOD!r} is the search, not a calibrator name; choose another name")
-    if not dataclasses.is_dataclass(calibrator.options):
+    if not (isinstance(calibrator.options, type) and dataclasses.is_dataclass(calibrator.options)):
         raise QtoolError(
             "a calibrator's `options` is a dataclass of the keywords its constructor takes, each a "
             "`qtool.calibrators.base.method_option(default, help, ...)` field (or leave it unset for none)"

@@ -129,9 +129,10 @@ def _describe(identity: dict | None) -> str:
 def calibration_examples(split: QnliSplit, samples: int) -> tuple[list[Example], dict[str, int]]:
     """The calibration part first; when it holds fewer than `samples`, topped up from the train part
     (data the model was fine-tuned on, never the eval part)."""
-    calibration = split.part("calibration")
-    chosen = calibration[:samples]
+    chosen = split.parts.get("calibration", [])[:samples]
     extra = split.parts.get("train", [])[: samples - len(chosen)]
+    if not chosen and not extra:
+        split.part("calibration")  # the one-line error naming the empty part
     return chosen + extra, {"calibration": len(chosen), "train": len(extra)}
 
 

@@ -14,6 +14,8 @@ them, and `qtool.calibration_methods()` lists them.
 from __future__ import annotations
 
 import math
+import types
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
@@ -62,6 +64,20 @@ def _flag(name: str) -> str:
     return f"--{name}" if name in FLAGGED_METHOD_OPTIONS else f"--method-option {name}"
 
 
+NO_BOUNDS = {"above": None, "at_least": None, "at_most": None, "choices": ()}
+
+
+def _kinds(options: type) -> dict[str, set]:
+    """Each field's accepted types (bool, int, float, str), from its resolved annotation, None aside."""
+    hints = typing.get_type_hints(options)
+    kinds = {}
+    for option in option_fields(options):
+        hint = hints.get(option.name, str)
+        members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        kinds[option.name] = {m for m in members if m is not type(None)} & {bool, int, float, str} or {str}
+    return kinds
+
+
 def _bounds_text(meta: dict) -> str:
     low = f"({meta['above']:g}" if meta["above"] is not None else f"[{meta['at_least']:g}" if meta["at_least"] is not None else ""
     high = f"{meta['at_most']:g}]" if meta["at_most"] is not None else ""
@@ -72,22 +88,22 @@ def _bounds_text(meta: dict) -> str:
     return f"at most {meta['at_most']:g}" if high else ""
 
 
-def _converted(option: Field, value: Any) -> Any:
+def _converted(option: Field, kinds: set, value: Any) -> Any:
     """`value` (from the API, a TOML file, or text from the command line) as the field's type."""
-    kind, meta, flag = option.type, option.metadata, _flag(option.name)
+    meta, flag = {**NO_BOUNDS, **option.metadata}, _flag(option.name)
     if isinstance(value, str) and value.strip() in meta["choices"]:
         return value.strip()
-    if kind in ("bool", bool):
+    if kinds == {bool}:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             return value.strip().lower() == "true"
         raise QtoolError(f"{flag} takes true or false, got {value!r}")
-    if kind in ("str", str):
+    if str in kinds and not kinds & {int, float}:
         if meta["choices"]:
             raise QtoolError(f"{flag} must be one of {', '.join(meta['choices'])}, got {value!r}")
         return str(value)
-    whole = "int" in str(kind)
+    whole = float not in kinds
     try:
         number = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
@@ -117,7 +133,8 @@ def checked_options(method: str, options: type, given: dict[str, Any]) -> Any:
         raise QtoolError(
             f"{_flag(unknown[0])} is not an option of method {method} (it takes {', '.join(known) or 'none'})"
         )
-    return options(**{name: _converted(known[name], value) for name, value in given.items() if value is not None})
+    kinds = _kinds(options)
+    return options(**{name: _converted(known[name], kinds[name], v) for name, v in given.items() if v is not None})
 
 
 def describe_options(options: type) -> dict[str, dict]:
@@ -125,7 +142,7 @@ def describe_options(options: type) -> dict[str, dict]:
     described = {}
     for option in option_fields(options):
         meta = option.metadata
-        bounds = _bounds_text(meta) if "above" in meta else ""
+        bounds = _bounds_text({**NO_BOUNDS, **meta})
         default = option.default if option.default is not MISSING else None
         described[option.name] = {
             "default": default,

@@ -61,7 +61,7 @@ class PercentileCalibrator(Calibrator):
     options = PercentileOptions
 
     def __init__(self, p: float = PERCENTILE):
-        self.p = float(p)
+        self.p = float(checked_options(self.name, PercentileOptions, {"p": p}).p)
 
     def params(self) -> dict:
         return {"p": self.p}
@@ -171,9 +171,8 @@ class PegCalibrator(Calibrator):
     options = PegOptions
 
     def __init__(self, groups: int | str = PEG_GROUPS, permute: bool = True, grouping: str = PEG_GROUPING):
-        self.groups = groups
-        self.permute = bool(permute)
-        self.grouping = grouping
+        checked = checked_options(self.name, PegOptions, {"groups": groups, "permute": permute, "grouping": grouping})
+        self.groups, self.permute, self.grouping = checked.groups, checked.permute, checked.grouping
 
     def params(self) -> dict:
         return {"groups": self.groups, "permute": self.permute, "grouping": self.grouping}

@@ -27,7 +27,7 @@ def output_names(id2label: dict | None, count: int) -> list[str]:
     return [names.get(i, f"label_{i}") for i in range(count)]
 
 
-def _generic(names) -> bool:
+def is_generic(names) -> bool:
     return all(GENERIC.match(normalized(n)) for n in names)
 
 
@@ -42,7 +42,7 @@ def label_of_output(
     given = [normalized(n) for n in outputs]
     if sorted(given) == sorted(wanted) and len(set(given)) == len(given):
         return np.array([wanted.index(n) for n in given], dtype=np.int64)
-    if len(given) == len(wanted) and (_generic(given) or _generic(wanted)):
+    if len(given) == len(wanted) and (is_generic(given) or is_generic(wanted)):
         return np.arange(len(given), dtype=np.int64)
     raise QtoolError(
         f"{where} already classifies into {len(given)} label{'' if len(given) == 1 else 's'} ({', '.join(outputs)}) "

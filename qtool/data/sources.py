@@ -15,6 +15,7 @@ from pathlib import Path
 from qtool.data.qnli import OFFLINE_ENV, ROUTED_ENV, hub_reachable, is_qnli_tsv, load_qnli_source
 from qtool.data.split import DataConfig, DataSplit, split_one, split_train_and_eval
 from qtool.data.tables import (
+    GLUE_TASKS,
     GlueTask,
     examples_of,
     glue_task_named,
@@ -67,6 +68,8 @@ def _from_hub(name: str, config: DataConfig, task: GlueTask | None) -> DataSplit
     import os
 
     dataset_name, _, dataset_config = name.partition(":")
+    if task is None and dataset_name in ("glue", "nyu-mll/glue") and dataset_config in GLUE_TASKS:
+        task = GLUE_TASKS[dataset_config]  # its label names and primary metric
     if not any(os.environ.get(v) for v in OFFLINE_ENV + ROUTED_ENV) and not hub_reachable():
         raise QtoolError(
             f"--data {HUB_PREFIX}{name}: the Hugging Face hub cannot be reached from here; pass a file or a folder "
@@ -77,7 +80,11 @@ def _from_hub(name: str, config: DataConfig, task: GlueTask | None) -> DataSplit
 
         dataset = datasets.load_dataset(dataset_name, dataset_config or None)
     except Exception as exc:  # network, auth, a missing config: the same to the user
-        raise QtoolError(f"could not load {name} from the Hugging Face hub ({exc.__class__.__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise QtoolError(
+            f"could not load {name} from the Hugging Face hub ({exc.__class__.__name__}: {first}); check the name, "
+            "and give a config as hub:NAME:CONFIG where the dataset has several"
+        ) from None
     return _dataset_split(dataset, config, f"{HUB_PREFIX}{name}", task)
 
 
@@ -85,7 +92,12 @@ def _from_folder(folder: Path, config: DataConfig, task: GlueTask | None) -> Dat
     if _is_saved_dataset(folder):
         import datasets
 
-        return _dataset_split(datasets.load_from_disk(str(folder)), config, folder.name, task)
+        try:
+            dataset = datasets.load_from_disk(str(folder))
+        except Exception as exc:  # a damaged or foreign folder
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise QtoolError(f"--data {folder} could not be read as a saved dataset ({first}); save it again") from None
+        return _dataset_split(dataset, config, folder.name, task)
     task = task or glue_task_of_folder(folder)
     if task is None:
         raise QtoolError(
@@ -113,6 +125,10 @@ def load_data(config: DataConfig = DataConfig()) -> DataSplit:
     qnli_layout = source == "hub" or (path.is_file() and is_qnli_tsv(path) and path.suffix.lower() == ".tsv") or (
         path.is_dir() and (path / "dev.tsv").is_file() and glue_task_of_folder(path) in (None, glue_task_named("qnli"))
     )
+    if config.splits and not (source.startswith(HUB_PREFIX) or (path.is_dir() and _is_saved_dataset(path))):
+        raise QtoolError(f"--split names the splits of a datasets dataset (hub:NAME or save_to_disk); {source} has none")
+    if source == "hub" and _custom(config):  # no --data: GLUE from the hub, the task's or QNLI
+        source = f"{HUB_PREFIX}nyu-mll/glue:{task.name if task else 'qnli'}"
     if qnli_layout and not _custom(config):
         split = load_qnli_source(source, config)
     elif source.startswith(HUB_PREFIX):
@@ -120,7 +136,8 @@ def load_data(config: DataConfig = DataConfig()) -> DataSplit:
     elif path.is_dir():
         split = _from_folder(path, config, task)
     elif path.is_file():
-        (rows,), labels = examples_of([read_file(path)], config.text_columns, config.label_column, task)
+        table = read_file(path, task.header if task else None)
+        (rows,), labels = examples_of([table], config.text_columns, config.label_column, task)
         label = f"{task.name if task else 'data'}:{path.resolve().parent.name}/{path.name}"
         split = split_one(rows, config, label, labels=labels, task=task.name if task else None)
     else:

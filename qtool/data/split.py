@@ -48,6 +48,17 @@ class DataConfig:
     task: str | None = None  # a GLUE task name; None: told by the folder name, else none
     splits: tuple[str, ...] | None = None  # a dataset's train and validation split names (or one)
 
+    def __post_init__(self) -> None:
+        """A path as text, and one name (or FIRST,SECOND) for the column and split tuples."""
+        if self.source is not None:
+            object.__setattr__(self, "source", os.fspath(self.source))
+        for name in ("text_columns", "splits"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, tuple(v.strip() for v in value.split(",") if v.strip()))
+            elif value is not None:
+                object.__setattr__(self, name, tuple(value))
+
     def resolved_source(self) -> str:
         return self.source or os.environ.get(DATA_ENV) or "hub"
 

@@ -72,7 +72,7 @@ class Table:
     where: str
     columns: list[str]
     rows: list[tuple[str, dict]] = field(default_factory=list)  # (file:line or split row N, record)
-    label_names: tuple[str, ...] | None = None  # a ClassLabel feature's names, when the data has one
+    class_labels: dict[str, tuple[str, ...]] = field(default_factory=dict)  # ClassLabel names by column
 
 
 def primary_metric(task: str | None) -> str:
@@ -179,18 +179,19 @@ def read_dataset_split(dataset, where: str) -> Table:
     """The rows of a `datasets.Dataset`, with its ClassLabel names when its label column has them."""
     table = Table(where, list(dataset.column_names))
     table.rows = [(f"{where} row {i + 1}", record) for i, record in enumerate(dataset)]
-    for feature in dataset.features.values():
-        if hasattr(feature, "names") and feature.names:
-            table.label_names = tuple(str(n) for n in feature.names)
+    for column, feature in dataset.features.items():
+        if getattr(feature, "names", None):
+            table.class_labels[column] = tuple(str(n) for n in feature.names)
     return table
 
 
 def chosen_columns(table: Table, text_columns, label_column, task: GlueTask | None) -> tuple[tuple[str, ...], str]:
     """The text columns and the label column to read, checked against the table's."""
-    label = label_column or (task.label_column if task else LABEL_COLUMN)
+    task_label = task.label_column if task and task.label_column in table.columns else None
+    label = label_column or task_label or LABEL_COLUMN
     if text_columns:
         texts = tuple(text_columns)
-    elif task:
+    elif task and all(name in table.columns for name in task.text_columns):
         texts = task.text_columns
     else:
         texts = next((names for names in USUAL_TEXT_COLUMNS if all(n in table.columns for n in names)), ())
@@ -242,24 +243,36 @@ def _text_value(value, where: str, column: str) -> str:
     return text
 
 
+MAX_LABELS = 1000  # more distinct labels than this (or than half the rows) is a text column
+
+
 def label_names_of(values: list[int | str], declared: tuple[str, ...] | None, where: str) -> tuple[str, ...]:
     """The label names by index: the declared ones (a task's, a ClassLabel's), `0 .. N-1` for whole
     numbers, else the sorted distinct names."""
     numbers = [v for v in values if isinstance(v, int)]
+    distinct = {str(v) for v in values}
+    if not declared and len(distinct) > min(MAX_LABELS, max(20, len(values) // 2)):
+        raise QtoolError(
+            f"{where}: the label column has {len(distinct)} distinct values in {len(values)} rows, like a text "
+            "column; name the class column with --label-column"
+        )
     if declared:
         unknown = sorted({str(v) for v in values if (isinstance(v, int) and not 0 <= v < len(declared))
                           or (isinstance(v, str) and v not in declared)})
         if unknown:
+            shown = ", ".join(u.replace("\n", " ")[:40] for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
             raise QtoolError(
-                f"{where}: unknown label(s) {', '.join(unknown)}; the labels are {', '.join(declared)} "
-                f"(or 0 .. {len(declared) - 1})"
+                f"{where}: unknown label(s) {shown}; the labels are {', '.join(declared)} (or 0 .. {len(declared) - 1})"
             )
         return declared
     if numbers and len(numbers) == len(values):
-        if min(numbers) < 0:
-            raise QtoolError(f"{where}: label {min(numbers)} is negative (unlabelled rows?); labels are 0 .. N-1")
+        if min(numbers) > 0:
+            raise QtoolError(
+                f"{where}: whole-number labels run {min(numbers)} .. {max(numbers)}, but a whole-number label is "
+                "a class index 0 .. N-1; shift them to start at 0, or give the classes names"
+            )
         return tuple(str(i) for i in range(max(numbers) + 1))
-    return tuple(sorted({str(v) for v in values}))
+    return tuple(sorted(distinct))
 
 
 def examples_of(
@@ -275,10 +288,19 @@ def examples_of(
             first = _text_value(record.get(texts[0]), where, texts[0])
             second = _text_value(record.get(texts[1]), where, texts[1]) if len(texts) == 2 else None
             value = _label_value(record.get(label), where, label)
+            if isinstance(value, int) and value < 0:
+                raise QtoolError(
+                    f"{where}: label {value} in column {label!r} marks an unlabelled row (a test split?); "
+                    "give labelled data (--split names a dataset's labelled splits)"
+                )
             rows.append((first, second, value))
             values.append(value)
         read.append(rows)
-    declared = task.labels if task else next((t.label_names for t in tables if t.label_names), None)
+    class_labels = next((t.class_labels[label] for t in tables if label in t.class_labels), None)
+    declared = task.labels if task else class_labels
+    if not declared and any(isinstance(v, int) for v in values) and any(isinstance(v, str) for v in values):
+        values = [str(v) for v in values]  # whole numbers among names: all are names
+        read = [[(a, b, str(v)) for a, b, v in rows] for rows in read]
     names = label_names_of(values, declared, tables[0].where)
     index = {name: i for i, name in enumerate(names)}
     return [[Example(a, b, v if isinstance(v, int) else index[v]) for a, b, v in rows] for rows in read], names

@@ -114,6 +114,11 @@ def evaluate(
     started = time.perf_counter()
     logits = predict_logits(runner, make_batches(part, config.batch_size), len(part), description=description)
     seconds = time.perf_counter() - started
+    if logits.shape[-1] != len(mapping):
+        raise QtoolError(
+            f"the classifier has {logits.shape[-1]} outputs and the data {len(mapping)} labels "
+            f"({', '.join(split.labels)}); give data with the model's labels (--label-column)"
+        )
     predictions = mapping[logits.argmax(-1)]
     correct = int((predictions == part.labels).sum())
     result = {

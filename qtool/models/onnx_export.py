@@ -18,7 +18,7 @@ import numpy as np
 from qtool import __version__
 from qtool.data import QnliSplit, make_batches, tokenize_part
 from qtool.data.batching import Batch
-from qtool.data.labels import label_of_output, output_names
+from qtool.data.labels import is_generic, label_of_output, output_names
 from qtool.defaults import MAX_LENGTH
 from qtool.errors import QtoolError
 from qtool.fileio import atomic_dir, atomic_path, sha256_file
@@ -111,7 +111,8 @@ def export_onnx(
             f"(qtool finetune --model {source.spec}) and export the folder it prints"
         )
     labels = output_names(getattr(model_config, "id2label", None), model_config.num_labels)
-    label_of_output(labels, split.labels, source.name)  # its labels are the data's
+    if label_of_output(labels, split.labels, source.name).tolist() == list(range(len(labels))) and is_generic(labels):
+        labels = list(split.labels)  # a head with generic names reads the data's labels in their order
     tokenizer = load_tokenizer(source.path)
     model = load_classifier(source.path, attn_implementation="eager").eval()
     names = model_input_names(model, tokenizer)

@@ -119,3 +119,40 @@ def test_an_unknown_label_of_a_task_names_the_task_labels(tmp_path):
     (folder / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tc\td\tmaybe\n")
     with pytest.raises(QtoolError, match=r"unknown label\(s\) maybe; the labels are entailment, not_entailment"):
         load_data(DataConfig(source=str(folder)))
+
+
+def test_labels_read_from_the_named_class_column_and_as_the_data_gives_them(tmp_path):
+    import datasets
+
+    rows = [{"text": f"a question {i}", "coarse": i % 2, "fine": i % 4} for i in range(40)]
+    features = datasets.Features({"text": datasets.Value("string"), "coarse": datasets.ClassLabel(names=["no", "yes"]),
+                                  "fine": datasets.ClassLabel(names=["a", "b", "c", "d"])})
+    datasets.Dataset.from_list(rows, features=features).save_to_disk(str(tmp_path / "saved"))
+    split = load_data(DataConfig(source=tmp_path / "saved", label_column="coarse"))  # a Path is fine
+    assert split.labels == ("no", "yes")
+    mixed = [{"text": f"t {i}", "label": ("1", "2", "unsure")[i % 3]} for i in range(30)]
+    assert load_data(DataConfig(source=write_csv(tmp_path / "m.csv", mixed))).labels == ("1", "2", "unsure")
+    assert load_data(DataConfig(source=write_csv(tmp_path / "c.csv", review_rows(40)), text_columns="review",
+                                label_column="stars")).labels == tuple(sorted(STARS))
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"text": f"t {i}", "label": 1 + i % 5} for i in range(40)], "whole-number labels run 1 .. 5"),
+        ([{"text": f"t {i}", "label": -1} for i in range(40)], "marks an unlabelled row"),
+        ([{"text": f"t {i}", "label": f"free text {i}"} for i in range(60)], "like a text column"),
+    ],
+)
+def test_labels_that_are_not_classes_are_refused_in_one_line(tmp_path, rows, message):
+    with pytest.raises(QtoolError, match=message):
+        load_data(DataConfig(source=write_csv(tmp_path / "bad.csv", rows)))
+
+
+def test_a_headerless_cola_file_with_its_task_and_split_only_for_datasets(tmp_path):
+    path = tmp_path / "cola-dev.tsv"
+    path.write_text("".join(f"src\t{i % 2}\t\tthe sentence number {i}\n" for i in range(40)))
+    split = load_data(DataConfig(source=str(path), task="cola"))
+    assert split.labels == ("unacceptable", "acceptable") and split.task == "cola"
+    with pytest.raises(QtoolError, match="split names the splits of a datasets dataset"):
+        load_data(DataConfig(source=str(path), task="cola", splits=("train",)))
