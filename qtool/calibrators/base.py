@@ -51,13 +51,9 @@ class NoOptions:
     """The options of a calibrator that takes none."""
 
 
-def option_fields(options: type) -> tuple[Field, ...]:
-    return fields(options)
-
-
 def option_names(calibrator: type) -> tuple[str, ...]:
     """The keyword options a calibrator class takes."""
-    return tuple(f.name for f in option_fields(calibrator.options))
+    return tuple(f.name for f in fields(calibrator.options))
 
 
 def _flag(name: str) -> str:
@@ -71,7 +67,7 @@ def _kinds(options: type) -> dict[str, set]:
     """Each field's accepted types (bool, int, float, str), from its resolved annotation, None aside."""
     hints = typing.get_type_hints(options)
     kinds = {}
-    for option in option_fields(options):
+    for option in fields(options):
         hint = hints.get(option.name, str)
         members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
         kinds[option.name] = {m for m in members if m is not type(None)} & {bool, int, float, str} or {str}
@@ -127,7 +123,7 @@ def _converted(option: Field, kinds: set, value: Any) -> Any:
 def checked_options(method: str, options: type, given: dict[str, Any]) -> Any:
     """`options` (a calibrator's dataclass) from the given values, each converted and checked against
     its field's type and bounds; None values take the field's default."""
-    known = {f.name: f for f in option_fields(options)}
+    known = {f.name: f for f in fields(options)}
     unknown = sorted(name for name in given if name not in known)
     if unknown:
         raise QtoolError(
@@ -140,7 +136,7 @@ def checked_options(method: str, options: type, given: dict[str, Any]) -> Any:
 def describe_options(options: type) -> dict[str, dict]:
     """Each option's default, help and bounds, as `qtool.calibration_methods()` lists them."""
     described = {}
-    for option in option_fields(options):
+    for option in fields(options):
         meta = option.metadata
         bounds = _bounds_text({**NO_BOUNDS, **meta})
         default = option.default if option.default is not MISSING else None

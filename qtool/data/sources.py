@@ -10,6 +10,7 @@ one file or split is carved into parts.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from qtool.data.qnli import OFFLINE_ENV, ROUTED_ENV, hub_reachable, is_qnli_tsv, load_qnli_source
@@ -65,8 +66,6 @@ def _dataset_split(dataset, config: DataConfig, where: str, task: GlueTask | Non
 
 
 def _from_hub(name: str, config: DataConfig, task: GlueTask | None) -> DataSplit:
-    import os
-
     dataset_name, _, dataset_config = name.partition(":")
     if task is None and dataset_name in ("glue", "nyu-mll/glue") and dataset_config in GLUE_TASKS:
         task = GLUE_TASKS[dataset_config]  # its label names and primary metric

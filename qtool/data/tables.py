@@ -208,27 +208,20 @@ def chosen_columns(table: Table, text_columns, label_column, task: GlueTask | No
 
 def _label_value(value, where: str, column: str) -> int | str:
     """A whole number (an index) or a name; anything else is an error naming the row."""
-    if isinstance(value, bool) or value is None:
-        if value is None:
-            raise QtoolError(f"{where}: no value in label column {column!r}; fill or remove that row")
+    if value is None:
+        raise QtoolError(f"{where}: no value in label column {column!r}; fill or remove that row")
+    if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int):
         return value
-    if isinstance(value, float):
-        if math.isfinite(value) and value == int(value):
-            return int(value)
-        raise QtoolError(
-            f"{where}: label column {column!r} holds the number {value!r}; a classifier needs class labels "
-            "(names, or whole numbers 0 .. N-1): pass --label-column with the class column"
-        )
     text = str(value).strip()
     if not text:
         raise QtoolError(f"{where}: empty label in column {column!r}; fill or remove that row")
     try:
         number = float(text)
     except ValueError:
-        return text
-    if math.isfinite(number) and number == int(number) and text.lstrip("+-").replace(".0", "").isdigit():
+        return text  # a name
+    if math.isfinite(number) and number == int(number):
         return int(number)
     raise QtoolError(
         f"{where}: label column {column!r} holds the number {text}; a classifier needs class labels "

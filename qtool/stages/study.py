@@ -177,7 +177,8 @@ class ReproduceConfig:
         full = self.configurations is None or ALL in self.configurations
         skipped = dict.fromkeys(NNCF_PEERS, missing) if missing and full else {}
         if self.configurations is None:
-            skipped[EXTENDED] = f"its {len(extended_rows())} rows ({', '.join(extended_rows())}) run with `-c {ALL}`"
+            rows = extended_rows()
+            skipped[EXTENDED] = f"its {len(rows)} rows ({', '.join(rows)}) run with `-c {ALL}`"
         return skipped
 
 
