@@ -11,6 +11,7 @@ PEG_GROUPING = "optimal"  # --method peg: group boundaries that minimise the exp
 SMOOTH_ALPHA = 0.5  # SmoothQuant-style migration strength (the study's --smooth configurations)
 BASE_METHOD = "max"  # --method auto: the ranges of the points that stay quantized
 SEARCH_MAX_DROP = 0.5  # --method auto: accuracy points below FP32 on the tuning pairs
+SEARCH_CONFIDENCE = 0.9  # --method auto: one-sided confidence that the tuning drop is within --max-drop
 SEARCH_POINTS_PER_TASK = 16  # --method auto on another executor: one-point evaluations per task, at most
 DEPLOY_MAX_DROP = 1.0  # qtool reproduce: accuracy budget of the "what to deploy" advice
 OUTLIER_RATIO = 4.0  # --mixed-precision outliers: max |x| at least this many times p99.99

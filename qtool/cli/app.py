@@ -307,8 +307,8 @@ def calibrate(
     weight_bits: o.WeightBits = None, keep_fp: o.KeepFp = None, mixed_precision: o.MixedPrecision = None,
     outlier_ratio: o.OutlierRatio = None, smooth: o.Smooth = None, method_option: o.MethodOption = None,
     base_method: o.BaseMethod = None,
-    max_drop: o.SearchMaxDrop = None, tune_samples: o.TuneSamples = None, sensitivity_samples: o.SensitivitySamples = None,
-    stats: o.Stats = None, out: o.CalibrationOut = None, evaluate_accuracy: o.EvaluateAccuracy = True,
+    max_drop: o.SearchMaxDrop = None, confidence: o.SearchConfidence = None, tune_samples: o.TuneSamples = None,
+    sensitivity_samples: o.SensitivitySamples = None, stats: o.Stats = None, out: o.CalibrationOut = None, evaluate_accuracy: o.EvaluateAccuracy = True,
     data: o.Data = None,
     text_columns: o.TextColumns = None, label_column: o.LabelColumn = None, task: o.Task = None, split: o.Split = None, seed: o.Seed = None, samples: o.Samples = None, batch_size: o.BatchSize = None,
     limit: o.Limit = None, threads: o.Threads = None, max_length: o.MaxLength = None, as_json: o.Json = False,
@@ -319,15 +319,16 @@ def calibrate(
     Reads the statistics file (collecting it first if needed), so trying another method costs no
     new pass over the data. Prints the QDQ graph's eval accuracy beside FP32 unless --no-eval.
 
-    --method auto searches a small set of points to keep in float so that accuracy on tuning pairs
-    (never the eval part) stays within --max-drop points of FP32; it also writes
+    --method auto searches a small set of points to keep in float so that the drop below FP32 on the
+    data's tuning part (pairs never used to fine-tune, calibrate or evaluate) stays within --max-drop
+    points at --confidence; it also writes
     <recipe>.search.json (sensitivities, the accuracy curve, timings) and <recipe>.search.png;
     --executor ray spreads its evaluations over a Ray cluster.
     """
     made = api.calibrate(
         model_path, method, p=p, groups=groups, grouping=grouping, permute=permute, scope=scope, weights=weights,
         weight_bits=weight_bits, keep_fp=keep_fp, mixed_precision=mixed_precision, outlier_ratio=outlier_ratio,
-        smooth=smooth, base_method=base_method, max_drop=max_drop, tune_samples=tune_samples,
+        smooth=smooth, base_method=base_method, max_drop=max_drop, confidence=confidence, tune_samples=tune_samples,
         sensitivity_samples=sensitivity_samples, stats=stats, out=out, evaluate=evaluate_accuracy,
         data=data_source(data, text_columns, label_column, task, split),
         seed=seed, samples=samples, batch_size=batch_size, limit=limit, threads=threads, executor=executor,

@@ -263,11 +263,21 @@ SearchMaxDrop = Annotated[
         f"Default: {SearchConfig.max_drop:g}.",
     ),
 ]
+SearchConfidence = Annotated[
+    float | None,
+    typer.Option(
+        "--confidence",
+        help=f"--method {AUTO_METHOD}: a set is accepted when the drop's one-sided upper bound at this confidence "
+        f"(from the tuning pairs FP32 and the set predict differently) is within --max-drop. "
+        f"Default: {SearchConfig.confidence:g}.",
+    ),
+]
 TuneSamples = Annotated[
     int | None,
     typer.Option(
         "--tune-samples",
-        help=f"--method {AUTO_METHOD}: tuning pairs (calibration part, topped up from train; never eval). "
+        help=f"--method {AUTO_METHOD}: tuning pairs at most (the data's tuning part: never fine-tuning, "
+        "calibration or eval pairs). "
         f"Default: {SearchConfig.tune_samples}.",
     ),
 ]

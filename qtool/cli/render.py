@@ -187,36 +187,54 @@ def calibration_summary(summary: dict) -> None:
         rows.append(("smoothing", f"alpha {summary['smoothing']['alpha']:g} ({summary['smoothing']['graph']})"))
     rows += [("calibration", summary["calibration"]), ("QDQ graph", summary["qdq_graph"])]
     if "qdq_accuracy" in summary:
-        drop = 100 * (summary["qdq_accuracy"] - summary["fp32_accuracy"])
+        paired = summary["eval_vs_fp32"]
         rows += [
             ("FP32 accuracy", accuracy(summary["fp32_accuracy"])),
-            ("QDQ accuracy", f"{accuracy(summary['qdq_accuracy'])} ({drop:+.2f} points)"),
+            ("QDQ accuracy", f"{accuracy(summary['qdq_accuracy'])} ({paired_points(paired)} points, paired 95 %)"),
             ("eval pairs", summary["eval_examples"]),
         ]
     print_fields("calibration", rows)
     if summary.get("search"):
-        search_summary(summary["search"])
+        search_summary(summary["search"], summary.get("eval_vs_fp32"))
 
 
-def search_summary(search: dict) -> None:
+def paired_points(paired: dict) -> str:
+    """A paired difference against FP32 as signed points with its 95 % half-width: "-0.30 ± 0.41"."""
+    return f"{-paired['drop']:+.2f} ± {paired['half_width_95']:.2f}"
+
+
+def search_summary(search: dict, eval_paired: dict | None = None) -> None:
     tuning = search["tuning"]
-    columns = [Column("points in float"), Column("accuracy %"), Column("vs FP32"), Column("within budget")]
+    columns = [Column("points in float"), Column("accuracy %"), Column("vs FP32"), Column("lost / won"),
+               Column("drop bound"), Column("within budget")]
     rows = [
-        [str(p["float_points"]), f"{100 * p['accuracy']:.2f}", f"{-p['drop']:+.2f}", "yes" if p["within"] else "no"]
+        [str(p["float_points"]), f"{100 * p['accuracy']:.2f}", f"{-p['drop']:+.2f}", f"{p['losses']} / {p['gains']}",
+         f"{p['upper']:.2f}", "yes" if p["within"] else "no"]
         for p in search["curve"]
     ]
-    print_table(f"mixed-precision search: accuracy on {tuning['pairs']} tuning pairs", columns, rows)
+    confidence = search["tuning_paired"]["confidence"]
+    print_table(f"mixed-precision search on {tuning['pairs']} tuning pairs (drop bound: one-sided "
+                f"{100 * confidence:g} %)", columns, rows)
     if not search["within_budget"]:
         note(
-            f"budget not met: no set kept in float came within {search['max_drop']:g} points of FP32 on the "
-            "tuning pairs; kept the most sensitive points up to the best tuning accuracy (raise --max-drop)"
+            f"budget not met: no set kept in float came within {search['max_drop']:g} points of FP32 at "
+            f"{100 * confidence:g} % confidence on the tuning pairs; kept the set with the lowest bound "
+            "(raise --max-drop, lower --confidence, or give more tuning data)"
         )
+    chosen = search["tuning_paired"]
     note(
         f"FP32 {accuracy(tuning['fp32_accuracy'])} on the tuning pairs; chosen after pruning: "
-        f"{len(search['chosen'])} points in float ({accuracy(search['tuning_accuracy'])}, "
-        f"{-search['tuning_drop']:+.2f}); {search['evaluations']} evaluations ({search['reused_evaluations']} reused) "
-        f"in {search['seconds']:.0f} s; curve {search['figure']}"
+        f"{len(search['chosen'])} points in float ({accuracy(search['tuning_accuracy'])}, {paired_points(chosen)} "
+        f"points, bound {chosen['upper']:.2f}); {search['evaluations']} evaluations "
+        f"({search['reused_evaluations']} reused) in {search['seconds']:.0f} s; curve {search['figure']}"
     )
+    if eval_paired is not None:
+        beyond = eval_paired["drop"] > search["max_drop"]
+        note(
+            f"on the eval part: {paired_points(eval_paired)} points vs FP32 (paired 95 %), "
+            + (f"beyond the {search['max_drop']:g}-point budget" if beyond else f"within the {search['max_drop']:g}-point budget")
+            + (" by more than its interval" if eval_paired["drop"] - eval_paired["half_width_95"] > search["max_drop"] else "")
+        )
 
 
 def export_scales_summary(target: Path, summary: dict, smoothing: dict | None, with_model: bool) -> None:

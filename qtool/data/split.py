@@ -1,10 +1,12 @@
 """Labelled texts or pairs, split into parts deterministically and grouped by their first text.
 
-Parts: `train` (fine-tuning), `calibration` (activation statistics) and `eval` (accuracy). With a
-train and a validation split (a full GLUE folder, a dataset with both), `eval` is the validation
-split and `calibration` a grouped slice of the train split. With one file or split, all three parts
-are carved out of it by a seeded hash of the first text (a QNLI question, an SST-2 sentence), so no
-first text appears in two parts; every record says which case it was.
+Parts: `train` (fine-tuning), `tuning` (the mixed-precision search's accuracy checks: pairs the model
+was not fine-tuned on), `calibration` (activation statistics) and `eval` (accuracy). With a train and
+a validation split (a full GLUE folder, a dataset with both), `calibration` is a grouped slice of the
+train split, `tuning` a grouped slice of the validation split (a checkpoint from elsewhere was likely
+fine-tuned on train) and `eval` the rest of it. With one file or split, all four parts are carved out
+of it by a seeded hash of the first text (a QNLI question, an SST-2 sentence), so no first text
+appears in two parts; every record says which case it was.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from qtool.defaults import MAX_LENGTH, SEED
 from qtool.errors import QtoolError
 from qtool.fileio import sha256_text
 
-PARTS = ("train", "calibration", "eval")
+PARTS = ("train", "tuning", "calibration", "eval")
 ALL = "all"  # every row of the evaluation file or split, in order
 EVAL_PARTS = (*PARTS, ALL)
 QNLI_LABELS = ("entailment", "not_entailment")
@@ -39,9 +41,11 @@ class DataConfig:
 
     source: str | None = None
     seed: int = SEED
-    train_fraction: float = 0.65
+    train_fraction: float = 0.5
+    tuning_fraction: float = 0.15  # of one file or split; the eval part keeps its pairs
     calibration_fraction: float = 0.05
     train_calibration_fraction: float = 0.01
+    validation_tuning_fraction: float = 0.2  # with a validation split: its slice for tuning
     max_length: int = MAX_LENGTH
     text_columns: tuple[str, ...] | None = None  # one or two; None: the task's, or the usual names
     label_column: str | None = None  # None: the task's, or `label`
@@ -144,35 +148,37 @@ def _split_by_first_text(rows: list[Example], seed: int, cuts: dict[str, float])
 def split_one(rows: list[Example], config: DataConfig, label: str, **described) -> DataSplit:
     """Train, calibration and eval parts carved out of one set of rows, grouped by first text;
     `label` names the source as `qnli:QNLI/dev.tsv` does."""
-    eval_fraction = 1.0 - config.train_fraction - config.calibration_fraction
-    if eval_fraction <= 0:
-        raise QtoolError("train and calibration fractions must leave room for an eval part")
-    parts = _split_by_first_text(
-        rows,
-        config.seed,
-        {"train": config.train_fraction, "calibration": config.calibration_fraction, "eval": eval_fraction},
-    )
+    cuts = {"train": config.train_fraction, "tuning": config.tuning_fraction, "calibration": config.calibration_fraction}
+    eval_fraction = 1.0 - sum(cuts.values())
+    if eval_fraction <= 0 or min(cuts.values()) < 0:
+        raise QtoolError("train, tuning and calibration fractions must be at least 0 and leave room for an eval part")
+    parts = _split_by_first_text(rows, config.seed, cuts | {"eval": eval_fraction})
     grouped = "question-grouped" if label.startswith("qnli:") else "first-text-grouped"
-    name = (
-        f"{label} {grouped} split seed={config.seed} "
-        f"train/calibration/eval={config.train_fraction:g}/{config.calibration_fraction:g}/{eval_fraction:g}"
-    )
+    fractions = "/".join(f"{f:g}" for f in (*cuts.values(), eval_fraction))
+    name = f"{label} {grouped} split seed={config.seed} train/tuning/calibration/eval={fractions}"
     return DataSplit(name=name, parts={p: parts[p] for p in PARTS}, all_rows=rows, **described)
 
 
 def split_train_and_eval(
     train: list[Example], evaluation: list[Example], config: DataConfig, origin: str, **described
 ) -> DataSplit:
-    """The validation rows as the eval part, the train rows minus a grouped calibration slice as train."""
+    """The train rows minus a grouped calibration slice as train, the validation rows minus a grouped
+    tuning slice as eval; tuning rows whose first text is also in train are left out."""
     held = _split_by_first_text(
         train,
         config.seed,
         {"calibration": config.train_calibration_fraction, "train": 1.0 - config.train_calibration_fraction},
     )
+    fraction = config.validation_tuning_fraction
+    if not 0 <= fraction < 1:
+        raise QtoolError(f"the validation tuning fraction must be in [0, 1), got {fraction:g}")
+    validation = _split_by_first_text(evaluation, config.seed, {"tuning": fraction, "eval": 1.0 - fraction})
+    seen = {row.text for row in train}
+    tuning = [row for row in validation["tuning"] if row.text not in seen]
     grouped = "question-grouped" if origin.startswith("qnli:") else "first-text-grouped"
     name = (
-        f"{origin} train (minus a {grouped} {config.train_calibration_fraction:g} calibration "
-        f"slice, seed={config.seed}) / validation as eval"
+        f"{origin} train (minus a {grouped} {config.train_calibration_fraction:g} calibration slice) / validation "
+        f"(minus a {grouped} {fraction:g} tuning slice) as eval, seed={config.seed}"
     )
-    parts = {"train": held["train"], "calibration": held["calibration"], "eval": evaluation}
+    parts = {"train": held["train"], "tuning": tuning, "calibration": held["calibration"], "eval": validation["eval"]}
     return DataSplit(name=name, parts=parts, all_rows=evaluation, **described)

@@ -19,7 +19,7 @@ from qtool.data.labels import label_of_output
 from qtool.data.split import EVAL_PARTS
 from qtool.data.tables import primary_metric
 from qtool.defaults import MAX_LENGTH
-from qtool.deployment.metrics import classification_metrics
+from qtool.deployment.metrics import PairedDrop, classification_metrics, paired_drop
 from qtool.errors import QtoolError
 from qtool.fileio import sha256_file
 from qtool.graph import graph_metadata, is_recipe_graph
@@ -145,6 +145,13 @@ def evaluation_metrics(split: QnliSplit, config: EvalConfig, evaluation: dict) -
         primary = "macro_f1"
     metrics["primary_metric"] = primary
     return metrics | ({"f1_positive_label": split.labels[1]} if "f1" in metrics else {})
+
+
+def paired_against(reference: dict, candidate: dict, split: QnliSplit, config: EvalConfig) -> PairedDrop:
+    """How far `candidate` is below `reference`: two evaluations with `predictions` of `split`'s part as
+    `config` takes it, paired example by example."""
+    labels = np.array([e.label for e in split.part(config.part)[: config.limit or None]])
+    return paired_drop(np.array(reference["predictions"]) == labels, np.array(candidate["predictions"]) == labels)
 
 
 def changed_predictions(first: dict, second: dict) -> int:

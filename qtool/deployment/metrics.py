@@ -1,8 +1,13 @@
 """Classification metrics beyond accuracy, each with a 95 % bootstrap interval: macro-F1, F1 of the
 second label (for two labels, as scikit-learn's default positive label), and the Matthews correlation
-(Gorodkin's multi-class form). Accuracy's interval is the Wilson interval the report computes."""
+(Gorodkin's multi-class form). Accuracy's interval is the Wilson interval the report computes; a
+difference of two accuracies on the same examples is a `PairedDrop`."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -72,3 +77,51 @@ def classification_metrics(
         result[name] = float(metric(counts))
         result[f"{name}_ci95"] = [float(low), float(high)]
     return result
+
+
+@dataclass(frozen=True)
+class PairedDrop:
+    """How far a candidate's accuracy is below a reference's on the same examples, from the examples
+    whose correctness differs: `losses` (reference right, candidate wrong) and `gains` (the reverse).
+    The interval is the normal approximation to the paired difference (its variance from the flips)."""
+
+    losses: int
+    gains: int
+    total: int
+
+    @property
+    def drop(self) -> float:
+        """Accuracy points below the reference."""
+        return 100 * (self.losses - self.gains) / self.total
+
+    def half_width(self, confidence: float = CONFIDENCE, one_sided: bool = False) -> float:
+        """Points either side of `drop` (two-sided) or above it (`one_sided`) at `confidence`."""
+        z = NormalDist().inv_cdf(confidence if one_sided else (1 + confidence) / 2)
+        flips = self.losses + self.gains
+        variance = max(flips - (self.losses - self.gains) ** 2 / self.total, 0.0)
+        return 100 * z * math.sqrt(variance) / self.total
+
+    def upper(self, confidence: float) -> float:
+        """The one-sided upper bound of the drop at `confidence`."""
+        return self.drop + self.half_width(confidence, one_sided=True)
+
+    def to_dict(self, confidence: float = CONFIDENCE) -> dict:
+        return {
+            "losses": self.losses,
+            "gains": self.gains,
+            "pairs": self.total,
+            "drop": round(self.drop, 4),
+            "half_width_95": round(self.half_width(), 4),
+            "upper": round(self.upper(confidence), 4),
+            "confidence": confidence,
+        }
+
+
+def paired_drop(reference_right: np.ndarray, candidate_right: np.ndarray) -> PairedDrop:
+    """The `PairedDrop` of a candidate against a reference from per-example correctness."""
+    reference_right, candidate_right = np.asarray(reference_right, bool), np.asarray(candidate_right, bool)
+    if reference_right.shape != candidate_right.shape or not reference_right.size:
+        raise ValueError("a paired difference needs the same, non-empty examples on both sides")
+    losses = int((reference_right & ~candidate_right).sum())
+    gains = int((~reference_right & candidate_right).sum())
+    return PairedDrop(losses, gains, int(reference_right.size))

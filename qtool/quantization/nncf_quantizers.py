@@ -3,9 +3,10 @@
 `nncf-ptq` is `nncf.quantize` on qtool's FP32 export (ONNX backend, `ModelType.TRANSFORMER`, the
 calibration pairs qtool calibrates on). `nncf-accuracy-control` is
 `nncf.quantize_with_accuracy_control` with qtool's search contract: the same budget
-(`SEARCH_MAX_DROP` accuracy points below FP32), the same tuning pairs (`TuningSet`: the calibration
-part topped up from train, never eval) and QDQ graphs scored as qtool's search scores them (ONNX
-Runtime optimizations off). Both write QDQ graphs meant for OpenVINO's CPU plugin; on ONNX Runtime
+(`SEARCH_MAX_DROP` accuracy points below FP32), the same tuning pairs (`TuningSet`: the data's tuning
+part), the same rule (its metric for a candidate is FP32's tuning accuracy less the upper bound of the
+candidate's paired drop, so NNCF accepts what the search would) and QDQ graphs scored as qtool's
+search scores them (ONNX Runtime optimizations off). Both write QDQ graphs meant for OpenVINO's CPU plugin; on ONNX Runtime
 they run as QDQ graphs with ONNX Runtime's own fusions, which is how the study measures them.
 
 NNCF is an optional extra (`pip install qtool[peers]`); `nncf_missing()` says why it cannot run.
@@ -121,10 +122,12 @@ def _calibration_items(fp32: Path, split: QnliSplit, tokenizer, samples: int, ma
 
 
 class _Validation:
-    """NNCF's `validation_fn`: accuracy on qtool's tuning pairs (metric in [0, 1]), each item a batch."""
+    """NNCF's `validation_fn` on qtool's tuning pairs, each item a batch: FP32's accuracy on the pairs given
+    less the one-sided upper bound of the model's paired drop below FP32 there (in [0, 1]; FP32's own
+    accuracy for FP32), so NNCF's drop is the bound the search judges by; per batch, plain accuracy."""
 
-    def __init__(self, tuning: TuningSet, threads: int | None):
-        self.tuning, self.threads = tuning, threads
+    def __init__(self, tuning: TuningSet, config: SearchConfig):
+        self.tuning, self.threads, self.confidence = tuning, config.threads, config.confidence
         self.calls, self.seconds = 0, 0.0
 
     def __call__(self, model: onnx.ModelProto, batches) -> tuple[float, list[float]]:
@@ -134,14 +137,15 @@ class _Validation:
         order = np.concatenate([batch.indices for batch in batches])
         with OrtRunner(model.SerializeToString(), threads=self.threads, optimization_level=RECIPE_LEVEL) as runner:
             logits = predict_logits(runner, [_local(batch, order) for batch in batches], size)
-        right = self.tuning.label_of_logit[logits.argmax(-1)] == self.tuning.labels[order]
+        right = self.tuning.right(logits, order)
+        bound = self.tuning.against_fp32(logits, order).upper(self.confidence) / 100
         per_batch, start = [], 0
         for batch in batches:
             per_batch.append(float(right[start : start + batch.size].mean()))
             start += batch.size
         self.calls += 1
         self.seconds += time.perf_counter() - started
-        return float(right.mean()), per_batch
+        return float(self.tuning.fp32_right[order].mean()) - bound, per_batch
 
 
 def _local(batch, order: np.ndarray):
@@ -185,7 +189,7 @@ def quantize_with_nncf(
         else:
             config = SearchConfig(max_drop=max_drop, threads=threads, max_length=max_length)
             tuning = TuningSet(fp32, split, tokenizer, config)
-            validation = _Validation(tuning, threads)
+            validation = _Validation(tuning, config)
             quantized = nncf.quantize_with_accuracy_control(
                 model,
                 calibration_dataset=nncf.Dataset(items),
@@ -207,13 +211,15 @@ def quantize_with_nncf(
             }
     seconds = time.perf_counter() - started
     if name == "nncf-accuracy-control":
-        accuracy, _ = validation(quantized, tuning.batches)
-        drop = 100 * (tuning.fp32_accuracy - accuracy)
+        with OrtRunner(quantized.SerializeToString(), threads=threads, optimization_level=RECIPE_LEVEL) as runner:
+            logits = predict_logits(runner, tuning.batches, tuning.size)
+        paired = tuning.against_fp32(logits)
         record |= {
             "tuning_fp32_accuracy": tuning.fp32_accuracy,
-            "tuning_accuracy": accuracy,
-            "tuning_drop": round(drop, 4),
-            "within_budget": drop <= max_drop + 1e-9,
+            "tuning_accuracy": tuning.accuracy(logits),
+            "tuning_drop": round(paired.drop, 4),
+            "tuning_paired": paired.to_dict(config.confidence),
+            "within_budget": paired.upper(config.confidence) <= max_drop + 1e-9,
         }
     found = quantized_ops(quantized)
     record |= {

@@ -6,27 +6,28 @@
    quantized everywhere, every other activation in float) and measure the KL divergence of the
    classifier's output from FP32's on the first tuning pairs (128 by default). One ONNX Runtime session serves
    all of them: the QDQ graph is written with a boolean switch per point (`QdqPlan.switches`).
-2. Search. Points are ranked by measured sensitivity (the statistics break ties). The real QDQ
-   graph with the n most sensitive points in float is evaluated for n = 0, 1, 2, ... until the
-   accuracy on the tuning pairs is within `max_drop` points of FP32 (a few more n are measured for
-   the curve); then each chosen point, least sensitive first, is quantized again if the budget
-   still holds without it and the tuning predictions that differ from FP32's (flips) do not exceed
-   those of the set that met the budget first. Accuracy alone let pruning trade flips away on pairs
-   the model was fine-tuned on (all-mpnet-base-v2: 2.6 % -> 3.6 % flips for 0.2 tuning points, a
-   point lost on the eval part); the flip limit keeps pruning to points whose quantization leaves
-   the predictions as they were. Every evaluation is cached by the set of points it keeps in float. If
-   no n meets the budget (weight quantization alone may cost more), the n with the best tuning
-   accuracy is kept and the result says the budget was not met.
+2. Search. Points are ranked by measured sensitivity (the statistics break ties). A set is within
+   budget when the one-sided upper bound (at `confidence`, 90 % by default) of its paired accuracy
+   drop below FP32 on the tuning pairs is at most `max_drop`: the drop counts the pairs FP32 got
+   right and the candidate wrong (losses) less the reverse (gains), and its variance comes from all
+   of them, so a candidate with many balanced flips is refused where one with few flips at the same
+   accuracy passes. The real QDQ graph with the n most sensitive points in float is evaluated for
+   n = 0, 1, 2, 4, 8, ... until a set is within budget, then n is bisected down to the smallest n
+   within budget (the budget is close to monotone in n; `curve_extra` more n show the curve's shape).
+   Then each chosen point, least sensitive first, is quantized again if the set without it is still
+   within the same bound and moves no more tuning predictions from FP32's than the set that met the
+   budget first, so pruning cannot spend more than the bound allows. Every evaluation is cached by
+   the set of points it keeps in float. If no n meets the budget (weight quantization alone may cost
+   more), the n with the lowest bound is kept and the result says the budget was not met.
 
 On another executor than `local` (`qtool.quantization.search_evaluations`), the one-point
 evaluations run as tasks over chunks of points, and the curve's and pruning's evaluations run as
 many at once as the executor runs tasks: speculatively, then trimmed to what the sequential search
 evaluates in order, so the chosen set, the curve and the pruning are the same as in this process.
 
-The tuning pairs are the calibration part, topped up from the train part, never the eval part, so
-the eval accuracy of the result stays an honest, held-out figure. On pairs the model was
-fine-tuned on, FP32 is nearly always right and almost every flip is a loss, so the budget is
-checked conservatively there.
+The tuning pairs are the split's tuning part: pairs the model was not fine-tuned on, apart from the
+calibration and eval parts (`qtool.data.split`), so the bound is checked where FP32 is as often wrong
+as it will be in use, and the eval accuracy of the result stays an honest, held-out figure.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from qtool.analysis.stats import TensorStats
 from qtool.cache import read_record
 from qtool.data import QnliSplit, make_batches
 from qtool.deployment.evaluate import logit_to_label, predict_logits
+from qtool.deployment.metrics import PairedDrop, paired_drop
 from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig
 from qtool.exporter.grid import INT8_MAX
@@ -56,7 +58,7 @@ from qtool.runners.ort import OrtRunner
 
 log = logging.getLogger(__name__)
 
-SEARCH_FORMAT = "qtool-precision-search/2"  # 2: QDQ graphs scored with optimizations off
+SEARCH_FORMAT = "qtool-precision-search/3"  # 2: QDQ graphs scored with optimizations off; 3: the tuning part, flips
 
 
 def expected_sqnr_db(stats: TensorStats, scale: float) -> float:
@@ -74,8 +76,8 @@ def expected_sqnr_db(stats: TensorStats, scale: float) -> float:
 
 
 class TuningSet:
-    """Tokenized tuning pairs (the calibration part topped up from train, never eval), their labels and FP32
-    logits: what the search and the accuracy-controlled peers tune on."""
+    """Tokenized tuning pairs (the split's tuning part), their labels and FP32 logits: what the search and
+    the accuracy-controlled peers tune on."""
 
     def __init__(self, model_path: Path, split: QnliSplit, tokenizer, config: SearchConfig):
         part, self.sources = tuning_part(split, tokenizer, config, sensitivity=False)
@@ -88,10 +90,21 @@ class TuningSet:
         with OrtRunner(model_path, threads=config.threads) as fp32:
             self.fp32_logits = predict_logits(fp32, self.batches, self.size)
             self.fp32_sensitivity_logits = predict_logits(fp32, self.sensitivity_batches, self.sensitivity_size)
-        self.fp32_accuracy = self.accuracy(self.fp32_logits)
+        self.fp32_right = self.right(self.fp32_logits)
+        self.fp32_accuracy = float(self.fp32_right.mean())
+
+    def right(self, logits: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+        """Whether each pair (of the tuning pairs, or those at `order`) is predicted right."""
+        labels = self.labels if order is None else self.labels[order]
+        return self.label_of_logit[logits.argmax(-1)] == labels
 
     def accuracy(self, logits: np.ndarray) -> float:
-        return float((self.label_of_logit[logits.argmax(-1)] == self.labels).mean())
+        return float(self.right(logits).mean())
+
+    def against_fp32(self, logits: np.ndarray, order: np.ndarray | None = None) -> PairedDrop:
+        """The paired drop of `logits` (of the tuning pairs, or those at `order`) below FP32's."""
+        reference = self.fp32_right if order is None else self.fp32_right[order]
+        return paired_drop(reference, self.right(logits, order))
 
 
 def _kl_divergence(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -163,20 +176,29 @@ class _Evaluator:
 
         def done(position: int, logits: np.ndarray) -> None:
             index = missing[position]
-            accuracy = tuning.accuracy(logits)
+            paired = tuning.against_fp32(logits)
             results[index] = self.cache.put(
                 "kept",
                 sets[index],
                 {
-                    "accuracy": accuracy,
-                    "drop": round(100 * (tuning.fp32_accuracy - accuracy), 6),
+                    "accuracy": tuning.accuracy(logits),
+                    "losses": paired.losses,
+                    "gains": paired.gains,
                     "flips": float((logits.argmax(-1) != tuning.fp32_logits.argmax(-1)).mean()),
                 },
             )
             self.evaluations += 1
 
         self.backend.candidates([sets[index] for index in missing], done)
-        return [{**result, "within": result["drop"] <= self.config.max_drop} for result in results]
+        return [judged(result, tuning.size, self.config) for result in results]
+
+
+def judged(result: dict, pairs: int, config: SearchConfig) -> dict:
+    """A candidate's result (its `losses` and `gains` against FP32 on `pairs` tuning pairs) with its drop in
+    points, the drop's one-sided upper bound at `config.confidence` and whether that bound is within budget."""
+    paired = PairedDrop(result["losses"], result["gains"], pairs)
+    upper = paired.upper(config.confidence)
+    return {**result, "drop": round(paired.drop, 6), "upper": round(upper, 6), "within": upper <= config.max_drop}
 
 
 def _cache_key(calibration: Calibration, split: QnliSplit, config: SearchConfig) -> dict:
@@ -206,30 +228,77 @@ def _ranked_by_sensitivity(evaluator: _Evaluator, stats: ActivationStats, calibr
     return sorted(sensitivity, key=lambda s: (-s["kl"], s["expected_sqnr_db"], position[s["name"]]))
 
 
+def _half_width(result: dict, pairs: int) -> float:
+    return round(PairedDrop(result["losses"], result["gains"], pairs).half_width(), 4)
+
+
 Evaluate = Callable[[list[list[str]]], list[dict]]  # sets kept in float -> their results, with "within"
 NO_BAR = ProgressTask(None, None)
+
+
+def _galloping(count: int) -> list[int]:
+    """0, 1, 2, 4, 8, ... below `count`, then `count`."""
+    sizes, n = [0], 1
+    while n < count:
+        sizes.append(n)
+        n *= 2
+    return sizes + [count] if count else sizes
+
+
+def _bisection(low: int, high: int, levels: int) -> list[int]:
+    """The midpoints the next `levels` steps of a bisection between `low` and `high` may evaluate."""
+    if levels == 0 or high - low <= 1:
+        return []
+    mid = (low + high) // 2
+    return [mid, *_bisection(low, mid, levels - 1), *_bisection(mid, high, levels - 1)]
 
 
 def prefix_curve(
     evaluate: Evaluate, order: list[str], curve_extra: int, width: int = 1, bar: ProgressTask = NO_BAR
 ) -> tuple[list[dict], int | None]:
-    """The curve over the n first points of `order` in float, n = 0, 1, ..., up to `curve_extra` past the
-    first n within budget (or every n), and that n. With `width` > 1 the next `width` n are evaluated at once,
-    speculatively, and what the sequential search (`width` 1) would not have evaluated is dropped."""
-    curve: list[dict] = []
-    first_within, n = None, 0
-    while n <= len(order):
-        last = len(order) if first_within is None else min(len(order), first_within + curve_extra)
-        batch = range(n, min(n + width, last + 1))
-        for k, point in zip(batch, evaluate([order[:k] for k in batch]), strict=True):
-            curve.append({"float_points": k, **point})
-            bar.advance(1, status=f"{k} in float: {100 * point['accuracy']:.2f}")
-            if point["within"] and first_within is None:
-                first_within = k
-            if first_within is not None and k >= first_within + curve_extra:
-                return curve, first_within
-        n = batch.stop
-    return curve, first_within
+    """The curve over the n first points of `order` in float, by n, and the smallest n found within budget
+    (None when no n is): n = 0, 1, 2, 4, ... up to every point until one is within budget, a bisection
+    between the last n outside it and that n, then `curve_extra` n past the n found. With `width` > 1 up to
+    `width` evaluations run at once, speculatively (the next n of the sequence, the next levels of the
+    bisection), and only what the sequential search (`width` 1) evaluates is recorded."""
+    measured: dict[int, dict] = {}
+    curve: dict[int, dict] = {}
+
+    def measure(sizes: list[int]) -> None:
+        new = [k for k in dict.fromkeys(sizes) if k not in measured]
+        if new:
+            measured.update(zip(new, evaluate([order[:k] for k in new]), strict=True))
+
+    def record(k: int) -> bool:
+        curve[k] = {"float_points": k, **measured[k]}
+        bar.advance(1, status=f"{k} in float: {100 * measured[k]['accuracy']:.2f}")
+        return measured[k]["within"]
+
+    sequence, low, high = _galloping(len(order)), None, None
+    while sequence and high is None:
+        batch, sequence = sequence[:width], sequence[width:]
+        measure(batch)
+        for k in batch:
+            if record(k):
+                high = k
+                break
+            low = k
+    if high is None:
+        return [curve[k] for k in sorted(curve)], None
+    levels = max(1, (width + 1).bit_length() - 1)  # 2**levels - 1 evaluations at most
+    while low is not None and high - low > 1:
+        measure(_bisection(low, high, levels))
+        for _ in range(levels):
+            if high - low <= 1:
+                break
+            mid = (low + high) // 2
+            high, low = (mid, low) if record(mid) else (high, mid)
+    extra = [k for k in range(high + 1, min(len(order), high + curve_extra) + 1) if k not in curve]
+    for start in range(0, len(extra), width):
+        measure(extra[start : start + width])
+    for k in extra:
+        record(k)
+    return [curve[k] for k in sorted(curve)], high
 
 
 def pruned(
@@ -259,21 +328,22 @@ def pruned(
 
 
 def _choose(evaluator: _Evaluator, order: list[str]) -> dict:
-    """The curve over the n most sensitive points in float, then greedy pruning of the first set in budget."""
+    """The curve over the n most sensitive points in float, then greedy pruning of the smallest set in budget."""
     config = evaluator.config
     with progress_bar("search", total=None) as bar:
         curve, first_within = prefix_curve(evaluator.kept, order, config.curve_extra, evaluator.width, bar)
         pruning = []
         if first_within is not None:
-            chosen, final, pruning = pruned(evaluator.kept, order[:first_within], curve[first_within],
-                                            evaluator.width, bar)
+            first = next(c for c in curve if c["float_points"] == first_within)
+            chosen, final, pruning = pruned(evaluator.kept, order[:first_within], first, evaluator.width, bar)
         else:
-            final = max(curve, key=lambda c: (c["accuracy"], -c["float_points"]))
+            final = min(curve, key=lambda c: (c["upper"], c["float_points"]))
             chosen = order[: final["float_points"]]
             log.warning(
-                "no set of points kept in float reaches %g points of FP32 on the tuning pairs (the weights stay "
-                "INT8 in every candidate); keeping the %d most sensitive, the best tuning accuracy found",
+                "no set of points kept in float is within %g points of FP32 on the tuning pairs at %g %% confidence "
+                "(the weights stay INT8 in every candidate); keeping the %d most sensitive, the lowest bound found",
                 config.max_drop,
+                100 * config.confidence,
                 len(chosen),
             )
     return {
@@ -281,6 +351,8 @@ def _choose(evaluator: _Evaluator, order: list[str]) -> dict:
         "within_budget": first_within is not None,
         "tuning_accuracy": final["accuracy"],
         "tuning_drop": final["drop"],
+        "tuning_paired": {key: final[key] for key in ("losses", "gains", "drop", "upper")}
+        | {"confidence": config.confidence, "half_width_95": _half_width(final, evaluator.tuning.size)},
         "curve": curve,
         "pruning": pruning,
     }
@@ -324,7 +396,7 @@ def search_precision(
             "sensitivity_pairs": tuning.sensitivity_size,
             "fp32_accuracy": tuning.fp32_accuracy,
         },
-        **{key: chosen[key] for key in ("chosen", "within_budget", "tuning_accuracy", "tuning_drop")},
+        **{key: chosen[key] for key in ("chosen", "within_budget", "tuning_accuracy", "tuning_drop", "tuning_paired")},
         "sensitivity": ranked,
         "curve": chosen["curve"],
         "pruning": chosen["pruning"],
@@ -341,6 +413,7 @@ SUMMARY_KEYS = (
     "within_budget",
     "tuning_accuracy",
     "tuning_drop",
+    "tuning_paired",
     "curve",
     "evaluations",
     "reused_evaluations",
@@ -375,16 +448,17 @@ def auto_calibrate(
     search = search_precision(model_path, stats, base, split, tokenizer, config, cache_path, executor)
     tuning = search["tuning"]
     reason = (
-        f"automatic search: the most sensitive points, pruned greedily, with accuracy on {tuning['pairs']} tuning pairs "
-        f"({', '.join(f'{n} {part}' for part, n in tuning['sources'].items() if n)}, never eval) "
-        f"within {config.max_drop:g} points of FP32"
+        f"automatic search: the most sensitive points, pruned greedily, with the drop below FP32 on {tuning['pairs']} "
+        f"tuning pairs (never fine-tuning, calibration or eval pairs) within {config.max_drop:g} points at "
+        f"{100 * config.confidence:g} % confidence"
         if search["within_budget"]
-        else f"automatic search: no set met {config.max_drop:g} points of FP32 on {tuning['pairs']} tuning pairs; "
-        "the most sensitive points up to the best tuning accuracy found"
+        else f"automatic search: no set met {config.max_drop:g} points of FP32 at {100 * config.confidence:g} % "
+        f"confidence on {tuning['pairs']} tuning pairs; the most sensitive points up to the lowest bound found"
     )
     mixed_precision = {
         "search": SEARCH_FORMAT,
         "max_drop": config.max_drop,
+        "confidence": config.confidence,
         "tuning_pairs": tuning["pairs"],
         "tuning_sources": tuning["sources"],
         "record": f"{recipe}.search.json",

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qtool.analysis.collect import calibration_examples
 from qtool.data import QnliSplit, TokenizedPart, make_batches, tokenize_part
-from qtool.defaults import MAX_LENGTH, SEARCH_MAX_DROP, SEARCH_POINTS_PER_TASK
+from qtool.defaults import MAX_LENGTH, SEARCH_CONFIDENCE, SEARCH_MAX_DROP, SEARCH_POINTS_PER_TASK
 from qtool.deployment.evaluate import RECIPE_LEVEL, predict_logits
 from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig, parallelism, run_tasks
@@ -46,6 +45,7 @@ CandidateDone = Callable[[int, np.ndarray], None]
 @dataclass(frozen=True)
 class SearchConfig:
     max_drop: float = SEARCH_MAX_DROP  # accuracy points below FP32 on the tuning pairs
+    confidence: float = SEARCH_CONFIDENCE  # one-sided, that the drop is within max_drop
     tune_samples: int = 1000
     sensitivity_samples: int = 128
     curve_extra: int = 1  # evaluations past the first set within budget, to show the curve's shape
@@ -56,6 +56,8 @@ class SearchConfig:
     def validate(self) -> None:
         if not 0 <= self.max_drop <= 100:
             raise QtoolError(f"--max-drop must be in [0, 100] accuracy points, got {self.max_drop:g}")
+        if not 0.5 <= self.confidence < 1:
+            raise QtoolError(f"--confidence must be in [0.5, 1), got {self.confidence:g}")
         if self.tune_samples < 1:
             raise QtoolError(f"--tune-samples must be at least 1, got {self.tune_samples}")
         if self.sensitivity_samples < 1:
@@ -64,10 +66,22 @@ class SearchConfig:
             raise QtoolError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
+def tuning_examples(split: QnliSplit) -> list:
+    """The split's tuning part, or a one-line error when it is empty."""
+    examples = split.parts.get("tuning", [])
+    if not examples:
+        raise QtoolError(
+            f"the data has no tuning part ({split.name}: {split.sizes}), and the search checks its budget on "
+            "examples the model was not fine-tuned on; give --data with more rows (a few hundred at least)"
+        )
+    return examples
+
+
 def tuning_part(split: QnliSplit, tokenizer, config: SearchConfig, sensitivity: bool) -> tuple[TokenizedPart, dict]:
-    """The tuning pairs tokenized (the calibration part topped up from train; with `sensitivity`, their
+    """The tuning pairs tokenized (the split's tuning part, at most `tune_samples`; with `sensitivity`, their
     first `sensitivity_samples`, which the one-point evaluations use) and where they came from."""
-    examples, sources = calibration_examples(split, config.tune_samples)
+    examples = tuning_examples(split)[: config.tune_samples]
+    sources = {"tuning": len(examples)}
     if sensitivity:
         examples = examples[: config.sensitivity_samples]
     return tokenize_part(tokenizer, examples, config.max_length), sources

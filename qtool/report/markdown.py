@@ -39,6 +39,14 @@ def _latency_cells(latency: dict | None) -> str:
     )
 
 
+def _paired_cell(row: dict, fp32: float, key: str = "vs_fp32") -> str:
+    """Signed points against FP32 with the paired 95 % half-width where the row has it."""
+    paired = row.get(key)
+    if paired is None:
+        return f"{100 * (row['accuracy'] - fp32):+.2f}"
+    return f"{-paired['drop']:+.2f} ± {paired['half_width_95']:.2f}"
+
+
 def _deployed_cell(row: dict) -> str:
     """The deployed form's accuracy where it is another graph than the recipe's, `=` where equal."""
     deployed = row.get("deployed_accuracy")
@@ -154,7 +162,7 @@ def is_qnli(result: dict) -> bool:
 def accuracy_table(result: dict) -> list[str]:
     fp32 = next(r for r in result["results"] if r["configuration"] == "fp32")["accuracy"]
     lines = [
-        "| configuration | scope | quantized points | accuracy % | 95 % CI | vs FP32 (points) | deployed % "
+        "| configuration | scope | quantized points | accuracy % | 95 % CI | vs FP32 (points, paired 95 %) | deployed % "
         "| deployed changed | kernels | published (BERT-base) % | p50 ms | throughput seq/s | session RSS MB "
         "| peak RSS MB | size MB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -165,7 +173,7 @@ def accuracy_table(result: dict) -> list[str]:
         published = PUBLISHED.get(row["configuration"]) if is_qnli(result) else None
         lines.append(
             f"| {row['configuration']} | {row['scope']} | {points} | {_pct(row['accuracy'])} | "
-            f"{_pct(low)}-{_pct(high)} | {100 * (row['accuracy'] - fp32):+.2f} | {_deployed_cell(row)} | {_changed_cell(row)} | "
+            f"{_pct(low)}-{_pct(high)} | {_paired_cell(row, fp32)} | {_deployed_cell(row)} | {_changed_cell(row)} | "
             f"{'-' if published is None else f'{published:.2f}'} | {_latency_cells(row.get('latency'))} |"
         )
     return lines
@@ -201,57 +209,64 @@ def search_lines(result: dict) -> list[str]:
     fp32 = result["results"][0]["accuracy"]
     presets = [r for r in result["results"] if r.get("kept_in_float") and not r.get("search") and not r.get("peer")]
     lines = [
-        "| configuration | points in float | eval accuracy % | vs FP32 (points) | tuning pairs | tuning accuracy % "
-        "(FP32) | evaluations run (reused) | seconds this run |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| configuration | points in float | eval accuracy % | vs FP32 on eval (paired 95 %) | tuning pairs | tuning "
+        "accuracy % (FP32) | tuning drop (bound) | evaluations run (reused) | seconds this run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows + presets:
         search = row.get("search")
         tuning = (
             f"{search['tuning']['pairs']} | {_pct(search['tuning_accuracy'])} ({_pct(search['tuning']['fp32_accuracy'])}) "
-            f"| {search['evaluations']} ({search['reused_evaluations']}) | {search['seconds']:.0f}"
+            f"| {_bounded(search.get('tuning_paired'))} | {search['evaluations']} ({search['reused_evaluations']}) "
+            f"| {search['seconds']:.0f}"
             if search
-            else "- | - | - | -"
+            else "- | - | - | - | -"
         )
-        lines.append(
-            f"| {row['configuration']} | {len(row['kept_in_float'])} | {_pct(row['accuracy'])} | "
-            f"{100 * (row['accuracy'] - fp32):+.2f} | {tuning} |"
-        )
-    for row in controlled:  # NNCF's accuracy control, on the same tuning pairs and budget
+        lines.append(f"| {row['configuration']} | {len(row['kept_in_float'])} | {_pct(row['accuracy'])} | "
+                     f"{_paired_cell(row, fp32)} | {tuning} |")
+    for row in controlled:  # NNCF's accuracy control, on the same tuning pairs, budget and rule
         peer = row["peer_record"]
         lines.append(
             f"| {row['configuration']} | {len(peer['kept_in_float'])} GEMMs | {_pct(row['accuracy'])} | "
-            f"{100 * (row['accuracy'] - fp32):+.2f} | {peer['tuning_pairs']} | {_pct(peer['tuning_accuracy'])} "
-            f"({_pct(peer['tuning_fp32_accuracy'])}) | {peer['evaluations']} | {peer['seconds']:.0f} |"
+            f"{_paired_cell(row, fp32)} | {peer['tuning_pairs']} | {_pct(peer['tuning_accuracy'])} "
+            f"({_pct(peer['tuning_fp32_accuracy'])}) | {_bounded(peer.get('tuning_paired'))} | {peer['evaluations']} "
+            f"| {peer['seconds']:.0f} |"
         )
     for row in rows:
         search = row["search"]
         curve = ", ".join(f"{c['float_points']}: {_pct(c['accuracy'])}" for c in search["curve"])
+        confidence = search.get("tuning_paired", {}).get("confidence")
+        rule = f" at {100 * confidence:g} % one-sided confidence" if confidence else ""
         lines += [
             "",
             f"`{row['configuration']}` kept in float: {', '.join(row['kept_in_float']) or 'nothing'}. Tuning accuracy % "
             f"by number of the most sensitive points in float: {curve}. Budget: {search['max_drop']:g} points below "
-            f"FP32 on {search['tuning']['pairs']} tuning pairs "
+            f"FP32{rule} on {search['tuning']['pairs']} tuning pairs "
             f"({' + '.join(f'{n} {part}' for part, n in search['tuning']['sources'].items() if n)}; never the eval part)."
-            + _budget_on_unseen_pairs(search, 100 * (fp32 - row["accuracy"])),
+            + eval_budget_sentence(row, search["max_drop"]),
         ]
     return lines
 
 
-def _budget_on_unseen_pairs(search: dict, eval_drop: float) -> str:
-    """A sentence when the budget met on the tuning pairs does not hold on the eval part."""
-    if not search.get("within_budget") or eval_drop <= search["max_drop"]:
+def _bounded(paired: dict | None) -> str:
+    return "-" if paired is None else f"{paired['drop']:.2f} ({paired['upper']:.2f})"
+
+
+def eval_budget_sentence(row: dict, max_drop: float) -> str:
+    """Where the chosen set stands on the eval part against the budget it met on the tuning pairs."""
+    forms = [(name, row.get(key)) for name, key in (("recipe", "vs_fp32"), ("deployed form", "deployed_vs_fp32"))]
+    forms = [(name, paired) for name, paired in forms if paired]
+    if not forms:
         return ""
-    train = search["tuning"]["sources"].get("train", 0)
-    return (
-        f" On the eval part it is {eval_drop:.2f} points below FP32, beyond the budget it met on the tuning pairs"
-        + (
-            f"; {train} of those are from the train part, where a model fine-tuned on them shows less of its drop "
-            "than on unseen pairs."
-            if train
-            else "."
-        )
+    parts = [f"its {name} {-p['drop']:+.2f} ± {p['half_width_95']:.2f} points vs FP32" for name, p in forms]
+    beyond = [name for name, p in forms if p["drop"] > max_drop]
+    clearly = [name for name, p in forms if p["drop"] - p["half_width_95"] > max_drop]
+    verdict = (
+        f"beyond the {max_drop:g}-point budget" + (" by more than its paired interval" if clearly else " (within its interval)")
+        if beyond
+        else f"within the {max_drop:g}-point budget"
     )
+    return f" On the eval part (paired 95 %): {' and '.join(parts)}, {verdict}."
 
 
 PEER_NOTE = (

@@ -11,7 +11,7 @@ from qtool.analysis.collect import ActivationStats, CollectConfig
 from qtool.cache import timed_stage
 from qtool.data import QnliSplit
 from qtool.defaults import PEG_FORM
-from qtool.deployment.evaluate import EvalConfig, evaluate_graph
+from qtool.deployment.evaluate import EvalConfig, evaluate_graph, paired_against
 from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig
 from qtool.exporter.points import load_quant_points
@@ -30,6 +30,7 @@ from qtool.quantization.calibration import (
 )
 from qtool.quantization.graphs import smoothed_graph, write_calibrated_graph
 from qtool.quantization.search import SearchConfig, auto_calibrate, search_summary
+from qtool.quantization.search_evaluations import tuning_examples
 from qtool.report.figures import precision_search_curve
 from qtool.runners.ort import check_onnx_file
 from qtool.stages.statistics import statistics_for
@@ -172,6 +173,8 @@ def calibrate_and_evaluate(
     if search is None and executor.kind != "local":
         raise QtoolError("--executor spreads the evaluations of --method auto; other methods run here")
     check_onnx_file(model_path)
+    if search is not None:
+        tuning_examples(split)  # before any statistics are collected
     stats = statistics_for(model_path, split, collect, stats_path)
     if stats.manifest["data"] != split.describe():
         raise QtoolError(f"the statistics were collected on another data split; run `qtool collect {model_path}` again")
@@ -198,11 +201,12 @@ def calibrate_and_evaluate(
     if made.search is not None:
         summary["search"] = made.search
     if evaluation is not None:
-        fp32 = evaluate_graph(model_path, split, evaluation, collect.max_length)
-        qdq = evaluate_graph(made.qdq_graph, split, evaluation, collect.max_length)
+        fp32 = evaluate_graph(model_path, split, evaluation, collect.max_length, predictions=True)
+        qdq = evaluate_graph(made.qdq_graph, split, evaluation, collect.max_length, predictions=True)
         summary |= {
             "fp32_accuracy": fp32["accuracy"],
             "qdq_accuracy": qdq["accuracy"],
             "eval_examples": qdq["examples"],
+            "eval_vs_fp32": paired_against(fp32, qdq, split, evaluation).to_dict(),
         }
     return summary

@@ -31,7 +31,13 @@ from qtool.data import QnliSplit
 from qtool.defaults import DEPLOY_MAX_DROP, SEARCH_MAX_DROP, SEED, SMOOTH_ALPHA
 from qtool.deployment.backends import build_ort
 from qtool.deployment.bench import BenchConfig
-from qtool.deployment.evaluate import EvalConfig, changed_predictions, evaluate_graph, evaluation_metrics
+from qtool.deployment.evaluate import (
+    EvalConfig,
+    changed_predictions,
+    evaluate_graph,
+    evaluation_metrics,
+    paired_against,
+)
 from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig, run_tasks
 from qtool.exporter.weight_codes import weight_kernels
@@ -44,6 +50,7 @@ from qtool.quantization.calibration import CalibrateConfig
 from qtool.quantization.nncf_quantizers import NNCF_PEERS, RANKING_PAIRS, nncf_missing, quantize_with_nncf
 from qtool.quantization.ort_quantizers import OPTIMIZER_FORMAT, PEERS, quantize_with_ort
 from qtool.quantization.search import SearchConfig, auto_recipe_name
+from qtool.quantization.search_evaluations import tuning_examples
 from qtool.report.advice import contenders, recommend
 from qtool.report.figures import write_study_figures
 from qtool.report.html import write_html_report
@@ -264,11 +271,18 @@ def _peer_row(name: str, fp32: Path, split: QnliSplit, config: ReproduceConfig) 
     }
     if "kept_in_float" in used:
         extra["kept_in_float"] = used["kept_in_float"]
+    extra["vs_fp32"] = _vs_fp32(fp32, evaluation, split, config)
     return _result_row(name, graph, evaluation, used["scope"], extra | _metrics(split, config, evaluation))
 
 
 def _metrics(split: QnliSplit, config: ReproduceConfig, evaluation: dict) -> dict:
     return {"metrics": evaluation_metrics(split, config.eval, evaluation)}
+
+
+def _vs_fp32(fp32: Path, evaluation: dict, split: QnliSplit, config: ReproduceConfig) -> dict:
+    """The paired drop of an evaluation (with predictions) below FP32's on the eval part (FP32's is cached)."""
+    reference = evaluate_graph(fp32, split, config.eval, config.export.max_length, predictions=True)
+    return paired_against(reference, evaluation, split, config.eval).to_dict()
 
 
 def _result_row(name: str, graph: Path, evaluation: dict, scope: str, extra: dict) -> dict:
@@ -316,6 +330,8 @@ def _calibrated_row(
     deployed = evaluate_graph(Path(form["graph"]), split, config.eval, config.export.max_length, predictions=True)
     changed = changed_predictions(deployed, evaluation)
     metrics = _metrics(split, config, evaluation)
+    extra |= {"vs_fp32": _vs_fp32(fp32, evaluation, split, config),
+              "deployed_vs_fp32": _vs_fp32(fp32, deployed, split, config)}
     del deployed["predictions"], evaluation["predictions"]
     extra |= {
         "deployed_accuracy": deployed["accuracy"],
@@ -402,6 +418,8 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
     """Run every selected configuration; write ARTIFACTS/report/ and return the results document."""
     artifacts = Path(artifacts)
     configurations = config.selected()
+    if any(isinstance(r, AutoMixedPrecision) or n in NNCF_PEERS[1:] for n, r in configurations.items()):
+        tuning_examples(split)  # the searches' one-line error before anything runs
     finetune_config = FinetuneConfig(**{**asdict(config.finetune), "seed": config.seed})
     started = time.perf_counter()
     with recording_stage_times() as times:

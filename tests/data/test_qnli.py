@@ -19,10 +19,33 @@ def test_split_is_deterministic_and_question_grouped(tiny_data):
     second = load_qnli(DataConfig(source=str(tiny_data)))
     assert first.parts == second.parts
     assert first.fingerprint == second.fingerprint
-    train, calib, evaluation = (_questions(first.parts[p]) for p in ("train", "calibration", "eval"))
-    assert not train & calib and not train & evaluation and not calib & evaluation
     assert sum(first.sizes.values()) == 240
     assert first.describe()["sizes"] == first.sizes
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 123])
+def test_no_first_text_is_in_two_parts_and_the_tuning_part_is_carved_apart(tmp_path, seed):
+    write_glue_tsv(tmp_path / "one" / "dev.tsv", rows=600, seed=seed, questions=200)
+    one = load_qnli(DataConfig(source=str(tmp_path / "one"), seed=seed))
+    write_glue_tsv(tmp_path / "two" / "dev.tsv", rows=300, seed=seed + 1, questions=100)
+    write_glue_tsv(tmp_path / "two" / "train.tsv", rows=600, seed=seed + 2, questions=200)
+    two = load_qnli(DataConfig(source=str(tmp_path / "two"), seed=seed))
+    for split in (one, two):
+        assert all(split.parts[p] for p in ("train", "tuning", "calibration", "eval")), split.sizes
+        parts = {p: _questions(rows) for p, rows in split.parts.items()}
+        for first in parts:
+            for second in parts:
+                assert first == second or not parts[first] & parts[second], (first, second)
+    assert 0.10 < one.sizes["tuning"] / 600 < 0.20 and "train/tuning/calibration/eval=0.5/0.15/0.05/0.3" in one.name
+    assert two.sizes["train"] + two.sizes["calibration"] == 600  # the train file keeps every row
+    assert two.sizes["tuning"] + two.sizes["eval"] == 300 and "0.2 tuning slice" in two.name
+
+
+def test_tuning_rows_whose_first_text_was_trained_on_are_left_out(tmp_path):
+    write_glue_tsv(tmp_path / "dev.tsv", rows=200, seed=1, questions=60)
+    write_glue_tsv(tmp_path / "train.tsv", rows=200, seed=1, questions=60)  # the same questions
+    split = load_qnli(DataConfig(source=str(tmp_path)))
+    assert split.parts["tuning"] == [] and split.sizes["eval"] > 0
 
 
 def test_split_changes_with_seed(tiny_data):
@@ -42,10 +65,11 @@ def test_shared_dev_split_sizes_and_disjointness(shared_qnli):
     split = load_qnli(DataConfig(source=str(shared_qnli)))
     sizes = split.sizes
     assert sum(sizes.values()) == 5463
-    assert 0.60 < sizes["train"] / 5463 < 0.70
+    assert 0.45 < sizes["train"] / 5463 < 0.55
+    assert 0.12 < sizes["tuning"] / 5463 < 0.18
     assert 0.03 < sizes["calibration"] / 5463 < 0.07
     assert 0.25 < sizes["eval"] / 5463 < 0.35
-    parts = [_questions(split.parts[p]) for p in ("train", "calibration", "eval")]
+    parts = [_questions(split.parts[p]) for p in ("train", "tuning", "calibration", "eval")]
     assert sum(len(p) for p in parts) == len(set().union(*parts)) == 4100
     assert "question-grouped" in split.name
 
@@ -54,7 +78,7 @@ def test_train_and_dev_layout_uses_validation_as_eval(tmp_path):
     write_glue_tsv(tmp_path / "dev.tsv", rows=50, seed=1)
     write_glue_tsv(tmp_path / "train.tsv", rows=400, seed=2)
     split = load_qnli(DataConfig(source=str(tmp_path), train_calibration_fraction=0.1))
-    assert split.sizes["eval"] == 50
+    assert split.sizes["eval"] + split.sizes["tuning"] == 50
     assert split.sizes["train"] + split.sizes["calibration"] == 400
     assert not _questions(split.parts["train"]) & _questions(split.parts["calibration"])
 

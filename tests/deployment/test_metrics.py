@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from qtool.deployment.metrics import classification_metrics, confusion, macro_f1, matthews, positive_f1
+from qtool.deployment.metrics import (
+    PairedDrop,
+    classification_metrics,
+    confusion,
+    macro_f1,
+    matthews,
+    paired_drop,
+    positive_f1,
+)
 
 
 def _loop_mcc(labels, predictions, classes) -> float:
@@ -56,3 +64,30 @@ def test_intervals_are_deterministic_and_hold_the_estimate():
     perfect = classification_metrics(labels, labels, 2)
     assert perfect["mcc"] == 1.0 and perfect["mcc_ci95"] == [1.0, 1.0]
     assert "f1" not in classification_metrics(labels % 3, labels % 3, 3)  # F1 of one label only for two
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_paired_drop_matches_the_paired_difference_of_per_example_scores(seed):
+    """Drop and half-width against a NumPy reference: the mean and standard error of the per-example
+    difference (reference right - candidate right), normal quantiles."""
+    rng = np.random.default_rng(seed)
+    reference = rng.random(800) < 0.85
+    candidate = np.where(rng.random(800) < 0.05, ~reference, reference)
+    paired = paired_drop(reference, candidate)
+    difference = reference.astype(float) - candidate.astype(float)
+    standard_error = difference.std() / math.sqrt(difference.size)  # population form: sum of squares / n
+    assert paired.drop == pytest.approx(100 * difference.mean())
+    assert paired.half_width() == pytest.approx(100 * 1.959963984540054 * standard_error)
+    assert paired.upper(0.9) == pytest.approx(100 * (difference.mean() + 1.2815515655446004 * standard_error))
+    assert paired.losses + paired.gains == int((reference != candidate).sum())
+
+
+def test_many_balanced_flips_are_refused_where_few_flips_at_the_same_accuracy_pass():
+    """The search's rule: both candidates score exactly FP32's accuracy; only the one with few flips has
+    a one-sided bound within 0.5 points."""
+    few, many = PairedDrop(losses=2, gains=2, total=1000), PairedDrop(losses=20, gains=20, total=1000)
+    assert few.drop == many.drop == 0.0
+    assert few.upper(0.9) <= 0.5 < many.upper(0.9)
+    assert PairedDrop(0, 0, 1000).upper(0.99) == 0.0  # no flips: no doubt
+    with pytest.raises(ValueError):
+        paired_drop(np.array([True]), np.array([True, False]))

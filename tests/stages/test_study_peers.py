@@ -51,7 +51,9 @@ def test_report_names_an_nncf_peer_as_nncf_and_shows_its_accuracy_control():
         "peer_record": {
             "tuning_pairs": 1000, "tuning_accuracy": 0.95, "tuning_fp32_accuracy": 0.955, "evaluations": 7,
             "seconds": 80.0, "kept_in_float": ["/layer.0/output/dense/MatMul"],
+            "tuning_paired": {"drop": 0.5, "upper": 1.2, "losses": 9, "gains": 4},
         },
+        "vs_fp32": {"drop": 0.2, "half_width_95": 0.61},
     }
     advice = {
         "configuration": "nncf-accuracy-control", "max_drop_points": 1.0, "candidates": 2, "accuracy": 0.8,
@@ -61,20 +63,28 @@ def test_report_names_an_nncf_peer_as_nncf_and_shows_its_accuracy_control():
     paragraph = " ".join(deploy_paragraph(result))
     assert "OpenVINO" in paragraph and "ONNX Runtime's own quantizer" not in paragraph
     table = "\n".join(search_lines(result))  # no qtool search row: NNCF's accuracy control still shows
-    assert "| nncf-accuracy-control | 1 GEMMs | 80.00 | -0.20 | 1000 | 95.00 (95.50) | 7 | 80 |" in table
+    assert "| nncf-accuracy-control | 1 GEMMs | 80.00 | -0.20 ± 0.61 | 1000 | 95.00 (95.50) | 0.50 (1.20) | 7 | 80 |" in table
 
 
 def test_report_says_when_the_search_budget_does_not_hold_on_the_eval_part():
     from qtool.report.markdown import search_lines
 
-    def study(accuracy: float) -> str:
+    def study(drop: float, half_width: float) -> str:
         search = {
-            "tuning": {"pairs": 1000, "fp32_accuracy": 0.923, "sources": {"calibration": 284, "train": 716}},
-            "tuning_accuracy": 0.919, "evaluations": 18, "reused_evaluations": 184, "seconds": 1993.5,
+            "tuning": {"pairs": 787, "fp32_accuracy": 0.86, "sources": {"tuning": 787}},
+            "tuning_accuracy": 0.857, "evaluations": 18, "reused_evaluations": 184, "seconds": 199.5,
+            "tuning_paired": {"losses": 6, "gains": 4, "drop": 0.25, "upper": 0.45, "confidence": 0.9},
             "curve": [{"float_points": 0, "accuracy": 0.46}], "max_drop": 0.5, "within_budget": True,
         }
-        row = {"configuration": "max-all-mp-auto0.5", "accuracy": accuracy, "kept_in_float": ["a"], "search": search}
+        paired = {"drop": drop, "half_width_95": half_width}
+        row = {"configuration": "max-all-mp-auto0.5", "accuracy": 0.8655 - drop / 100, "kept_in_float": ["a"],
+               "search": search, "vs_fp32": paired, "deployed_vs_fp32": paired}
         return "\n".join(search_lines({"results": [{"configuration": "fp32", "accuracy": 0.8655}, row]}))
 
-    assert "On the eval part it is 2.35 points below FP32" in study(0.842) and "716 of those" in study(0.842)
-    assert "On the eval part" not in study(0.8625)
+    clearly = study(2.35, 0.7)
+    assert "its recipe -2.35 ± 0.70 points vs FP32 and its deployed form -2.35 ± 0.70" in clearly
+    assert "beyond the 0.5-point budget by more than its paired interval" in clearly
+    assert "at 90 % one-sided confidence on 787 tuning pairs (787 tuning; never the eval part)" in clearly
+    assert "| 0.25 (0.45) |" in clearly
+    assert "beyond the 0.5-point budget (within its interval)" in study(0.8, 0.5)
+    assert "within the 0.5-point budget." in study(0.3, 0.5)
