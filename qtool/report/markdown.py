@@ -241,11 +241,17 @@ def search_lines(result: dict) -> list[str]:
             "",
             f"`{row['configuration']}` kept in float: {', '.join(row['kept_in_float']) or 'nothing'}. Tuning accuracy % "
             f"by number of the most sensitive points in float: {curve}. Budget: {search['max_drop']:g} points below "
-            f"FP32{rule} on {search['tuning']['pairs']} tuning pairs "
-            f"({' + '.join(f'{n} {part}' for part, n in search['tuning']['sources'].items() if n)}; never the eval part)."
+            f"FP32{rule} on {search['tuning']['pairs']} tuning pairs ({_tuning_sources(search)})."
             + eval_budget_sentence(row, search["max_drop"]),
         ]
     return lines
+
+
+def _tuning_sources(search: dict) -> str:
+    sources = search["tuning"]["sources"]
+    if set(sources) == {"tuning"}:
+        return "the data's tuning part: never fine-tuning, calibration or eval pairs"
+    return " + ".join(f"{n} {part}" for part, n in sources.items() if n) + "; never the eval part"
 
 
 def _bounded(paired: dict | None) -> str:

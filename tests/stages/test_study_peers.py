@@ -84,7 +84,7 @@ def test_report_says_when_the_search_budget_does_not_hold_on_the_eval_part():
     clearly = study(2.35, 0.7)
     assert "its recipe -2.35 ± 0.70 points vs FP32 and its deployed form -2.35 ± 0.70" in clearly
     assert "beyond the 0.5-point budget by more than its paired interval" in clearly
-    assert "at 90 % one-sided confidence on 787 tuning pairs (787 tuning; never the eval part)" in clearly
+    assert "at 90 % one-sided confidence on 787 tuning pairs (the data's tuning part: never fine-tuning" in clearly
     assert "| 0.25 (0.45) |" in clearly
     assert "beyond the 0.5-point budget (within its interval)" in study(0.8, 0.5)
     assert "within the 0.5-point budget." in study(0.3, 0.5)
