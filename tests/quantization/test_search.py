@@ -162,8 +162,18 @@ def test_calibrate_auto_cli_writes_calibration_record_and_curve(scaled_model, se
     assert combined_summary["recipe"] == "peg-k2-gemm-smooth0.5-mp-auto5"
     assert combined_summary["smoothing"]["alpha"] == 0.5 and combined_summary["scope"] == "gemm"
 
+    # The terminal form, with the eval part: the chosen set's tuning drop and bound, its eval drop and interval.
+    shown = runner.invoke(app, [*[a for a in args if a not in ("--no-eval", "--json")], "--confidence", "0.8"])
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.stdout.split())
+    assert "drop bound: one-sided 80 %" in text and "lost / won" in text
+    assert "on the eval part:" in text and "(paired 95 %)" in text and "-point budget" in text
     bad = runner.invoke(app, ["calibrate", str(graph), "--max-drop", "1", "--no-eval", *common])
     assert bad.exit_code == 2 and "need --method auto" in bad.stderr
+    bad = runner.invoke(app, ["calibrate", str(graph), "--confidence", "0.95", "--no-eval", *common])
+    assert bad.exit_code == 2 and "--confidence" in bad.stderr and "need --method auto" in bad.stderr
+    bad = runner.invoke(app, [*args, "--confidence", "1.5"])
+    assert bad.exit_code == 2 and "--confidence must be in [0.5, 1)" in bad.stderr
     bad = runner.invoke(app, ["calibrate", str(graph), "--method", "auto", "--max-drop", "-2", "--no-eval", *common])
     assert bad.exit_code == 2 and "--max-drop must be in" in bad.stderr
 
