@@ -200,7 +200,7 @@ def calibration_summary(summary: dict) -> None:
 
 def paired_points(paired: dict) -> str:
     """A paired difference against FP32 as signed points with its 95 % half-width: "-0.30 ± 0.41"."""
-    return f"{-paired['drop']:+.2f} ± {paired['half_width_95']:.2f}"
+    return f"{0.0 - paired['drop']:+.2f} ± {paired['half_width_95']:.2f}"
 
 
 def search_summary(search: dict, eval_paired: dict | None = None) -> None:

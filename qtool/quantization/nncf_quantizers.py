@@ -129,14 +129,26 @@ class _Validation:
     def __init__(self, tuning: TuningSet, config: SearchConfig):
         self.tuning, self.threads, self.confidence = tuning, config.threads, config.confidence
         self.calls, self.seconds = 0, 0.0
+        self._model, self._runner = None, None  # NNCF scores one model item by item: one session for them
+
+    def _session(self, model: onnx.ModelProto) -> OrtRunner:
+        if model is not self._model:
+            self.close()
+            runner = OrtRunner(model.SerializeToString(), threads=self.threads, optimization_level=RECIPE_LEVEL)
+            self._model, self._runner = model, runner.__enter__()
+        return self._runner
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.__exit__(None, None, None)
+        self._model, self._runner = None, None
 
     def __call__(self, model: onnx.ModelProto, batches) -> tuple[float, list[float]]:
         started = time.perf_counter()
         batches = list(batches)
         size = sum(batch.size for batch in batches)
         order = np.concatenate([batch.indices for batch in batches])
-        with OrtRunner(model.SerializeToString(), threads=self.threads, optimization_level=RECIPE_LEVEL) as runner:
-            logits = predict_logits(runner, [_local(batch, order) for batch in batches], size)
+        logits = predict_logits(self._session(model), [_local(batch, order) for batch in batches], size)
         right = self.tuning.right(logits, order)
         bound = self.tuning.against_fp32(logits, order).upper(self.confidence) / 100
         per_batch, start = [], 0

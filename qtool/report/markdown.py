@@ -44,7 +44,7 @@ def _paired_cell(row: dict, fp32: float, key: str = "vs_fp32") -> str:
     paired = row.get(key)
     if paired is None:
         return f"{100 * (row['accuracy'] - fp32):+.2f}"
-    return f"{-paired['drop']:+.2f} ± {paired['half_width_95']:.2f}"
+    return f"{0.0 - paired['drop']:+.2f} ± {paired['half_width_95']:.2f}"
 
 
 def _deployed_cell(row: dict) -> str:

@@ -20,12 +20,15 @@ def test_without_nncf_a_full_study_skips_its_peers_with_a_note(monkeypatch):
     assert any("`nncf-ptq` did not run: NNCF is not installed (pip install 'qtool[peers]')" in line for line in lines)
     with pytest.raises(QtoolError, match=r"nncf-ptq cannot run: .*qtool\[peers\]"):
         ReproduceConfig(configurations=("fp32", "nncf-ptq")).selected()
+    assert "nncf-accuracy-control" not in ReproduceConfig(configurations=("extended",)).selected()
     assert ReproduceConfig(configurations=("fp32", "max-all")).skipped() == {}
 
 
 def test_with_nncf_every_peer_is_in_a_full_study(monkeypatch):
     monkeypatch.setattr(study, "nncf_missing", lambda: None)
-    assert set(NNCF_PEERS) <= set(ReproduceConfig().selected()) and set(ReproduceConfig().skipped()) == {"extended"}
+    assert set(NNCF_PEERS) <= set(ReproduceConfig(configurations=("all",)).selected())
+    assert "nncf-ptq" in ReproduceConfig().selected() and set(ReproduceConfig().skipped()) == {"extended"}
+    assert "nncf-accuracy-control" in ReproduceConfig(configurations=("extended",)).selected()
 
 
 def test_the_default_study_leaves_the_extended_rows_to_c_all(monkeypatch):
@@ -40,7 +43,8 @@ def test_the_default_study_leaves_the_extended_rows_to_c_all(monkeypatch):
     assert {"peg-k1-all", "peg-k8-all", "peg-k2-all-wfolded", "peg-k4-all-smooth0.5"} <= set(extended)
     assert ReproduceConfig(configurations=("all", "max-all")).skipped() == {}
     lines = peer_lines({"results": [], "skipped": ReproduceConfig().skipped()})
-    assert any("`extended` did not run: its 14 rows (percentile-99.999-all," in line and "`-c all`" in line for line in lines)
+    assert any("`extended` did not run: its 15 rows (percentile-99.999-all," in line and "`-c all`" in line
+               and "nncf-accuracy-control" in line for line in lines)
 
 
 def test_report_names_an_nncf_peer_as_nncf_and_shows_its_accuracy_control():
