@@ -123,8 +123,8 @@ def _calibration_items(fp32: Path, split: QnliSplit, tokenizer, samples: int, ma
 
 class _Validation:
     """NNCF's `validation_fn` on qtool's tuning pairs, each item a batch: FP32's accuracy on the pairs given
-    less the one-sided upper bound of the model's paired drop below FP32 there (in [0, 1]; FP32's own
-    accuracy for FP32), so NNCF's drop is the bound the search judges by; per batch, plain accuracy."""
+    less the one-sided upper bound of the model's paired drop below FP32 there (at most 1, below 0 when the
+    bound exceeds FP32's accuracy; FP32's own accuracy for FP32), so NNCF's drop is the bound the search judges by; per batch, plain accuracy."""
 
     def __init__(self, tuning: TuningSet, config: SearchConfig):
         self.tuning, self.threads, self.confidence = tuning, config.threads, config.confidence
@@ -202,18 +202,21 @@ def quantize_with_nncf(
             config = SearchConfig(max_drop=max_drop, threads=threads, max_length=max_length)
             tuning = TuningSet(fp32, split, tokenizer, config)
             validation = _Validation(tuning, config)
-            quantized = nncf.quantize_with_accuracy_control(
-                model,
-                calibration_dataset=nncf.Dataset(items),
-                validation_dataset=nncf.Dataset(tuning.batches),
-                validation_fn=validation,
-                max_drop=max_drop / 100,
-                drop_type=nncf.DropType.ABSOLUTE,
-                advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                    ranking_subset_size=math.ceil(RANKING_PAIRS / config.batch_size)
-                ),
-                **common,
-            )
+            try:
+                quantized = nncf.quantize_with_accuracy_control(
+                    model,
+                    calibration_dataset=nncf.Dataset(items),
+                    validation_dataset=nncf.Dataset(tuning.batches),
+                    validation_fn=validation,
+                    max_drop=max_drop / 100,
+                    drop_type=nncf.DropType.ABSOLUTE,
+                    advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                        ranking_subset_size=math.ceil(RANKING_PAIRS / config.batch_size)
+                    ),
+                    **common,
+                )
+            finally:
+                validation.close()
             record |= {
                 "max_drop": max_drop,
                 "tuning_pairs": tuning.size,

@@ -341,7 +341,7 @@ def _choose(evaluator: _Evaluator, order: list[str]) -> dict:
             chosen = order[: final["float_points"]]
             log.warning(
                 "no set of points kept in float is within %g points of FP32 on the tuning pairs at %g %% confidence "
-                "(the weights stay INT8 in every candidate); keeping the %d most sensitive, the lowest bound found",
+                "(the weights stay INT8 in every candidate); keeping the %d most sensitive, the lowest bound among the n tried",
                 config.max_drop,
                 100 * config.confidence,
                 len(chosen),

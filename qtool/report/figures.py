@@ -160,8 +160,10 @@ def precision_search_curve(search: dict, path: Path, title: str) -> Path:
     )
     fp32 = 100 * search["tuning"]["fp32_accuracy"]
     axis.axhline(fp32, color="black", linestyle="--", label=f"FP32 {fp32:.2f} %")
+    bound = search.get("tuning_paired", {}).get("confidence")
+    rule = f" (accepted by the drop's {100 * bound:g} % bound, not this line)" if bound else ""
     axis.axhline(
-        fp32 - search["max_drop"], color="grey", linestyle=":", label=f"budget: -{search['max_drop']:g} points"
+        fp32 - search["max_drop"], color="grey", linestyle=":", label=f"budget: -{search['max_drop']:g} points{rule}"
     )
     axis.scatter(
         [len(search["chosen"])],
