@@ -17,6 +17,8 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
+from qtool.report.intervals import budget_verdict, paired_points
+
 stdout = Console()
 stderr = Console(stderr=True)
 
@@ -198,11 +200,6 @@ def calibration_summary(summary: dict) -> None:
         search_summary(summary["search"], summary.get("eval_vs_fp32"))
 
 
-def paired_points(paired: dict) -> str:
-    """A paired difference against FP32 as signed points with its 95 % half-width: "-0.30 ± 0.41"."""
-    return f"{0.0 - paired['drop']:+.2f} ± {paired['half_width_95']:.2f}"
-
-
 def search_summary(search: dict, eval_paired: dict | None = None) -> None:
     tuning = search["tuning"]
     columns = [Column("points in float"), Column("accuracy %"), Column("vs FP32"), Column("lost / won"),
@@ -229,12 +226,8 @@ def search_summary(search: dict, eval_paired: dict | None = None) -> None:
         f"({search['reused_evaluations']} reused) in {search['seconds']:.0f} s; curve {search['figure']}"
     )
     if eval_paired is not None:
-        beyond = eval_paired["drop"] > search["max_drop"]
-        note(
-            f"on the eval part: {paired_points(eval_paired)} points vs FP32 (paired 95 %), "
-            + (f"beyond the {search['max_drop']:g}-point budget" if beyond else f"within the {search['max_drop']:g}-point budget")
-            + (" by more than its interval" if eval_paired["drop"] - eval_paired["half_width_95"] > search["max_drop"] else "")
-        )
+        verdict = budget_verdict(eval_paired, search["max_drop"])
+        note(f"on the eval part: {paired_points(eval_paired)} points vs FP32 (paired 95 %), {verdict}")
 
 
 def export_scales_summary(target: Path, summary: dict, smoothing: dict | None, with_model: bool) -> None:

@@ -38,7 +38,8 @@ from qtool.runners.ort import OrtRunner
 
 log = logging.getLogger(__name__)
 
-NNCF_PEERS = ("nncf-ptq", "nncf-accuracy-control")
+ACCURACY_CONTROL = "nncf-accuracy-control"  # the peer that tunes on the data's tuning part
+NNCF_PEERS = ("nncf-ptq", ACCURACY_CONTROL)
 NNCF_SCOPE = "nncf-transformer"  # NNCF's transformer preset: MatMul/Gemm inputs and weights, some Adds
 INSTALL_HINT = "pip install 'qtool[peers]'"
 COMPUTE_OPS = ("MatMul", "Gemm", "Add", "Mul", "Conv")
@@ -225,7 +226,7 @@ def quantize_with_nncf(
                 "evaluation_seconds": round(validation.seconds, 1),
             }
     seconds = time.perf_counter() - started
-    if name == "nncf-accuracy-control":
+    if name == ACCURACY_CONTROL:
         with OrtRunner(quantized.SerializeToString(), threads=threads, optimization_level=RECIPE_LEVEL) as runner:
             logits = predict_logits(runner, tuning.batches, tuning.size)
         paired = tuning.against_fp32(logits)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from qtool.fileio import write_text
 from qtool.report.advice import CLOSE_CALL, CONTENDERS
+from qtool.report.intervals import budget_verdict, paired_points
 
 # The reference study (arXiv 2603.04308): BERT-base fine-tuned on GLUE QNLI, validation accuracy.
 PUBLISHED = {
@@ -42,9 +43,7 @@ def _latency_cells(latency: dict | None) -> str:
 def _paired_cell(row: dict, fp32: float, key: str = "vs_fp32") -> str:
     """Signed points against FP32 with the paired 95 % half-width where the row has it."""
     paired = row.get(key)
-    if paired is None:
-        return f"{100 * (row['accuracy'] - fp32):+.2f}"
-    return f"{0.0 - paired['drop']:+.2f} ± {paired['half_width_95']:.2f}"
+    return f"{100 * (row['accuracy'] - fp32):+.2f}" if paired is None else paired_points(paired)
 
 
 def _deployed_cell(row: dict) -> str:
@@ -264,14 +263,8 @@ def eval_budget_sentence(row: dict, max_drop: float) -> str:
     forms = [(name, paired) for name, paired in forms if paired]
     if not forms:
         return ""
-    parts = [f"its {name} {-p['drop']:+.2f} ± {p['half_width_95']:.2f} points vs FP32" for name, p in forms]
-    beyond = [name for name, p in forms if p["drop"] > max_drop]
-    clearly = [name for name, p in forms if p["drop"] - p["half_width_95"] > max_drop]
-    verdict = (
-        f"beyond the {max_drop:g}-point budget" + (" by more than its paired interval" if clearly else " (within its interval)")
-        if beyond
-        else f"within the {max_drop:g}-point budget"
-    )
+    parts = [f"its {name} {paired_points(p)} points vs FP32" for name, p in forms]
+    verdict = budget_verdict(max((p for _, p in forms), key=lambda p: p["drop"]), max_drop)
     return f" On the eval part (paired 95 %): {' and '.join(parts)}, {verdict}."
 
 

@@ -47,7 +47,13 @@ from qtool.models.families import tokenizer_for
 from qtool.models.finetune import FinetuneConfig
 from qtool.models.onnx_export import ExportConfig
 from qtool.quantization.calibration import CalibrateConfig
-from qtool.quantization.nncf_quantizers import NNCF_PEERS, RANKING_PAIRS, nncf_missing, quantize_with_nncf
+from qtool.quantization.nncf_quantizers import (
+    ACCURACY_CONTROL,
+    NNCF_PEERS,
+    RANKING_PAIRS,
+    nncf_missing,
+    quantize_with_nncf,
+)
 from qtool.quantization.ort_quantizers import OPTIMIZER_FORMAT, PEERS, quantize_with_ort
 from qtool.quantization.search import SearchConfig, auto_recipe_name
 from qtool.quantization.search_evaluations import tuning_examples
@@ -132,7 +138,7 @@ def study_configurations(extended: bool = True) -> dict[str, CalibrateConfig | A
 
 # NNCF's accuracy control ranks and reverts quantizers until the search's bound holds on the tuning part:
 # about 200 evaluations and 25 minutes on the default model, so it runs with `-c all` (or by name).
-EXTENDED_PEERS = ("nncf-accuracy-control",)
+EXTENDED_PEERS = (ACCURACY_CONTROL,)
 
 
 def extended_rows() -> list[str]:
@@ -279,7 +285,7 @@ def _peer_row(name: str, fp32: Path, split: QnliSplit, config: ReproduceConfig) 
     }
     if "kept_in_float" in used:
         extra["kept_in_float"] = used["kept_in_float"]
-    extra["vs_fp32"] = _vs_fp32(fp32, evaluation, split, config)
+    extra |= _vs_fp32(fp32, split, config, vs_fp32=evaluation)
     return _result_row(name, graph, evaluation, used["scope"], extra | _metrics(split, config, evaluation))
 
 
@@ -287,10 +293,10 @@ def _metrics(split: QnliSplit, config: ReproduceConfig, evaluation: dict) -> dic
     return {"metrics": evaluation_metrics(split, config.eval, evaluation)}
 
 
-def _vs_fp32(fp32: Path, evaluation: dict, split: QnliSplit, config: ReproduceConfig) -> dict:
-    """The paired drop of an evaluation (with predictions) below FP32's on the eval part (FP32's is cached)."""
+def _vs_fp32(fp32: Path, split: QnliSplit, config: ReproduceConfig, **evaluations: dict) -> dict:
+    """Each named evaluation (with predictions) as its paired drop below FP32's on the eval part (FP32's is cached)."""
     reference = evaluate_graph(fp32, split, config.eval, config.export.max_length, predictions=True)
-    return paired_against(reference, evaluation, split, config.eval).to_dict()
+    return {key: paired_against(reference, evaluation, split, config.eval).to_dict() for key, evaluation in evaluations.items()}
 
 
 def _result_row(name: str, graph: Path, evaluation: dict, scope: str, extra: dict) -> dict:
@@ -338,8 +344,7 @@ def _calibrated_row(
     deployed = evaluate_graph(Path(form["graph"]), split, config.eval, config.export.max_length, predictions=True)
     changed = changed_predictions(deployed, evaluation)
     metrics = _metrics(split, config, evaluation)
-    extra |= {"vs_fp32": _vs_fp32(fp32, evaluation, split, config),
-              "deployed_vs_fp32": _vs_fp32(fp32, deployed, split, config)}
+    extra |= _vs_fp32(fp32, split, config, vs_fp32=evaluation, deployed_vs_fp32=deployed)
     del deployed["predictions"], evaluation["predictions"]
     extra |= {
         "deployed_accuracy": deployed["accuracy"],
@@ -426,7 +431,7 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
     """Run every selected configuration; write ARTIFACTS/report/ and return the results document."""
     artifacts = Path(artifacts)
     configurations = config.selected()
-    if any(isinstance(r, AutoMixedPrecision) or n in NNCF_PEERS[1:] for n, r in configurations.items()):
+    if any(isinstance(r, AutoMixedPrecision) or n == ACCURACY_CONTROL for n, r in configurations.items()):
         tuning_examples(split)  # the searches' one-line error before anything runs
     finetune_config = FinetuneConfig(**{**asdict(config.finetune), "seed": config.seed})
     started = time.perf_counter()
