@@ -318,10 +318,10 @@ def recipe_configs(method=None, *, base_method=None, search_options: dict | None
     if method is not None and method not in calibration_methods():
         raise QtoolError(f"unknown calibration method {method!r}; choose one of {', '.join(calibration_methods())}")
     auto = method == AUTO_METHOD
-    only_auto = {"max_drop", "confidence", "tune_samples", "sensitivity_samples"} & set(search_options)
+    only_auto = {"max_drop", "confidence", "tune_samples", "sensitivity_samples", "tune_data"} & set(search_options)
     if not auto and (base_method is not None or only_auto):
-        raise QtoolError("--base-method, --max-drop, --confidence, --tune-samples and --sensitivity-samples need "
-                         "--method auto")
+        raise QtoolError("--base-method, --max-drop, --confidence, --tune-samples, --sensitivity-samples and --tune-data "
+                         "need --method auto")
     if auto and (recipe_options.get("keep_fp") or recipe_options.get("mixed_precision")):
         raise QtoolError("--method auto chooses the points kept in float itself; drop --keep-fp/--mixed-precision")
     chosen = (base_method or BASE_METHOD) if auto else (method or CalibrateConfig.method)
@@ -350,7 +350,7 @@ def recipe_configs(method=None, *, base_method=None, search_options: dict | None
 def calibrate(graph, method=None, *, p=None, groups=None, grouping=None, permute=None, scope=None, weights=None,
               weight_bits=None, keep_fp=None, mixed_precision=None, outlier_ratio=None, smooth=None,
               base_method=None, max_drop=None, confidence=None, tune_samples=None, sensitivity_samples=None, stats=None,
-              out=None,
+              out=None, tune_data=None,
               max_length=None, method_options=None,
               evaluate=True, data=None, seed=None, samples=None, batch_size=None, limit=None, threads=None,
               executor=None, address=None, cpus_per_task=None) -> Calibrated:
@@ -358,7 +358,7 @@ def calibrate(graph, method=None, *, p=None, groups=None, grouping=None, permute
     `<recipe>.calib.json` and `<recipe>.qdq.onnx` in `out` (default: beside the graph); with
     `evaluate`, the eval accuracy of FP32 and of the QDQ graph. Method `auto` searches the points to
     keep in float so that, at one-sided `confidence`, the drop below FP32 on the tuning part stays within
-    `max_drop` points. `method_options`
+    `max_drop` points (`tune_data`: tuning pairs from another source instead). `method_options`
     (a dict) are a method's options that have no keyword here, e.g. a registered calibrator's own."""
     from qtool.stages.calibrate import calibrate_and_evaluate
 
@@ -366,7 +366,7 @@ def calibrate(graph, method=None, *, p=None, groups=None, grouping=None, permute
     config, search = recipe_configs(
         method, base_method=base_method,
         search_options=dict(max_drop=max_drop, confidence=confidence, tune_samples=tune_samples,
-                            sensitivity_samples=sensitivity_samples,
+                            sensitivity_samples=sensitivity_samples, tune_data=tune_data,
                             batch_size=batch_size, threads=threads, max_length=max_length),
         p=p, groups=groups, grouping=grouping, permute=permute, scope=scope, weights=weights,
         weight_bits=weight_bits, keep_fp=keep_fp, mixed_precision=mixed_precision, outlier_ratio=outlier_ratio,
@@ -473,7 +473,7 @@ def bench(models: Sequence, *, compare=False, batch_sizes=None, sequence_lengths
 
 def reproduce(model=None, *, data=None, seed=None, configurations=None, config_file=None, max_drop=None,
               samples=None, limit=None, max_length=None, artifacts=None, executor=None, address=None,
-              cpus_per_task=None) -> Study:
+              cpus_per_task=None, tune_data=None) -> Study:
     """The study end to end (every stage cached): ARTIFACTS/report/ with results.json, report.md and
     report.html. `configurations` picks a subset by name (see `qtool reproduce --help`)."""
     from qtool.models.onnx_export import ExportConfig
@@ -485,7 +485,7 @@ def reproduce(model=None, *, data=None, seed=None, configurations=None, config_f
         max_drop=max_drop, collect=collect_config(samples, max_length=length), eval=eval_config(limit=limit),
         export=ExportConfig(max_length=length),
         extra_configurations=load_configuration_file(Path(config_file)) if config_file else None,
-        executor=executor_config(executor, address, cpus_per_task),
+        executor=executor_config(executor, address, cpus_per_task), tune_data=tune_data,
     )
     config.validate()
     split = load_data(data, seed, max_length)[1]

@@ -308,7 +308,7 @@ def calibrate(
     outlier_ratio: o.OutlierRatio = None, smooth: o.Smooth = None, method_option: o.MethodOption = None,
     base_method: o.BaseMethod = None,
     max_drop: o.SearchMaxDrop = None, confidence: o.SearchConfidence = None, tune_samples: o.TuneSamples = None,
-    sensitivity_samples: o.SensitivitySamples = None, stats: o.Stats = None, out: o.CalibrationOut = None, evaluate_accuracy: o.EvaluateAccuracy = True,
+    sensitivity_samples: o.SensitivitySamples = None, tune_data: o.TuneData = None, stats: o.Stats = None, out: o.CalibrationOut = None, evaluate_accuracy: o.EvaluateAccuracy = True,
     data: o.Data = None,
     text_columns: o.TextColumns = None, label_column: o.LabelColumn = None, task: o.Task = None, split: o.Split = None, seed: o.Seed = None, samples: o.Samples = None, batch_size: o.BatchSize = None,
     limit: o.Limit = None, threads: o.Threads = None, max_length: o.MaxLength = None, as_json: o.Json = False,
@@ -330,6 +330,7 @@ def calibrate(
         weight_bits=weight_bits, keep_fp=keep_fp, mixed_precision=mixed_precision, outlier_ratio=outlier_ratio,
         smooth=smooth, base_method=base_method, max_drop=max_drop, confidence=confidence, tune_samples=tune_samples,
         sensitivity_samples=sensitivity_samples, stats=stats, out=out, evaluate=evaluate_accuracy,
+        tune_data=data_source(tune_data, text_columns, label_column, task, None) if tune_data else None,
         data=data_source(data, text_columns, label_column, task, split),
         seed=seed, samples=samples, batch_size=batch_size, limit=limit, threads=threads, executor=executor,
         address=address, cpus_per_task=cpus_per_task, max_length=max_length,
@@ -425,7 +426,7 @@ def build(
 def reproduce(
     model: o.Model = None, data: o.Data = None,
     text_columns: o.TextColumns = None, label_column: o.LabelColumn = None, task: o.Task = None, split: o.Split = None, seed: o.Seed = None, configs: o.Configurations = None,
-    config_file: o.ConfigFile = None, max_drop: o.DeployMaxDrop = None, samples: o.Samples = None,
+    config_file: o.ConfigFile = None, max_drop: o.DeployMaxDrop = None, tune_data: o.TuneData = None, samples: o.Samples = None,
     limit: o.Limit = None, max_length: o.MaxLength = None, artifacts: o.Artifacts = None, as_json: o.Json = False,
     executor: o.Executor = None, address: o.RayAddress = None, cpus_per_task: o.CpusPerTask = None,
 ) -> None:
@@ -447,6 +448,7 @@ def reproduce(
         data=data_source(data, text_columns, label_column, task, split), seed=seed, configurations=configs, config_file=config_file, max_drop=max_drop,
         samples=samples, limit=limit, max_length=max_length, artifacts=artifacts, executor=executor,
         address=address, cpus_per_task=cpus_per_task,
+        tune_data=data_source(tune_data, text_columns, label_column, task, None) if tune_data else None,
     )
     if as_json:
         return render.print_json(study.to_dict())

@@ -38,3 +38,12 @@ Split = Annotated[
     typer.Option("--split", help="A dataset's TRAIN,VALIDATION split names (or one split to carve into parts). "
                  "Default: train and validation where they exist."),
 ]
+TuneData = Annotated[
+    str | None,
+    typer.Option(
+        "--tune-data",
+        help="Where the search (--method auto, the study's auto rows) checks its budget instead of the data's tuning "
+        "part: a file or source as --data takes, read with the same --text-columns/--label-column/--task (a folder's "
+        "validation split); rows whose first text is in --data's train, calibration or eval part are left out.",
+    ),
+]

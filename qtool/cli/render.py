@@ -210,7 +210,8 @@ def search_summary(search: dict, eval_paired: dict | None = None) -> None:
         for p in search["curve"]
     ]
     confidence = search["tuning_paired"]["confidence"]
-    print_table(f"mixed-precision search on {tuning['pairs']} tuning pairs (drop bound: one-sided "
+    given = f" from --tune-data {tuning['tune_data']['name']}" if tuning.get("tune_data") else ""
+    print_table(f"mixed-precision search on {tuning['pairs']} tuning pairs{given} (drop bound: one-sided "
                 f"{100 * confidence:g} %)", columns, rows)
     if not search["within_budget"]:
         note(

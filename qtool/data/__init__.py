@@ -3,7 +3,7 @@ length-bucketed batches."""
 
 from qtool.data.batching import Batch, TokenizedPart, make_batches, tokenize_part
 from qtool.data.qnli import LABELS
-from qtool.data.sources import load_data
+from qtool.data.sources import load_data, tuning_rows
 from qtool.data.split import DataConfig, DataSplit, Example, QnliSplit
 
 load_qnli = load_data  # the name from when QNLI was the only data
@@ -20,4 +20,5 @@ __all__ = [
     "load_qnli",
     "make_batches",
     "tokenize_part",
+    "tuning_rows",
 ]

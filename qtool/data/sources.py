@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from qtool.data.qnli import OFFLINE_ENV, ROUTED_ENV, hub_reachable, is_qnli_tsv, load_qnli_source
-from qtool.data.split import DataConfig, DataSplit, split_one, split_train_and_eval
+from qtool.data.split import DataConfig, DataSplit, Example, fingerprint_of, split_one, split_train_and_eval
 from qtool.data.tables import (
     GLUE_TASKS,
     GlueTask,
@@ -146,3 +146,36 @@ def load_data(config: DataConfig = DataConfig()) -> DataSplit:
         )
     log.info("data %s: %s (fingerprint %s)", split.name, split.sizes, split.fingerprint)
     return split
+
+
+def tuning_rows(split: DataSplit, source: DataConfig | str) -> tuple[list[Example], dict]:
+    """`--tune-data`: the rows of another source (a folder's or dataset's validation split) as tuning pairs,
+    labelled by name as `split` labels its rows, less those whose first text is in `split`'s train,
+    calibration or eval part; and what was taken (its name, rows, rows left out, fingerprint)."""
+    config = source if isinstance(source, DataConfig) else DataConfig(source=str(source))
+    try:
+        given = load_data(config)
+    except QtoolError as error:  # its messages name --data
+        raise QtoolError(error.cli_message.replace("--data ", "--tune-data ", 1)) from None
+    where = f"--tune-data {config.resolved_source()}"
+    if given.pairs != split.pairs:
+        kinds = ("single texts", "pairs")
+        raise QtoolError(f"{where} holds {kinds[given.pairs]} but --data {kinds[split.pairs]}; give tuning rows like the data's")
+    index = {name: i for i, name in enumerate(split.labels)}
+    unknown = sorted({given.labels[row.label] for row in given.all_rows} - set(index))
+    if unknown:
+        raise QtoolError(
+            f"{where} has label(s) {', '.join(unknown[:5])} that --data does not ({', '.join(split.labels)}); "
+            "give tuning rows with the data's labels (or name the label column with --label-column)"
+        )
+    held = {row.text for part in ("train", "calibration", "eval") for row in split.parts.get(part, [])}
+    rows = [Example(r.text, r.pair, index[given.labels[r.label]]) for r in given.all_rows if r.text not in held]
+    if not rows:
+        raise QtoolError(f"every row of {where} shares its first text with the train, calibration or eval part; "
+                         "give tuning rows the model was not fine-tuned, calibrated or evaluated on")
+    left_out = len(given.all_rows) - len(rows)
+    if left_out:
+        log.info("%s: %d of %d rows share a first text with train, calibration or eval and are left out",
+                 where, left_out, len(given.all_rows))
+    taken = {"name": given.name, "rows": len(given.all_rows), "left_out": left_out, "fingerprint": fingerprint_of(rows)}
+    return rows, taken

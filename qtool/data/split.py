@@ -83,7 +83,7 @@ class DataSplit:
     task: str | None = "qnli"  # a GLUE task (its primary metric), or None
 
     def __post_init__(self) -> None:
-        self.fingerprints = {part: _fingerprint(rows) for part, rows in self.parts.items()}
+        self.fingerprints = {part: fingerprint_of(rows) for part, rows in self.parts.items()}
 
     @property
     def fingerprint(self) -> str:
@@ -117,7 +117,8 @@ class DataSplit:
 QnliSplit = DataSplit  # the name the QNLI-only code used
 
 
-def _fingerprint(rows: list[Example]) -> str:
+def fingerprint_of(rows: list[Example]) -> str:
+    """A short digest of rows: their texts and labels, in order."""
     digest = hashlib.sha256()
     for row in rows:
         digest.update(f"{row.text}\t{'' if row.pair is None else row.pair}\t{row.label}\n".encode())

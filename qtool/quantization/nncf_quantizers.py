@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from qtool.analysis.collect import calibration_examples
-from qtool.data import QnliSplit, tokenize_part
+from qtool.data import DataConfig, QnliSplit, tokenize_part
 from qtool.data.batching import collate
 from qtool.defaults import MAX_LENGTH, SEARCH_MAX_DROP, SEED
 from qtool.deployment.evaluate import RECIPE_LEVEL, predict_logits
@@ -177,6 +177,7 @@ def quantize_with_nncf(
     max_length: int = MAX_LENGTH,
     max_drop: float = SEARCH_MAX_DROP,
     threads: int | None = None,
+    tune_data: DataConfig | str | None = None,
 ) -> dict:
     """Write `output` with NNCF's `name` peer; return what it used, how long it took and what it quantized."""
     if name not in NNCF_PEERS:
@@ -200,7 +201,7 @@ def quantize_with_nncf(
         if name == "nncf-ptq":
             quantized = nncf.quantize(model, nncf.Dataset(items), **common)
         else:
-            config = SearchConfig(max_drop=max_drop, threads=threads, max_length=max_length)
+            config = SearchConfig(max_drop=max_drop, threads=threads, max_length=max_length, tune_data=tune_data)
             tuning = TuningSet(fp32, split, tokenizer, config)
             validation = _Validation(tuning, config)
             try:
@@ -222,6 +223,7 @@ def quantize_with_nncf(
                 "max_drop": max_drop,
                 "tuning_pairs": tuning.size,
                 "tuning_sources": tuning.sources,
+                **({"tune_data": tuning.tune_data} if tuning.tune_data else {}),
                 "evaluations": validation.calls,
                 "evaluation_seconds": round(validation.seconds, 1),
             }

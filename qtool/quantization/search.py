@@ -80,7 +80,8 @@ class TuningSet:
     the accuracy-controlled peers tune on."""
 
     def __init__(self, model_path: Path, split: QnliSplit, tokenizer, config: SearchConfig):
-        part, self.sources = tuning_part(split, tokenizer, config, sensitivity=False)
+        part, chosen = tuning_part(split, tokenizer, config, sensitivity=False)
+        self.sources, self.tune_data = chosen.sources, chosen.tune_data
         self.labels = part.labels
         self.label_of_logit = logit_to_label(model_path, split.labels)
         self.batches = make_batches(part, config.batch_size)
@@ -201,7 +202,7 @@ def judged(result: dict, pairs: int, config: SearchConfig) -> dict:
     return {**result, "drop": round(paired.drop, 6), "upper": round(upper, 6), "within": upper <= config.max_drop}
 
 
-def _cache_key(calibration: Calibration, split: QnliSplit, config: SearchConfig) -> dict:
+def _cache_key(calibration: Calibration, split: QnliSplit, config: SearchConfig, tune_data: dict | None) -> dict:
     recorded = calibration.to_json()
     fields = ("recipe", "scope", "tensors", "weights", "embedding_tables_quantized", "smoothing")
     return {
@@ -213,6 +214,7 @@ def _cache_key(calibration: Calibration, split: QnliSplit, config: SearchConfig)
         "sensitivity_samples": config.sensitivity_samples,
         "batch_size": config.batch_size,
         "max_length": config.max_length,
+        **({"tune_data": tune_data["fingerprint"]} if tune_data else {}),
     }
 
 
@@ -377,7 +379,7 @@ def search_precision(
         raise QtoolError("the automatic search starts from a calibration with no point kept in float; drop --keep-fp")
     started = time.perf_counter()
     tuning = TuningSet(model_path, split, tokenizer, config)
-    cache = _Cache(cache_path, _cache_key(calibration, split, config))
+    cache = _Cache(cache_path, _cache_key(calibration, split, config, tuning.tune_data))
     if executor.kind == "local":
         batches = (tuning.batches, tuning.size), (tuning.sensitivity_batches, tuning.sensitivity_size)
         backend: InProcess | AsTasks = InProcess(model_path, calibration, *batches, config.threads)
@@ -395,6 +397,7 @@ def search_precision(
             "sources": tuning.sources,
             "sensitivity_pairs": tuning.sensitivity_size,
             "fp32_accuracy": tuning.fp32_accuracy,
+            **({"tune_data": tuning.tune_data} if tuning.tune_data else {}),
         },
         **{key: chosen[key] for key in ("chosen", "within_budget", "tuning_accuracy", "tuning_drop", "tuning_paired")},
         "sensitivity": ranked,
@@ -447,9 +450,10 @@ def auto_calibrate(
     cache_path = folder / f"{recipe}.search-cache.json"
     search = search_precision(model_path, stats, base, split, tokenizer, config, cache_path, executor)
     tuning = search["tuning"]
+    origin = "from --tune-data, " if tuning.get("tune_data") else ""
     reason = (
         f"automatic search: the most sensitive points, pruned greedily, with the drop below FP32 on {tuning['pairs']} "
-        f"tuning pairs (never fine-tuning, calibration or eval pairs) within {config.max_drop:g} points at "
+        f"tuning pairs ({origin}never fine-tuning, calibration or eval pairs) within {config.max_drop:g} points at "
         f"{100 * config.confidence:g} % confidence"
         if search["within_budget"]
         else f"automatic search: no set met {config.max_drop:g} points of FP32 at {100 * config.confidence:g} % "

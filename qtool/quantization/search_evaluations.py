@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from qtool.data import QnliSplit, TokenizedPart, make_batches, tokenize_part
+from qtool.data import DataConfig, QnliSplit, TokenizedPart, make_batches, tokenize_part, tuning_rows
 from qtool.defaults import MAX_LENGTH, SEARCH_CONFIDENCE, SEARCH_MAX_DROP, SEARCH_POINTS_PER_TASK
 from qtool.deployment.evaluate import RECIPE_LEVEL, predict_logits
 from qtool.errors import QtoolError
@@ -52,6 +53,11 @@ class SearchConfig:
     batch_size: int = 32
     threads: int | None = None
     max_length: int = MAX_LENGTH
+    tune_data: DataConfig | str | None = None  # tuning pairs from elsewhere; None: the split's tuning part
+
+    def __post_init__(self) -> None:
+        if self.tune_data is not None and not isinstance(self.tune_data, str | DataConfig):
+            object.__setattr__(self, "tune_data", os.fspath(self.tune_data))
 
     def validate(self) -> None:
         if not 0 <= self.max_drop <= 100:
@@ -66,25 +72,40 @@ class SearchConfig:
             raise QtoolError(f"--batch-size must be at least 1, got {self.batch_size}")
 
 
-def tuning_examples(split: QnliSplit) -> list:
-    """The split's tuning part, or a one-line error when it is empty."""
+@dataclass(frozen=True)
+class TuningExamples:
+    """The pairs the search checks its budget on, how many came from where, and with `--tune-data` what
+    was taken from it (name, rows, rows left out, fingerprint)."""
+
+    examples: list
+    sources: dict[str, int]
+    tune_data: dict | None = None
+
+
+def tuning_examples(split: QnliSplit, config: SearchConfig | None = None) -> TuningExamples:
+    """The split's tuning part (or `config.tune_data`'s rows), or a one-line error when there are none."""
+    if config is not None and config.tune_data is not None:
+        rows, taken = tuning_rows(split, config.tune_data)
+        return TuningExamples(rows, {"tune-data": len(rows)}, taken)
     examples = split.parts.get("tuning", [])
     if not examples:
         raise QtoolError(
             f"the data has no tuning part ({split.name}: {split.sizes}), and the search checks its budget on "
-            "examples the model was not fine-tuned on; give --data with more rows (a few hundred at least)"
+            "examples the model was not fine-tuned on; give --data with more rows (a few hundred at least) "
+            "or tuning rows with --tune-data"
         )
-    return examples
+    return TuningExamples(examples, {"tuning": len(examples)})
 
 
-def tuning_part(split: QnliSplit, tokenizer, config: SearchConfig, sensitivity: bool) -> tuple[TokenizedPart, dict]:
-    """The tuning pairs tokenized (the split's tuning part, at most `tune_samples`; with `sensitivity`, their
-    first `sensitivity_samples`, which the one-point evaluations use) and where they came from."""
-    examples = tuning_examples(split)[: config.tune_samples]
-    sources = {"tuning": len(examples)}
+def tuning_part(split: QnliSplit, tokenizer, config: SearchConfig, sensitivity: bool) -> tuple[TokenizedPart, TuningExamples]:
+    """The tuning pairs tokenized (at most `tune_samples`; with `sensitivity`, their first
+    `sensitivity_samples`, which the one-point evaluations use) and where they came from."""
+    chosen = tuning_examples(split, config)
+    examples = chosen.examples[: config.tune_samples]
+    chosen = replace(chosen, sources={next(iter(chosen.sources)): len(examples)})
     if sensitivity:
         examples = examples[: config.sensitivity_samples]
-    return tokenize_part(tokenizer, examples, config.max_length), sources
+    return tokenize_part(tokenizer, examples, config.max_length), chosen
 
 
 def switched_runner(prepared, calibration: Calibration, threads: int | None) -> OrtRunner:

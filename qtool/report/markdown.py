@@ -247,7 +247,10 @@ def search_lines(result: dict) -> list[str]:
 
 
 def _tuning_sources(search: dict) -> str:
-    sources = search["tuning"]["sources"]
+    sources, given = search["tuning"]["sources"], search["tuning"].get("tune_data")
+    if given:
+        return (f"--tune-data {given['name']}: {given['rows']} rows, {given['left_out']} sharing a first text with "
+                "train, calibration or eval left out")
     if set(sources) == {"tuning"}:
         return "the data's tuning part: never fine-tuning, calibration or eval pairs"
     return " + ".join(f"{n} {part}" for part, n in sources.items() if n) + "; never the eval part"

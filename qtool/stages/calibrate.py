@@ -174,7 +174,7 @@ def calibrate_and_evaluate(
         raise QtoolError("--executor spreads the evaluations of --method auto; other methods run here")
     check_onnx_file(model_path)
     if search is not None:
-        tuning_examples(split)  # before any statistics are collected
+        tuning_examples(split, search)  # before any statistics are collected
     stats = statistics_for(model_path, split, collect, stats_path)
     if stats.manifest["data"] != split.describe():
         raise QtoolError(f"the statistics were collected on another data split; run `qtool collect {model_path}` again")

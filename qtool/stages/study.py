@@ -27,7 +27,7 @@ from qtool.analysis.collect import ActivationStats, CollectConfig
 from qtool.analysis.outliers import OutlierConfig
 from qtool.cache import cached_stage, recording_stage_times, timed_stage
 from qtool.calibrators.methods import AUTO_GROUPS
-from qtool.data import QnliSplit
+from qtool.data import DataConfig, QnliSplit
 from qtool.defaults import DEPLOY_MAX_DROP, SEARCH_MAX_DROP, SEED, SMOOTH_ALPHA
 from qtool.deployment.backends import build_ort
 from qtool.deployment.bench import BenchConfig
@@ -158,6 +158,7 @@ class ReproduceConfig:
     max_drop: float = DEPLOY_MAX_DROP  # accuracy points: the "what to deploy" budget
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where the configurations run
     extra_configurations: tuple[tuple[str, CalibrateConfig], ...] = ()  # from a TOML file
+    tune_data: DataConfig | str | None = None  # the searches' tuning pairs; None: the split's tuning part
 
     def validate(self) -> None:
         """Options a run needs, checked before any data or model is loaded."""
@@ -259,9 +260,11 @@ def _write_peer(name: str, fp32: Path, graph: Path, split: QnliSplit, config: Re
     key = {"fp32_sha256": sha256_file(fp32), "samples": config.collect.samples, "data": split.describe()}
     arguments = (name, fp32, graph, split, tokenizer_for(fp32), config.collect.samples, config.export.max_length)
     if name in NNCF_PEERS:
-        tuning = {k: v for k, v in asdict(SearchConfig(max_length=config.export.max_length)).items() if k != "threads"}
+        searched = SearchConfig(max_length=config.export.max_length, tune_data=config.tune_data)
+        tuning = {k: v for k, v in asdict(searched).items() if k != "threads" and (k != "tune_data" or v is not None)}
         key |= {"tuning": tuning, "ranking_pairs": RANKING_PAIRS, "nncf": importlib.metadata.version("nncf")}
-        write = partial(quantize_with_nncf, *arguments, max_drop=SEARCH_MAX_DROP, threads=config.eval.threads)
+        write = partial(quantize_with_nncf, *arguments, max_drop=SEARCH_MAX_DROP, threads=config.eval.threads,
+                        tune_data=config.tune_data)
     else:
         if PEERS[name][0]:  # graphs of an optimizer run that was not told the heads are written again
             key["optimizer"] = OPTIMIZER_FORMAT
@@ -324,7 +327,8 @@ def _calibrated_row(
     base = recipe.base if isinstance(recipe, AutoMixedPrecision) else recipe
     search = None
     if isinstance(recipe, AutoMixedPrecision):
-        search = replace(recipe.search, threads=config.eval.threads, max_length=config.export.max_length)
+        search = replace(recipe.search, threads=config.eval.threads, max_length=config.export.max_length,
+                         tune_data=config.tune_data)
     made = calibrate_stage(fp32, split, stats, base, fp32.parent, search, config.collect, name, config.executor)
     calibration = made.calibration
     evaluation = evaluate_graph(made.qdq_graph, split, config.eval, config.export.max_length, predictions=True)
@@ -432,7 +436,7 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
     artifacts = Path(artifacts)
     configurations = config.selected()
     if any(isinstance(r, AutoMixedPrecision) or n == ACCURACY_CONTROL for n, r in configurations.items()):
-        tuning_examples(split)  # the searches' one-line error before anything runs
+        tuning_examples(split, SearchConfig(tune_data=config.tune_data))  # the searches' error before anything runs
     finetune_config = FinetuneConfig(**{**asdict(config.finetune), "seed": config.seed})
     started = time.perf_counter()
     with recording_stage_times() as times:

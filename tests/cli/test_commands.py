@@ -303,6 +303,15 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     calibrated = _run("calibrate", fp32, "--data", tiny_data, "--samples", "16", "--no-eval", "--json")
     assert json.loads(calibrated.stdout)["qdq_graph"] == str(fp32.with_name("max-all.qdq.onnx"))
     assert {p: p.read_bytes() for p in fp32.parent.glob("*.manifest.json")} == records
+    # The searches checked on tuning rows from another file: only the search runs again, and says where they came from.
+    from tests.helpers.models import write_glue_tsv
+
+    write_glue_tsv(tmp_path / "tune.tsv", rows=60, seed=7)
+    tuned = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--samples", "16",
+                 "-c", "max-all-mp-auto0.5", "--tune-data", tmp_path / "tune.tsv", "--json")
+    search = json.loads(tuned.stdout)["results"][-1]["search"]
+    assert search["tuning"]["tune_data"]["rows"] == 60 and search["evaluations"] > 0
+    assert "--tune-data" in report_text(artifacts) and "tune.tsv" in report_text(artifacts)
     unknown = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "-c", "nope")
     _one_line_error(unknown, "unknown configuration")
     extra.write_text('[configurations.bad]\nmethod = "peg"\ngruops = 3\n')

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -46,6 +48,36 @@ def test_tuning_rows_whose_first_text_was_trained_on_are_left_out(tmp_path):
     write_glue_tsv(tmp_path / "train.tsv", rows=200, seed=1, questions=60)  # the same questions
     split = load_qnli(DataConfig(source=str(tmp_path)))
     assert split.parts["tuning"] == [] and split.sizes["eval"] > 0
+
+
+def test_tune_data_rows_are_labelled_by_name_and_never_share_a_first_text(tmp_path):
+    """--tune-data: another file's rows, its label names mapped onto the data's (here reversed in a CSV),
+    less those whose first text is in train, calibration or eval; what was taken is recorded."""
+    from qtool.data import tuning_rows
+
+    write_glue_tsv(tmp_path / "dev.tsv", rows=300, seed=3, questions=100)
+    split = load_qnli(DataConfig(source=str(tmp_path / "dev.tsv")))
+    held = {row.text for p in ("train", "calibration", "eval") for row in split.parts[p]}
+    shared = sorted(held)[:5]
+    lines = ["question,sentence,label"] + [f"{q},some sentence {i}.,entailment" for i, q in enumerate(shared)]
+    lines += [f"new question {i}?,another sentence {i}.,{('not_entailment', 'entailment')[i % 2]}" for i in range(12)]
+    (tmp_path / "tune.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows, taken = tuning_rows(split, str(tmp_path / "tune.csv"))
+    assert [r.text for r in rows] == [f"new question {i}?" for i in range(12)]
+    assert [split.labels[r.label] for r in rows] == [("not_entailment", "entailment")[i % 2] for i in range(12)]
+    assert taken["rows"] == 17 and taken["left_out"] == 5 and "tune.csv" in taken["name"] and taken["fingerprint"]
+
+    (tmp_path / "other.csv").write_text("question,sentence,label\nq?,s.,contradiction\n", encoding="utf-8")
+    (tmp_path / "single.csv").write_text("text,label\nhello,entailment\n", encoding="utf-8")
+    (tmp_path / "held.csv").write_text("\n".join(lines[:6]) + "\n", encoding="utf-8")
+    for name, message in [("other.csv", "label.s. contradiction that --data does not"),
+                          ("single.csv", "holds single texts but --data pairs"),
+                          ("held.csv", "every row of --tune-data .* shares its first text"),
+                          ("missing.tsv", "^--tune-data .*missing.tsv does not exist")]:
+        with pytest.raises(QtoolError) as error:
+            tuning_rows(split, str(tmp_path / name))
+        assert re.search(message, error.value.cli_message), error.value.cli_message
+        assert "\n" not in error.value.cli_message
 
 
 def test_split_changes_with_seed(tiny_data):

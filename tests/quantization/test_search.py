@@ -15,6 +15,7 @@ from qtool.exporter.qdq import switch_input
 from qtool.quantization.calibration import CalibrateConfig, calibrate
 from qtool.quantization.graphs import calibrated_model
 from qtool.quantization.search import SearchConfig, expected_sqnr_db, search_precision
+from tests.helpers.models import write_glue_tsv
 
 runner = CliRunner()
 
@@ -344,10 +345,22 @@ def test_a_search_without_a_tuning_part_is_one_line(scaled_model, relabelled, tm
     assert "Traceback" not in result.output and "no tuning part" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
+    # The fix the message names: tuning rows from another file, recorded as such.
+    write_glue_tsv(tmp_path / "tune.tsv", rows=40, seed=seed + 1, questions=30)
+    given = runner.invoke(app, ["calibrate", str(tiny_onnx), "--method", "auto", "--data", str(data), "--no-eval",
+                                "--tune-data", str(tmp_path / "tune.tsv"), "--max-drop", "100", "--tune-samples", "30",
+                                "--sensitivity-samples", "8", "--out", str(tmp_path / "out"), "--json"])
+    assert given.exit_code == 0, given.output
+    tuning = json.loads((tmp_path / "out" / f"{json.loads(given.stdout)['recipe']}.search.json").read_text())["tuning"]
+    assert tuning["sources"] == {"tune-data": 30} and tuning["pairs"] == 30
+    assert tuning["tune_data"]["rows"] == 40 and "tune.tsv" in tuning["tune_data"]["name"]
+    refused = runner.invoke(app, ["calibrate", str(tiny_onnx), "--method", "max", "--data", str(data), "--no-eval",
+                                  "--tune-data", str(tmp_path / "tune.tsv"), "--out", str(tmp_path / "out")])
+    assert refused.exit_code == 2 and "--tune-data need --method auto" in " ".join(refused.stderr.split())
+
 
 def _tuning_empty(path, seed) -> bool:
     from qtool.data import DataConfig, load_data
-    from tests.helpers.models import write_glue_tsv
 
     write_glue_tsv(path, rows=24, seed=seed, questions=8)
     sizes = load_data(DataConfig(source=str(path))).sizes
