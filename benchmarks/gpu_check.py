@@ -84,8 +84,8 @@ def _table(engines: dict[str, Path], result: dict) -> list[str]:
 
     lines = [
         "| engine | precision | batch x seq | p50 ms | p99 ms | seq/s | VRAM MB (weights + context) | engine MB "
-        "| accuracy % | INT8 layers |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| accuracy % | INT8 GEMMs | fused attention |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for shape in result["results"]:
         for name, row in zip(engines, shape["candidates"], strict=True):
@@ -100,7 +100,7 @@ def _table(engines: dict[str, Path], result: dict) -> list[str]:
                 f"{latency['throughput_per_s']:.1f} | {mb(vram.get('vram_total_bytes'))} "
                 f"({mb(vram.get('vram_engine_bytes'))} + {mb(vram.get('vram_context_bytes'))}) | "
                 f"{path.stat().st_size / 2**20:.1f} | {100 * accuracy:.2f} | "
-                f"{layers.get('by_precision', {}).get('INT8', '-')}/{layers.get('layers', '-')} |"
+                f"{layers.get('gemms_int8', '-')}/{layers.get('gemms', '-')} | {layers.get('fused_attention', '-')} |"
             )
     return lines
 

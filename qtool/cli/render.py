@@ -331,7 +331,10 @@ def build_summary(report: dict) -> None:
             rows.append(("precision", f"{precision['engine']} (strongly typed; TF32 {tf32})"))
         if layers.get("detailed"):
             counts = ", ".join(f"{k} {v}" for k, v in layers["by_precision"].items())
-            rows.append(("layers", f"{layers['layers']}: {counts}"))
+            moved = f"{layers.get('reformats', 0)} reformat, {layers.get('quantize_layers', 0)} Q/DQ, {layers.get('casts', 0)} cast"
+            rows.append(("layers", f"{layers['layers']}: {counts}; {moved}"))
+            rows.append(("GEMMs INT8", f"{layers.get('gemms_int8', '-')}/{layers['gemms']} (fused attention layers: "
+                                       f"{layers.get('fused_attention', '-')})"))
             rows.append(("GEMMs not INT8", ", ".join(layers["gemms_not_int8"]) or "none"))
     print_fields(f"build ({report['backend']})", rows)
 

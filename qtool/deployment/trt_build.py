@@ -27,10 +27,10 @@ from pathlib import Path
 
 from qtool import __version__
 from qtool.defaults import TRT_FP16, TRT_QUANTIZE_HEAD, TRT_TF32
-from qtool.deployment.trt_layers import inspect_engine
+from qtool.deployment.trt_layers import engine_precision, inspect_engine
 from qtool.errors import QtoolError
 from qtool.exporter.trt_form import TrtFormConfig, write_trt_form
-from qtool.fileio import atomic_path, manifest_path, sha256_file, write_json
+from qtool.fileio import atomic_path, manifest_path, sha256_file, write_json, write_text
 from qtool.graph import load_model, position_table_rows, read_qtool_metadata
 from qtool.runners.device import current_gpu, missing_gpu_reason
 from qtool.runners.trt import ENGINE_KIND, ProfileShapes, Shape, import_tensorrt, one_line, trt_logger
@@ -145,7 +145,7 @@ def _network_flags(trt) -> int:
 
 
 def precision_summary(quantize_nodes: int, fp16: bool) -> str:
-    """What the engine computes in, as the manifest says it: 'INT8 + FP16', 'FP16', 'INT8 + FP32', 'FP32'."""
+    """What the graph asks the engine to compute in: 'INT8 + FP16', 'FP16', 'INT8 + FP32', 'FP32'."""
     floats = "FP16" if fp16 else "FP32"
     return f"INT8 + {floats}" if quantize_nodes else floats
 
@@ -206,6 +206,11 @@ def _flag_set(trt, builder_config, name: str) -> bool:
     return flag is not None and bool(builder_config.get_flag(flag))
 
 
+def layers_path(plan_path: Path) -> Path:
+    """Where the engine inspector's raw JSON is kept: `<engine>.layers.json` beside the engine."""
+    return Path(plan_path).with_name(f"{Path(plan_path).name}.layers.json")
+
+
 def trt_form_path(plan_path: Path) -> Path:
     """Where the graph TensorRT parses is written: `<engine stem>.trt.onnx` beside the engine."""
     return Path(plan_path).with_name(f"{Path(plan_path).stem}.trt.onnx")
@@ -260,8 +265,9 @@ def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtB
         )
     if config.timing_cache is not None:
         _save_timing_cache(builder_config, Path(config.timing_cache))
+    requested = precision_summary(form["quantize_nodes"], config.fp16)
 
-    layers = inspect_engine(trt, trt.Runtime(logger), serialized)
+    layers, inspector_json = inspect_engine(trt, trt.Runtime(logger), serialized)
     if layers["gemms_not_int8"]:
         log.warning(
             "%d GEMM layer(s) of %s do not run INT8: %s",
@@ -272,6 +278,7 @@ def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtB
     manifest_path(plan_path).unlink(missing_ok=True)  # never leave an old manifest beside a new plan
     with atomic_path(plan_path) as tmp:
         tmp.write_bytes(serialized)
+    write_text(layers_path(plan_path), inspector_json)
     manifest = {
         "kind": ENGINE_KIND,
         "plan": plan_path.name,
@@ -286,7 +293,8 @@ def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtB
         "tensorrt_version": trt.__version__,
         "gpu": gpu.to_manifest(),
         "precision": {
-            "engine": precision_summary(form["quantize_nodes"], config.fp16),
+            "engine": engine_precision(layers, requested),
+            "requested": requested,
             "int8": "explicit: QuantizeLinear/DequantizeLinear pairs of the graph" if form["quantize_nodes"] else None,
             "quantize_nodes": form["quantize_nodes"],
             "float": _floats(config),
@@ -296,6 +304,7 @@ def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtB
             "tf32_allowed": _flag_set(trt, builder_config, "TF32"),
         },
         "layer_precision": layers,
+        "inspector_json": layers_path(plan_path).name,
         "profiles": {
             name: dict(zip(("min", "opt", "max"), map(list, shape), strict=True)) for name, shape in shapes.items()
         },

@@ -23,7 +23,7 @@ from qtool.deployment.trt_build import (
     profile_shapes,
     read_onnx_facts,
 )
-from qtool.deployment.trt_layers import layer_precision, summarize_layers
+from qtool.deployment.trt_layers import engine_precision, layer_precision, summarize_layers
 from qtool.errors import QtoolError, api_spelling
 from qtool.fileio import manifest_path, sha256_file
 from qtool.graph import graph_metadata
@@ -31,6 +31,8 @@ from qtool.runners.trt import TrtRunner, read_plan_manifest
 from tests.helpers.fake_tensorrt import (
     BUILD_GPU,
     FAKE_PLAN_MAGIC,
+    INSPECTOR_SAMPLE,
+    MYELIN_SAMPLE,
     TRT_VERSION,
     fake_installer,
     fake_tensorrt,
@@ -138,7 +140,8 @@ def test_build_writes_plan_and_manifest_strongly_typed(use_fake, tiny_graph, tmp
     assert manifest["tensorrt_version"] == TRT_VERSION and manifest["gpu"] == BUILD_GPU.to_manifest()
     assert manifest["onnx"] == "../model/int8.qdq.onnx" and manifest["onnx_sha256"] == sha256_file(tiny_graph)
     assert manifest["precision"] == {
-        "engine": "INT8 + FP16",
+        "engine": "INT8 GEMMs 2/3 + FP16 + FP32",  # read from the engine inspector, not the graph
+        "requested": "INT8 + FP16",
         "int8": "explicit: QuantizeLinear/DequantizeLinear pairs of the graph",
         "quantize_nodes": 1,
         "float": "fp16",
@@ -159,11 +162,63 @@ def test_build_writes_plan_and_manifest_strongly_typed(use_fake, tiny_graph, tmp
     assert state.profiling_verbosity == trt.ProfilingVerbosity.DETAILED
     assert manifest["layer_precision"] == {
         "layers": 7,
-        "by_precision": {"INT8": 2, "FP16": 3, "FP32": 1, "reformat": 1},  # the Q layer reads FP16
+        "by_precision": {"INT8": 2, "FP16": 2, "FP32": 1},  # compute layers; the Q layer is counted apart
         "gemms": 3,
+        "gemms_int8": 2,
         "gemms_not_int8": ["/bert/pooler/dense/Gemm"],
+        "fused_attention": 0,
+        "reformats": 1,
+        "quantize_layers": 1,
+        "casts": 0,
         "detailed": True,
     }
+    assert json.loads((plan.parent / "int8.plan.layers.json").read_text()) == json.loads(INSPECTOR_SAMPLE.read_text())
+    assert manifest["inspector_json"] == "int8.plan.layers.json" and trt.state.inspector_context
+
+
+def _split_schema(information: dict) -> dict:
+    """A TensorRT 10.x inspector JSON in 11.x's schema (its migration guide): each tensor's Format/Datatype
+    split into `DataType` (the short token) and `Format` (the layout), `Bindings` replaced by `I/O Tensors`."""
+    short = {"Int8": "Int8", "Half": "Half", "Float": "Float", "Int64": "Int64", "FP16": "Half", "FP32": "Float"}
+
+    def split(tensor: dict) -> dict:
+        text = tensor.pop("Format/Datatype")
+        token = next((short[w] for w in text.split() if w in short), text)
+        return {**tensor, "DataType": token, "Format": "Row major linear format (kLINEAR)"}
+
+    layers = [{**layer, "Inputs": [split(dict(t)) for t in layer["Inputs"]],
+               "Outputs": [split(dict(t)) for t in layer["Outputs"]]} for layer in information["Layers"]]
+    tensors = [{"Name": name, "IOMode": "Input", "DataType": "Int64"} for name in information.get("Bindings", [])]
+    return {"Layers": layers, "I/O Tensors": tensors}
+
+
+@pytest.mark.parametrize("schema", ["10.x", "11.x"])
+def test_inspector_in_short_tokens_counts_int8_on_gemms_only(schema):
+    """A Myelin engine's layers ("Half", "Int8", "Float" tokens; kgen/gemm layers; a fused MHA kernel; a
+    second optimization profile), written by hand from trex's activation parser and the 11.x migration
+    guide (no GPU here to record one): a quantize layer with an Int8 output is not an INT8 layer, a GEMM
+    whose tactic is an integer one is, the fused attention kernel in FP16 is a GEMM that is not INT8,
+    and profile 1's layers are not counted twice."""
+    information = json.loads(MYELIN_SAMPLE.read_text())
+    if schema == "11.x":
+        information = _split_schema(information)
+    summary = summarize_layers(json.dumps(information))
+    assert summary == {
+        "layers": 7,
+        "by_precision": {"INT8": 2, "FP16": 2, "FP32": 1},
+        "gemms": 4,
+        "gemms_int8": 2,
+        "gemms_not_int8": ["_gemm_mha_v2_myl0_4", "/bert/pooler/dense/Gemm_myl0_5"],
+        "fused_attention": 1,
+        "reformats": 1,
+        "quantize_layers": 1,
+        "casts": 0,
+        "detailed": True,
+    }
+    assert engine_precision(summary, "INT8 + FP16") == "INT8 GEMMs 2/4 + FP16 + FP32"
+    assert engine_precision(summarize_layers({"Layers": ["a", "b"]}), "INT8 + FP16") == "INT8 + FP16 (not inspected)"
+    fp16_only = {"Layers": [layer for layer in information["Layers"] if "gemm_mha" in layer["Name"]]}
+    assert engine_precision(summarize_layers(fp16_only), "FP16") == "FP16"
 
 
 def test_inspector_with_layer_names_only_counts_nothing_as_known():
@@ -177,6 +232,8 @@ def test_inspector_with_layer_names_only_counts_nothing_as_known():
     assert (
         layer_precision({"Inputs": [{"Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}]}) == "FP16"
     )
+    assert layer_precision({"LayerType": "kgen", "Inputs": [{"Format/Datatype": "BFloat16"}]}) == "BF16"
+    assert layer_precision({"LayerType": "kgen", "Inputs": [{"DataType": "Half", "Format": "Row major Int8"}]}) == "FP16"
 
 
 def _dequantize_outputs_fp16(path: Path) -> bool:
@@ -197,7 +254,7 @@ def test_build_is_strongly_typed_without_deprecated_precision_flags(use_fake, ti
     assert trt.state.network_flags == 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     assert trt.state.builder_flags == set() and trt.state.cleared_flags == set()
     assert trt.state.memory_pool_limits == {"WORKSPACE": 512 << 20} and trt.state.optimization_level == 5
-    assert manifest["precision"]["builder_flags"] == [] and manifest["precision"]["engine"] == "INT8 + FP16"
+    assert manifest["precision"]["builder_flags"] == [] and manifest["precision"]["requested"] == "INT8 + FP16"
     assert manifest["profiles"]["token_type_ids"] == {"min": [1, 16], "opt": [8, 64], "max": [8, 64]}
     assert _dequantize_outputs_fp16(tmp_path / "int8.trt.onnx")
 
@@ -217,7 +274,9 @@ def test_fp16_baseline_from_the_fp32_export_does_not_claim_int8(use_fake, tmp_pa
     onnx.save(source, str(fp32))
     manifest = build_engine(fp32, tmp_path / "fp32.fp16.plan")
     assert trt.state.builder_flags == set()
-    assert manifest["precision"]["engine"] == "FP16" and manifest["precision"]["int8"] is None
+    assert manifest["precision"]["requested"] == "FP16" and manifest["precision"]["int8"] is None
+    assert manifest["precision"]["engine"] == "FP16 + FP32"  # as the inspector shows it: no INT8 GEMM, a float32 softmax
+    assert manifest["layer_precision"]["gemms_int8"] == 0 and manifest["layer_precision"]["quantize_layers"] == 0
     assert manifest["precision"]["quantize_nodes"] == 0 and manifest["precision"]["float"] == "fp16"
     form = onnx.load(str(tmp_path / "fp32.fp16.trt.onnx"))
     assert [i.type.tensor_type.elem_type for i in form.graph.input] == [onnx.TensorProto.INT64] * 3
@@ -230,7 +289,8 @@ def test_fp32_build_without_tf32_records_it(use_fake, tiny_graph, tmp_path):
     manifest = build_engine(tiny_graph, tmp_path / "int8.fp32.plan", TrtBuildConfig(fp16=False, tf32=False))
     assert trt.state.builder_flags == set() and trt.state.cleared_flags == {"TF32"}
     precision = manifest["precision"]
-    assert precision["engine"] == "INT8 + FP32" and precision["float"] == "fp32" and precision["tf32_allowed"] is False
+    assert precision["engine"] == "INT8 GEMMs 2/3 + FP32" and precision["requested"] == "INT8 + FP32"
+    assert precision["float"] == "fp32" and precision["tf32_allowed"] is False
     assert manifest["graph_form"]["float"] == "fp32" and "fp16_converter" not in manifest["graph_form"]
 
 

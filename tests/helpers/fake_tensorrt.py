@@ -90,6 +90,9 @@ FAKE_PLAN_MAGIC = b"FAKEPLAN"
 # for detailed verbosity (fields Name, LayerType, Inputs/Outputs with Format/Datatype); not recorded
 # on a GPU, since none is reachable here.
 INSPECTOR_SAMPLE = Path(__file__).with_name("trt_inspector_sample.json")
+# The same for a TensorRT 10.x Myelin engine, in the short tokens ("Half", "Int8") that trex's
+# activation parser maps, with a fused MHA kernel and a second optimization profile.
+MYELIN_SAMPLE = Path(__file__).with_name("trt_inspector_myelin_sample.json")
 
 
 def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -> types.ModuleType:
@@ -168,6 +171,8 @@ def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -
                 self.errors = [ParserError(*state.parse_error), ParserError("second", "n2", "Op")]
                 return False
             graph = onnx.load(path, load_external_data=False).graph
+            state.parsed_quantize_nodes = sum(node.op_type == "QuantizeLinear" for node in graph.node)
+            state.parsed_float16 = any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
             for graph_input in graph.input:
                 dims = tuple(d.dim_value if d.dim_value else -1 for d in graph_input.type.tensor_type.shape.dim)
                 self.network.inputs.append(Tensor(graph_input.name, dims))
@@ -306,9 +311,24 @@ def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -
 
         def __init__(self, verbosity) -> None:
             self.verbosity = verbosity
+            state.inspector_context = None
+
+        @property
+        def execution_context(self):
+            return state.inspector_context
+
+        @execution_context.setter
+        def execution_context(self, context) -> None:
+            state.inspector_context = context
 
         def get_engine_information(self, fmt) -> str:
             layers = json.loads(INSPECTOR_SAMPLE.read_text())["Layers"]
+            floats = "FP16" if state.parsed_float16 else "FP32"
+            if not getattr(state, "parsed_quantize_nodes", 1):  # a float graph: no Q layer, no Int8 tensor
+                text = json.dumps([layer for layer in layers if "QuantizeLinear" not in layer["Name"]])
+                layers = json.loads(text.replace("Int8", floats).replace("_i8", "_f16"))
+            if not state.parsed_float16:  # an FP32 graph: its float layers run FP32
+                layers = json.loads(json.dumps(layers).replace("FP16", "FP32"))
             if self.verbosity != trt.ProfilingVerbosity.DETAILED:
                 layers = [layer["Name"] for layer in layers]
             return json.dumps({"Layers": layers})
