@@ -32,14 +32,19 @@ DEFAULT_CONFIGURATIONS = (
 )
 
 
-def _preflight() -> None:
+def _preflight() -> dict:
+    """TensorRT, the CUDA runtime and driver, the GPU: printed, and refused in one line when they do not fit."""
     from qtool.errors import QtoolError
     from qtool.runners.device import current_gpu, missing_gpu_reason
-    from qtool.runners.trt import import_tensorrt
+    from qtool.runners.trt import import_tensorrt, preflight
 
     import_tensorrt()
-    if current_gpu() is None:
+    gpu = current_gpu()
+    if gpu is None:
         raise QtoolError(f"gpu-check needs an NVIDIA GPU: {missing_gpu_reason()}")
+    checked = preflight(gpu)
+    print("preflight: " + "; ".join(f"{key} {value}" for key, value in checked.items()))
+    return checked
 
 
 def _with_recommendation(folder: Path, configurations: list[str]) -> list[str]:

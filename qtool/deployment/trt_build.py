@@ -33,7 +33,7 @@ from qtool.exporter.trt_form import TrtFormConfig, write_trt_form
 from qtool.fileio import atomic_path, manifest_path, sha256_file, write_json, write_text
 from qtool.graph import load_model, position_table_rows, read_qtool_metadata
 from qtool.runners.device import current_gpu, missing_gpu_reason
-from qtool.runners.trt import ENGINE_KIND, ProfileShapes, Shape, import_tensorrt, one_line, trt_logger
+from qtool.runners.trt import ENGINE_KIND, ProfileShapes, Shape, import_tensorrt, one_line, preflight, trt_logger
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,7 @@ def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtB
             f"no CUDA GPU is visible to this process ({missing_gpu_reason()}); TensorRT builds {plan_path.name} "
             "on the GPU that will run it"
         )
+    checked = preflight(gpu)
     if not facts.quantize_nodes:
         log.info("%s has no QuantizeLinear nodes: a %s engine without INT8 layers", onnx_path, _floats(config))
     form_path = _form_path(onnx_path, plan_path)
@@ -292,6 +293,7 @@ def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtB
         "graph_form": form,
         "tensorrt_version": trt.__version__,
         "gpu": gpu.to_manifest(),
+        "preflight": checked,
         "precision": {
             "engine": engine_precision(layers, requested),
             "requested": requested,

@@ -8,8 +8,9 @@ compute capability is recorded.
 The runtime library is looked for where pip puts it first (`nvidia-cuda-runtime-cu12` installs
 `site-packages/nvidia/cuda_runtime/lib/libcudart.so.12`; the CUDA 13 wheels
 `site-packages/nvidia/cu13/lib/libcudart.so.13`), then under `CUDA_HOME`/`CUDA_PATH`, then where
-the system loader finds it. The one found is loaded globally, so polygraphy and TensorRT in the
-same process use it too.
+the system loader finds it. Each is tried until one sees a device (a CUDA 13 runtime on a driver
+too old for it fails, and CUDA 12's may then work); that one is loaded globally, and the TensorRT
+runner makes its CUDA calls through it (`qtool.runners.cuda`).
 """
 
 from __future__ import annotations
@@ -75,26 +76,77 @@ def cuda_runtime_candidates(roots: Iterable[str | Path] | None = None) -> list[P
     return list(dict.fromkeys(path for path in found if path.is_file()))
 
 
-def load_cuda_runtime(roots: Iterable[str | Path] | None = None):
-    """The CUDA runtime library, loaded (globally); None when there is none on this machine."""
+# cudaError_t values a user can act on (driver_types.h).
+_STATUS_HINTS = {
+    35: "the NVIDIA driver is older than this CUDA runtime needs: update the driver, or use the runtime of "
+    "an older CUDA (`pip install 'qtool[trt]'` installs CUDA 12's)",
+    100: "no CUDA device",
+    3: "CUDA cannot start (check the driver with `nvidia-smi`)",
+}
+
+
+def status_text(library, status: int) -> str:
+    """`cudaGetErrorString` of `status`, with a hint for the statuses a user can act on."""
+    try:
+        function = library.cudaGetErrorString
+        if hasattr(function, "restype"):  # a ctypes function returns int unless told
+            function.restype = ctypes.c_char_p
+        text = (function(status) or b"").decode(errors="replace")
+    except (AttributeError, TypeError):
+        text = ""
+    hint = _STATUS_HINTS.get(status)
+    return "; ".join(part for part in (f"{text or 'CUDA error'} ({status})", hint) if part)
+
+
+def probe_cuda_runtimes(device: int = 0, roots: Iterable[str | Path] | None = None) -> tuple[object | None, list[str]]:
+    """The first CUDA runtime library (loaded globally) that sees CUDA device `device`, trying every one
+    on this machine (pip's wheels for CUDA 13 and 12, CUDA_HOME, the system's); and what each tried one
+    said. A newer runtime than the driver supports fails with cudaErrorInsufficientDriver, and the next
+    one (an older CUDA) may then work."""
+    tried: list[str] = []
     for path in [*cuda_runtime_candidates(roots), ctypes.util.find_library("cudart")]:
         if not path:
             continue
+        name = Path(str(path)).name
         try:
             library = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
-        except OSError as exc:
-            log.debug("cannot load %s: %s", path, exc)
+            count = ctypes.c_int(0)
+            status = library.cudaGetDeviceCount(ctypes.byref(count))
+        except (OSError, AttributeError) as exc:
+            log.debug("cannot use %s: %s", path, exc)
+            tried.append(f"{name} does not load as a CUDA runtime")
             continue
-        log.debug("CUDA runtime: %s", path)
-        return library
-    return None
+        if status == 0 and count.value > device:
+            log.debug("CUDA runtime: %s", path)
+            return library, tried
+        tried.append(f"{name}: {status_text(library, status) if status else f'{count.value} device(s)'}")
+    return None, tried
+
+
+def load_cuda_runtime(roots: Iterable[str | Path] | None = None):
+    """The CUDA runtime library that sees a GPU, loaded (globally); None when none does."""
+    return probe_cuda_runtimes(0, roots)[0]
+
+
+def cuda_versions(library) -> dict[str, str | None]:
+    """The CUDA version the driver supports and the runtime's own (cudaDriverGetVersion,
+    cudaRuntimeGetVersion: 12040 is "12.4")."""
+    versions: dict[str, str | None] = {}
+    for key, call in (("driver_cuda", "cudaDriverGetVersion"), ("runtime_cuda", "cudaRuntimeGetVersion")):
+        value = ctypes.c_int(0)
+        try:
+            ok = getattr(library, call)(ctypes.byref(value)) == 0 and value.value > 0
+        except (AttributeError, TypeError):
+            ok = False
+        versions[key] = f"{value.value // 1000}.{value.value % 1000 // 10}" if ok else None
+    return versions
 
 
 def _cuda_device(device: int) -> tuple[str, str | None] | None:
     """(compute capability, PCI bus id) of CUDA device `device`, or None when there is none."""
     cudart = load_cuda_runtime()
     if cudart is None:
-        log.debug("no CUDA runtime library: %s", CUDA_RUNTIME_HINT)
+        log.debug("no CUDA runtime library sees a GPU: %s", CUDA_RUNTIME_HINT)
         return None
     count = ctypes.c_int(0)
     status = cudart.cudaGetDeviceCount(ctypes.byref(count))
@@ -159,7 +211,10 @@ def device_memory_used() -> int | None:
 
 
 def missing_gpu_reason() -> str:
-    """Why `current_gpu` found nothing, in words a user can act on."""
-    if load_cuda_runtime() is None:
+    """Why `current_gpu` found nothing, in words a user can act on: what each CUDA runtime said."""
+    found, tried = probe_cuda_runtimes()
+    if found is not None:
+        return "a CUDA runtime sees a GPU, but its compute capability could not be read (check `nvidia-smi`)"
+    if not tried:
         return f"no CUDA runtime library was found; {CUDA_RUNTIME_HINT}"
-    return "the CUDA runtime sees no GPU (check the driver with `nvidia-smi`)"
+    return "; ".join(tried)

@@ -17,6 +17,7 @@ import numpy as np
 from qtool.errors import QtoolError
 from qtool.fileio import manifest_path, read_json, sha256_file
 from qtool.runners.base import Runner
+from qtool.runners.cuda import Cuda, DeviceBuffer
 from qtool.runners.device import GpuInfo, current_gpu, device_memory_used
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,65 @@ def import_tensorrt():
             f"({INSTALL_HINT})"
         )
     return tensorrt
+
+
+# The CUDA major each TensorRT wheel family is built for, and the driver it needs (NVIDIA's CUDA
+# compatibility table: CUDA 12.x runs on R525 and newer, CUDA 13.x on R580 and newer).
+TRT_WHEELS = {"tensorrt-cu12": 12, "tensorrt-cu13": 13, "tensorrt-cu11": 11}
+DRIVER_FOR_CUDA = {11: "R450", 12: "R525", 13: "R580"}
+
+
+def tensorrt_cuda_major() -> int | None:
+    """The CUDA major version of the installed TensorRT wheels (tensorrt-cu12 / -cu13), None if unknown."""
+    import importlib.metadata
+
+    for wheel, major in TRT_WHEELS.items():
+        try:
+            importlib.metadata.version(wheel)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return major
+    return None
+
+
+def preflight(gpu: GpuInfo) -> dict:
+    """What a TensorRT run here will use, checked before any engine is built: TensorRT and the CUDA it
+    was built for, the CUDA runtime library that sees the GPU and its version, the CUDA version the
+    driver supports, the GPU and its compute capability (and polygraphy's version, for its tools). A
+    one-line error when something is missing or the pieces do not fit. `gpu`: `current_gpu()`."""
+    import importlib.metadata
+
+    from qtool.runners import device
+
+    trt = import_tensorrt()
+    library = device.load_cuda_runtime()
+    if library is None:
+        raise QtoolError(f"no CUDA runtime sees a GPU here ({device.missing_gpu_reason()})")
+    versions = device.cuda_versions(library)
+    trt_cuda = tensorrt_cuda_major()
+    driver_cuda = versions["driver_cuda"]
+    if trt_cuda and driver_cuda and int(driver_cuda.split(".")[0]) < trt_cuda:
+        older = min(TRT_WHEELS.values(), key=lambda major: abs(major - int(driver_cuda.split(".")[0])))
+        raise QtoolError(
+            f"TensorRT {trt.__version__} is built for CUDA {trt_cuda}, which needs an NVIDIA driver of "
+            f"{DRIVER_FOR_CUDA[trt_cuda]} or newer, but this driver supports CUDA {driver_cuda}; update the driver, "
+            f"or install the CUDA {older} build (pip install 'qtool[trt]' is CUDA 12)"
+        )
+    try:
+        polygraphy = importlib.metadata.version("polygraphy")
+    except importlib.metadata.PackageNotFoundError:
+        polygraphy = None
+    return {
+        "tensorrt": trt.__version__,
+        "tensorrt_cuda": trt_cuda,
+        "cuda_runtime": versions["runtime_cuda"],
+        "cuda_runtime_library": getattr(library, "_name", None),
+        "driver_cuda": driver_cuda,
+        "driver": gpu.driver_version,
+        "gpu": gpu.describe(),
+        "compute_capability": gpu.compute_capability,
+        "polygraphy": polygraphy,
+    }
 
 
 def check_feed_shape(name: str, shape: Shape, profile: tuple[Shape, Shape, Shape]) -> None:
@@ -157,17 +217,6 @@ def check_plan_compatibility(manifest: Mapping, current_trt_version: str, curren
     return warnings
 
 
-def _import_polygraphy_cuda():
-    try:
-        from polygraphy import cuda
-        from polygraphy.exception import PolygraphyException
-    except ImportError:
-        raise QtoolError(
-            f"polygraphy is not installed (the TensorRT runner uses its CUDA buffers); {INSTALL_HINT}"
-        ) from None
-    return cuda, PolygraphyException
-
-
 class TrtRunner(Runner):
     """Runs a serialized engine; the plan is loaded and checked against its manifest on entry."""
 
@@ -180,8 +229,9 @@ class TrtRunner(Runner):
         self.manifest: dict | None = None
         self.device_memory_bytes: int | None = None  # the context's scratch (activation) memory, from TensorRT
         self._vram: dict[str, int | None] = {}  # cudaMemGetInfo readings around loading (see device_memory)
-        self._runtime = self._engine = self._context = self._stream = None
-        self._cuda_error: type[Exception] = RuntimeError
+        self._runtime = self._engine = self._context = None
+        self._cuda: Cuda | None = None
+        self._stream = 0
         self._inputs: list[str] = []
         self._outputs: list[str] = []
         self._dtypes: dict[str, np.dtype] = {}
@@ -232,12 +282,9 @@ class TrtRunner(Runner):
                 f"TensorRT cannot create an execution context for {self.plan_path} "
                 f"({logger.last_error('out of GPU memory?')}); free GPU memory and retry"
             )
-        cuda, self._cuda_error = _import_polygraphy_cuda()
-        try:
-            self._stream = cuda.Stream()
-            self._buffers = {name: cuda.DeviceArray(shape=(0,), dtype=self._dtypes[name]) for name in names}
-        except self._cuda_error as exc:
-            raise QtoolError(f"CUDA cannot set up buffers for {self.plan_path}: {one_line(exc)}") from None
+        self._cuda = Cuda()
+        self._stream = self._cuda.stream()
+        self._buffers = {name: DeviceBuffer(self._cuda) for name in names}
         log.info(
             "loaded %s: inputs %s, outputs %s, %d bytes of device memory",
             self.plan_path,
@@ -250,9 +297,9 @@ class TrtRunner(Runner):
         for buffer in self._buffers.values():
             buffer.free()
         self._buffers = {}
-        if self._stream is not None:
-            self._stream.free()
-            self._stream = None
+        if self._cuda is not None:
+            self._cuda.destroy_stream(self._stream)
+        self._stream = 0
         # Destroy in dependency order: context, then engine, then runtime.
         self._context = None
         self._engine = None
@@ -283,31 +330,35 @@ class TrtRunner(Runner):
         return record
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            return self._run(feeds)
-        except self._cuda_error as exc:
-            raise QtoolError(f"CUDA failed while running {self.plan_path}: {one_line(exc)}") from None
+        host_inputs = self.bind(feeds)  # kept alive until the stream is synchronized
+        outputs = {name: np.empty(tuple(self._context.get_tensor_shape(name)), self._dtypes[name]) for name in self._outputs}
+        self.enqueue()
+        for name, host in outputs.items():
+            self._cuda.copy_to_host(host, self._buffers[name].pointer, self._stream)
+        self._cuda.synchronize(self._stream)
+        del host_inputs
+        return outputs
 
-    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        context, stream = self._context, self._stream
+    def bind(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Set the input shapes, copy the feeds to the device and point every tensor at its buffer;
+        returns the host arrays copied from (keep them until the stream is synchronized)."""
+        context, cuda = self._context, self._cuda
         host_inputs = []
         for name in self._inputs:
             array = np.ascontiguousarray(feeds[name], dtype=self._dtypes[name])
             check_feed_shape(name, array.shape, self._profiles[name])
             if not context.set_input_shape(name, array.shape):
                 raise QtoolError(f"TensorRT rejected shape {list(array.shape)} for {name}; rebuild the engine")
-            buffer = self._buffers[name].resize(array.shape)
-            buffer.copy_from(array, stream)
-            context.set_tensor_address(name, buffer.ptr)
-            host_inputs.append(array)  # keep alive until the stream is synchronized
-        outputs = {}
+            pointer = self._buffers[name].at_least(array.nbytes)
+            cuda.copy_to_device(pointer, array, self._stream)
+            context.set_tensor_address(name, pointer)
+            host_inputs.append(array)
         for name in self._outputs:
-            shape = tuple(context.get_tensor_shape(name))
-            context.set_tensor_address(name, self._buffers[name].resize(shape).ptr)
-            outputs[name] = np.empty(shape, dtype=self._dtypes[name])
-        if not context.execute_async_v3(stream.ptr):
+            size = int(np.prod(tuple(context.get_tensor_shape(name)))) * self._dtypes[name].itemsize
+            context.set_tensor_address(name, self._buffers[name].at_least(size))
+        return host_inputs
+
+    def enqueue(self) -> None:
+        """Run the engine once on the bound buffers, asynchronously on the runner's stream."""
+        if not self._context.execute_async_v3(self._stream):
             raise QtoolError(f"TensorRT failed to run {self.plan_path}; see the TensorRT errors logged above")
-        for name, host in outputs.items():
-            self._buffers[name].copy_to(host, stream)
-        stream.synchronize()
-        return outputs

@@ -471,3 +471,23 @@ def test_gpu_check_adds_what_to_deploy_when_it_is_a_calibrated_configuration(tmp
         if calibrated:
             (folder / f"{chosen}.calib.json").write_text("{}")
         assert gpu_check._with_recommendation(folder, core) == expected
+
+
+def test_preflight_records_the_cuda_pieces_and_refuses_a_tensorrt_newer_than_the_driver(use_fake, tiny_graph, tmp_path,
+                                                                                          monkeypatch):
+    """TensorRT for CUDA 13 on a driver that supports CUDA 12.4 (the fake runtime's): one line naming both and
+    the fix, before anything is built; with TensorRT for CUDA 12 the build goes on and records what it used."""
+    from qtool.runners import trt as runner_module
+
+    use_fake()
+    monkeypatch.setattr(runner_module, "tensorrt_cuda_major", lambda: 13)
+    with pytest.raises(QtoolError) as raised:
+        build_engine(tiny_graph, tmp_path / "int8.plan")
+    message = raised.value.cli_message
+    assert "built for CUDA 13, which needs an NVIDIA driver of R580 or newer" in message and "\n" not in message
+    assert "supports CUDA 12.4" in message and "install the CUDA 12 build" in message
+    assert not (tmp_path / "int8.plan").exists()
+    monkeypatch.setattr(runner_module, "tensorrt_cuda_major", lambda: 12)
+    checked = build_engine(tiny_graph, tmp_path / "int8.plan")["preflight"]
+    assert checked["tensorrt_cuda"] == 12 and checked["driver_cuda"] == "12.4" and checked["cuda_runtime"] == "12.8"
+    assert checked["gpu"] == BUILD_GPU.describe() and checked["compute_capability"] == "8.6"

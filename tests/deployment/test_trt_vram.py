@@ -85,9 +85,8 @@ def test_in_process_runner_reports_vram_differences(plan, monkeypatch):
     assert FAKE_VRAM_TOTAL > record["vram_total_bytes"]
 
 
-def test_without_cuda_only_the_file_size_and_scratch_are_reported(plan, monkeypatch):
-    fake_installer(monkeypatch)()
-    monkeypatch.setattr(device, "load_cuda_runtime", lambda roots=None: None)
+def test_without_memory_readings_only_the_file_size_and_scratch_are_reported(plan, monkeypatch):
+    fake_installer(monkeypatch)(cudart=FakeCudart(fail={"cudaMemGetInfo": 1}))
     with TrtRunner(plan) as runner:
         record = runner_device_memory(runner)
     assert record == {"engine_file_bytes": plan.stat().st_size, "device_memory_bytes": 12345}

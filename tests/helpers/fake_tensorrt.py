@@ -1,7 +1,7 @@
 """A fake of the slice of the TensorRT 10 Python API that qtool calls, and the builders its tests share.
 
 Without a GPU, the build and runner code paths run against `fake_tensorrt()` (names checked against the real
-bindings) and `fake_polygraphy()`, a fake of polygraphy's CUDA buffers. `skip_without_tensorrt_gpu` skips the
+bindings) and `FakeCudart`, a CUDA runtime whose device memory is host memory. `skip_without_tensorrt_gpu` skips the
 tests that build and run real engines where TensorRT or a CUDA device is absent.
 
 Used by tests/runners/test_trt.py and tests/deployment/test_trt_build.py; import from here, never from a conftest.
@@ -9,6 +9,7 @@ Used by tests/runners/test_trt.py and tests/deployment/test_trt_build.py; import
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import importlib.util
 import json
@@ -270,9 +271,10 @@ def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -
             self.addresses[name] = address
 
         def execute_async_v3(self, stream_handle: int) -> bool:
-            ids = FAKE_DEVICE_MEMORY[self.addresses["input_ids"]]
-            mask = FAKE_DEVICE_MEMORY[self.addresses["attention_mask"]]
-            logits = FAKE_DEVICE_MEMORY[self.addresses["logits"]]
+            shape = self.shapes["input_ids"]
+            ids = device_array(self.addresses["input_ids"], shape, np.int64)
+            mask = device_array(self.addresses["attention_mask"], shape, np.int64)
+            logits = device_array(self.addresses["logits"], (shape[0], 2), np.float32)
             logits[:, 0], logits[:, 1] = ids.sum(axis=1), mask.sum(axis=1)
             return True
 
@@ -348,7 +350,7 @@ def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -
     return trt
 
 
-FAKE_DEVICE_MEMORY: dict[int, np.ndarray] = {}
+FAKE_DEVICE_MEMORY: dict[int, np.ndarray] = {}  # address -> the bytes a fake cudaMalloc gave
 
 # --- a fake CUDA runtime for device-memory readings -----------------------------------------------
 
@@ -358,22 +360,94 @@ FAKE_CONTEXT_VRAM = 2 << 20  # what creating its execution context takes (activa
 FAKE_VRAM = {"used": 0}  # device memory in use, moved by the fake engine; read by FakeCudart
 
 
-class FakeCudart:
-    """`cudaMemGetInfo` of the CUDA runtime (ctypes calling convention: results through byref pointers)."""
+def device_array(address: int, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A view of fake device memory at `address` as an array (the memory a fake cudaMalloc gave)."""
+    count = int(np.prod(shape))
+    return FAKE_DEVICE_MEMORY[address][: count * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
 
-    def cudaMemGetInfo(self, free, total) -> int:  # noqa: N802 (the C name)
+
+class FakeCudart:
+    """The CUDA runtime functions qtool calls, in ctypes' calling convention (results through byref
+    pointers, values as ctypes objects): device memory is host memory kept in FAKE_DEVICE_MEMORY, so
+    copies are real. `fail` maps a function name to the cudaError_t it returns."""
+
+    def __init__(self, fail: dict[str, int] | None = None, devices: int = 1) -> None:
+        self.fail, self.devices, self.events = dict(fail or {}), devices, 0
+
+    def _status(self, name: str) -> int:
+        return self.fail.get(name, 0)
+
+    def cudaGetErrorString(self, status):  # noqa: N802 (the C names)
+        return {2: b"out of memory", 35: b"CUDA driver version is insufficient for CUDA runtime version",
+                100: b"no CUDA-capable device is detected"}.get(status, b"unknown error")
+
+    def cudaGetDeviceCount(self, count) -> int:  # noqa: N802
+        count._obj.value = self.devices
+        return self._status("cudaGetDeviceCount")
+
+    def cudaDriverGetVersion(self, version) -> int:  # noqa: N802
+        version._obj.value = 12040
+        return 0
+
+    def cudaRuntimeGetVersion(self, version) -> int:  # noqa: N802
+        version._obj.value = 12080
+        return 0
+
+    def cudaMemGetInfo(self, free, total) -> int:  # noqa: N802
         free._obj.value = FAKE_VRAM_TOTAL - FAKE_VRAM["used"]
         total._obj.value = FAKE_VRAM_TOTAL
+        return self._status("cudaMemGetInfo")
+
+    def cudaMalloc(self, pointer, size) -> int:  # noqa: N802
+        if self._status("cudaMalloc"):
+            return self._status("cudaMalloc")
+        memory = np.zeros(size.value, np.uint8)
+        FAKE_DEVICE_MEMORY[memory.ctypes.data] = memory
+        pointer._obj.value = memory.ctypes.data
+        return 0
+
+    def cudaFree(self, pointer) -> int:  # noqa: N802
+        FAKE_DEVICE_MEMORY.pop(pointer.value, None)
+        return 0
+
+    def cudaMemcpyAsync(self, destination, source, size, kind, stream) -> int:  # noqa: N802
+        device_side = destination.value if kind.value == 1 else source.value
+        assert device_side in FAKE_DEVICE_MEMORY and size.value <= FAKE_DEVICE_MEMORY[device_side].nbytes
+        ctypes.memmove(destination.value, source.value, size.value)
+        return self._status("cudaMemcpyAsync")
+
+    def cudaStreamCreate(self, stream) -> int:  # noqa: N802
+        stream._obj.value = 42
+        return self._status("cudaStreamCreate")
+
+    def cudaStreamDestroy(self, stream) -> int:  # noqa: N802
+        return 0
+
+    def cudaStreamSynchronize(self, stream) -> int:  # noqa: N802
+        return self._status("cudaStreamSynchronize")
+
+    def cudaEventCreate(self, event) -> int:  # noqa: N802
+        self.events += 1
+        event._obj.value = 7000 + self.events
+        return 0
+
+    def cudaEventRecord(self, event, stream) -> int:  # noqa: N802
+        return 0
+
+    def cudaEventSynchronize(self, event) -> int:  # noqa: N802
+        return 0
+
+    def cudaEventElapsedTime(self, milliseconds, start, end) -> int:  # noqa: N802
+        milliseconds._obj.value = 0.5 * (end.value - start.value)
+        return 0
+
+    def cudaEventDestroy(self, event) -> int:  # noqa: N802
         return 0
 
 
 def install_fakes_in_this_process() -> None:
-    """Fake TensorRT, polygraphy and CUDA runtime for the rest of this process (an isolated child)."""
-    trt, polygraphy = fake_tensorrt(), fake_polygraphy()
-    sys.modules.update(
-        {"tensorrt": trt, "polygraphy": polygraphy, "polygraphy.cuda": polygraphy.cuda,
-         "polygraphy.exception": polygraphy.exception}
-    )
+    """Fake TensorRT and CUDA runtime for the rest of this process (an isolated child)."""
+    sys.modules["tensorrt"] = fake_tensorrt()
     backend.current_gpu = lambda: BUILD_GPU
     device.load_cuda_runtime = lambda roots=None: FakeCudart()
     FAKE_VRAM["used"] = 100 << 20  # the CUDA context and whatever else ran before
@@ -390,66 +464,20 @@ class FakeTrtRunnerFactory:
         return backend.TrtRunner(self.plan)
 
 
-def fake_polygraphy() -> types.ModuleType:
-    """polygraphy.cuda's DeviceArray and Stream, with 'device memory' kept in FAKE_DEVICE_MEMORY."""
-    cuda = types.ModuleType("polygraphy.cuda")
-    addresses = iter(range(1000, 10**6))
-
-    class DeviceArray:
-        def __init__(self, shape=None, dtype=None) -> None:
-            self.dtype, self.ptr = np.dtype(dtype), 0
-            self.resize(shape)
-
-        def resize(self, shape):
-            self.free()
-            self.ptr = next(addresses)
-            FAKE_DEVICE_MEMORY[self.ptr] = np.zeros(shape, self.dtype)
-            return self
-
-        def copy_from(self, host, stream=None):
-            FAKE_DEVICE_MEMORY[self.ptr][...] = host
-            return self
-
-        def copy_to(self, host, stream=None):
-            host[...] = FAKE_DEVICE_MEMORY[self.ptr]
-            return host
-
-        def free(self) -> None:
-            FAKE_DEVICE_MEMORY.pop(self.ptr, None)
-            self.ptr = 0
-
-    class Stream:
-        ptr = 42
-
-        def synchronize(self) -> None:
-            pass
-
-        def free(self) -> None:
-            pass
-
-    cuda.DeviceArray, cuda.Stream = DeviceArray, Stream
-    package = types.ModuleType("polygraphy")
-    package.cuda = cuda
-    exception = types.ModuleType("polygraphy.exception")
-    exception.PolygraphyException = type("PolygraphyException", (Exception,), {})
-    package.exception = exception
-    return package
-
-
 def fake_installer(monkeypatch):
-    """The body of the `use_fake` fixture: installs a fake TensorRT (and polygraphy) and a fixed current GPU.
-
-    Returns a function to swap TRT. `current_gpu` is patched where each module reads it.
+    """The body of the `use_fake` fixture: installs a fake TensorRT, a fake CUDA runtime and a fixed
+    current GPU. Returns a function to swap TRT (and the CUDA runtime). `current_gpu` is patched where
+    each module reads it.
     """
 
-    def install(trt: types.ModuleType | None = None, gpu: GpuInfo | None = BUILD_GPU) -> types.ModuleType:
+    def install(
+        trt: types.ModuleType | None = None, gpu: GpuInfo | None = BUILD_GPU, cudart: FakeCudart | None = None
+    ) -> types.ModuleType:
         trt = trt or fake_tensorrt()
-        polygraphy = fake_polygraphy()
         FAKE_DEVICE_MEMORY.clear()
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        monkeypatch.setitem(sys.modules, "polygraphy", polygraphy)
-        monkeypatch.setitem(sys.modules, "polygraphy.cuda", polygraphy.cuda)
-        monkeypatch.setitem(sys.modules, "polygraphy.exception", polygraphy.exception)
+        library = cudart or FakeCudart()
+        monkeypatch.setattr(device, "load_cuda_runtime", lambda roots=None: library)
         for module in (backend, trt_build):  # the runner checks the GPU, and so does the build
             monkeypatch.setattr(module, "current_gpu", lambda: gpu)
         return trt

@@ -30,6 +30,7 @@ from tests.helpers.fake_tensorrt import (
     BUILD_GPU,
     FAKE_DEVICE_MEMORY,
     TRT_VERSION,
+    FakeCudart,
     engine_manifest,
     fake_installer,
     fake_tensorrt,
@@ -220,13 +221,21 @@ def test_runner_refuses_plans_from_another_tensorrt_or_gpu(use_fake, tiny_graph,
         pass
 
 
-def test_runner_needs_polygraphy(use_fake, monkeypatch, tiny_graph, tmp_path):
+def test_a_failing_cuda_call_is_one_line_and_frees_what_was_taken(use_fake, tiny_graph, tmp_path):
     use_fake()
     plan = tmp_path / "int8.plan"
     build_engine(tiny_graph, plan)
-    monkeypatch.setitem(sys.modules, "polygraphy", None)
-    with pytest.raises(QtoolError, match=r"polygraphy is not installed .*pip install 'qtool\[trt\]'"), TrtRunner(plan):
-        pass
+    feeds = {name: np.ones((2, 8), np.int64) for name in INPUT_NAMES}
+    for call, status, words in [("cudaMalloc", 2, "CUDA cudaMalloc failed: out of memory (2)"),
+                                ("cudaStreamSynchronize", 999, "CUDA cudaStreamSynchronize failed: unknown error")]:
+        use_fake(cudart=FakeCudart(fail={call: status}))
+        with pytest.raises(QtoolError) as raised, TrtRunner(plan) as runner:
+            runner.infer(feeds)
+        assert raised.value.cli_message.startswith(words) and "\n" not in raised.value.cli_message
+        assert FAKE_DEVICE_MEMORY == {}
+    use_fake(cudart=FakeCudart())
+    with TrtRunner(plan) as runner:  # the same engine with a working runtime
+        assert runner.infer(feeds)["logits"][:, 0].tolist() == [8.0, 8.0]
 
 
 # --- real engines: need TensorRT and a CUDA GPU ---------------------------------------------------
