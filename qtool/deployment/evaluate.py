@@ -59,10 +59,20 @@ def scoring_level(model_path: Path) -> str:
     return RECIPE_LEVEL if is_recipe_graph(graph_metadata(model_path)) else "all"
 
 
+def recorded_metadata(model_path: Path) -> dict[str, str]:
+    """qtool's metadata of an ONNX graph, or of the graph a TensorRT engine was built from (as its build
+    manifest recorded it; an engine without a manifest has none)."""
+    if Path(model_path).suffix == ".onnx":
+        return graph_metadata(model_path)
+    from qtool.runners.trt import read_plan_manifest
+
+    return dict((read_plan_manifest(Path(model_path)) or {}).get("onnx_metadata") or {})
+
+
 def logit_to_label(model_path: Path, labels: tuple[str, ...]) -> np.ndarray:
-    """The index into the data's `labels` of each logit column, from the labels recorded in the graph
-    (a graph qtool did not export is read in the data's order)."""
-    recorded = graph_metadata(model_path).get("labels")
+    """The index into the data's `labels` of each logit column, from the labels recorded in the graph or
+    in an engine's build manifest (a model qtool did not export is read in the data's order)."""
+    recorded = recorded_metadata(model_path).get("labels")
     if recorded is None:
         return np.arange(len(labels), dtype=np.int64)
     return label_of_output(json.loads(recorded), labels, str(model_path))

@@ -122,7 +122,7 @@ def engine_accuracy(
     split = load_qnli(data_config)
     accuracy = {}
     for model in models:
-        labels = logit_to_label(model, split.labels) if Path(model).suffix == ".onnx" else None
+        labels = logit_to_label(model, split.labels)  # an engine's from its build manifest
         with runner_factory(model, config.threads, providers)() as runner:
             result = evaluate(
                 runner,

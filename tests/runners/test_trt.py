@@ -251,3 +251,26 @@ def test_gpu_runner_refuses_a_plan_for_another_tensorrt(tiny_onnx, tmp_path):
     expected = f"built with TensorRT 10.0.0.0 but this machine has TensorRT {manifest['tensorrt_version']}"
     with pytest.raises(QtoolError, match=expected), TrtRunner(plan):
         pass
+
+
+def test_an_engine_reads_its_logits_in_the_label_order_of_the_graph_it_was_built_from(use_fake, tmp_path):
+    """A checkpoint whose labels are in another order than the data's: the engine's build manifest keeps
+    the graph's labels, so its logits are mapped by name as the graph's are (they were read in identity
+    order)."""
+    import json
+
+    import onnx
+
+    from qtool.deployment.evaluate import logit_to_label
+
+    use_fake()
+    graph = write_tiny_graph(tmp_path / "model.onnx")
+    model = onnx.load(str(graph))
+    for prop in model.metadata_props:
+        if prop.key == "qtool.labels":
+            prop.value = json.dumps(["not_entailment", "entailment"])
+    onnx.save(model, str(graph))
+    plan = tmp_path / "model.plan"
+    build_engine(graph, plan)
+    assert logit_to_label(plan, ("entailment", "not_entailment")).tolist() == [1, 0]
+    assert logit_to_label(graph, ("entailment", "not_entailment")).tolist() == [1, 0]
