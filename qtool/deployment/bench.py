@@ -1,7 +1,8 @@
 """Latency and memory of runners at fixed input shapes: one model, or several compared fairly.
 
-Timing. Every inference is timed with `time.perf_counter` around `Runner.infer`, after a warm-up,
-on one batch of fixed shape [batch, sequence] (real QNLI pairs padded to exactly the sequence
+Timing. Every inference is timed by `Runner.timed` (`time.perf_counter` around `infer`; a TensorRT
+engine end to end from page-locked memory, and on the GPU alone between CUDA events, as
+`latency.device`), after a warm-up, on one batch of fixed shape [batch, sequence] (real QNLI pairs padded to exactly the sequence
 length, or random token ids). A comparison enters all runners at once and interleaves their
 iterations round-robin on the same inputs, so drift in machine load hits every candidate alike.
 
@@ -193,6 +194,14 @@ def summarize(latencies_s: Sequence[float], batch: int) -> dict:
 # -- the runner measured ---------------------------------------------------------------------------
 
 
+def _timing_stats(timings: Sequence[tuple[float, float | None]], batch: int) -> dict:
+    """`summarize` of the host times; with `device` the same of the device's own (a TensorRT engine's
+    time between CUDA events) where the runner measured them."""
+    stats = summarize([host for host, _ in timings], batch)
+    device = [seconds for _, seconds in timings]
+    return stats | ({"device": summarize(device, batch)} if device and None not in device else {})
+
+
 def _runner_file(runner: Runner) -> Path | None:
     path = getattr(runner, "model_path", None) or getattr(runner, "plan_path", None)
     return Path(path) if isinstance(path, str | Path) else None  # None for a graph held in memory
@@ -253,13 +262,9 @@ def run_benchmark(
             loaded = peak.now()
             for _ in range(config.warmup):
                 runner.infer(feeds)
-            latencies = []
-            for _ in _rounds(config):
-                started = time.perf_counter()
-                runner.infer(feeds)
-                latencies.append(time.perf_counter() - started)
+            timings = [runner.timed(feeds) for _ in _rounds(config)]
             device = {**runner_device_memory(runner), **nvml_change(nvml_before, nvml_memory())}
-    stats = summarize(latencies, batch)
+    stats = _timing_stats(timings, batch)
     memory = {
         "scope": "in-process",
         "rss_baseline_bytes": baseline,
@@ -352,12 +357,10 @@ def compare(
         for _ in range(config.warmup):
             for _, runner in runners:
                 runner.infer(feeds)
-        latencies: dict[str, list[float]] = {name: [] for name in names}
+        timings: dict[str, list] = {name: [] for name in names}
         for _ in _rounds(config):
             for name, runner in runners:
-                started = time.perf_counter()
-                runner.infer(feeds)
-                latencies[name].append(time.perf_counter() - started)
+                timings[name].append(runner.timed(feeds))
         device = {name: _in_shared_process(runner_device_memory(runner), len(runners)) for name, runner in runners}
         nvml_loaded = nvml_change(nvml_before, nvml_memory())
     described = {name: _describe(runner) for name, runner in runners}  # reads the files: outside the peak
@@ -365,7 +368,7 @@ def compare(
     results = []
     first_p50 = None
     for name in names:
-        stats = summarize(latencies[name], batch)
+        stats = _timing_stats(timings[name], batch)
         first_p50 = stats["p50_ms"] if first_p50 is None else first_p50
         is_first = name == names[0]
         results.append(

@@ -6,6 +6,7 @@ Expensive objects (sessions, engines) are built lazily in `_activate`, on entry.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 
@@ -50,6 +51,13 @@ class Runner(ABC):
         if missing:
             raise QtoolError(f"{self.name}: missing inputs {missing}; the model expects {expected}")
         return self._infer(self._select(feeds))
+
+    def timed(self, feeds: Mapping[str, np.ndarray]) -> tuple[float, float | None]:
+        """One inference on `feeds`, timed: seconds by the host clock around `infer`, and seconds on the
+        device alone where the backend measures them (None here)."""
+        started = time.perf_counter()
+        self.infer(feeds)
+        return time.perf_counter() - started, None
 
     def _select(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The feeds `_infer` gets: the model's inputs, in its order."""

@@ -351,6 +351,7 @@ def fake_tensorrt(version: str = TRT_VERSION, weakly_typed_flags: bool = True) -
 
 
 FAKE_DEVICE_MEMORY: dict[int, np.ndarray] = {}  # address -> the bytes a fake cudaMalloc gave
+FAKE_PINNED_MEMORY: dict[int, np.ndarray] = {}  # the same for cudaMallocHost
 
 # --- a fake CUDA runtime for device-memory readings -----------------------------------------------
 
@@ -409,6 +410,15 @@ class FakeCudart:
     def cudaFree(self, pointer) -> int:  # noqa: N802
         FAKE_DEVICE_MEMORY.pop(pointer.value, None)
         return 0
+
+    def cudaMallocHost(self, pointer, size) -> int:  # noqa: N802
+        memory = np.zeros(size.value, np.uint8)
+        FAKE_PINNED_MEMORY[memory.ctypes.data] = memory
+        pointer._obj.value = memory.ctypes.data
+        return 0
+
+    def cudaFreeHost(self, pointer) -> int:  # noqa: N802
+        return 0 if FAKE_PINNED_MEMORY.pop(pointer.value, None) is not None else 1
 
     def cudaMemcpyAsync(self, destination, source, size, kind, stream) -> int:  # noqa: N802
         device_side = destination.value if kind.value == 1 else source.value
@@ -475,6 +485,7 @@ def fake_installer(monkeypatch):
     ) -> types.ModuleType:
         trt = trt or fake_tensorrt()
         FAKE_DEVICE_MEMORY.clear()
+        FAKE_PINNED_MEMORY.clear()
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
         library = cudart or FakeCudart()
         monkeypatch.setattr(device, "load_cuda_runtime", lambda roots=None: library)

@@ -274,3 +274,27 @@ def test_an_engine_reads_its_logits_in_the_label_order_of_the_graph_it_was_built
     build_engine(graph, plan)
     assert logit_to_label(plan, ("entailment", "not_entailment")).tolist() == [1, 0]
     assert logit_to_label(graph, ("entailment", "not_entailment")).tolist() == [1, 0]
+
+
+def test_timing_is_end_to_end_from_pinned_memory_and_gpu_only_between_events(use_fake, tiny_graph, tmp_path):
+    """`timed`: the feeds staged once in page-locked memory, then per call copies in, the engine between two
+    CUDA events, copies out, one synchronize; the benchmark keeps both times (`latency.device`)."""
+    from qtool.deployment.bench import BenchConfig, run_benchmark
+    from tests.helpers.fake_tensorrt import FAKE_PINNED_MEMORY
+
+    use_fake()
+    plan = tmp_path / "int8.plan"
+    build_engine(tiny_graph, plan)
+    feeds = {name: np.full((2, 8), 3, np.int64) for name in INPUT_NAMES}
+    with TrtRunner(plan) as runner:
+        host, device_seconds = runner.timed(feeds)
+        assert host > 0 and device_seconds == pytest.approx(0.0005)  # the fake's events are 0.5 ms apart
+        assert len(FAKE_PINNED_MEMORY) == len(INPUT_NAMES) + 1  # inputs and logits, staged once
+        staged = runner._staged
+        runner.timed(feeds)
+        assert runner._staged is staged and staged[2][0][1][:, 0].tolist() == [24.0, 24.0]  # logits copied back
+        assert runner.infer(feeds)["logits"][:, 1].tolist() == [24.0, 24.0] and FAKE_PINNED_MEMORY == {}
+    assert FAKE_DEVICE_MEMORY == {} and FAKE_PINNED_MEMORY == {}
+
+    result = run_benchmark(lambda: TrtRunner(plan), feeds, BenchConfig(warmup=2, iterations=5))
+    assert result["latency"]["iterations"] == 5 and result["latency"]["device"]["p50_ms"] == pytest.approx(0.5)
