@@ -491,3 +491,34 @@ def test_preflight_records_the_cuda_pieces_and_refuses_a_tensorrt_newer_than_the
     checked = build_engine(tiny_graph, tmp_path / "int8.plan")["preflight"]
     assert checked["tensorrt_cuda"] == 12 and checked["driver_cuda"] == "12.4" and checked["cuda_runtime"] == "12.8"
     assert checked["gpu"] == BUILD_GPU.describe() and checked["compute_capability"] == "8.6"
+
+
+def test_gpu_check_verdict_lines_and_table_read_the_engines_and_both_run_orders(use_fake, tiny_graph, tmp_path):
+    """The verdict of each INT8 engine from its manifest (the inspector's INT8 GEMMs, fused attention), its
+    accuracy check and the two interleaved runs (forward, then reversed): the lower speed-up is reported."""
+    import importlib.util
+
+    script = Path(__file__).parents[2] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", script)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    use_fake()
+    engines = {"fp16": tmp_path / "fp32.fp16.b8.plan", "max-all": tmp_path / "max-all.b8.plan"}
+    for path in engines.values():
+        build_engine(tiny_graph, path)
+
+    def row(name, host, device):
+        return {"name": name, "latency": {"p50_ms": host, "p99_ms": host, "throughput_per_s": 8 / host,
+                                          "device": {"p50_ms": device}}, "isolated_memory": {"vram_total_bytes": 8 << 20}}
+
+    def run(rows):
+        return {"results": [{"batch": 8, "sequence_length": 128, "candidates": rows}]}
+
+    runs = [run([row("fp16", 2.0, 1.0), row("max-all", 1.0, 0.5)]), run([row("max-all", 1.25, 0.4), row("fp16", 2.0, 1.0)])]
+    checks = {"max-all": {"accuracy": 0.8, "ci95": (0.78, 0.82), "agreement": 0.995}}
+    (line,) = gpu_check._verdicts(engines, runs, checks)
+    assert line == ("max-all b8: build ok; INT8 GEMMs 2/3; fused attention no; accuracy 80.00 % (95 % 78.00-82.00); "
+                    "argmax agreement with ONNX Runtime 99.50 %; INT8/FP16 speed-up 2.00x GPU-only, 1.60x end to end; "
+                    "VRAM 8 MB")
+    table = gpu_check._table(engines, runs[0], checks)
+    assert len(table) == 4 and "| max-all | INT8 GEMMs 2/3 + FP16 + FP32 | 8 x 128 | 1.000 | 0.500 |" in table[3]
