@@ -378,8 +378,9 @@ def test_gpu_fp32_engine_matches_onnxruntime(tiny_onnx, eval_batches, tmp_path):
     onnx_path, batches = tiny_onnx, eval_batches
     plan = tmp_path / "fp32.plan"
     cache = tmp_path / "timing.cache"
-    manifest = build_engine(onnx_path, plan, TrtBuildConfig(timing_cache=cache, batch=(1, 8, 8)))
+    manifest = build_engine(onnx_path, plan, TrtBuildConfig(fp16=False, timing_cache=cache, batch=(1, 8, 8)))
     assert manifest["precision"]["quantize_nodes"] == 0 and cache.stat().st_size > 0
+    assert manifest["precision"]["requested"] == "FP32" and manifest["layer_precision"]["gemms_int8"] == 0
     with TrtRunner(plan) as runner:
         assert runner.device_memory_bytes > 0
         for feeds in batches:
@@ -522,3 +523,31 @@ def test_gpu_check_verdict_lines_and_table_read_the_engines_and_both_run_orders(
                     "VRAM 8 MB")
     table = gpu_check._table(engines, runs[0], checks)
     assert len(table) == 4 and "| max-all | INT8 GEMMs 2/3 + FP16 + FP32 | 8 x 128 | 1.000 | 0.500 |" in table[3]
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@skip_without_tensorrt_gpu
+def test_gpu_engine_of_a_qtool_graph_runs_its_gemms_in_int8(scaled_model, relabelled, tmp_path):
+    """qtool's own QDQ graph (max ranges on the GEMM inputs), built strongly typed: the engine inspector
+    must show INT8 GEMMs, and the engine's predictions must agree with ONNX Runtime's run of the graph."""
+    from qtool.data import make_batches, tokenize_part
+    from qtool.quantization.calibration import CalibrateConfig, calibrate
+    from qtool.quantization.graphs import write_calibrated_graph
+    from qtool.runners.ort import OrtRunner
+
+    split, tokenizer = relabelled
+    calibration = calibrate(scaled_model["stats"], CalibrateConfig(method="max", scope="gemm-inputs"))
+    graph = write_calibrated_graph(scaled_model["graph"], calibration, tmp_path / "max-gemm-inputs.qdq.onnx", "gathered")
+    manifest = build_engine(graph, tmp_path / "int8.plan", TrtBuildConfig(batch=(1, 8, 8), sequence=(1, 128, 128)))
+    layers = manifest["layer_precision"]
+    assert layers["detailed"] and layers["gemms_int8"] > 0, layers
+    assert manifest["precision"]["engine"].startswith("INT8 GEMMs")
+    batches = make_batches(tokenize_part(tokenizer, split.parts["eval"][:64], 128), 8)
+    agree = total = 0
+    with TrtRunner(tmp_path / "int8.plan") as engine, OrtRunner(graph, optimization_level="disable") as reference:
+        for batch in batches:
+            ours, theirs = engine.infer(batch.feeds)["logits"], reference.infer(batch.feeds)["logits"]
+            agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
+            total += len(ours)
+    assert agree >= 0.95 * total, (agree, total)  # FP16 around the INT8 GEMMs moves a few near-ties
