@@ -395,7 +395,7 @@ Backend = Annotated[
 ]
 BuildOutput = Annotated[
     Path | None,
-    typer.Option("--output", "-o", help="File to write. Default: <graph>.ort.onnx (ort) or <graph>.plan (trt)."),
+    typer.Option("--output", "-o", help="File to write. Default: <graph>.ort.onnx (ort), <graph>.plan (trt), <graph>.ov.xml (openvino)."),
 ]
 Fp16 = Annotated[
     bool | None,

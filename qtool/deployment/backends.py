@@ -26,7 +26,7 @@ from qtool.exporter.ort_cpu import FORM_VERSION as ORT_FORM_VERSION
 from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu
 from qtool.exporter.ort_fused import check_fused
 from qtool.exporter.weight_codes import u8s8_exact_everywhere
-from qtool.fileio import distinct_output, manifest_path, sha256_file
+from qtool.fileio import distinct_output, manifest_path, read_json, sha256_file
 from qtool.graph import graph_metadata, load_model
 from qtool.runners.base import Runner
 from qtool.runners.ort import INT8_KERNELS, cpu_summary, int8_kernels_for_this_cpu
@@ -56,6 +56,7 @@ class Backend:
     source_graph: Callable[[Path], Path | None] = _itself  # the ONNX graph an artifact was built from
     check_graph: Callable[[Path], None] | None = None  # refuse a graph it cannot build, before building
     check_artifact: Callable[[Path], None] | None = None  # refuse a file of its suffix that it cannot run
+    metadata: Callable[[Path], dict] = graph_metadata  # qtool's metadata of the graph an artifact was built from
 
     def option_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in fields(self.options)) if self.options is not type(None) else ()
@@ -232,6 +233,54 @@ def check_plan(path: Path) -> None:
         )
 
 
+def plan_metadata(path: Path) -> dict:
+    from qtool.runners.trt import read_plan_manifest
+
+    return dict((read_plan_manifest(path) or {}).get("onnx_metadata") or {})
+
+
+# -- OpenVINO ------------------------------------------------------------------------------------
+def build_openvino(graph: Path, output: Path | None = None, options: None = None) -> dict:
+    """The OpenVINO model `<graph stem>.ov.xml` (and `.bin`) of an ONNX graph, weights kept in float32
+    (OpenVINO would store them in FP16 by default), rebuilt only when the graph or OpenVINO changed."""
+    from qtool.runners.openvino import import_openvino
+
+    ov = import_openvino()
+    graph = Path(graph)
+    metadata = graph_metadata(graph)  # a one-line error for a missing, empty or corrupt graph
+    target = distinct_output(Path(output or graph.with_name(f"{graph.stem}.ov.xml")), graph)
+    if target.suffix != ".xml":
+        raise QtoolError(f"an OpenVINO model is an .xml file (with its .bin beside it), got {target}; name it *.xml")
+
+    def run() -> dict:
+        ov.save_model(ov.convert_model(str(graph)), str(target), compress_to_fp16=False)
+        return {"backend": "openvino", "source": str(graph), "onnx_metadata": metadata, "openvino": ov.__version__}
+
+    key = {"source_sha256": sha256_file(graph), "qtool": __version__, "openvino": ov.__version__}
+    report = cached_stage(manifest_path(target), key, run, artifact=target, stage="build OpenVINO model")
+    return {**report, "graph": str(target), "model": str(target), "artifact": str(target)}
+
+
+def openvino_runner(path: Path, threads: int | None = None, providers: Sequence[str] = ()) -> Runner:
+    from qtool.runners.openvino import OpenVinoRunner
+
+    return OpenVinoRunner(path, threads=threads)
+
+
+def openvino_metadata(path: Path) -> dict:
+    """The metadata of the graph an OpenVINO model was built from, as its build record kept it."""
+    record = manifest_path(Path(path))
+    recorded = read_json(record) if record.is_file() else {}
+    return dict(((recorded or {}).get("result") or {}).get("onnx_metadata") or {})
+
+
+def openvino_source(path: Path) -> Path | None:
+    """The ONNX graph an OpenVINO model was built from, if its build record names one that still exists."""
+    record = manifest_path(Path(path))
+    source = ((read_json(record) if record.is_file() else {}) or {}).get("result", {}).get("source")
+    return Path(source) if source and Path(source).is_file() else None
+
+
 register_backend(
     Backend(
         name="ort", summary="ONNX Runtime CPU graph", suffixes=(".onnx",), runner=ort_runner, build=build_ort,
@@ -242,6 +291,13 @@ register_backend(
     Backend(
         name="trt", summary="TensorRT engine", suffixes=(".plan", ".engine"), runner=trt_runner, build=build_trt,
         options=TrtBuildConfig, library="tensorrt", install="pip install 'qtool[trt]' on a machine with an NVIDIA GPU",
-        source_graph=plan_source_graph, check_graph=check_trt_graph, check_artifact=check_plan,
+        source_graph=plan_source_graph, check_graph=check_trt_graph, check_artifact=check_plan, metadata=plan_metadata,
+    )
+)
+register_backend(
+    Backend(
+        name="openvino", summary="OpenVINO CPU model", suffixes=(".xml",), runner=openvino_runner,
+        build=build_openvino, library="openvino", install="pip install 'qtool[peers]' (or pip install openvino)",
+        metadata=openvino_metadata, source_graph=openvino_source,
     )
 )

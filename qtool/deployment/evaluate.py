@@ -60,13 +60,13 @@ def scoring_level(model_path: Path) -> str:
 
 
 def recorded_metadata(model_path: Path) -> dict[str, str]:
-    """qtool's metadata of an ONNX graph, or of the graph a TensorRT engine was built from (as its build
-    manifest recorded it; an engine without a manifest has none)."""
+    """qtool's metadata of an ONNX graph, or of the graph another backend's artifact was built from (a
+    TensorRT engine's or OpenVINO model's build record keeps it; one without a record has none)."""
     if Path(model_path).suffix == ".onnx":
         return graph_metadata(model_path)
-    from qtool.runners.trt import read_plan_manifest
+    from qtool.deployment.backends import backend_for_file
 
-    return dict((read_plan_manifest(Path(model_path)) or {}).get("onnx_metadata") or {})
+    return backend_for_file(Path(model_path)).metadata(Path(model_path))
 
 
 def logit_to_label(model_path: Path, labels: tuple[str, ...]) -> np.ndarray:

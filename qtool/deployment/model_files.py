@@ -33,11 +33,14 @@ def tokenizer_max_length(tokenizer) -> int | None:
 
 
 def model_size_bytes(model_path: Path) -> int:
-    """Bytes on disk: a .plan, or an .onnx plus the external data files its tensors point at."""
+    """Bytes on disk: a .plan, an OpenVINO .xml with its .bin, or an .onnx plus the external data files
+    its tensors point at."""
     import onnx
 
     model_path = Path(model_path)
     total = model_path.stat().st_size
+    if model_path.suffix == ".xml" and model_path.with_suffix(".bin").is_file():
+        return total + model_path.with_suffix(".bin").stat().st_size
     if model_path.suffix not in ONNX_SUFFIXES:
         return total
     model = onnx.load(str(model_path), load_external_data=False)

@@ -1,0 +1,72 @@
+"""OpenVINO backend: run an OpenVINO model (IR `.xml`, built by `qtool build --backend openvino`) on
+OpenVINO's CPU plugin behind the runner protocol.
+
+OpenVINO turns a QDQ graph's QuantizeLinear/DequantizeLinear pairs into FakeQuantize operations and
+runs the GEMMs between them in INT8 where the CPU has integer kernels (VNNI, AMX). The float parts
+run in float32: the CPU plugin would otherwise pick bfloat16 on CPUs with native bf16, which is not
+the graph's arithmetic (`INFERENCE_PRECISION_HINT`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from qtool.errors import QtoolError
+from qtool.runners.base import Runner
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'qtool[peers]' (or pip install openvino)"
+
+
+def import_openvino():
+    """The `openvino` module, or a one-line error saying how to get it."""
+    try:
+        import openvino
+    except ImportError:
+        raise QtoolError(f"OpenVINO is not installed; {INSTALL_HINT}") from None
+    return openvino
+
+
+class OpenVinoRunner(Runner):
+    """An OpenVINO model compiled for the CPU at latency (one request, `threads` inference threads)."""
+
+    name = "openvino"
+    library = "openvino"
+
+    def __init__(self, model_path: Path, threads: int | None = None) -> None:
+        super().__init__()
+        self.model_path = Path(model_path)
+        self.threads = threads
+        self._compiled = self._request = None
+        self._inputs: list[str] = []
+
+    def _activate(self) -> None:
+        ov = import_openvino()
+        if not self.model_path.is_file():
+            raise QtoolError(f"{self.model_path} does not exist; build it with `qtool build GRAPH --backend openvino`")
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        try:
+            core = ov.Core()
+            self._compiled = core.compile_model(core.read_model(str(self.model_path)), "CPU", config)
+        except RuntimeError as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise QtoolError(f"OpenVINO cannot compile {self.model_path} ({reason}); rebuild it from its graph") from None
+        self._request = self._compiled.create_infer_request()
+        self._inputs = [port.get_any_name() for port in self._compiled.inputs]
+
+    def _deactivate(self) -> None:
+        self._request = self._compiled = None
+
+    def input_names(self) -> list[str]:
+        return self._inputs
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._request.infer(dict(feeds))
+        return {port.get_any_name(): np.array(results[port]) for port in self._compiled.outputs}

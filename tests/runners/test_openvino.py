@@ -1,0 +1,85 @@
+"""The OpenVINO backend on tiny models: build, run, labels, benchmarks, and the missing-package error."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from qtool.cli import app
+from qtool.data import make_batches, tokenize_part
+from qtool.deployment.backends import backend_named
+from qtool.deployment.evaluate import logit_to_label
+from qtool.errors import QtoolError
+from qtool.quantization.calibration import CalibrateConfig, calibrate
+from qtool.quantization.graphs import write_calibrated_graph
+from qtool.runners.ort import OrtRunner
+
+pytest.importorskip("openvino")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def graphs(scaled_model, relabelled, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("openvino")
+    split, tokenizer = relabelled
+    calibration = calibrate(scaled_model["stats"], CalibrateConfig(method="max", scope="gemm-inputs"))
+    qdq = write_calibrated_graph(scaled_model["graph"], calibration, folder / "max-gemm-inputs.qdq.onnx", "gathered")
+    batches = make_batches(tokenize_part(tokenizer, split.parts["eval"][:48], 128), 16)
+    return {"fp32": scaled_model["graph"], "qdq": qdq, "batches": batches}
+
+
+def _logits(make, batches) -> np.ndarray:
+    with make() as model:
+        return np.concatenate([model.infer(batch.feeds)["logits"] for batch in batches])
+
+
+def test_openvino_runs_the_fp32_graph_as_onnx_runtime_does_and_the_qdq_graph_in_int8(graphs, tmp_path):
+    from qtool.runners.openvino import OpenVinoRunner
+
+    build = backend_named("openvino").build
+    fp32_ir = build(graphs["fp32"], tmp_path / "fp32.ov.xml")["model"]
+    qdq_ir = build(graphs["qdq"])["model"]
+    assert qdq_ir.endswith("max-gemm-inputs.qdq.ov.xml") and (tmp_path / "fp32.ov.bin").is_file()
+    assert build(graphs["qdq"])["model"] == qdq_ir  # cached: the same graph and OpenVINO
+    batches = graphs["batches"]
+    reference = _logits(lambda: OrtRunner(graphs["fp32"], optimization_level="disable"), batches)
+    ours = _logits(lambda: OpenVinoRunner(fp32_ir, threads=1), batches)
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+    qdq = _logits(lambda: OrtRunner(graphs["qdq"], optimization_level="disable"), batches)
+    int8 = _logits(lambda: OpenVinoRunner(qdq_ir, threads=1), batches)
+    quantization_error = np.abs(qdq - reference).max()
+    assert quantization_error > 1e-3  # the QDQ graph really differs from FP32
+    # OpenVINO's integer GEMMs round differently from the QDQ graph's float ones, but stay far closer
+    # to it than FP32 is; its prediction changes are what `qtool bench --eval` reports.
+    assert np.median(np.abs(int8 - qdq)) < 0.25 * np.median(np.abs(qdq - reference))
+    assert (int8.argmax(-1) == qdq.argmax(-1)).mean() >= 0.9
+    assert logit_to_label(qdq_ir, ("entailment", "not_entailment")).tolist() == logit_to_label(
+        graphs["qdq"], ("entailment", "not_entailment")
+    ).tolist()
+
+
+def test_openvino_through_the_cli_build_and_an_interleaved_benchmark(graphs, session_data):
+    built = runner.invoke(app, ["build", str(graphs["qdq"]), "--backend", "openvino", "--json"])
+    assert built.exit_code == 0, built.output
+    model = json.loads(built.stdout)["model"]
+    compared = runner.invoke(app, ["bench", str(graphs["fp32"]), model, "--compare", "--seq-len", "16", "--iterations",
+                                   "3", "--warmup", "1", "--data", str(session_data), "--json"])
+    assert compared.exit_code == 0, compared.output
+    rows = json.loads(compared.stdout)["results"][0]["candidates"]
+    assert [row["runner"] for row in rows] == ["onnxruntime", "openvino"] and rows[1]["model_bytes"] > 0
+
+
+def test_without_openvino_build_and_run_are_one_line(graphs, tmp_path, monkeypatch):
+    from qtool.runners.openvino import OpenVinoRunner
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    for action in (lambda: backend_named("openvino").build(graphs["qdq"], tmp_path / "x.ov.xml"),
+                   lambda: OpenVinoRunner(tmp_path / "x.ov.xml").__enter__()):
+        with pytest.raises(QtoolError) as raised:
+            action()
+        assert raised.value.cli_message == "OpenVINO is not installed; pip install 'qtool[peers]' (or pip install openvino)"
