@@ -94,7 +94,30 @@ def glue_task_of_folder(folder: Path) -> GlueTask | None:
 
 
 def _delimited(path: Path, delimiter: str, header: tuple[str, ...] | None) -> Table:
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    """A CSV (quoted as spreadsheets and pandas write it) or a TSV. GLUE's TSVs (read with their task's
+    header) keep quotes as text; a user's TSV is read that way too unless it is quoted the CSV way
+    (a field wrapped in double quotes, which then parses into the header's number of fields)."""
+    if delimiter != "\t":
+        return _parsed(path, delimiter, header, csv.QUOTE_MINIMAL)
+    try:
+        plain = _parsed(path, delimiter, header, csv.QUOTE_NONE)
+    except QtoolError as error:
+        if header is not None:
+            raise
+        try:
+            return _parsed(path, delimiter, header, csv.QUOTE_MINIMAL)
+        except QtoolError:
+            raise error from None
+    quoted = any(len(v) > 1 and v[0] == v[-1] == '"' for _, record in plain.rows for v in record.values())
+    if header is None and quoted:
+        try:
+            return _parsed(path, delimiter, header, csv.QUOTE_MINIMAL)
+        except QtoolError:
+            pass  # quotes that do not parse as quoting are text
+    return plain
+
+
+def _parsed(path: Path, delimiter: str, header: tuple[str, ...] | None, quoting: int) -> Table:
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
@@ -107,7 +130,9 @@ def _delimited(path: Path, delimiter: str, header: tuple[str, ...] | None) -> Ta
                 raise QtoolError(f"{path}: the header is one column {columns[0]!r}; the file looks {kind}-separated, "
                                  f"so name it {'.tsv' if other == chr(9) else '.csv'}")
             table = Table(str(path), columns)
-            for line, record in enumerate(reader, start=1 if header else 2):
+            ended = reader.line_num  # the physical line a record starts after (a quoted text may span lines)
+            for record in reader:
+                line, ended = ended + 1, reader.line_num
                 if not any(value.strip() for value in record):
                     continue
                 if len(record) != len(columns):
@@ -118,6 +143,8 @@ def _delimited(path: Path, delimiter: str, header: tuple[str, ...] | None) -> Ta
                 table.rows.append((f"{path}:{line}", dict(zip(columns, record, strict=True))))
     except UnicodeDecodeError:
         raise QtoolError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+    except csv.Error as error:
+        raise QtoolError(f"{path}: {error}; check its quoting") from None
     return table
 
 

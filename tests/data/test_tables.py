@@ -156,3 +156,36 @@ def test_a_headerless_cola_file_with_its_task_and_split_only_for_datasets(tmp_pa
     assert split.labels == ("unacceptable", "acceptable") and split.task == "cola"
     with pytest.raises(QtoolError, match="split names the splits of a datasets dataset"):
         load_data(DataConfig(source=str(path), task="cola", splits=("train",)))
+
+
+def test_quoted_texts_spanning_lines_keep_their_physical_line_numbers(tmp_path):
+    """A text quoted over three lines: the bad row after it is named by the line it is on in an editor."""
+    file = tmp_path / "reviews.csv"
+    file.write_text('review,label\n"first line\nsecond line\nthird line",good\nfine,bad\nbroken,bad,extra\n')
+    with pytest.raises(QtoolError) as raised:
+        load_data(DataConfig(source=str(file)))
+    assert raised.value.cli_message.startswith(f"{file}:6: 3 fields where the header has 2")
+
+
+def test_a_tsv_quoted_as_pandas_writes_it_and_a_glue_style_one_with_literal_quotes(tmp_path):
+    """pandas' to_csv(sep="\\t") quotes a text holding a tab, a newline or a quote; a GLUE-style TSV keeps quotes
+    as text. Both read as their writer meant."""
+    import csv
+    import random
+
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(WORDS, k=5)) + f" {i}" for i in range(40)]
+    texts[3], texts[7] = 'he said "hi"\tand left', "two\nlines"
+    quoted = tmp_path / "quoted.tsv"
+    with open(quoted, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow(["text", "label"])
+        writer.writerows([text, "good" if i % 2 else "bad"] for i, text in enumerate(texts))
+    rows = load_data(DataConfig(source=str(quoted))).all_rows
+    assert [row.text for row in rows] == texts
+
+    literal = tmp_path / "literal.tsv"
+    lines = ["text\tlabel"] + [f'{"the " + chr(34) + "best" + chr(34) + " one" if i == 2 else t}\t{"good" if i % 2 else "bad"}'
+                               for i, t in enumerate(texts[:3] + texts[8:20])]
+    literal.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert load_data(DataConfig(source=str(literal))).all_rows[2].text == 'the "best" one'
