@@ -373,7 +373,8 @@ Iterations = Annotated[int | None, typer.Option(help=f"Timed runs. Default: {Ben
 Duration = Annotated[float | None, typer.Option(help="Run for this many seconds instead of --iterations.")]
 Inputs = Annotated[
     str | None,
-    typer.Option(help=f"Inputs: {', '.join(INPUT_KINDS)} (real tokenized pairs). Default: {BenchConfig.inputs}."),
+    typer.Option(help=f"Inputs: {', '.join(INPUT_KINDS)} (data: texts or pairs of --data's eval part, tokenized; random: "
+                 f"token ids). Default: {BenchConfig.inputs}."),
 ]
 Provider = Annotated[
     list[str] | None,

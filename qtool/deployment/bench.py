@@ -44,7 +44,7 @@ from qtool.runners.base import Runner
 
 log = logging.getLogger(__name__)
 
-INPUT_KINDS = ("qnli", "random")
+INPUT_KINDS = ("data", "random")  # "qnli", the old name of "data", is still taken
 RANDOM_INPUT_SEED = 0
 ISOLATED_MEMORY_ITERATIONS = 10  # a comparison's per-candidate memory run: a few iterations reach the peak
 
@@ -68,7 +68,7 @@ class BenchConfig:
     iterations: int = 100
     duration_seconds: float | None = None
     threads: int | None = None
-    inputs: str = "qnli"
+    inputs: str = "data"
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
     def validate(self, max_positions: int | None = None) -> None:
@@ -95,6 +95,8 @@ class BenchConfig:
             raise QtoolError(f"--duration must be more than 0 seconds, got {self.duration_seconds}")
         if self.threads is not None and self.threads < 1:
             raise QtoolError(f"--threads must be at least 1, got {self.threads}")
+        if self.inputs == "qnli":
+            object.__setattr__(self, "inputs", "data")
         if self.inputs not in INPUT_KINDS:
             raise QtoolError(f"--inputs must be one of {', '.join(INPUT_KINDS)}, got {self.inputs!r}")
 
@@ -112,11 +114,11 @@ class BenchConfig:
 
 
 def benchmark_inputs(
-    tokenizer, examples: Sequence[Example], batch: int, seq_len: int, kind: str = "qnli"
+    tokenizer, examples: Sequence[Example], batch: int, seq_len: int, kind: str = "data"
 ) -> dict[str, np.ndarray]:
     """One batch of int64 `input_ids`, `attention_mask`, `token_type_ids`, each exactly [batch, seq_len].
 
-    "qnli": consecutive (question, sentence) pairs from `examples` (cycled when fewer than `batch`),
+    "data": consecutive texts or pairs from `examples` (cycled when fewer than `batch`),
     truncated and padded to `seq_len`. "random": uniform token ids with a full attention mask.
     """
     if batch < 1 or seq_len < 2:
@@ -130,11 +132,11 @@ def benchmark_inputs(
             "token_type_ids": np.zeros((batch, seq_len), dtype=np.int64),
         }
         return feeds
-    if kind != "qnli":
+    if kind not in ("data", "qnli"):
         raise QtoolError(f"--inputs must be one of {', '.join(INPUT_KINDS)}, got {kind!r}")
     if not examples:
         raise QtoolError("no texts to benchmark with; check --data or use --inputs random")
-    special = tokenizer.num_special_tokens_to_add(pair=True)
+    special = tokenizer.num_special_tokens_to_add(pair=examples[0].pair is not None)
     if seq_len <= special:
         raise QtoolError(
             f"--seq-len {seq_len} leaves no room for text (the tokenizer adds {special} special tokens); "
@@ -422,8 +424,8 @@ def _inputs_for(
 
     split = load_qnli(data_config or DataConfig())
     examples = split.part("eval")
-    record = {"kind": "qnli", "data_part": "eval", "data_split": split.describe()}
-    return lambda batch, length: benchmark_inputs(tokenizer, examples, batch, length, "qnli"), record
+    record = {"kind": "data", "data_part": "eval", "data_split": split.describe()}
+    return lambda batch, length: benchmark_inputs(tokenizer, examples, batch, length, "data"), record
 
 
 def _prepare(

@@ -74,7 +74,10 @@ def feeds(tokenizer, eval_pairs):
 def test_default_config_is_valid_and_frozen():
     config = BenchConfig()
     config.validate(max_positions=512)
-    assert (config.batch_sizes, config.sequence_lengths, config.inputs) == ((1,), (128,), "qnli")
+    assert (config.batch_sizes, config.sequence_lengths, config.inputs) == ((1,), (128,), "data")
+    legacy = BenchConfig(inputs="qnli")
+    legacy.validate()
+    assert legacy.inputs == "data"  # the old name of the same inputs
     with pytest.raises(AttributeError):
         config.warmup = 0  # type: ignore[misc]
 
@@ -275,7 +278,7 @@ def test_bench_from_paths_sweeps_every_shape(tiny_onnx, session_data):
     single = bench_model(tiny_onnx, config, DataConfig(source=str(session_data)))
     shapes = [(r["batch"], r["sequence_length"]) for r in single["results"]]
     assert shapes == [(1, 8), (1, 16), (2, 8), (2, 16)]
-    assert single["inputs"]["kind"] == "qnli" and single["config"]["batch_sizes"] == [1, 2]
+    assert single["inputs"]["kind"] == "data" and single["config"]["batch_sizes"] == [1, 2]
     pair = bench_compare([tiny_onnx, tiny_onnx], replace(config, batch_sizes=(1,), inputs="random"))
     assert [c["name"] for c in pair["results"][0]["candidates"]] == ["fp32.onnx", "fp32.onnx#2"]
     assert pair["inputs"]["kind"] == "random"
