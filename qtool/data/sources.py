@@ -107,7 +107,7 @@ def _from_folder(folder: Path, config: DataConfig, task: GlueTask | None) -> Dat
     if not evaluation.is_file():
         raise QtoolError(f"--data {folder} has no {task.eval_file}; a GLUE {task.folder} folder holds it (and train.tsv)")
     files = [folder / "train.tsv", evaluation] if (folder / "train.tsv").is_file() else [evaluation]
-    tables = [read_file(f, task.header) for f in files]
+    tables = [read_file(f, task.header, literal_quotes=True) for f in files]
     parts, labels = examples_of(tables, config.text_columns, config.label_column, task)
     described = {"labels": labels, "task": task.name}
     if len(parts) == 2:

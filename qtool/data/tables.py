@@ -11,6 +11,7 @@ bad row is a one-line error naming the file, the line (or row) and the fix.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -93,28 +94,30 @@ def glue_task_of_folder(folder: Path) -> GlueTask | None:
     return GLUE_TASKS.get(key)
 
 
-def _delimited(path: Path, delimiter: str, header: tuple[str, ...] | None) -> Table:
-    """A CSV (quoted as spreadsheets and pandas write it) or a TSV. GLUE's TSVs (read with their task's
-    header) keep quotes as text; a user's TSV is read that way too unless it is quoted the CSV way
-    (a field wrapped in double quotes, which then parses into the header's number of fields)."""
-    if delimiter != "\t":
-        return _parsed(path, delimiter, header, csv.QUOTE_MINIMAL)
+def _delimited(path: Path, delimiter: str, header: tuple[str, ...] | None, literal_quotes: bool = False) -> Table:
+    """A CSV (quoted as spreadsheets and pandas write it) or a TSV. A TSV keeps quotes as text, as GLUE's
+    do (always so for a GLUE task's files, `literal_quotes`), unless it is quoted the way pandas and
+    `csv.writer` quote a tab-separated file: then reading it with that quoting and writing the rows back
+    gives the file again, byte for byte (a text that merely starts with a quote does not)."""
+    quoted = delimiter != "\t" or (not literal_quotes and header is None and _written_quoted(path, delimiter))
+    return _parsed(path, delimiter, header, csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
+
+
+def _written_quoted(path: Path, delimiter: str) -> bool:
+    """Whether the file holds a quoted field and is exactly what `csv.writer` writes for its rows."""
     try:
-        plain = _parsed(path, delimiter, header, csv.QUOTE_NONE)
-    except QtoolError as error:
-        if header is not None:
-            raise
-        try:
-            return _parsed(path, delimiter, header, csv.QUOTE_MINIMAL)
-        except QtoolError:
-            raise error from None
-    quoted = any(len(v) > 1 and v[0] == v[-1] == '"' for _, record in plain.rows for v in record.values())
-    if header is None and quoted:
-        try:
-            return _parsed(path, delimiter, header, csv.QUOTE_MINIMAL)
-        except QtoolError:
-            pass  # quotes that do not parse as quoting are text
-    return plain
+        text = path.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    if '"' not in text:
+        return False
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=csv.QUOTE_MINIMAL))
+    except csv.Error:
+        return False
+    written = io.StringIO()
+    csv.writer(written, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, lineterminator="\n").writerows(rows)
+    return written.getvalue().rstrip("\n") == text.rstrip("\n")
 
 
 def _parsed(path: Path, delimiter: str, header: tuple[str, ...] | None, quoting: int) -> Table:
@@ -187,10 +190,11 @@ def _parquet(path: Path) -> Table:
     return table
 
 
-def read_file(path: Path, header: tuple[str, ...] | None = None) -> Table:
+def read_file(path: Path, header: tuple[str, ...] | None = None, literal_quotes: bool = False) -> Table:
+    """A table from one file; `literal_quotes`: a TSV's quotes are text (GLUE's files)."""
     suffix = path.suffix.lower()
     if suffix in DELIMITERS:
-        table = _delimited(path, DELIMITERS[suffix], header)
+        table = _delimited(path, DELIMITERS[suffix], header, literal_quotes)
     elif suffix in JSON_SUFFIXES:
         table = _json_lines(path)
     elif suffix in PARQUET_SUFFIXES:

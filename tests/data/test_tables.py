@@ -189,3 +189,19 @@ def test_a_tsv_quoted_as_pandas_writes_it_and_a_glue_style_one_with_literal_quot
                                for i, t in enumerate(texts[:3] + texts[8:20])]
     literal.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert load_data(DataConfig(source=str(literal))).all_rows[2].text == 'the "best" one'
+
+
+def test_a_tsv_whose_texts_start_or_end_with_quotes_keeps_them(tmp_path):
+    """A text that is a whole quotation, or starts with one, is not CSV quoting: nothing is stripped or merged
+    (the file is not what csv.writer would write for any rows)."""
+    texts = ['"Yes."', '"The Matrix" is great', '"oops', 'next row"'] + [f"plain text {i}" for i in range(20)]
+    file = tmp_path / "quotes.tsv"
+    file.write_text("text\tlabel\n" + "".join(f"{t}\t{'good' if i % 2 else 'bad'}\n" for i, t in enumerate(texts)))
+    assert [row.text for row in load_data(DataConfig(source=str(file))).all_rows] == texts
+    glue = tmp_path / "SST-2"
+    glue.mkdir()
+    lines = ['"he said ""hi"""\t1'] + [f"{t}\t{i % 2}" for i, t in enumerate(texts[4:])]
+    (glue / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(lines) + "\n")
+    assert load_data(DataConfig(source=str(glue))).all_rows[0].text == '"he said ""hi"""'  # GLUE's quotes are text
+    (tmp_path / "mine.tsv").write_text((glue / "dev.tsv").read_text())
+    assert load_data(DataConfig(source=str(tmp_path / "mine.tsv"))).all_rows[0].text == 'he said "hi"'  # csv.writer's
