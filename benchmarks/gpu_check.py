@@ -93,7 +93,7 @@ def _engines(folder: Path, configurations: list[str], batch: int) -> dict[str, P
     return engines
 
 
-def _agreement(engine: Path, graph: Path, data) -> dict:
+def _agreement(engine: Path, graph: Path, data, batch: int) -> dict:
     """The engine's eval accuracy with its 95 % interval, and how often its argmax equals ONNX Runtime's
     on the graph it was built from (the QDQ graph scored as a recipe)."""
     from qtool.data import load_data
@@ -104,7 +104,8 @@ def _agreement(engine: Path, graph: Path, data) -> dict:
 
     split = load_data(data)
     with TrtRunner(engine) as runner:
-        result = evaluate(runner, tokenizer_for_model(engine), split, EvalConfig(), logit_to_label(engine, split.labels))
+        config = EvalConfig(batch_size=batch)  # the engine's profile takes at most `batch`
+        result = evaluate(runner, tokenizer_for_model(engine), split, config, logit_to_label(engine, split.labels))
     reference = evaluate_graph(graph, split, EvalConfig(), predictions=True)["predictions"]
     same = sum(a == b for a, b in zip(result["predictions"], reference, strict=True))
     return {"accuracy": result["accuracy"], "ci95": wilson_interval(result["correct"], result["examples"]),
@@ -202,7 +203,7 @@ def main() -> int:
                     {**row, "name": next(n for n, p in engines.items() if p.resolve() == Path(row["model"]).resolve())}
                     for row in run["results"][0]["candidates"]
                 ]
-            checks = {name: _agreement(path, args.folder / f"{name}.trt.qdq.onnx", data)
+            checks = {name: _agreement(path, args.folder / f"{name}.trt.qdq.onnx", data, batch)
                       for name, path in engines.items() if name != "fp16"}
             record["batches"][batch] = {"engines": {k: str(v) for k, v in engines.items()}, "runs": runs,
                                         "checks": checks}

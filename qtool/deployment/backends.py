@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -254,10 +255,13 @@ def build_openvino(graph: Path, output: Path | None = None, options: None = None
 
     def run() -> dict:
         ov.save_model(ov.convert_model(str(graph)), str(target), compress_to_fp16=False)
-        return {"backend": "openvino", "source": str(graph), "onnx_metadata": metadata, "openvino": ov.__version__}
+        source = os.path.relpath(graph.resolve(), target.resolve().parent)  # found again wherever both move
+        return {"backend": "openvino", "source": source, "onnx_metadata": metadata, "openvino": ov.__version__}
 
     key = {"source_sha256": sha256_file(graph), "qtool": __version__, "openvino": ov.__version__}
-    report = cached_stage(manifest_path(target), key, run, artifact=target, stage="build OpenVINO model")
+    weights = target.with_suffix(".bin")
+    report = cached_stage(manifest_path(target), key, run, artifact=target, force=not weights.is_file(),
+                          stage="build OpenVINO model")
     return {**report, "graph": str(target), "model": str(target), "artifact": str(target)}
 
 
@@ -278,7 +282,8 @@ def openvino_source(path: Path) -> Path | None:
     """The ONNX graph an OpenVINO model was built from, if its build record names one that still exists."""
     record = manifest_path(Path(path))
     source = ((read_json(record) if record.is_file() else {}) or {}).get("result", {}).get("source")
-    return Path(source) if source and Path(source).is_file() else None
+    found = Path(path).parent / source if source else None
+    return found if found is not None and found.is_file() else None
 
 
 register_backend(

@@ -14,8 +14,8 @@ version and by which compiler made a layer, and all of them are read here:
 
 Strong typing guarantees that Q/DQ layers run, not that the GEMMs behind them take INT8 inputs, so
 INT8 is counted on GEMM-type layers only (matrix multiply, fully connected, convolution, a fused
-attention kernel): one runs INT8 when an input tensor is Int8 or its tactic is an integer one
-(IMMA, i8). Reformat, Q/DQ (Scale, Quantize, Dequantize) and Cast layers move or convert data and
+attention kernel): one runs INT8 when its input tensors are all Int8 (float activations beside
+Int8 weights are a weight-only GEMM, in the float type) or its tactic is an integer one (IMMA, i8). Reformat, Q/DQ (Scale, Quantize, Dequantize) and Cast layers move or convert data and
 are counted apart. With several optimization profiles, layers of profiles after the first carry a
 "[profile N]" suffix; only the first profile is counted. An engine built without detailed
 verbosity lists layer names only: nothing is known.
@@ -39,7 +39,8 @@ _TOKENS = {
     "fp32": "FP32",
 }
 _GEMM_TYPES = ("gemm", "matrixmultiply", "matmul", "fullyconnected", "convolution")
-_ATTENTION = re.compile(r"mha|flash", re.IGNORECASE)  # fused kernels: _gemm_mha_v2, fmha_v2, flash
+# fused attention kernels by their kernel names (_gemm_mha_v2, fmha_v2_..., flash...), not ONNX node paths
+_ATTENTION = re.compile(r"(?:^|_)f?mha(?:_|$)|flash", re.IGNORECASE)
 _INTEGER_TACTIC = re.compile(r"imma|i8i8|int8|(?<![a-z0-9])i8(?![0-9])", re.IGNORECASE)
 _QDQ = re.compile(r"(?:Dequantize|Quantize)Linear")
 _LATER_PROFILE = re.compile(r"\[profile +[1-9][0-9]*\]")
@@ -77,16 +78,16 @@ def layer_kind(layer: dict | str) -> str:
         return "attention"
     if any(kind in word for word in kinds for kind in _GEMM_TYPES) or "_gemm" in name.lower():
         return "gemm"
-    nodes = re.findall(r"\[ONNX Layer: ([^\]]*)\]", str(layer.get("Metadata", ""))) or [name]
+    nodes = re.findall(r"\[ONNX Layer: ([^\]]*)\]", str(layer.get("Metadata", ""))) or name.split(" + ")
     if all(_QDQ.search(node) for node in nodes):
         return "quantize"  # a Scale (CASK) or kgen (Myelin) layer made of Q/DQ nodes only
     return "other"
 
 
 def layer_precision(layer: dict | str) -> str:
-    """What a layer computes in: INT8 (a GEMM or attention layer with an Int8 input or an integer tactic;
-    any other layer with an Int8 input), else the first of FP8, FP16, BF16, FP32 among its inputs (its
-    outputs when no input is a float or Int8); `reformat`,
+    """What a layer computes in: INT8 (a GEMM or attention layer whose inputs are all Int8, or with an
+    integer tactic; any other layer with an Int8 input), else the first of FP8, FP16, BF16, FP32 among its
+    inputs (its outputs when no input is a float or Int8); `reformat`,
     `quantize`, `cast` for layers that only convert; `unknown` when nothing is given."""
     kind = layer_kind(layer)
     if kind in ("unknown", "reformat", "quantize", "cast"):
@@ -94,9 +95,11 @@ def layer_precision(layer: dict | str) -> str:
     if kind in ("gemm", "attention") and _INTEGER_TACTIC.search(str(layer.get("TacticName", ""))):
         return "INT8"
     for tensors in ("Inputs", "Outputs"):  # a layer reading integer indices only (a Gather) computes in its outputs'
-        found = {tensor_precision(t) for t in layer.get(tensors, [])}
-        if found - {None}:
-            return next(precision for precision in PRECISIONS if precision in found)
+        found = {tensor_precision(t) for t in layer.get(tensors, [])} - {None}
+        if found == {"INT8"} or (found and kind not in ("gemm", "attention") and "INT8" in found):
+            return "INT8"
+        if found:  # a GEMM with float activations and Int8 weights (weight-only) computes in the float type
+            return next(precision for precision in PRECISIONS if precision in found and precision != "INT8")
     return "unknown"
 
 

@@ -53,7 +53,7 @@ from qtool.exporter.grid import INT8_MAX
 from qtool.fileio import dumps_stable, sha256_text, write_json
 from qtool.progress import ProgressTask, progress_bar
 from qtool.quantization.calibration import Calibration
-from qtool.quantization.search_evaluations import AsTasks, InProcess, SearchConfig, tuning_part
+from qtool.quantization.search_evaluations import AsTasks, InProcess, SearchConfig, tuning_part, with_tuning_rows
 from qtool.runners.ort import OrtRunner
 
 log = logging.getLogger(__name__)
@@ -384,7 +384,7 @@ def search_precision(
         batches = (tuning.batches, tuning.size), (tuning.sensitivity_batches, tuning.sensitivity_size)
         backend: InProcess | AsTasks = InProcess(model_path, calibration, *batches, config.threads)
     else:
-        backend = AsTasks(model_path, calibration, split, config, executor, cache_path)
+        backend = AsTasks(model_path, calibration, *with_tuning_rows(split, config), executor, cache_path)
     evaluator = _Evaluator(tuning, config, cache, backend)
     ranked = _ranked_by_sensitivity(evaluator, stats, calibration)
     chosen = _choose(evaluator, [s["name"] for s in ranked])

@@ -97,6 +97,17 @@ def tuning_examples(split: QnliSplit, config: SearchConfig | None = None) -> Tun
     return TuningExamples(examples, {"tuning": len(examples)})
 
 
+def with_tuning_rows(split: QnliSplit, config: SearchConfig) -> tuple[QnliSplit, SearchConfig]:
+    """The split with `config.tune_data`'s rows as its tuning part and the config without it, so that
+    tasks on other machines get the rows the driver read (not a path to read again)."""
+    if config.tune_data is None:
+        return split, config
+    rows = tuning_examples(split, config).examples
+    tuned = type(split)(split.name, {**split.parts, "tuning": rows}, all_rows=split.all_rows, labels=split.labels,
+                        task=split.task)
+    return tuned, replace(config, tune_data=None)
+
+
 def tuning_part(split: QnliSplit, tokenizer, config: SearchConfig, sensitivity: bool) -> tuple[TokenizedPart, TuningExamples]:
     """The tuning pairs tokenized (at most `tune_samples`; with `sensitivity`, their first
     `sensitivity_samples`, which the one-point evaluations use) and where they came from."""

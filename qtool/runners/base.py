@@ -44,13 +44,17 @@ class Runner(ABC):
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._infer(self.checked(feeds))
+
+    def checked(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's inputs of `feeds`, in its order; the runner must be entered and every input given."""
         if not self.is_active:
             raise RuntimeError(f"{self.name}: use the runner as a context manager before infer()")
         expected = self.input_names()
         missing = [name for name in expected if name not in feeds]
         if missing:
             raise QtoolError(f"{self.name}: missing inputs {missing}; the model expects {expected}")
-        return self._infer(self._select(feeds))
+        return self._select(feeds)
 
     def timed(self, feeds: Mapping[str, np.ndarray]) -> tuple[float, float | None]:
         """One inference on `feeds`, timed: seconds by the host clock around `infer`, and seconds on the

@@ -108,8 +108,8 @@ def probe_cuda_runtimes(device: int = 0, roots: Iterable[str | Path] | None = No
         if not path:
             continue
         name = Path(str(path)).name
-        try:
-            library = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        try:  # loaded privately to ask; only the one chosen is loaded for everyone (RTLD_GLOBAL)
+            library = ctypes.CDLL(str(path), mode=ctypes.RTLD_LOCAL)
             count = ctypes.c_int(0)
             status = library.cudaGetDeviceCount(ctypes.byref(count))
         except (OSError, AttributeError) as exc:
@@ -118,7 +118,7 @@ def probe_cuda_runtimes(device: int = 0, roots: Iterable[str | Path] | None = No
             continue
         if status == 0 and count.value > device:
             log.debug("CUDA runtime: %s", path)
-            return library, tried
+            return ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL), tried
         tried.append(f"{name}: {status_text(library, status) if status else f'{count.value} device(s)'}")
     return None, tried
 

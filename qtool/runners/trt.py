@@ -60,17 +60,19 @@ TRT_WHEELS = {"tensorrt-cu12": 12, "tensorrt-cu13": 13, "tensorrt-cu11": 11}
 DRIVER_FOR_CUDA = {11: "R450", 12: "R525", 13: "R580"}
 
 
-def tensorrt_cuda_major() -> int | None:
-    """The CUDA major version of the installed TensorRT wheels (tensorrt-cu12 / -cu13), None if unknown."""
+def tensorrt_cuda_major(version: str | None = None) -> int | None:
+    """The CUDA major version of the installed TensorRT wheels (tensorrt-cu12 / -cu13): the family whose
+    version is `version` (the imported TensorRT's) when several are installed; None if unknown."""
     import importlib.metadata
 
+    installed = {}
     for wheel, major in TRT_WHEELS.items():
         try:
-            importlib.metadata.version(wheel)
+            installed[major] = importlib.metadata.version(wheel)
         except importlib.metadata.PackageNotFoundError:
             continue
-        return major
-    return None
+    matching = [major for major, found in installed.items() if version is None or found == version]
+    return max(matching) if matching else (max(installed) if len(installed) == 1 else None)
 
 
 def preflight(gpu: GpuInfo) -> dict:
@@ -87,7 +89,7 @@ def preflight(gpu: GpuInfo) -> dict:
     if library is None:
         raise QtoolError(f"no CUDA runtime sees a GPU here ({device.missing_gpu_reason()})")
     versions = device.cuda_versions(library)
-    trt_cuda = tensorrt_cuda_major()
+    trt_cuda = tensorrt_cuda_major(trt.__version__)
     driver_cuda = versions["driver_cuda"]
     if trt_cuda and driver_cuda and int(driver_cuda.split(".")[0]) < trt_cuda:
         older = min(TRT_WHEELS.values(), key=lambda major: abs(major - int(driver_cuda.split(".")[0])))
@@ -287,7 +289,8 @@ class TrtRunner(Runner):
             )
         self._cuda = Cuda()
         self._stream = self._cuda.stream()
-        self._events = (self._cuda.event(), self._cuda.event())
+        self._events = (self._cuda.event(), 0)  # each kept as soon as it exists, for _deactivate
+        self._events = (self._events[0], self._cuda.event())
         self._buffers = {name: DeviceBuffer(self._cuda) for name in names}
         log.info(
             "loaded %s: inputs %s, outputs %s, %d bytes of device memory",
@@ -298,15 +301,19 @@ class TrtRunner(Runner):
         )
 
     def _deactivate(self) -> None:
-        for buffer in self._buffers.values():
-            buffer.free()
-        self._buffers = {}
-        if self._cuda is not None:
-            self._unstage()
-            for event in self._events:
-                self._cuda.destroy_event(event)
-            self._cuda.destroy_stream(self._stream)
-        self._stream, self._events = 0, (0, 0)
+        """Release everything, each step on its own: after a sticky CUDA error every call fails, and the
+        error that ended the run (not a later one here) is what the user should see."""
+        cuda = self._cuda
+        steps = [buffer.free for buffer in self._buffers.values()]
+        if cuda is not None:
+            steps += [self._unstage, *(lambda e=e: cuda.destroy_event(e) for e in self._events),
+                      lambda: cuda.destroy_stream(self._stream)]
+        for step in steps:
+            try:
+                step()
+            except QtoolError as exc:
+                log.warning("releasing %s: %s", self.plan_path, exc)
+        self._buffers, self._staged, self._stream, self._events = {}, None, 0, (0, 0)
         # Destroy in dependency order: context, then engine, then runtime.
         self._context = None
         self._engine = None
@@ -372,7 +379,11 @@ class TrtRunner(Runner):
         two CUDA events recorded on the stream around `execute_async_v3`. The feeds are bound and staged
         once; timing the same feeds again reuses them."""
         if self._staged is None or self._staged[0] is not feeds:
-            self._stage(feeds)
+            try:
+                self._stage(feeds)
+            except BaseException:
+                self._unstage()
+                raise
         _, inputs, outputs = self._staged
         cuda, stream = self._cuda, self._stream
         started = time.perf_counter()
@@ -389,17 +400,17 @@ class TrtRunner(Runner):
 
     def _stage(self, feeds: Mapping[str, np.ndarray]) -> None:
         self._unstage()
-        selected = self._select(feeds)
+        selected = self.checked(feeds)
         self.bind(selected)
         self._cuda.synchronize(self._stream)
-        inputs = []
+        self._staged = (feeds, [], [])  # filled as the pinned buffers are made, so _unstage frees them on failure
         for name in self._inputs:
             array = np.ascontiguousarray(selected[name], dtype=self._dtypes[name])
-            inputs.append((name, self._cuda.pinned(array.shape, array.dtype)))
-            inputs[-1][1][...] = array
-        outputs = [(name, self._cuda.pinned(tuple(self._context.get_tensor_shape(name)), self._dtypes[name]))
-                   for name in self._outputs]
-        self._staged = (feeds, inputs, outputs)
+            self._staged[1].append((name, self._cuda.pinned(array.shape, array.dtype)))
+            self._staged[1][-1][1][...] = array
+        for name in self._outputs:
+            shape = tuple(self._context.get_tensor_shape(name))
+            self._staged[2].append((name, self._cuda.pinned(shape, self._dtypes[name])))
 
     def _unstage(self) -> None:
         if self._staged is not None:

@@ -261,7 +261,9 @@ def _write_peer(name: str, fp32: Path, graph: Path, split: QnliSplit, config: Re
     arguments = (name, fp32, graph, split, tokenizer_for(fp32), config.collect.samples, config.export.max_length)
     if name in NNCF_PEERS:
         searched = SearchConfig(max_length=config.export.max_length, tune_data=config.tune_data)
-        tuning = {k: v for k, v in asdict(searched).items() if k != "threads" and (k != "tune_data" or v is not None)}
+        tuning = {k: v for k, v in asdict(searched).items() if k not in ("threads", "tune_data")}
+        if config.tune_data is not None:  # its rows, not where they were read from
+            tuning["tune_data"] = tuning_examples(split, searched).tune_data["fingerprint"]
         key |= {"tuning": tuning, "ranking_pairs": RANKING_PAIRS, "nncf": importlib.metadata.version("nncf")}
         write = partial(quantize_with_nncf, *arguments, max_drop=SEARCH_MAX_DROP, threads=config.eval.threads,
                         tune_data=config.tune_data)

@@ -23,7 +23,7 @@ from qtool.deployment.trt_build import (
     profile_shapes,
     read_onnx_facts,
 )
-from qtool.deployment.trt_layers import engine_precision, layer_precision, summarize_layers
+from qtool.deployment.trt_layers import engine_precision, layer_kind, layer_precision, summarize_layers
 from qtool.errors import QtoolError, api_spelling
 from qtool.fileio import manifest_path, sha256_file
 from qtool.graph import graph_metadata
@@ -233,6 +233,15 @@ def test_inspector_with_layer_names_only_counts_nothing_as_known():
         layer_precision({"Inputs": [{"Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}]}) == "FP16"
     )
     assert layer_precision({"LayerType": "kgen", "Inputs": [{"Format/Datatype": "BFloat16"}]}) == "BF16"
+    weight_only = {"Name": "q_myl0_9", "LayerType": "gemm", "TacticName": "sm89_xmma_gemm_f16f16_f32",
+                   "Inputs": [{"Format/Datatype": "Half"}, {"Name": "__mye3_weights", "Format/Datatype": "Int8"}]}
+    assert layer_precision(weight_only) == "FP16" and layer_kind(weight_only) == "gemm"
+    module_named_mha = {"Name": "/encoder/mha/query/MatMul", "LayerType": "CaskGemmMatrixMultiply",
+                        "Inputs": [{"Format/Datatype": "Row major linear Int8 format"}]}
+    assert layer_kind(module_named_mha) == "gemm" and layer_precision(module_named_mha) == "INT8"
+    fused_add = {"Name": "x/DequantizeLinear_1 + x/Add_2", "LayerType": "Scale",
+                 "Inputs": [{"Format/Datatype": "Row major linear Int8 format"}]}
+    assert layer_kind(fused_add) == "other" and layer_kind({**fused_add, "Name": "x/QuantizeLinear"}) == "quantize"
     assert layer_precision({"LayerType": "kgen", "Inputs": [{"DataType": "Half", "Format": "Row major Int8"}]}) == "FP16"
 
 
@@ -481,14 +490,14 @@ def test_preflight_records_the_cuda_pieces_and_refuses_a_tensorrt_newer_than_the
     from qtool.runners import trt as runner_module
 
     use_fake()
-    monkeypatch.setattr(runner_module, "tensorrt_cuda_major", lambda: 13)
+    monkeypatch.setattr(runner_module, "tensorrt_cuda_major", lambda version=None: 13)
     with pytest.raises(QtoolError) as raised:
         build_engine(tiny_graph, tmp_path / "int8.plan")
     message = raised.value.cli_message
     assert "built for CUDA 13, which needs an NVIDIA driver of R580 or newer" in message and "\n" not in message
     assert "supports CUDA 12.4" in message and "install the CUDA 12 build" in message
     assert not (tmp_path / "int8.plan").exists()
-    monkeypatch.setattr(runner_module, "tensorrt_cuda_major", lambda: 12)
+    monkeypatch.setattr(runner_module, "tensorrt_cuda_major", lambda version=None: 12)
     checked = build_engine(tiny_graph, tmp_path / "int8.plan")["preflight"]
     assert checked["tensorrt_cuda"] == 12 and checked["driver_cuda"] == "12.4" and checked["cuda_runtime"] == "12.8"
     assert checked["gpu"] == BUILD_GPU.describe() and checked["compute_capability"] == "8.6"
@@ -551,3 +560,24 @@ def test_gpu_engine_of_a_qtool_graph_runs_its_gemms_in_int8(scaled_model, relabe
             agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
             total += len(ours)
     assert agree >= 0.95 * total, (agree, total)  # FP16 around the INT8 GEMMs moves a few near-ties
+
+
+def test_the_cuda_of_tensorrt_is_the_installed_wheel_family_of_the_imported_version(monkeypatch):
+    """Both tensorrt-cu12 and -cu13 installed (plain `tensorrt` pulls cu13 beside qtool[trt]'s cu12): the
+    family whose version is the imported TensorRT's decides."""
+    import importlib.metadata
+
+    from qtool.runners.trt import tensorrt_cuda_major
+
+    versions = {"tensorrt-cu12": "10.16.1.11", "tensorrt-cu13": "11.4.0.106"}
+
+    def version(name):
+        if name not in versions:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return versions[name]
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert tensorrt_cuda_major("11.4.0.106") == 13 and tensorrt_cuda_major("10.16.1.11") == 12
+    assert tensorrt_cuda_major("9.0") is None
+    del versions["tensorrt-cu13"]
+    assert tensorrt_cuda_major("10.16.1.11") == 12 and tensorrt_cuda_major(None) == 12

@@ -365,3 +365,20 @@ def _tuning_empty(path, seed) -> bool:
     write_glue_tsv(path, rows=24, seed=seed, questions=8)
     sizes = load_data(DataConfig(source=str(path))).sizes
     return sizes["tuning"] == 0 and all(sizes[p] for p in ("train", "calibration", "eval"))
+
+
+def test_tasks_elsewhere_get_the_tune_data_rows_the_driver_read(tmp_path):
+    """A Ray task must not read --tune-data again (another machine, a relative path, a file since edited):
+    the driver hands over a split whose tuning part is those rows, and a config without the path."""
+    from qtool.data import DataConfig, load_data
+    from qtool.quantization.search_evaluations import tuning_examples, with_tuning_rows
+
+    write_glue_tsv(tmp_path / "dev.tsv", rows=200, seed=4, questions=60)
+    write_glue_tsv(tmp_path / "tune.tsv", rows=30, seed=5, questions=20)
+    split = load_data(DataConfig(source=str(tmp_path / "dev.tsv")))
+    config = SearchConfig(tune_data=str(tmp_path / "tune.tsv"))
+    tuned, plain = with_tuning_rows(split, config)
+    assert plain.tune_data is None and tuned.parts["tuning"] == tuning_examples(split, config).examples
+    (tmp_path / "tune.tsv").unlink()
+    assert tuning_examples(tuned, plain).examples == tuned.parts["tuning"]  # nothing read again
+    assert with_tuning_rows(split, SearchConfig()) == (split, SearchConfig())

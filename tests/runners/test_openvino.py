@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +46,9 @@ def test_openvino_runs_the_fp32_graph_as_onnx_runtime_does_and_the_qdq_graph_in_
     qdq_ir = build(graphs["qdq"])["model"]
     assert qdq_ir.endswith("max-gemm-inputs.qdq.ov.xml") and (tmp_path / "fp32.ov.bin").is_file()
     assert build(graphs["qdq"])["model"] == qdq_ir  # cached: the same graph and OpenVINO
+    (tmp_path / "fp32.ov.bin").unlink()
+    assert build(graphs["fp32"], tmp_path / "fp32.ov.xml")["model"] == fp32_ir and (tmp_path / "fp32.ov.bin").is_file()
+    assert backend_named("openvino").source_graph(Path(qdq_ir)) == graphs["qdq"]
     batches = graphs["batches"]
     reference = _logits(lambda: OrtRunner(graphs["fp32"], optimization_level="disable"), batches)
     ours = _logits(lambda: OpenVinoRunner(fp32_ir, threads=1), batches)
