@@ -264,6 +264,11 @@ def read_qtool_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key[len(METADATA_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)}
 
 
+def onnx_opset(model: onnx.ModelProto) -> int:
+    """The model's version of the default ONNX operator set (0 when it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def graph_metadata(model_path: Path) -> dict[str, str]:
     """The `qtool.*` metadata of the ONNX file at `model_path` (its weights are not read)."""
     return read_qtool_metadata(load_model(model_path, load_external_data=False))

@@ -39,7 +39,7 @@ import onnx
 from qtool.defaults import TRT_FP16, TRT_QUANTIZE_HEAD
 from qtool.errors import QtoolError
 from qtool.exporter.weight_codes import dequantized_constant
-from qtool.graph import GraphIndex, load_model, prune_dead_nodes, save_derived_graph, tensor_ranks
+from qtool.graph import GraphIndex, load_model, onnx_opset, prune_dead_nodes, save_derived_graph, tensor_ranks
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = onnx_opset(model)
     if opset < FP16_OPSET and any(node.op_type in QDQ_OPS for node in model.graph.node):
         try:
             model = onnx.version_converter.convert_version(model, FP16_OPSET)
@@ -243,7 +243,7 @@ def trt_form(model: onnx.ModelProto, config: TrtFormConfig = TrtFormConfig()) ->
     if config.fp16:
         form = to_fp16(form)
         report["fp16_converter"] = FP16_CONVERTER
-    report["opset"] = next((o.version for o in form.opset_import if o.domain in ("", "ai.onnx")), None)
+    report["opset"] = onnx_opset(form) or None
     report["quantize_nodes"] = sum(node.op_type == "QuantizeLinear" for node in form.graph.node)
     del form.metadata_props[:]
     form.metadata_props.extend(model.metadata_props)
