@@ -271,17 +271,20 @@ def openvino_runner(path: Path, threads: int | None = None, providers: Sequence[
     return OpenVinoRunner(path, threads=threads)
 
 
+def _openvino_build(path: Path) -> dict:
+    """What `build_openvino` recorded beside an OpenVINO model (nothing for a model it did not build)."""
+    record = manifest_path(Path(path))
+    return ((read_json(record) if record.is_file() else None) or {}).get("result") or {}
+
+
 def openvino_metadata(path: Path) -> dict:
     """The metadata of the graph an OpenVINO model was built from, as its build record kept it."""
-    record = manifest_path(Path(path))
-    recorded = read_json(record) if record.is_file() else {}
-    return dict(((recorded or {}).get("result") or {}).get("onnx_metadata") or {})
+    return dict(_openvino_build(path).get("onnx_metadata") or {})
 
 
 def openvino_source(path: Path) -> Path | None:
     """The ONNX graph an OpenVINO model was built from, if its build record names one that still exists."""
-    record = manifest_path(Path(path))
-    source = ((read_json(record) if record.is_file() else {}) or {}).get("result", {}).get("source")
+    source = _openvino_build(path).get("source")
     found = Path(path).parent / source if source else None
     return found if found is not None and found.is_file() else None
 

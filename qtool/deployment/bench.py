@@ -2,8 +2,8 @@
 
 Timing. Every inference is timed by `Runner.timed` (`time.perf_counter` around `infer`; a TensorRT
 engine end to end from page-locked memory, and on the GPU alone between CUDA events, as
-`latency.device`), after a warm-up, on one batch of fixed shape [batch, sequence] (real QNLI pairs padded to exactly the sequence
-length, or random token ids). A comparison enters all runners at once and interleaves their
+`latency.device`), after a warm-up, on one batch of fixed shape [batch, sequence] (texts or pairs of
+--data's eval part padded to exactly the sequence length, or random token ids). A comparison enters all runners at once and interleaves their
 iterations round-robin on the same inputs, so drift in machine load hits every candidate alike.
 
 Memory (`qtool.deployment.memory`). Host memory is the process's resident set size (RSS): the peak

@@ -58,16 +58,13 @@ def tensor_precision(tensor: dict) -> str | None:
     return None
 
 
-def _kinds(layer: dict) -> str:
-    return f"{layer.get('LayerType', '')} {layer.get('ParameterType', '')}".lower()
-
-
 def layer_kind(layer: dict | str) -> str:
     """`attention` (a fused attention kernel), `gemm`, `reformat`, `quantize` (Q/DQ), `cast`, `other`, or
     `unknown` (a names-only description)."""
     if not isinstance(layer, dict):
         return "unknown"
-    kinds, name = _kinds(layer).split(), str(layer.get("Name", ""))
+    kinds = f"{layer.get('LayerType', '')} {layer.get('ParameterType', '')}".lower().split()
+    name = str(layer.get("Name", ""))
     if "reformat" in kinds or name.startswith("Reformatting CopyNode"):
         return "reformat"
     if "cast" in kinds:

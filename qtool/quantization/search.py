@@ -53,7 +53,14 @@ from qtool.exporter.grid import INT8_MAX
 from qtool.fileio import dumps_stable, sha256_text, write_json
 from qtool.progress import ProgressTask, progress_bar
 from qtool.quantization.calibration import Calibration
-from qtool.quantization.search_evaluations import AsTasks, InProcess, SearchConfig, tuning_part, with_tuning_rows
+from qtool.quantization.search_evaluations import (
+    AsTasks,
+    InProcess,
+    SearchConfig,
+    tuning_examples,
+    tuning_part,
+    with_tuning_rows,
+)
 from qtool.runners.ort import OrtRunner
 
 log = logging.getLogger(__name__)
@@ -80,12 +87,13 @@ class TuningSet:
     the accuracy-controlled peers tune on."""
 
     def __init__(self, model_path: Path, split: QnliSplit, tokenizer, config: SearchConfig):
-        part, chosen = tuning_part(split, tokenizer, config, sensitivity=False)
-        self.sources, self.tune_data = chosen.sources, chosen.tune_data
+        chosen = tuning_examples(split, config)  # read once (--tune-data is a file) for both parts
+        part, taken = tuning_part(split, tokenizer, config, sensitivity=False, chosen=chosen)
+        self.sources, self.tune_data = taken.sources, taken.tune_data
         self.labels = part.labels
         self.label_of_logit = logit_to_label(model_path, split.labels)
         self.batches = make_batches(part, config.batch_size)
-        sensitivity, _ = tuning_part(split, tokenizer, config, sensitivity=True)
+        sensitivity, _ = tuning_part(split, tokenizer, config, sensitivity=True, chosen=chosen)
         self.sensitivity_batches = make_batches(sensitivity, config.batch_size)
         self.size, self.sensitivity_size = len(part), len(sensitivity)
         with OrtRunner(model_path, threads=config.threads) as fp32:

@@ -108,10 +108,13 @@ def with_tuning_rows(split: QnliSplit, config: SearchConfig) -> tuple[QnliSplit,
     return tuned, replace(config, tune_data=None)
 
 
-def tuning_part(split: QnliSplit, tokenizer, config: SearchConfig, sensitivity: bool) -> tuple[TokenizedPart, TuningExamples]:
+def tuning_part(
+    split: QnliSplit, tokenizer, config: SearchConfig, sensitivity: bool, chosen: TuningExamples | None = None
+) -> tuple[TokenizedPart, TuningExamples]:
     """The tuning pairs tokenized (at most `tune_samples`; with `sensitivity`, their first
-    `sensitivity_samples`, which the one-point evaluations use) and where they came from."""
-    chosen = tuning_examples(split, config)
+    `sensitivity_samples`, which the one-point evaluations use) and where they came from; `chosen`:
+    `tuning_examples` already read."""
+    chosen = chosen or tuning_examples(split, config)
     examples = chosen.examples[: config.tune_samples]
     chosen = replace(chosen, sources={next(iter(chosen.sources)): len(examples)})
     if sensitivity:

@@ -51,10 +51,10 @@ class Cuda:
         """A host array in page-locked memory (cudaMallocHost), for copies the device can start at once;
         release it with `free_pinned`."""
         dtype = np.dtype(dtype)
-        nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
-        pointer = self._handle("cudaMallocHost", ctypes.c_size_t(nbytes))
-        memory = (ctypes.c_uint8 * nbytes).from_address(pointer)
-        return np.frombuffer(memory, dtype=np.uint8)[: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+        size = int(np.prod(shape)) * dtype.itemsize
+        pointer = self._handle("cudaMallocHost", ctypes.c_size_t(max(size, 1)))
+        memory = (ctypes.c_uint8 * max(size, 1)).from_address(pointer)
+        return np.frombuffer(memory, dtype=np.uint8)[:size].view(dtype).reshape(shape)
 
     def free_pinned(self, array: np.ndarray) -> None:
         self.call("cudaFreeHost", ctypes.c_void_p(array.ctypes.data))

@@ -351,7 +351,7 @@ class TrtRunner(Runner):
         for name, host in outputs.items():
             self._cuda.copy_to_host(host, self._buffers[name].pointer, self._stream)
         self._cuda.synchronize(self._stream)
-        del host_inputs
+        del host_inputs  # only now may the copies' sources go
         return outputs
 
     def bind(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -406,8 +406,9 @@ class TrtRunner(Runner):
         self._staged = (feeds, [], [])  # filled as the pinned buffers are made, so _unstage frees them on failure
         for name in self._inputs:
             array = np.ascontiguousarray(selected[name], dtype=self._dtypes[name])
-            self._staged[1].append((name, self._cuda.pinned(array.shape, array.dtype)))
-            self._staged[1][-1][1][...] = array
+            host = self._cuda.pinned(array.shape, array.dtype)
+            self._staged[1].append((name, host))
+            host[...] = array
         for name in self._outputs:
             shape = tuple(self._context.get_tensor_shape(name))
             self._staged[2].append((name, self._cuda.pinned(shape, self._dtypes[name])))
