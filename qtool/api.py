@@ -133,11 +133,10 @@ def load_data(data=None, seed: int | None = None, max_length: int | None = None)
 
 def check_positions(graph: Path, max_length: int, tokenizer_path: Path | None = None) -> None:
     """A one-line error when `max_length` tokens exceed what the graph's model (and its tokenizer) take."""
-    from qtool.deployment.model_files import model_max_positions
-    from qtool.models.families import tokenizer_for
+    from qtool.deployment.model_files import model_max_positions, tokenizer_for_model
 
     try:
-        tokenizer = tokenizer_for(graph, tokenizer_path)
+        tokenizer = tokenizer_for_model(graph, tokenizer_path)
     except QtoolError:
         tokenizer = None  # a graph without a recorded tokenizer: its position table decides
     limit = model_max_positions(graph, tokenizer)
@@ -409,16 +408,21 @@ def export_scales(calibration, fmt, *, output=None, model=None, trt_version=None
 # -- deployment ------------------------------------------------------------------------------------
 def evaluate(graph, *, data=None, seed=None, part=None, batch_size=None, limit=None, threads=None,
              max_length=None, tokenizer=None) -> Evaluation:
-    """Accuracy of an ONNX classifier on a data part, through ONNX Runtime on the CPU."""
+    """Accuracy of a classifier on a data part: an ONNX graph through ONNX Runtime on the CPU (cached
+    beside it), another backend's artifact (`backends()`) through that backend's runner."""
     from qtool.deployment.evaluate import evaluate_graph, evaluation_metrics
+    from qtool.deployment.model_files import check_model_files
+    from qtool.stages.deploy import evaluate_artifact
 
     config = eval_config(batch_size, limit, threads, part)
-    graph = _graph(graph)
+    model = check_model_files([graph])[0]
     data_options, split = load_data(data, seed, max_length)
-    check_positions(graph, data_options.max_length, Path(tokenizer) if tokenizer else None)
-    result = evaluate_graph(
-        graph, split, config, data_options.max_length, False, Path(tokenizer) if tokenizer else None, predictions=True
-    )
+    tokenizer = Path(tokenizer) if tokenizer else None
+    check_positions(model, data_options.max_length, tokenizer)
+    if model.suffix == ".onnx":
+        result = evaluate_graph(model, split, config, data_options.max_length, False, tokenizer, predictions=True)
+    else:
+        result = evaluate_artifact(model, split, config, data_options.max_length, tokenizer=tokenizer)
     metrics = evaluation_metrics(split, config, result)
     details = {k: v for k, v in result.items() if k != "predictions"} | {"data_split": split.describe(), "metrics": metrics}
     return Evaluation(details, accuracy=result["accuracy"], correct=result["correct"], examples=result["examples"])

@@ -140,6 +140,10 @@ def test_a_backend_registered_from_outside_builds_benches_and_evaluates(copy_bac
     bench = qtool.bench([built.artifact], iterations=2, warmup=1, with_eval=True, data=session_data, limit=24)
     assert bench.runs[0]["results"][0]["latency"]["p50_ms"] > 0
     assert bench.details["accuracy"][str(built.artifact)]["examples"] == 24
+    scored = qtool.evaluate(built.artifact, data=session_data, limit=24)
+    assert scored.details["model"] == str(built.artifact)
+    assert scored.correct == qtool.evaluate(graph, data=session_data, limit=24).correct
+    assert scored.correct == bench.details["accuracy"][str(built.artifact)]["correct"]
     cli = CliRunner()
     result = cli.invoke(app, ["build", str(graph), "--backend", "copy", "-o", str(graph.with_name("b.copy")), "--json"])
     assert result.exit_code == 0, result.output
@@ -148,6 +152,9 @@ def test_a_backend_registered_from_outside_builds_benches_and_evaluates(copy_bac
         app, ["bench", str(graph.with_name("b.copy")), "--iterations", "2", "--warmup", "1", "--data", str(session_data)]
     )
     assert result.exit_code == 0, result.output
+    result = cli.invoke(app, ["build", str(graph), "--backend", "copy", "-o", str(graph.with_name("c.copy"))])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == ["build", "(copy)", "artifact", str(graph.with_name("c.copy")), "label", "plain"]
     result = cli.invoke(app, ["build", str(graph), "--backend", "copy", "--int8-kernels", "u8u8"])
     assert result.exit_code == 2 and "is not an option of backend copy" in result.stderr
 

@@ -232,7 +232,8 @@ def eval_command(
     batch_size: o.BatchSize = None, limit: o.Limit = None, threads: o.Threads = None, tokenizer: o.Tokenizer = None,
     max_length: o.MaxLength = None, as_json: o.Json = False,
 ) -> None:
-    """Accuracy of an ONNX classifier on a data part, through ONNX Runtime on the CPU."""
+    """Accuracy of a classifier on a data part: an ONNX graph through ONNX Runtime on the CPU, a built
+    artifact (OpenVINO model, TensorRT engine) through its backend's runner."""
     result = api.evaluate(
         model_path,
         data=data_source(data, text_columns, label_column, task, split), seed=seed, part=part, batch_size=batch_size, limit=limit, threads=threads,

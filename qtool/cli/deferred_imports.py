@@ -14,7 +14,7 @@ import importlib.util
 import sys
 import types
 
-DEFERRED = ("onnx",)
+DEFERRED = ("onnx", "numpy")
 
 
 class DeferredModule(types.ModuleType):

@@ -123,7 +123,8 @@ ReexportForce = Annotated[
 ]
 
 # -- eval ------------------------------------------------------------------------------------------
-EvalGraph = graph_argument("ONNX graph written by `qtool export` (or any classifier graph).")
+RUNNABLE_FILES = ", ".join(f"{'/'.join(b.suffixes)} ({b.summary})" for b in BACKENDS.values())
+EvalGraph = graph_argument(f"Classifier to score: an ONNX graph (qtool's or any), or a built artifact: {RUNNABLE_FILES}.")
 Part = Annotated[
     str | None,
     typer.Option(
@@ -353,7 +354,7 @@ TrtVersion = Annotated[
 
 # -- bench -----------------------------------------------------------------------------------------
 BenchModels = Annotated[
-    list[Path], typer.Argument(help="Engines to measure: .onnx (ONNX Runtime) or .plan (TensorRT).", show_default=False)
+    list[Path], typer.Argument(help=f"Models to measure: {RUNNABLE_FILES}.", show_default=False)
 ]
 Compare = Annotated[
     bool, typer.Option("--compare", help="Run the models interleaved on the same inputs and print ratios to the first.")

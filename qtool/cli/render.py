@@ -309,34 +309,49 @@ def bench_tables(result: dict, compare: bool, wide: bool) -> None:
 
 # -- build and reproduce -------------------------------------------------------------------------------
 def build_summary(report: dict) -> None:
-    if report["backend"] == "ort":
-        kernels = ", ".join(f"{k} {v}" for k, v in sorted(report["integer_ops"].items())) or "none"
-        rows = [
-            ("graph", report["graph"]),
-            ("int8 kernels", f"{report['int8_kernels']}: {report['int8_kernels_reason']}"),
-            ("fused integer kernels", kernels),
-            ("float MatMuls fed by two DequantizeLinear", report["float_matmuls_two_dequantized_inputs"]),
-            ("QuantizeLinear / DequantizeLinear left", f"{report['quantize_linear']} / {report['dequantize_linear']}"),
-            *([("note", report["note"])] if report.get("note") else []),
-        ]
-    else:
-        rows = [
-            ("engine", report["engine"]),
-            ("TensorRT", report.get("tensorrt_version", "-")),
-            ("GPU", report.get("gpu", "-")),
-        ]
-        precision, layers = report.get("precision", {}), report.get("layer_precision", {})
-        if precision:
-            tf32 = "allowed" if precision.get("tf32_allowed") else "off"
-            rows.append(("precision", f"{precision['engine']} (strongly typed; TF32 {tf32})"))
-        if layers.get("detailed"):
-            counts = ", ".join(f"{k} {v}" for k, v in layers["by_precision"].items())
-            moved = f"{layers.get('reformats', 0)} reformat, {layers.get('quantize_layers', 0)} Q/DQ, {layers.get('casts', 0)} cast"
-            rows.append(("layers", f"{layers['layers']}: {counts}; {moved}"))
-            rows.append(("GEMMs INT8", f"{layers.get('gemms_int8', '-')}/{layers['gemms']} (fused attention layers: "
-                                       f"{layers.get('fused_attention', '-')})"))
-            rows.append(("GEMMs not INT8", ", ".join(layers["gemms_not_int8"]) or "none"))
+    rows = {"ort": _ort_build_rows, "trt": _trt_build_rows}.get(report["backend"], _plain_build_rows)(report)
     print_fields(f"build ({report['backend']})", rows)
+
+
+def _ort_build_rows(report: dict) -> list[tuple[str, Any]]:
+    kernels = ", ".join(f"{k} {v}" for k, v in sorted(report["integer_ops"].items())) or "none"
+    return [
+        ("graph", report["graph"]),
+        ("int8 kernels", f"{report['int8_kernels']}: {report['int8_kernels_reason']}"),
+        ("fused integer kernels", kernels),
+        ("float MatMuls fed by two DequantizeLinear", report["float_matmuls_two_dequantized_inputs"]),
+        ("QuantizeLinear / DequantizeLinear left", f"{report['quantize_linear']} / {report['dequantize_linear']}"),
+        *([("note", report["note"])] if report.get("note") else []),
+    ]
+
+
+def _trt_build_rows(report: dict) -> list[tuple[str, Any]]:
+    rows = [
+        ("engine", report["engine"]),
+        ("TensorRT", report.get("tensorrt_version", "-")),
+        ("GPU", report.get("gpu", "-")),
+    ]
+    precision, layers = report.get("precision", {}), report.get("layer_precision", {})
+    if precision:
+        tf32 = "allowed" if precision.get("tf32_allowed") else "off"
+        rows.append(("precision", f"{precision['engine']} (strongly typed; TF32 {tf32})"))
+    if layers.get("detailed"):
+        counts = ", ".join(f"{k} {v}" for k, v in layers["by_precision"].items())
+        moved = f"{layers.get('reformats', 0)} reformat, {layers.get('quantize_layers', 0)} Q/DQ, {layers.get('casts', 0)} cast"
+        rows.append(("layers", f"{layers['layers']}: {counts}; {moved}"))
+        rows.append(("GEMMs INT8", f"{layers.get('gemms_int8', '-')}/{layers['gemms']} (fused attention layers: "
+                                   f"{layers.get('fused_attention', '-')})"))
+        rows.append(("GEMMs not INT8", ", ".join(layers["gemms_not_int8"]) or "none"))
+    return rows
+
+
+def _plain_build_rows(report: dict) -> list[tuple[str, Any]]:
+    """Any other backend's report: what it wrote, then its one-value fields (`--json` has the rest)."""
+    skip = {"backend", "artifact", "graph", "model"}
+    return [("artifact", report["artifact"])] + [
+        (key.replace("_", " "), value) for key, value in report.items()
+        if key not in skip and isinstance(value, (str, int, float, bool))
+    ]
 
 
 def reproduce_table(result: dict, report: Path) -> None:

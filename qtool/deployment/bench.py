@@ -48,7 +48,7 @@ INPUT_KINDS = ("data", "random")  # "qnli", the old name of "data", is still tak
 RANDOM_INPUT_SEED = 0
 ISOLATED_MEMORY_ITERATIONS = 10  # a comparison's per-candidate memory run: a few iterations reach the peak
 
-Feeds = dict[str, np.ndarray]
+Feeds = dict[str, "np.ndarray"]
 
 
 # -- configuration ---------------------------------------------------------------------------------

@@ -121,7 +121,8 @@ def check_model_files(model_paths: Sequence[Path]) -> list[Path]:
     for path in paths:
         if not path.is_file():
             runs = ", ".join(suffix for backend in BACKENDS.values() for suffix in backend.suffixes)
-            raise QtoolError(f"{path} does not exist; pass a file a backend runs ({runs})")
+            problem = "is a folder" if path.is_dir() else "does not exist"
+            raise QtoolError(f"{path} {problem}; pass a file a backend runs ({runs})")
         backend = backend_for_file(path)
         if backend.check_artifact is not None:
             backend.check_artifact(path)

@@ -13,7 +13,7 @@ from qtool.exporter.weight_codes import dequantized_constant
 from qtool.graph import GraphIndex, attribute
 
 MS_DOMAIN = "com.microsoft"
-EIGHT_BIT_TYPES = (np.dtype(np.int8), np.dtype(np.uint8))
+EIGHT_BIT_TYPES = ("int8", "uint8")  # a dtype compares equal to its name
 
 
 # -- step 3: projections -----------------------------------------------------------------------------

@@ -39,8 +39,8 @@ from qtool.runners.ort import OrtRunner
 log = logging.getLogger(__name__)
 
 Batches = tuple[list, int]  # tokenized batches and the number of pairs in them
-OnePointDone = Callable[[str, np.ndarray], None]
-CandidateDone = Callable[[int, np.ndarray], None]
+OnePointDone = Callable[[str, "np.ndarray"], None]
+CandidateDone = Callable[[int, "np.ndarray"], None]
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,21 @@ def interleaved_comparison(
     )
 
 
+def evaluate_artifact(
+    model: Path, split: QnliSplit, config: EvalConfig, max_length: int, providers: Sequence[str] = ("CPUExecutionProvider",),
+    tokenizer: Path | None = None,
+) -> dict:
+    """Accuracy of a graph or another backend's artifact (an OpenVINO model, a TensorRT engine) through
+    the runner that benchmarks it, with each example's predicted label index; not cached."""
+    labels = logit_to_label(model, split.labels)  # an engine's from its build manifest
+    with runner_factory(model, config.threads, providers)() as runner:
+        result = evaluate(
+            runner, tokenizer_for_model(model, tokenizer), split, config, labels, max_length,
+            description=f"eval {Path(model).name}",
+        )
+    return {"model": str(model), **result}
+
+
 def engine_accuracy(
     models: Sequence[Path], data_config: DataConfig, config: EvalConfig, providers: Sequence[str]
 ) -> dict[str, dict]:
@@ -122,18 +137,8 @@ def engine_accuracy(
     split = load_qnli(data_config)
     accuracy = {}
     for model in models:
-        labels = logit_to_label(model, split.labels)  # an engine's from its build manifest
-        with runner_factory(model, config.threads, providers)() as runner:
-            result = evaluate(
-                runner,
-                tokenizer_for_model(model),
-                split,
-                config,
-                labels,
-                data_config.max_length,
-                description=f"eval {Path(model).name}",
-            )
-        accuracy[str(model)] = {k: v for k, v in result.items() if k != "predictions"}
+        result = evaluate_artifact(model, split, config, data_config.max_length, providers)
+        accuracy[str(model)] = {k: v for k, v in result.items() if k not in ("predictions", "model")}
     return accuracy
 
 

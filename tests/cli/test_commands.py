@@ -394,7 +394,7 @@ def test_calibrate_prints_accuracy_in_percent_and_quantize_has_json(tmp_path, ti
 
 @pytest.mark.parametrize("args", [["--help"], ["calibrate", "--help"], ["build", "--help"], ["calibrate"]])
 def test_help_and_usage_errors_load_no_heavy_library(args):
-    """`qtool --help` answers at once: onnx (ml_dtypes), torch, transformers and onnxruntime stay unloaded."""
+    """`qtool --help` answers at once: onnx (ml_dtypes), numpy, torch, transformers and onnxruntime stay unloaded."""
     code = (
         "import sys\n"
         f"sys.argv = ['qtool', *{args!r}]\n"
@@ -402,11 +402,27 @@ def test_help_and_usage_errors_load_no_heavy_library(args):
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "from qtool.cli.deferred_imports import DeferredModule\n"
         "heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'ml_dtypes') if m in sys.modules]\n"
-        "heavy += ['onnx'] if not isinstance(sys.modules.get('onnx'), DeferredModule) else []\n"
+        "heavy += [m for m in ('onnx', 'numpy') if not isinstance(sys.modules.get(m), DeferredModule)]\n"
         "print('HEAVY', heavy, file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_command_run_with_its_libraries_deferred_writes_what_an_imported_one_does(tmp_path, tiny_onnx, session_data):
+    """The console script defers numpy and onnx until first use; torch, onnxruntime and the
+    tokenizer then load them under the stand-ins, and the calibration files are the same bytes."""
+    here, there = tmp_path / "in-process", tmp_path / "console-script"
+    args = ["calibrate", str(tiny_onnx), "--method", "max", "--data", str(session_data), "--limit", "32", "--out"]
+    assert _run(*args, here).exit_code == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "qtool.cli", *args, str(there)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = sorted(p.name for p in here.iterdir())
+    assert written == sorted(p.name for p in there.iterdir()) and "max-all.calib.json" in written
+    for name in ("max-all.calib.json", "max-all.qdq.onnx"):
+        assert (here / name).read_bytes() == (there / name).read_bytes(), name
 
 
 def test_a_deferred_module_loads_on_first_use():

@@ -84,6 +84,11 @@ def test_openvino_through_the_cli_build_and_an_interleaved_benchmark(graphs, ses
     built = runner.invoke(app, ["build", str(graphs["qdq"]), "--backend", "openvino", "--json"])
     assert built.exit_code == 0, built.output
     model = json.loads(built.stdout)["model"]
+    table = runner.invoke(app, ["build", str(graphs["qdq"]), "--backend", "openvino"])
+    assert table.exit_code == 0 and f"artifact  {model}" in table.stdout, table.output
+    scored = runner.invoke(app, ["eval", model, "--data", str(session_data), "--limit", "24", "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["model"] == model and json.loads(scored.stdout)["examples"] == 24
     compared = runner.invoke(app, ["bench", str(graphs["fp32"]), model, "--compare", "--seq-len", "16", "--iterations",
                                    "3", "--warmup", "1", "--data", str(session_data), "--json"])
     assert compared.exit_code == 0, compared.output
