@@ -9,10 +9,12 @@ with K = 4 range-optimal groups at every point in its scaled and gathered forms 
 weights (one GEMM per projection), all rewritten for ONNX Runtime, and the study's peers: ONNX Runtime's quantize_static (QDQ, U8 activations, S8
 per-channel weights, MinMax on the same calibration pairs), quantize_dynamic, the transformer
 optimizer alone and before quantize_dynamic, and NNCF's nncf.quantize (when qtool[peers] is
-installed), each written as `qtool reproduce` writes its peers.
+installed), each written as `qtool reproduce` writes its peers. With OpenVINO installed (qtool[peers]),
+also on OpenVINO's CPU plugin as `qtool build --backend openvino` converts them: the FP32 graph,
+NNCF's graph (where NNCF means it to run) and qtool's gemm-inputs and folded PEG QDQ graphs.
 
-Models: the fine-tuned default classifier (pass its FP32 graph) and a BERT-base-shaped model
-(12 layers, 768 wide, 12 heads, random weights built here). Usage:
+Models: the classifier whose FP32 graph is given (named by its model folder) and a BERT-base-shaped model
+(12 layers, 768 wide, 12 heads, random weights built here; --skip-bert-base leaves it out). Usage:
 
     python benchmarks/runtime_cpu.py artifacts/<model>/fp32.onnx --data ../shared/data/QNLI \\
         --batch 1 --batch 8 --iterations 30 --threads 2
@@ -29,6 +31,7 @@ from pathlib import Path
 
 CALIBRATION_PAIRS = 128
 PEG_GROUPS = 4  # range-optimal groups, scope all, in both PEG forms
+ON_OPENVINO = " on OpenVINO)"  # the candidates run as OpenVINO models
 # Idle OpenMP threads of PyTorch must sleep, not spin, while the other candidates run.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -71,15 +74,36 @@ def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]
         if scope == "gemm":
             graphs[f"qtool-w8a8-{scope} (QDQ, TensorRT form)"] = qdq
         graphs[f"qtool-w8a8-{scope} (ORT form)"] = ort_form(qdq, folder / f"qtool-max-{scope}.ort.onnx")
+        if scope == "gemm-inputs":
+            graphs[f"qtool-w8a8-{scope} (QDQ{ON_OPENVINO}"] = qdq
     peg = calibrate(stats, CalibrateConfig(method="peg", groups=PEG_GROUPS, scope="all"))
     for form in PEG_FORMS:
         qdq = write_calibrated_graph(fp32, peg, folder / f"qtool-{peg.recipe}-{form}.qdq.onnx", form)
-        ort_form = ort_form(qdq, folder / f"qtool-{peg.recipe}-{form}.ort.onnx")
-        graphs[f"qtool-{peg.recipe} {form} (ORT form)"] = ort_form
+        graphs[f"qtool-{peg.recipe} {form} (ORT form)"] = ort_form(qdq, folder / f"qtool-{peg.recipe}-{form}.ort.onnx")
     folded = calibrate(stats, CalibrateConfig(method="peg", groups=PEG_GROUPS, scope="all", weights="folded"))
     qdq = write_calibrated_graph(fp32, folded, folder / f"qtool-{folded.recipe}.qdq.onnx")
     graphs[f"qtool-{folded.recipe} (ORT form)"] = ort_form(qdq, folder / f"qtool-{folded.recipe}.ort.onnx")
+    graphs[f"qtool-{folded.recipe} (QDQ{ON_OPENVINO}"] = qdq
     return graphs
+
+
+def _on_openvino(graphs: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """The graphs marked for OpenVINO as `qtool build --backend openvino` converts them (FP32 and NNCF's
+    graph beside them), or none of them when OpenVINO is not installed."""
+    from qtool.deployment.backends import backend_named
+
+    try:
+        backend_named("openvino").require_library()
+    except Exception as missing:  # noqa: BLE001 (any reason OpenVINO cannot load)
+        print(f"OpenVINO candidates left out: {missing}")
+        return {name: path for name, path in graphs.items() if ON_OPENVINO not in name}
+    build = backend_named("openvino").build
+    chosen = {"openvino-fp32": graphs["ort-fp32"]}
+    chosen |= {name.replace(" (QDQ for OpenVINO, on ORT)", f" (QDQ{ON_OPENVINO}"): path
+               for name, path in graphs.items() if name.startswith("nncf-")}
+    chosen |= {name: path for name, path in graphs.items() if ON_OPENVINO in name}
+    converted = {name: Path(build(path, folder / f"{path.stem}.ov.xml")["model"]) for name, path in chosen.items()}
+    return {name: path for name, path in graphs.items() if ON_OPENVINO not in name} | converted
 
 
 def _bert_base_shape(folder: Path, tokenizer_dir: Path, split) -> tuple[Path, Path]:
@@ -109,6 +133,7 @@ def _candidates(model_dir: Path, fp32: Path, folder: Path, split, tokenizer, thr
     graphs = {"ort-fp32": fp32}
     graphs |= _qtool_graphs(fp32, folder, split, tokenizer)
     graphs |= _peer_graphs(fp32, folder, tokenizer, split)
+    graphs = _on_openvino(graphs, folder)
     candidates = [("torch-eager-fp32", lambda: TorchRunner(model_dir, threads, inputs_of=model_input_names))]
     candidates += [(name, runner_factory(path, threads)) for name, path in graphs.items()]
     return candidates, graphs
@@ -120,11 +145,22 @@ def _optimized_graph_ops(graphs: dict[str, Path]) -> dict[str, dict]:
 
     report = {}
     for name, path in graphs.items():
+        if path.suffix != ".onnx":
+            continue
         fused = check_fused(path)
         report[name] = {
             key: fused[key] for key in ("integer_ops", "quantize_linear", "dequantize_linear", "float_matmuls")
         }
     return report
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def main() -> None:
@@ -162,6 +198,7 @@ def main() -> None:
         "int8_kernels": ": ".join(int8_kernels_for_this_cpu()),  # what the ORT forms below are built for
         "threads": args.threads,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": _version("openvino"),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
@@ -181,7 +218,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="qtool-bench-") as scratch:
         scratch = Path(scratch)
-        models = {"default classifier": (model_dir, args.fp32, scratch / "default")}
+        models = {model_dir.name: (model_dir, args.fp32, scratch / "default")}
         if not args.skip_bert_base:
             base_dir, base_fp32 = _bert_base_shape(scratch, args.fp32.parent / "tokenizer", split)
             models["BERT-base shape (random weights)"] = (base_dir, base_fp32, scratch / "base")
@@ -210,7 +247,7 @@ def main() -> None:
 
     print(
         f"CPU {environment['cpu_summary']}, qtool's ORT forms: {environment['int8_kernels']}; {args.threads} threads, "
-        f"onnxruntime {environment['onnxruntime']}, torch {environment['torch']}; sequence {args.seq_len}, "
+        f"onnxruntime {environment['onnxruntime']}, openvino {environment['openvino']}, torch {environment['torch']}; sequence {args.seq_len}, "
         f"{args.iterations} interleaved iterations after {args.warmup} warm-up; speedup = baseline p50 / p50"
     )
     for label, rows in results["models"].items():

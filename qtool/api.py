@@ -412,17 +412,13 @@ def evaluate(graph, *, data=None, seed=None, part=None, batch_size=None, limit=N
     beside it), another backend's artifact (`backends()`) through that backend's runner."""
     from qtool.deployment.evaluate import evaluate_graph, evaluation_metrics
     from qtool.deployment.model_files import check_model_files
-    from qtool.stages.deploy import evaluate_artifact
 
     config = eval_config(batch_size, limit, threads, part)
     model = check_model_files([graph])[0]
     data_options, split = load_data(data, seed, max_length)
     tokenizer = Path(tokenizer) if tokenizer else None
     check_positions(model, data_options.max_length, tokenizer)
-    if model.suffix == ".onnx":
-        result = evaluate_graph(model, split, config, data_options.max_length, False, tokenizer, predictions=True)
-    else:
-        result = evaluate_artifact(model, split, config, data_options.max_length, tokenizer=tokenizer)
+    result = evaluate_graph(model, split, config, data_options.max_length, False, tokenizer, predictions=True)
     metrics = evaluation_metrics(split, config, result)
     details = {k: v for k, v in result.items() if k != "predictions"} | {"data_split": split.describe(), "metrics": metrics}
     return Evaluation(details, accuracy=result["accuracy"], correct=result["correct"], examples=result["examples"])

@@ -48,8 +48,13 @@ def _study(model, data, tmp_path) -> dict:
     )
     report = study.report.read_text()
     assert "Other metrics" in report and "macro-F1" in report and "MCC" in report
-    rows = {row["configuration"]: row for row in study.rows}
+    rows = {row["configuration"]: row for row in study.rows if "backend" not in row}
     assert set(rows) == set(EVERY_CALIBRATOR)
+    on_openvino = [row for row in study.rows if row.get("backend") == "openvino"]  # within the budget, these labels
+    assert "fp32@openvino" in {row["configuration"] for row in on_openvino}
+    for row in on_openvino:
+        assert row["configuration"].removesuffix("@openvino") in rows and row["deployed_changed"] <= row["examples"]
+        assert {"macro_f1", "mcc"} <= set(row["metrics"]) and row["latency"]["p50_ms"] > 0
     for name, row in rows.items():
         assert 0 <= row["accuracy"] <= 1 and row["examples"] == 48
         assert {"macro_f1", "mcc"} <= set(row["metrics"]) and len(row["metrics"]["macro_f1_ci95"]) == 2, name

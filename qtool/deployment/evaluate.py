@@ -19,9 +19,10 @@ from qtool.data.labels import label_of_output
 from qtool.data.split import EVAL_PARTS
 from qtool.data.tables import primary_metric
 from qtool.defaults import MAX_LENGTH
+from qtool.deployment.backends import backend_for_file, runner_factory
 from qtool.deployment.metrics import PairedDrop, classification_metrics, paired_drop
+from qtool.deployment.model_files import artifact_key, tokenizer_for_model
 from qtool.errors import QtoolError
-from qtool.fileio import sha256_file
 from qtool.graph import graph_metadata, is_recipe_graph
 from qtool.models.families import tokenizer_for
 from qtool.progress import ProgressTask, progress_bar
@@ -64,8 +65,6 @@ def recorded_metadata(model_path: Path) -> dict[str, str]:
     TensorRT engine's or OpenVINO model's build record keeps it; one without a record has none)."""
     if Path(model_path).suffix == ".onnx":
         return graph_metadata(model_path)
-    from qtool.deployment.backends import backend_for_file
-
     return backend_for_file(Path(model_path)).metadata(Path(model_path))
 
 
@@ -169,6 +168,21 @@ def changed_predictions(first: dict, second: dict) -> int:
     return sum(a != b for a, b in zip(first["predictions"], second["predictions"], strict=True))
 
 
+def evaluate_artifact(
+    model_path: Path, split: QnliSplit, config: EvalConfig, max_length: int,
+    providers: Sequence[str] = ("CPUExecutionProvider",), tokenizer_path: Path | None = None,
+) -> dict:
+    """Accuracy of a graph or another backend's artifact (an OpenVINO model, a TensorRT engine) through
+    the runner that benchmarks it, with each example's predicted label index; not cached."""
+    labels = logit_to_label(model_path, split.labels)  # an engine's from its build manifest
+    with runner_factory(model_path, config.threads, providers)() as runner:
+        result = evaluate(
+            runner, tokenizer_for_model(model_path, tokenizer_path), split, config, labels, max_length,
+            description=f"eval {Path(model_path).name}",
+        )
+    return {"model": str(model_path), **result}
+
+
 def evaluate_graph(
     model_path: Path,
     split: QnliSplit,
@@ -178,14 +192,18 @@ def evaluate_graph(
     tokenizer_path: Path | None = None,
     predictions: bool = False,
 ) -> dict:
-    """Accuracy of an ONNX graph through ONNX Runtime on the CPU at its `scoring_level`, cached beside
-    the graph as `<graph>.eval-<part>.json`, keyed by the graph's sha256, the data split and the options;
-    with `predictions`, also each example's predicted label index."""
-    check_onnx_file(model_path)
+    """Accuracy of an ONNX graph through ONNX Runtime on the CPU at its `scoring_level` (another backend's
+    artifact through its own runner), cached beside it as `<model>.eval-<part>.json`, keyed by its
+    content, the data split and the options; with `predictions`, also each example's predicted label index."""
     model_path = Path(model_path)
-    level = scoring_level(model_path)
+    graph = model_path.suffix == ".onnx"
+    if graph:
+        check_onnx_file(model_path)
+    level = scoring_level(model_path) if graph else None
 
     def run() -> dict:
+        if not graph:
+            return evaluate_artifact(model_path, split, config, max_length, tokenizer_path=tokenizer_path)
         with OrtRunner(model_path, threads=config.threads, optimization_level=level) as runner:
             result = evaluate(
                 runner,
@@ -204,7 +222,7 @@ def evaluate_graph(
     if not use_cache:
         return shown(run())
     key = {
-        "graph_sha256": sha256_file(model_path),
+        **artifact_key(model_path),
         "data": split.describe(),
         "part": config.part,
         "limit": config.limit,
@@ -212,6 +230,8 @@ def evaluate_graph(
         "optimization_level": level,
         "predictions": True,  # records before predictions were kept are scored again
     }
+    if not graph:
+        key["backend"] = backend_for_file(model_path).name
     if level != RECIPE_LEVEL:  # fused kernels round (integer ones may saturate) as this CPU's do
         key["cpu"] = cpu_summary()
     record = model_path.with_name(model_path.name + f".eval-{config.part}.json")

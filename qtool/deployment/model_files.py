@@ -9,6 +9,7 @@ from pathlib import Path
 
 from qtool.deployment.backends import BACKENDS, backend_for_file
 from qtool.errors import QtoolError
+from qtool.fileio import manifest_path, sha256_file
 from qtool.graph import load_model, position_table_rows
 from qtool.runners.base import Runner
 
@@ -80,6 +81,18 @@ def _all_tensors(model) -> Iterator:
 def _source_onnx(model_path: Path) -> Path | None:
     """The ONNX graph of `model_path`: itself, or the one its backend says it was built from."""
     return backend_for_file(model_path).source_graph(Path(model_path))
+
+
+def artifact_key(model_path: Path) -> dict:
+    """What a cached result of running `model_path` is keyed by: its bytes, and for another backend's
+    artifact also its build record (which names the graph it was built from and the library's version,
+    so an OpenVINO model's weights file or an engine rebuilt from another graph changes the key)."""
+    model_path = Path(model_path)
+    key = {"graph_sha256": sha256_file(model_path)}
+    record = manifest_path(model_path)
+    if model_path.suffix not in ONNX_SUFFIXES and record.is_file():
+        key["build_record_sha256"] = sha256_file(record)
+    return key
 
 
 def tokenizer_for_model(model_path: Path, tokenizer_path: Path | None = None):

@@ -122,12 +122,15 @@ def deploy_paragraph(result: dict) -> list[str]:
     if advice is None or advice["configuration"] == "fp32" and "runner_up" not in advice:
         return ["No quantized configuration stays within the accuracy budget; deploy FP32 or widen the budget."]
     row = next(r for r in result["results"] if r["configuration"] == advice["configuration"])
+    backend = row.get("backend", "ort")
     form = (
         f"a peer: {peer_form(row['configuration'])}"
         if row.get("peer")
-        else "FP32 graph"
-        if advice["configuration"] == "fp32"
+        else "FP32 graph" + ("" if backend == "ort" else f" on {backend}")
+        if advice["configuration"].split("@")[0] == "fp32"
         else "qtool's graph in its ONNX Runtime CPU form, `qtool build --backend ort`"
+        if backend == "ort"
+        else f"qtool's QDQ graph on {backend}, `qtool build --backend {backend}`"
     )
     metric = METRIC_NAMES[advice.get("metric", "accuracy")]
     lines = [
@@ -292,11 +295,13 @@ SMOOTHING_NOTE = (
 PEER_FORMS = {
     "ort": "its own graph on ONNX Runtime's CPU provider, where it is meant to be fast",
     "nncf": "its QDQ graph, meant for OpenVINO's CPU plugin; timed here on ONNX Runtime's CPU provider",
+    "nncf@openvino": "its QDQ graph on OpenVINO's CPU plugin, where it is meant to be fast",
 }
 
 
 def peer_form(name: str) -> str:
-    return PEER_FORMS["nncf" if name.startswith("nncf-") else "ort"]
+    kind = "nncf" if name.startswith("nncf-") else "ort"
+    return PEER_FORMS.get(kind + name[name.find("@"):] if "@" in name else kind, PEER_FORMS[kind])
 
 
 def peer_lines(result: dict) -> list[str]:
@@ -372,10 +377,14 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "(FP32) or before `quantize_dynamic`; `nncf-transformer` = NNCF's transformer preset (projection inputs and "
         "weights; attention MatMuls in float). The ONNX Runtime peers deploy their own graph on ONNX Runtime's CPU "
         "provider, where they are meant to be fast; NNCF's graphs are meant for OpenVINO and are timed here on ONNX "
-        "Runtime; qtool's rows deploy their ONNX Runtime CPU form here and their QDQ graph on TensorRT",
+        "Runtime; qtool's rows deploy their ONNX Runtime CPU form here and their QDQ graph on TensorRT. With OpenVINO "
+        "installed, `NAME@openvino` rows are FP32, NNCF's graph and qtool's rows within the budget built with "
+        "`qtool build --backend openvino` and scored and timed on OpenVINO's CPU plugin",
         f"- environment: CPU {environment.get('cpu', environment['processor'])}, {environment['platform']}, "
         f"python {environment['python']}, "
-        f"torch {environment['torch']}, onnxruntime {environment['onnxruntime']}, qtool {environment['qtool']}"
+        f"torch {environment['torch']}, onnxruntime {environment['onnxruntime']}, "
+        + (f"openvino {openvino}, " if (openvino := environment.get("openvino")) else "")
+        + f"qtool {environment['qtool']}"
         + (f"; qtool's ONNX Runtime forms use {kernels}" if (kernels := environment.get("int8_kernels")) else ""),
         "",
         "## Accuracy",
@@ -393,7 +402,7 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "every weight is within 7 bits, else U8U8. Another CPU can fuse and round differently: the counts are this "
         "CPU's.",
         "",
-        f"Latency: ONNX Runtime CPU form of each graph, batch x sequence "
+        f"Latency: ONNX Runtime CPU form of each graph (an `@openvino` row: its OpenVINO model), batch x sequence "
         f"{_shape(result)}, {result['environment'].get('threads')} threads, p50 of timed runs after warm-up. Each "
         "configuration runs in a process of its own: session RSS is the resident memory that creating its ONNX Runtime "
         "session added (weights, buffers), peak RSS the most the process held above its baseline while running. "

@@ -3,12 +3,16 @@ evaluate, and benchmark."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import platform
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import onnxruntime
 
+from qtool import __version__
 from qtool.cache import cached_stage
 from qtool.calibrators.precision import SCOPES
 from qtool.data import DataConfig, QnliSplit, load_qnli
@@ -22,7 +26,8 @@ from qtool.deployment.bench import (
     run_benchmark,
     tokenizer_for_model,
 )
-from qtool.deployment.evaluate import EvalConfig, evaluate, logit_to_label
+from qtool.deployment.evaluate import EvalConfig, evaluate_artifact
+from qtool.deployment.model_files import artifact_key
 from qtool.fileio import sha256_file
 from qtool.graph import graph_metadata, is_recipe_graph
 from qtool.models.families import tokenizer_for
@@ -50,7 +55,7 @@ def build_stage(graph: Path, backend: str, output: Path | None = None, options=N
 
 def deployed_form(graph: Path) -> Path:
     """What is deployed on a CPU for `graph`: the ONNX Runtime form of a QDQ graph, else the graph itself."""
-    if is_recipe_graph(graph_metadata(graph)):
+    if Path(graph).suffix == ".onnx" and is_recipe_graph(graph_metadata(graph)):
         return Path(build_ort(graph)["graph"])
     return Path(graph)
 
@@ -65,7 +70,7 @@ def latency_stage(graph: Path, split: QnliSplit, config: BenchConfig) -> dict:
     batch, seq_len = config.batch_sizes[0], config.sequence_lengths[0]
 
     def run() -> dict:
-        feeds = benchmark_inputs(tokenizer_for(graph), split.part("eval"), batch, seq_len)
+        feeds = benchmark_inputs(tokenizer_for_model(deployed), split.part("eval"), batch, seq_len)
         measured = run_benchmark(runner_factory(deployed, config.threads), feeds, config, isolated=True)
         return {
             "graph": str(deployed),
@@ -79,7 +84,7 @@ def latency_stage(graph: Path, split: QnliSplit, config: BenchConfig) -> dict:
         }
 
     key = {
-        "graph_sha256": sha256_file(deployed),
+        **artifact_key(deployed),
         "bench": config.to_record(),
         "memory": "isolated process",
         "cpu": cpu_summary(),  # a time from another CPU is not this one's
@@ -113,21 +118,6 @@ def interleaved_comparison(
     return cached_stage(
         record, key | {"repeats": repeats}, run, description="the interleaved comparison", stage="interleaved comparison"
     )
-
-
-def evaluate_artifact(
-    model: Path, split: QnliSplit, config: EvalConfig, max_length: int, providers: Sequence[str] = ("CPUExecutionProvider",),
-    tokenizer: Path | None = None,
-) -> dict:
-    """Accuracy of a graph or another backend's artifact (an OpenVINO model, a TensorRT engine) through
-    the runner that benchmarks it, with each example's predicted label index; not cached."""
-    labels = logit_to_label(model, split.labels)  # an engine's from its build manifest
-    with runner_factory(model, config.threads, providers)() as runner:
-        result = evaluate(
-            runner, tokenizer_for_model(model, tokenizer), split, config, labels, max_length,
-            description=f"eval {Path(model).name}",
-        )
-    return {"model": str(model), **result}
 
 
 def engine_accuracy(
@@ -170,3 +160,23 @@ def bench_stage(
         "int8_kernels_reason": why,
     }
     return result
+
+
+def deployment_environment(threads: int | None) -> dict:
+    """The machine and the libraries a study's figures come from (a runtime not installed: None)."""
+    def version(package: str) -> str | None:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_summary(),
+        "python": platform.python_version(),
+        **{package: version(package) for package in ("torch", "onnxruntime", "openvino")},
+        "qtool": __version__,
+        "threads": threads or os.cpu_count(),
+        "int8_kernels": ": ".join(int8_kernels_for_this_cpu()),  # of the ONNX Runtime forms deployed here
+    }

@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import os
-import platform
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-import onnxruntime
-import torch
-
-from qtool import __version__
 from qtool.analysis.collect import ActivationStats, CollectConfig
 from qtool.analysis.outliers import OutlierConfig
 from qtool.cache import cached_stage, recording_stage_times, timed_stage
@@ -62,9 +56,9 @@ from qtool.report.figures import write_study_figures
 from qtool.report.html import write_html_report
 from qtool.report.intervals import wilson_interval
 from qtool.report.markdown import write_markdown_report
-from qtool.runners.ort import cpu_summary, int8_kernels_for_this_cpu
+from qtool.stages.backend_rows import backend_rows
 from qtool.stages.calibrate import calibrate_stage
-from qtool.stages.deploy import interleaved_comparison, latency_stage
+from qtool.stages.deploy import deployment_environment, interleaved_comparison, latency_stage
 from qtool.stages.model import export_stage
 from qtool.stages.statistics import analyze_stage, collect_stage
 
@@ -419,20 +413,6 @@ def stage_time_summary(rows: list[dict], closing: list[dict], wall_seconds: floa
     return {"wall_seconds": round(wall_seconds, 1), "stages": totals}
 
 
-def _environment(config: ReproduceConfig) -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu": cpu_summary(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "qtool": __version__,
-        "threads": config.bench.threads or os.cpu_count(),
-        "int8_kernels": ": ".join(int8_kernels_for_this_cpu()),  # of the ONNX Runtime forms deployed here
-    }
-
-
 def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, artifacts: Path) -> dict:
     """Run every selected configuration; write ARTIFACTS/report/ and return the results document."""
     artifacts = Path(artifacts)
@@ -460,6 +440,8 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
         "study configurations",
         label=lambda row: f"{row['configuration']}: {row['accuracy']:.4f}",
     )
+    on_backends, left_out = backend_rows(rows, split, config)
+    rows += on_backends
     with recording_stage_times() as closing:
         recommendation = _recommendation(rows, split, config, artifacts / "report")
 
@@ -477,9 +459,9 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
         },
         "analysis": {"layers": analysis["layers"], "definitions": analysis["definitions"], "files": analysis_paths},
         "results": rows,
-        "skipped": config.skipped(),
+        "skipped": config.skipped() | left_out,
         "recommendation": recommendation,
-        "environment": _environment(config),
+        "environment": deployment_environment(config.bench.threads),
         "stage_times": stage_time_summary(rows, closing, time.perf_counter() - started),
     }
     write_study_report(result, artifacts / "report", analysis_paths)

@@ -9,6 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from qtool.cli import app
+from qtool.defaults import DEPLOY_MAX_DROP
+from qtool.report.advice import within_budget
 
 runner = CliRunner()
 
@@ -226,7 +228,8 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     result = _run(*args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert [r["configuration"] for r in summary["results"]] == [
+    results = [r for r in summary["results"] if "backend" not in r]  # the ONNX Runtime rows; then OpenVINO's
+    assert [r["configuration"] for r in results] == [
         "fp32",
         "max-all",
         "peg-k2-all",
@@ -239,39 +242,39 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         "max-all-smooth0.5",
         "max-all-mp-auto0.5",
     ]
-    nncf = summary["results"][7]
+    nncf = results[7]
     assert nncf["peer"] and nncf["peer_record"]["quantized_ops"] > 0 and nncf["params"]["calibration_pairs"] == 16
-    assert nncf["deployed_kernels"] == summary["results"][6]["deployed_kernels"] == "u8s8"  # int8 weights
-    assert summary["results"][-3]["scope"] == "gemm" and summary["results"][-3]["params"]["groups"] == 3
-    assert summary["results"][-2]["smoothing"] == 0.5 and summary["results"][1]["smoothing"] is None
-    searched = summary["results"][-1]
+    assert nncf["deployed_kernels"] == results[6]["deployed_kernels"] == "u8s8"  # int8 weights
+    assert results[-3]["scope"] == "gemm" and results[-3]["params"]["groups"] == 3
+    assert results[-2]["smoothing"] == 0.5 and results[1]["smoothing"] is None
+    searched = results[-1]
     assert (
         searched["search"]["evaluations"] > 0
         and searched["quantized_points"] + len(searched["kept_in_float"]) == searched["total_points"]
     )
     assert searched["search"]["curve"][0]["float_points"] == 0 and "search_max-all-mp-auto0.5" in summary["figures"]
-    assert summary["results"][5]["params"]["calibration_pairs"] == 16
-    assert all(r["latency"]["p50_ms"] > 0 for r in summary["results"])
-    assert {r["latency"]["memory_scope"] for r in summary["results"]} == {"isolated process"}  # one process each
+    assert results[5]["params"]["calibration_pairs"] == 16
+    assert all(r["latency"]["p50_ms"] > 0 for r in results)
+    assert {r["latency"]["memory_scope"] for r in results} == {"isolated process"}  # one process each
     advice = summary["recommendation"]
     assert advice["repeats"] == 3 and advice["candidates"] >= 1 and "interleaved" in report_text(artifacts)
-    assert all(r["latency"]["peak_rss_mb"] >= r["latency"]["runner_rss_mb"] > 0 for r in summary["results"])
+    assert all(r["latency"]["peak_rss_mb"] >= r["latency"]["runner_rss_mb"] > 0 for r in results)
     assert (artifacts / "report" / "report.html").read_text().count("data:image/png;base64") >= 4
-    for row in summary["results"]:
+    for row in results:
         low, high = row["accuracy_ci95"]
         assert low <= row["accuracy"] <= high
     report = (artifacts / "report" / "report.md").read_text()
     assert "peg-k2-all" in report and summary["data_split"]["fingerprint"] in report
-    calibrated = [r for r in summary["results"] if "calibration" in r]  # the recipe and its deployed form
+    calibrated = [r for r in results if "calibration" in r]  # the recipe and its deployed form
     assert len(calibrated) == 7 and all(0 <= r["deployed_accuracy"] <= 1 for r in calibrated)
-    assert not any("deployed_accuracy" in r for r in summary["results"] if "calibration" not in r)
+    assert not any("deployed_accuracy" in r for r in results if "calibration" not in r)
     for row in calibrated:  # the deployed form against its QDQ graph, prediction by prediction
         assert 0 <= row["deployed_changed"] <= row["examples"] and row["deployed_kernels"] in ("u8s8", "u8u8")
         assert abs(row["deployed_correct"] - row["correct"]) <= row["deployed_changed"]
         assert row["deployed_changed"] <= 0.01 * row["examples"] + 1, row["configuration"]  # this tiny model
     assert "| deployed changed | kernels |" in report and "## Stage times" in report
     assert "| entropy-all | entropy |" in report and "| mse-all | mse |" in report  # calibration times
-    assert "## Other metrics" in report and all("mcc_ci95" in r["metrics"] for r in summary["results"])
+    assert "## Other metrics" in report and all("mcc_ci95" in r["metrics"] for r in results)
     stages = summary["stage_times"]["stages"]
     assert {"export", "statistics", "calibration", "score QDQ graph", "score deployed graph"} <= set(stages)
     assert {"mixed-precision search", "peer quantization", "time deployed graph", "migration"} <= set(stages)
@@ -283,8 +286,20 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     assert "## Automatic mixed precision" in report
     assert "| nncf-ptq | its QDQ graph, meant for OpenVINO" in report.split("## Peers")[1]
     assert json.loads((artifacts / "report" / "results.json").read_text()) == summary
+    on_openvino = {r["configuration"]: r for r in summary["results"] if r.get("backend") == "openvino"}
+    assert "fp32@openvino" in on_openvino and all(name.endswith("@openvino") for name in on_openvino)
+    within = {r["configuration"] for r in within_budget(results, DEPLOY_MAX_DROP)} - {"ort-static-percentile", "ort-dynamic"}
+    assert set(on_openvino) == {f"{name}@openvino" for name in within}  # FP32, NNCF's graph, qtool's rows in budget
+    for name, row in on_openvino.items():
+        source = next(r for r in results if r["configuration"] == name.removesuffix("@openvino"))
+        assert row["latency"]["graph"].endswith(".ov.xml") and row["latency"]["p50_ms"] > 0 and row["graph"] == source["graph"]
+        assert 0 <= row["deployed_changed"] <= 0.05 * row["examples"] + 1, name  # against the source graph, same pairs
+        assert f"| {name} |" in report
+    if "nncf-ptq@openvino" in on_openvino:
+        assert "| nncf-ptq@openvino | its QDQ graph on OpenVINO's CPU plugin" in report.split("## Peers")[1]
     rerun = json.loads(_run(*args).stdout)
-    assert rerun["results"][-1]["search"]["evaluations"] == 0  # every search evaluation came from the cache
+    searched_again = next(r for r in rerun["results"] if r["configuration"] == "max-all-mp-auto0.5")
+    assert searched_again["search"]["evaluations"] == 0  # every search evaluation came from the cache
     assert all(entry["reused"] for row in rerun["results"] for entry in row["stage_times"] if "score" in entry["stage"])
     for row in rerun["results"] + summary["results"]:
         for volatile in ("seconds", "evaluations", "reused_evaluations"):
@@ -309,7 +324,7 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     write_glue_tsv(tmp_path / "tune.tsv", rows=60, seed=7)
     tuned = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--samples", "16",
                  "-c", "max-all-mp-auto0.5", "--tune-data", tmp_path / "tune.tsv", "--json")
-    search = json.loads(tuned.stdout)["results"][-1]["search"]
+    search = next(r for r in json.loads(tuned.stdout)["results"] if "search" in r)["search"]
     assert search["tuning"]["tune_data"]["rows"] == 60 and search["evaluations"] > 0
     assert "--tune-data" in report_text(artifacts) and "tune.tsv" in report_text(artifacts)
     unknown = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "-c", "nope")

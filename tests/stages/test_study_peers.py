@@ -92,3 +92,17 @@ def test_report_says_when_the_search_budget_does_not_hold_on_the_eval_part():
     assert "| 0.25 (0.45) |" in clearly
     assert "beyond the 0.5-point budget (within its interval)" in study(0.8, 0.5)
     assert "within the 0.5-point budget." in study(0.3, 0.5)
+
+
+def test_without_openvino_the_study_says_why_its_rows_are_missing(monkeypatch):
+    from qtool.deployment.backends import Backend
+    from qtool.stages.backend_rows import backend_rows
+
+    def missing(self):
+        raise QtoolError("OpenVINO is not installed; pip install 'qtool[peers]' (or pip install openvino)")
+
+    monkeypatch.setattr(Backend, "require_library", missing)
+    rows, skipped = backend_rows([{"configuration": "fp32"}], None, ReproduceConfig())
+    assert rows == [] and skipped == {"@openvino rows": "OpenVINO is not installed; pip install 'qtool[peers]' (or pip install openvino)"}
+    lines = peer_lines({"results": [], "skipped": skipped})
+    assert any("`@openvino rows` did not run: OpenVINO is not installed" in line for line in lines)

@@ -1,0 +1,74 @@
+"""The study's candidates deployed on another CPU backend (OpenVINO), as rows beside ONNX Runtime's.
+
+FP32, the peers meant for that backend (NNCF's) and qtool's configurations within the budget are
+built there (`qtool build --backend NAME` of the same graph), scored through its runner and timed in
+a process of their own, so what-to-deploy compares every runtime a user could pick. A row is named
+`<configuration>@<backend>`; its recipe accuracy is its source row's, its deployed accuracy and
+latency the backend's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qtool.cache import recording_stage_times
+from qtool.data import QnliSplit
+from qtool.deployment.backends import backend_named
+from qtool.deployment.evaluate import changed_predictions, evaluate_graph, evaluation_metrics, paired_against
+from qtool.errors import QtoolError
+from qtool.quantization.nncf_quantizers import NNCF_PEERS
+from qtool.report.advice import within_budget
+from qtool.report.intervals import wilson_interval
+from qtool.stages.deploy import latency_stage
+
+ROW_BACKENDS = {"openvino": NNCF_PEERS}  # CPU backends the study also deploys on, and the peers meant for each
+
+
+def backend_rows(rows: list[dict], split: QnliSplit, config) -> tuple[list[dict], dict[str, str]]:
+    """Rows of FP32 (`rows[0]`), the backends' own peers and qtool's configurations within
+    `config.max_drop` on each backend of ROW_BACKENDS whose library loads, and why a backend was left out."""
+    added, skipped = [], {}
+    for name, peers in ROW_BACKENDS.items():
+        backend = backend_named(name)
+        try:
+            backend.require_library()
+        except QtoolError as missing:
+            skipped[f"@{name} rows"] = missing.cli_message
+            continue
+        chosen = [rows[0]] + [
+            row for row in within_budget(rows, config.max_drop)[1:]
+            if (row["configuration"] in peers if row.get("peer") else "@" not in row["configuration"])
+        ]
+        for row in chosen:
+            with recording_stage_times() as times:
+                added.append(_deployed_on(name, row, rows[0], split, config))
+            added[-1]["stage_times"] = times
+    return added, skipped
+
+
+def _deployed_on(name: str, row: dict, fp32_row: dict, split: QnliSplit, config) -> dict:
+    """`row`'s graph built for backend `name`, scored against its source and against FP32, and timed."""
+    source = Path(row["graph"])
+    artifact = Path(backend_named(name).build(source, None, backend_named(name).make_options())["artifact"])
+    max_length = config.export.max_length
+    scored = evaluate_graph(artifact, split, config.eval, max_length, predictions=True)
+    reference = evaluate_graph(source, split, config.eval, max_length, predictions=True)
+    fp32 = evaluate_graph(Path(fp32_row["graph"]), split, config.eval, max_length, predictions=True)
+    paired = paired_against(fp32, scored, split, config.eval).to_dict()
+    as_deployed = row is fp32_row or row.get("peer")  # scored as deployed: the backend's accuracy is the row's
+    deployed = {
+        "configuration": f"{row['configuration']}@{name}",
+        "backend": name,
+        "latency": latency_stage(artifact, split, config.bench),
+        "deployed_accuracy": scored["accuracy"],
+        "deployed_correct": scored["correct"],
+        "deployed_changed": changed_predictions(scored, reference),  # against the source graph's predictions
+        "deployed_kernels": name,
+        "deployed_vs_fp32": paired,
+    }
+    if as_deployed:
+        deployed |= {"accuracy": scored["accuracy"], "correct": scored["correct"], "vs_fp32": paired,
+                     "accuracy_ci95": list(wilson_interval(scored["correct"], scored["examples"])),
+                     "metrics": evaluation_metrics(split, config.eval, scored)}
+    dropped = ("search", "peer_record", "stage_times", "deployed_kernels_reason")
+    return {k: v for k, v in row.items() if k not in dropped} | deployed
