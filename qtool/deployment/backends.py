@@ -58,6 +58,7 @@ class Backend:
     check_graph: Callable[[Path], None] | None = None  # refuse a graph it cannot build, before building
     check_artifact: Callable[[Path], None] | None = None  # refuse a file of its suffix that it cannot run
     metadata: Callable[[Path], dict] = graph_metadata  # qtool's metadata of the graph an artifact was built from
+    companions: tuple[str, ...] = ()  # suffixes of the files beside an artifact that are part of it (weights)
 
     def option_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in fields(self.options)) if self.options is not type(None) else ()
@@ -304,7 +305,7 @@ register_backend(
 )
 register_backend(
     Backend(
-        name="openvino", summary="OpenVINO CPU model", suffixes=(".xml",), runner=openvino_runner,
+        name="openvino", summary="OpenVINO CPU model", suffixes=(".xml",), companions=(".bin",), runner=openvino_runner,
         build=build_openvino, library="openvino", install="pip install 'qtool[peers]' (or pip install openvino)",
         metadata=openvino_metadata, source_graph=openvino_source,
     )

@@ -85,12 +85,16 @@ def _source_onnx(model_path: Path) -> Path | None:
 
 def artifact_key(model_path: Path) -> dict:
     """What a cached result of running `model_path` is keyed by: its bytes, and for another backend's
-    artifact also its build record (which names the graph it was built from and the library's version,
-    so an OpenVINO model's weights file or an engine rebuilt from another graph changes the key)."""
+    artifact also those of its companion files (an OpenVINO model's weights) and of its build record
+    (the graph it was built from and the library's version)."""
     model_path = Path(model_path)
     key = {"graph_sha256": sha256_file(model_path)}
+    if model_path.suffix in ONNX_SUFFIXES:
+        return key
+    companions = [model_path.with_suffix(suffix) for suffix in backend_for_file(model_path).companions]
+    key |= {f"{path.suffix[1:]}_sha256": sha256_file(path) for path in companions if path.is_file()}
     record = manifest_path(model_path)
-    if model_path.suffix not in ONNX_SUFFIXES and record.is_file():
+    if record.is_file():
         key["build_record_sha256"] = sha256_file(record)
     return key
 

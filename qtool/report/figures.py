@@ -12,6 +12,7 @@ def _rows(result: dict, method: str) -> list[dict]:
         r
         for r in result["results"]
         if r.get("method") == method
+        and "backend" not in r  # a row deployed on another backend repeats its source's recipe
         and r["scope"] == "all"
         and not r.get("kept_in_float")
         and r.get("smoothing") is None
@@ -122,7 +123,7 @@ def accuracy_against_latency(result: dict, path: Path) -> Path | None:
         axis.annotate(row["configuration"], (xs[index], ys[index]), xytext=offset, textcoords="offset points", fontsize=7)
     axis.legend(loc="lower right")
     axis.set_xlabel(
-        f"p50 latency ms (ONNX Runtime CPU, batch {rows[0]['latency']['batch']} x "
+        f"p50 latency ms (ONNX Runtime CPU; NAME@BACKEND on that backend; batch {rows[0]['latency']['batch']} x "
         f"{rows[0]['latency']['sequence_length']})"
     )
     axis.set_ylabel("eval accuracy %")

@@ -184,7 +184,7 @@ def accuracy_table(result: dict) -> list[str]:
 def smoothing_table(result: dict) -> list[str]:
     """Each configuration calibrated after the migration beside the same one without it."""
     by_name = {r["configuration"]: r for r in result["results"]}
-    smoothed = [row for row in result["results"] if row.get("smoothing") is not None]
+    smoothed = [row for row in result["results"] if row.get("smoothing") is not None and "backend" not in row]
     if not smoothed:
         return []
     lines = [
@@ -209,7 +209,8 @@ def search_lines(result: dict) -> list[str]:
     if not rows and not controlled:
         return []
     fp32 = result["results"][0]["accuracy"]
-    presets = [r for r in result["results"] if r.get("kept_in_float") and not r.get("search") and not r.get("peer")]
+    presets = [r for r in result["results"]
+               if r.get("kept_in_float") and not r.get("search") and not r.get("peer") and "backend" not in r]
     lines = [
         "| configuration | points in float | eval accuracy % | vs FP32 on eval (paired 95 %) | tuning pairs | tuning "
         "accuracy % (FP32) | tuning drop (bound) | evaluations run (reused) | seconds this run |",
@@ -395,7 +396,8 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "Accuracy % is the recipe's: qtool's QDQ graph scored with ONNX Runtime's graph optimizations off, as the "
         "QDQ semantics (and the NumPy reference of the tests) compute it, so it does not depend on how a CPU's fused "
         "integer kernels round. Deployed % is the ONNX Runtime CPU form that the latency columns time, with every "
-        "optimization on (`=`: the same accuracy). FP32 and the peers are scored as deployed. Deployed changed "
+        "optimization on (`=`: the same accuracy). FP32, the peers and the `@openvino` rows are scored as deployed "
+        "(an `@openvino` row's changed count is against its source graph: the QDQ graph, FP32's or the peer's). Deployed changed "
         "counts the eval predictions of the deployed form that differ from the QDQ graph's; kernels are the integer "
         "GEMMs it runs (u8s8: int8 weights, u8u8: uint8 weights), as `qtool build --int8-kernels auto` chose them for "
         "this CPU and graph: U8S8 where it adds without saturating (x86 with VNNI, other architectures) or where "

@@ -3,12 +3,14 @@
 FP32, the peers meant for that backend (NNCF's) and qtool's configurations within the budget are
 built there (`qtool build --backend NAME` of the same graph), scored through its runner and timed in
 a process of their own, so what-to-deploy compares every runtime a user could pick. A row is named
-`<configuration>@<backend>`; its recipe accuracy is its source row's, its deployed accuracy and
-latency the backend's.
+`<configuration>@<backend>`, scored as deployed: its accuracy, metrics and latency are the
+backend's, `source_accuracy` its source row's, and `deployed_changed` counts the predictions that
+differ from its source graph's.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from qtool.cache import recording_stage_times
@@ -20,6 +22,8 @@ from qtool.quantization.nncf_quantizers import NNCF_PEERS
 from qtool.report.advice import within_budget
 from qtool.report.intervals import wilson_interval
 from qtool.stages.deploy import latency_stage
+
+log = logging.getLogger(__name__)
 
 ROW_BACKENDS = {"openvino": NNCF_PEERS}  # CPU backends the study also deploys on, and the peers meant for each
 
@@ -41,8 +45,13 @@ def backend_rows(rows: list[dict], split: QnliSplit, config) -> tuple[list[dict]
         ]
         for row in chosen:
             with recording_stage_times() as times:
-                added.append(_deployed_on(name, row, rows[0], split, config))
-            added[-1]["stage_times"] = times
+                try:
+                    made = _deployed_on(name, row, rows[0], split, config)
+                except Exception as failed:  # noqa: BLE001 (one optional row must not cost the study its report)
+                    log.warning("%s@%s left out: %s", row["configuration"], name, failed)
+                    skipped[f"{row['configuration']}@{name}"] = f"{type(failed).__name__}: {failed}"
+                    continue
+            added.append(made | {"stage_times": times})
     return added, skipped
 
 
@@ -55,20 +64,21 @@ def _deployed_on(name: str, row: dict, fp32_row: dict, split: QnliSplit, config)
     reference = evaluate_graph(source, split, config.eval, max_length, predictions=True)
     fp32 = evaluate_graph(Path(fp32_row["graph"]), split, config.eval, max_length, predictions=True)
     paired = paired_against(fp32, scored, split, config.eval).to_dict()
-    as_deployed = row is fp32_row or row.get("peer")  # scored as deployed: the backend's accuracy is the row's
     deployed = {
         "configuration": f"{row['configuration']}@{name}",
         "backend": name,
         "latency": latency_stage(artifact, split, config.bench),
+        "accuracy": scored["accuracy"],  # scored as deployed, so the budget and the advice weigh the backend's own
+        "correct": scored["correct"],
+        "accuracy_ci95": list(wilson_interval(scored["correct"], scored["examples"])),
+        "metrics": evaluation_metrics(split, config.eval, scored),
+        "vs_fp32": paired,
+        "source_accuracy": row["accuracy"],  # the recipe's (a QDQ graph's) or the row's own on ONNX Runtime
         "deployed_accuracy": scored["accuracy"],
         "deployed_correct": scored["correct"],
         "deployed_changed": changed_predictions(scored, reference),  # against the source graph's predictions
         "deployed_kernels": name,
         "deployed_vs_fp32": paired,
     }
-    if as_deployed:
-        deployed |= {"accuracy": scored["accuracy"], "correct": scored["correct"], "vs_fp32": paired,
-                     "accuracy_ci95": list(wilson_interval(scored["correct"], scored["examples"])),
-                     "metrics": evaluation_metrics(split, config.eval, scored)}
     dropped = ("search", "peer_record", "stage_times", "deployed_kernels_reason")
     return {k: v for k, v in row.items() if k not in dropped} | deployed

@@ -28,9 +28,7 @@ from qtool.deployment.bench import (
 )
 from qtool.deployment.evaluate import EvalConfig, evaluate_artifact
 from qtool.deployment.model_files import artifact_key
-from qtool.fileio import sha256_file
 from qtool.graph import graph_metadata, is_recipe_graph
-from qtool.models.families import tokenizer_for
 from qtool.runners.ort import check_onnx_file, cpu_description, cpu_summary, int8_kernels_for_this_cpu
 
 
@@ -102,7 +100,7 @@ def interleaved_comparison(
     batch, seq_len = config.batch_sizes[0], config.sequence_lengths[0]
 
     def run() -> dict:
-        feeds = benchmark_inputs(tokenizer_for(next(iter(graphs.values()))), split.part("eval"), batch, seq_len)
+        feeds = benchmark_inputs(tokenizer_for_model(next(iter(graphs.values()))), split.part("eval"), batch, seq_len)
         candidates = [(name, runner_factory(graph, config.threads)) for name, graph in graphs.items()]
         p50: dict[str, list[float]] = {name: [] for name in graphs}
         for _ in range(repeats):
@@ -111,7 +109,7 @@ def interleaved_comparison(
         return {"p50_ms": p50, "repeats": repeats, "batch": batch, "sequence_length": seq_len}
 
     key = {
-        "graphs": {name: sha256_file(graph) for name, graph in graphs.items()},
+        "graphs": {name: artifact_key(graph) for name, graph in graphs.items()},
         "bench": config.to_record(),
         "cpu": cpu_summary(),
     }

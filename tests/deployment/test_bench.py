@@ -282,3 +282,20 @@ def test_bench_from_paths_sweeps_every_shape(tiny_onnx, session_data):
     pair = bench_compare([tiny_onnx, tiny_onnx], replace(config, batch_sizes=(1,), inputs="random"))
     assert [c["name"] for c in pair["results"][0]["candidates"]] == ["fp32.onnx", "fp32.onnx#2"]
     assert pair["inputs"]["kind"] == "random"
+
+
+def test_an_artifacts_cache_key_follows_its_weights_file_and_build_record(tmp_path):
+    from qtool.deployment.model_files import artifact_key
+
+    model, weights = tmp_path / "m.ov.xml", tmp_path / "m.ov.bin"
+    model.write_text("<net/>")
+    weights.write_bytes(b"\x00" * 8)
+    first = artifact_key(model)
+    weights.write_bytes(b"\x01" * 8)  # same topology, other weights
+    second = artifact_key(model)
+    assert first["graph_sha256"] == second["graph_sha256"] and first != second
+    (tmp_path / "m.ov.xml.manifest.json").write_text("{}")
+    assert "build_record_sha256" in artifact_key(model)
+    graph = tmp_path / "g.onnx"
+    graph.write_bytes(b"onnx")
+    assert list(artifact_key(graph)) == ["graph_sha256"]  # an ONNX graph's key is what it always was
