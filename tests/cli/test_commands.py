@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from qtool.cli import app
 from qtool.defaults import DEPLOY_MAX_DROP
 from qtool.report.advice import within_budget
+from tests.helpers.cpu import U8S8_EXACT_HERE
 
 runner = CliRunner()
 
@@ -293,7 +294,9 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     for name, row in on_openvino.items():
         source = next(r for r in results if r["configuration"] == name.removesuffix("@openvino"))
         assert row["latency"]["graph"].endswith(".ov.xml") and row["latency"]["p50_ms"] > 0 and row["graph"] == source["graph"]
-        assert 0 <= row["deployed_changed"] <= 0.05 * row["examples"] + 1, name  # against the source graph, same pairs
+        assert 0 <= row["deployed_changed"] <= row["examples"], name  # against the source graph, same pairs
+        if U8S8_EXACT_HERE:  # OpenVINO's INT8 is near the QDQ graph where integer kernels are exact (VNNI)
+            assert row["deployed_changed"] <= 0.05 * row["examples"] + 1, name
         assert f"| {name} |" in report
     if "nncf-ptq@openvino" in on_openvino:
         assert "| nncf-ptq@openvino | its QDQ graph on OpenVINO's CPU plugin" in report.split("## Peers")[1]
