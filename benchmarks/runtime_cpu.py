@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 from pathlib import Path
 
@@ -154,15 +153,6 @@ def _optimized_graph_ops(graphs: dict[str, Path]) -> dict[str, dict]:
     return report
 
 
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("fp32", type=Path, help="FP32 graph of the default classifier (qtool export)")
@@ -176,8 +166,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the full results here")
     args = parser.parse_args()
 
-    import onnxruntime
-    import torch
     import transformers
 
     from qtool.data import DataConfig, load_qnli
@@ -190,18 +178,13 @@ def main() -> None:
     model_dir = Path(export_manifest(args.fp32)["source_path"])
     batches = args.batch or [1, 8]
     config = BenchConfig(warmup=args.warmup, iterations=args.iterations, threads=args.threads)
-    from qtool.runners.ort import cpu_description, cpu_summary, int8_kernels_for_this_cpu
+    from qtool.runners.ort import cpu_description
+    from qtool.stages.deploy import deployment_environment
 
     environment = {
         **cpu_description(),
-        "cpu_summary": cpu_summary(),
-        "int8_kernels": ": ".join(int8_kernels_for_this_cpu()),  # what the ORT forms below are built for
-        "threads": args.threads,
-        "onnxruntime": onnxruntime.__version__,
-        "openvino": _version("openvino"),
-        "torch": torch.__version__,
+        **deployment_environment(args.threads),  # "cpu": the one-line summary; "int8_kernels": the ORT forms' below
         "transformers": transformers.__version__,
-        "python": platform.python_version(),
     }
     results = {
         "environment": environment,
@@ -246,7 +229,7 @@ def main() -> None:
             results["models"][label] = rows
 
     print(
-        f"CPU {environment['cpu_summary']}, qtool's ORT forms: {environment['int8_kernels']}; {args.threads} threads, "
+        f"CPU {environment['cpu']}, qtool's ORT forms: {environment['int8_kernels']}; {args.threads} threads, "
         f"onnxruntime {environment['onnxruntime']}, openvino {environment['openvino']}, torch {environment['torch']}; sequence {args.seq_len}, "
         f"{args.iterations} interleaved iterations after {args.warmup} warm-up; speedup = baseline p50 / p50"
     )

@@ -230,8 +230,6 @@ def evaluate_graph(
         "optimization_level": level,
         "predictions": True,  # records before predictions were kept are scored again
     }
-    if not graph:
-        key["backend"] = backend_for_file(model_path).name
     if level != RECIPE_LEVEL:  # fused kernels round (integer ones may saturate) as this CPU's do
         key["cpu"] = cpu_summary()
     record = model_path.with_name(model_path.name + f".eval-{config.part}.json")

@@ -123,15 +123,14 @@ def deploy_paragraph(result: dict) -> list[str]:
         return ["No quantized configuration stays within the accuracy budget; deploy FP32 or widen the budget."]
     row = next(r for r in result["results"] if r["configuration"] == advice["configuration"])
     backend = row.get("backend", "ort")
-    form = (
-        f"a peer: {peer_form(row['configuration'])}"
-        if row.get("peer")
-        else "FP32 graph" + ("" if backend == "ort" else f" on {backend}")
-        if advice["configuration"].split("@")[0] == "fp32"
-        else "qtool's graph in its ONNX Runtime CPU form, `qtool build --backend ort`"
-        if backend == "ort"
-        else f"qtool's QDQ graph on {backend}, `qtool build --backend {backend}`"
-    )
+    if row.get("peer"):
+        form = f"a peer: {peer_form(row['configuration'])}"
+    elif advice["configuration"].partition("@")[0] == "fp32":
+        form = "FP32 graph" + ("" if backend == "ort" else f" on {backend}")
+    elif backend == "ort":
+        form = "qtool's graph in its ONNX Runtime CPU form, `qtool build --backend ort`"
+    else:
+        form = f"qtool's QDQ graph on {backend}, `qtool build --backend {backend}`"
     metric = METRIC_NAMES[advice.get("metric", "accuracy")]
     lines = [
         f"Within {advice['max_drop_points']:g} {metric} point(s) of FP32, the fastest of the {advice['candidates']} "
@@ -302,7 +301,8 @@ PEER_FORMS = {
 
 def peer_form(name: str) -> str:
     kind = "nncf" if name.startswith("nncf-") else "ort"
-    return PEER_FORMS.get(kind + name[name.find("@"):] if "@" in name else kind, PEER_FORMS[kind])
+    _, on, backend = name.partition("@")
+    return PEER_FORMS.get(kind + on + backend, PEER_FORMS[kind])
 
 
 def peer_lines(result: dict) -> list[str]:

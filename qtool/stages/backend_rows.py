@@ -21,7 +21,7 @@ from qtool.errors import QtoolError
 from qtool.quantization.nncf_quantizers import NNCF_PEERS
 from qtool.report.advice import within_budget
 from qtool.report.intervals import wilson_interval
-from qtool.stages.deploy import latency_stage
+from qtool.stages.deploy import build_stage, latency_stage
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,11 @@ def backend_rows(rows: list[dict], split: QnliSplit, config) -> tuple[list[dict]
             row for row in within_budget(rows, config.max_drop)[1:]
             if (row["configuration"] in peers if row.get("peer") else "@" not in row["configuration"])
         ]
+        fp32 = evaluate_graph(Path(rows[0]["graph"]), split, config.eval, config.export.max_length, predictions=True)
         for row in chosen:
             with recording_stage_times() as times:
                 try:
-                    made = _deployed_on(name, row, rows[0], split, config)
+                    made = _deployed_on(name, row, fp32, split, config)
                 except Exception as failed:  # noqa: BLE001 (one optional row must not cost the study its report)
                     log.warning("%s@%s left out: %s", row["configuration"], name, failed)
                     skipped[f"{row['configuration']}@{name}"] = f"{type(failed).__name__}: {failed}"
@@ -55,14 +56,14 @@ def backend_rows(rows: list[dict], split: QnliSplit, config) -> tuple[list[dict]
     return added, skipped
 
 
-def _deployed_on(name: str, row: dict, fp32_row: dict, split: QnliSplit, config) -> dict:
-    """`row`'s graph built for backend `name`, scored against its source and against FP32, and timed."""
+def _deployed_on(name: str, row: dict, fp32: dict, split: QnliSplit, config) -> dict:
+    """`row`'s graph built for backend `name` as `qtool build` builds it, scored against its source and
+    against FP32's evaluation `fp32`, and timed."""
     source = Path(row["graph"])
-    artifact = Path(backend_named(name).build(source, None, backend_named(name).make_options())["artifact"])
+    artifact = Path(build_stage(source, name)["artifact"])
     max_length = config.export.max_length
     scored = evaluate_graph(artifact, split, config.eval, max_length, predictions=True)
     reference = evaluate_graph(source, split, config.eval, max_length, predictions=True)
-    fp32 = evaluate_graph(Path(fp32_row["graph"]), split, config.eval, max_length, predictions=True)
     paired = paired_against(fp32, scored, split, config.eval).to_dict()
     deployed = {
         "configuration": f"{row['configuration']}@{name}",
