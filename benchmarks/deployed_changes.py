@@ -1,4 +1,4 @@
-"""How many eval predictions of each recipe's deployed ONNX Runtime form differ from its QDQ graph's,
+"""How many eval predictions of each recipe's deployed ONNX Runtime graph differ from its QDQ graph's,
 on this CPU, with the kernels `--int8-kernels auto` picks here (or the ones given).
 
 Nothing is taken from the cache: both graphs are scored here, so the count is this CPU's even where
@@ -42,15 +42,15 @@ def main() -> None:
     print(f"CPU {cpu_summary()}; auto for 8-bit weights: {': '.join(int8_kernels_for_this_cpu())}", flush=True)
     for recipe in recipes:
         qdq = args.folder / f"{recipe}.qdq.onnx"
-        form = build_ort(qdq, qdq.with_name(f"{recipe}.{args.kernels}.ort.onnx"), OrtBuildOptions(args.kernels))
+        built = build_ort(qdq, qdq.with_name(f"{recipe}.{args.kernels}.ort.onnx"), OrtBuildOptions(args.kernels))
         scored = [
             evaluate_graph(qdq, split, config, use_cache=args.cached_recipe, predictions=True),
-            evaluate_graph(Path(form["graph"]), split, config, use_cache=False, predictions=True),
+            evaluate_graph(Path(built["graph"]), split, config, use_cache=False, predictions=True),
         ]
         changed = changed_predictions(*scored)
         row = {
             "recipe": recipe,
-            "kernels": form["int8_kernels"],
+            "kernels": built["int8_kernels"],
             "examples": scored[0]["examples"],
             "changed": changed,
             "recipe_accuracy": scored[0]["accuracy"],

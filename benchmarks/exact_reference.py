@@ -1,8 +1,8 @@
-"""How far a recipe's float32 score and its deployed ONNX Runtime form each are from the QDQ graph
+"""How far a recipe's float32 score and its deployed ONNX Runtime graph each are from the QDQ graph
 computed in float64, on the eval part: predictions that differ, pair by pair.
 
 The study scores a recipe as ONNX Runtime computes its QDQ graph in float32 with optimizations off,
-and counts the deployed form's `deployed_changed` against that. Float32 accumulation has its own
+and counts the deployed graph's `deployed_changed` against that. Float32 accumulation has its own
 rounding, so on a recipe whose clipped residual stream amplifies single steps, that reference is
 itself some predictions away from the QDQ graph's exact values. Here every float tensor of the graph
 becomes float64 (a Cast to float32 before each QuantizeLinear, a Cast to float64 after each
@@ -92,19 +92,19 @@ def main() -> None:
     from qtool.runners.ort import cpu_summary
 
     split = load_qnli(DataConfig(source=args.data))
-    scratch = tempfile.TemporaryDirectory()  # the deployed forms, as `qtool build` makes them here
+    scratch = tempfile.TemporaryDirectory()  # the deployed graphs, as `qtool build` makes them here
     rows = []
     print(f"CPU {cpu_summary()}", flush=True)
     for recipe in args.recipe:
         qdq = args.folder / f"{recipe}.qdq.onnx"
-        form = build_ort(qdq, Path(scratch.name) / f"{recipe}.ort.onnx", OrtBuildOptions())["graph"]
+        deployed_graph = build_ort(qdq, Path(scratch.name) / f"{recipe}.ort.onnx", OrtBuildOptions())["graph"]
         examples = split.part("eval")[: args.limit] if args.limit else split.part("eval")
         part = tokenize_part(tokenizer_for(qdq), examples)
         batches, mapping = make_batches(part, 32), logit_to_label(qdq, split.labels)
         scored = {
             "float64": predictions(float64_graph(qdq), RECIPE_LEVEL, batches, len(part), mapping),
             "float32": predictions(qdq, RECIPE_LEVEL, batches, len(part), mapping),
-            "deployed": predictions(form, "all", batches, len(part), mapping),
+            "deployed": predictions(deployed_graph, "all", batches, len(part), mapping),
         }
         row = {
             "recipe": recipe,

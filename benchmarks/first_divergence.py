@@ -1,6 +1,6 @@
-"""Where a recipe's deployed ONNX Runtime form first departs from its QDQ graph: the codes of every
+"""Where a recipe's deployed ONNX Runtime graph first departs from its QDQ graph: the codes of every
 QuantizeLinear, in graph order, on the first eval pairs, the QDQ graph with ONNX Runtime's
-optimizations off (as the recipe is scored) against the form with all of them (as it is deployed).
+optimizations off (as the recipe is scored) against the ONNX Runtime CPU graph with all of them (as it is deployed).
 Prints each point whose codes differ: how many, and by how many steps at most. Usage:
 
     python benchmarks/first_divergence.py artifacts/<model>/percentile-99.99-all.qdq.onnx \\
@@ -61,7 +61,7 @@ def main() -> None:
     kernels = int8_kernels_for_this_cpu()[0]
     expected, order = _codes(qdq, "disable", batches)
     actual, _ = _codes(rewrite_for_ort_cpu(qdq, kernels=kernels), "all", batches)
-    print(f"CPU {cpu_summary()}; {kernels} form; {args.graph.name}; first {args.limit} eval pairs")
+    print(f"CPU {cpu_summary()}; {kernels} build; {args.graph.name}; first {args.limit} eval pairs")
     shown = 0
     for name in order:
         steps = np.abs(actual[name] - expected[name]) if name in actual else None

@@ -7,7 +7,7 @@ It prints a preflight line (TensorRT and the CUDA it is built for, the CUDA runt
 version the driver supports, the GPU) and stops with one line when they do not fit. Then, for batch
 1 and 8 (x 128 tokens), from the FP32 export of a `qtool reproduce` folder and each configuration's
 calibration file there:
-1. the QDQ graph in the form TensorRT takes (PEG: `--peg-form gathered`), `<c>.trt.qdq.onnx`;
+1. the QDQ graph in the PEG layout TensorRT takes (PEG: `--peg-layout gathered`), `<c>.trt.qdq.onnx`;
 2. its engine (`qtool build --backend trt`: strongly typed, FP16 around the Q/DQ pairs) with the
    optimization profile's optimum at the batch it is timed at, whose manifest reads the INT8 GEMMs
    from the engine inspector; and the FP16 engine of the FP32 export, built the same way, as the

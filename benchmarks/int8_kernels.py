@@ -1,10 +1,10 @@
 """Which ONNX Runtime integer kernels to deploy on this CPU: U8S8, U8U8 and U8S8 with 7-bit weights.
 
 For each qtool recipe given (default: max-gemm-inputs and peg-k4-all-wfolded, with their 7-bit
-twins `-w7` from `make reproduce`), its ONNX Runtime form is built with 8-bit weights on U8S8 kernels
+twins `-w7` from `make reproduce`), its ONNX Runtime graph is built with 8-bit weights on U8S8 kernels
 (exact only where U8S8 does not saturate: x86 with VNNI, other architectures) and on U8U8 kernels
-(exact everywhere), and with 7-bit weights on U8S8 kernels (exact everywhere). Each form is scored on
-the eval part against its QDQ graph (predictions that differ), and every form, FP32 and the study's
+(exact everywhere), and with 7-bit weights on U8S8 kernels (exact everywhere). Each build is scored on
+the eval part against its QDQ graph (predictions that differ), and every build, FP32 and the study's
 ONNX Runtime peers are timed interleaved (all sessions loaded, round-robin on the same QNLI inputs,
 `--repeats` runs) at each batch size. The CPU, its integer dot-product features and what
 `--int8-kernels auto` picks are named in the output. Usage, after `make reproduce`:
@@ -25,20 +25,20 @@ RECIPES = ("max-gemm-inputs", "peg-k4-all-wfolded")
 PEERS = ("ort-dynamic", "ort-optimizer-dynamic")
 
 
-def _forms(folder: Path, recipes: list[str]) -> dict[str, tuple[Path, Path]]:
-    """name -> (deployed form, its QDQ graph)."""
+def _builds(folder: Path, recipes: list[str]) -> dict[str, tuple[Path, Path]]:
+    """name -> (deployed graph, its QDQ graph)."""
     from qtool.deployment.backends import OrtBuildOptions, build_ort
 
-    forms = {}
+    builds = {}
     for recipe in recipes:
         eight, seven = folder / f"{recipe}.qdq.onnx", folder / f"{recipe}-w7.qdq.onnx"
         for kernels in ("u8s8", "u8u8"):
             built = build_ort(eight, folder / f"{recipe}.{kernels}.ort.onnx", OrtBuildOptions(kernels))
-            forms[f"{recipe} {kernels}"] = (Path(built["graph"]), eight)
+            builds[f"{recipe} {kernels}"] = (Path(built["graph"]), eight)
         if seven.is_file():
             built = build_ort(seven, folder / f"{recipe}-w7.u8s8.ort.onnx", OrtBuildOptions("u8s8"))
-            forms[f"{recipe}-w7 u8s8"] = (Path(built["graph"]), seven)
-    return forms
+            builds[f"{recipe}-w7 u8s8"] = (Path(built["graph"]), seven)
+    return builds
 
 
 def main() -> None:
@@ -61,15 +61,15 @@ def main() -> None:
 
     folder = args.folder
     split = load_qnli(DataConfig(source=args.data))
-    forms = _forms(folder, args.recipe or list(RECIPES))
+    builds = _builds(folder, args.recipe or list(RECIPES))
     scored = {}
-    for name, (form, qdq) in forms.items():
+    for name, (graph, qdq) in builds.items():
         recipe = evaluate_graph(qdq, split, EvalConfig(threads=args.threads), predictions=True)
-        deployed = evaluate_graph(form, split, EvalConfig(threads=args.threads), predictions=True)
+        deployed = evaluate_graph(graph, split, EvalConfig(threads=args.threads), predictions=True)
         changed = changed_predictions(recipe, deployed)
         scored[name] = {"recipe_accuracy": recipe["accuracy"], "accuracy": deployed["accuracy"], "changed": changed}
     fp32 = evaluate_graph(folder / "fp32.onnx", split, EvalConfig(threads=args.threads))
-    graphs = {"fp32": folder / "fp32.onnx", **{name: form for name, (form, _) in forms.items()}}
+    graphs = {"fp32": folder / "fp32.onnx", **{name: graph for name, (graph, _) in builds.items()}}
     for peer in PEERS:
         if (folder / f"{peer}.onnx").is_file():
             graphs[peer] = folder / f"{peer}.onnx"
@@ -100,7 +100,7 @@ def main() -> None:
         f"{len(timings)} batch sizes x {args.repeats} interleaved runs of {args.iterations} iterations, sequence 128; "
         f"eval part {fp32['examples']} pairs, FP32 {100 * fp32['accuracy']:.2f} %.",
         "",
-        "| form | accuracy % | changed vs its QDQ graph | " + " | ".join(
+        "| build | accuracy % | changed vs its QDQ graph | " + " | ".join(
             f"b{b} p50 ms | b{b} vs FP32" for b in timings
         ) + " |",
         "| --- | --- | --- | " + " | ".join("--- | ---" for _ in timings) + " |",

@@ -1,6 +1,6 @@
 """Per-channel activation quantization in ONNX Runtime's CPU kernels: QuantizeLinear/DequantizeLinear
 with a per-axis scale on the last axis against Div + per-tensor Q/DQ at scale 1 + Mul (PEG's
-`scaled` form), which gives the same values.
+`scaled` layout), which gives the same values.
 
     python benchmarks/per_axis_quantize.py --width 384 --tokens 128 --threads 2
 """

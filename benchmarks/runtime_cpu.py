@@ -5,7 +5,7 @@ PyTorch eager FP32, ONNX Runtime FP32, qtool's static W8A8 graph (max calibratio
 gemm (TensorRT's placement) as written for TensorRT and rewritten for ONNX Runtime's CPU kernels
 (`qtool build --backend ort`), the same with scope gemm-inputs (Q/DQ only on the edges into
 MatMul/Gemm, residual path in float) rewritten for ONNX Runtime, scope all (every point) and PEG
-with K = 4 range-optimal groups at every point in its scaled and gathered forms and with folded
+with K = 4 range-optimal groups at every point in its scaled and gathered layouts and with folded
 weights (one GEMM per projection), all rewritten for ONNX Runtime, and the study's peers: ONNX Runtime's quantize_static (QDQ, U8 activations, S8
 per-channel weights, MinMax on the same calibration pairs), quantize_dynamic, the transformer
 optimizer alone and before quantize_dynamic, and NNCF's nncf.quantize (when qtool[peers] is
@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 CALIBRATION_PAIRS = 128
-PEG_GROUPS = 4  # range-optimal groups, scope all, in both PEG forms
+PEG_GROUPS = 4  # range-optimal groups, scope all, in both PEG layouts
 ON_OPENVINO = " on OpenVINO)"  # the candidates run as OpenVINO models
 # Idle OpenMP threads of PyTorch must sleep, not spin, while the other candidates run.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -56,7 +56,7 @@ def _peer_graphs(fp32: Path, folder: Path, tokenizer, split) -> dict[str, Path]:
 def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]:
     from qtool.analysis import CollectConfig, collect_or_load
     from qtool.deployment.backends import build_ort
-    from qtool.exporter.qdq import PEG_FORMS
+    from qtool.exporter.qdq import PEG_LAYOUTS
     from qtool.quantization.calibration import CalibrateConfig, calibrate
     from qtool.quantization.graphs import write_calibrated_graph
 
@@ -71,17 +71,17 @@ def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]
         document = calibrate(stats, CalibrateConfig(method="max", scope=scope))
         qdq = write_calibrated_graph(fp32, document, folder / f"qtool-max-{scope}.qdq.onnx")
         if scope == "gemm":
-            graphs[f"qtool-w8a8-{scope} (QDQ, TensorRT form)"] = qdq
-        graphs[f"qtool-w8a8-{scope} (ORT form)"] = ort_form(qdq, folder / f"qtool-max-{scope}.ort.onnx")
+            graphs[f"qtool-w8a8-{scope} (QDQ, TensorRT graph)"] = qdq
+        graphs[f"qtool-w8a8-{scope} (ONNX Runtime graph)"] = ort_form(qdq, folder / f"qtool-max-{scope}.ort.onnx")
         if scope == "gemm-inputs":
             graphs[f"qtool-w8a8-{scope} (QDQ{ON_OPENVINO}"] = qdq
     peg = calibrate(stats, CalibrateConfig(method="peg", groups=PEG_GROUPS, scope="all"))
-    for form in PEG_FORMS:
-        qdq = write_calibrated_graph(fp32, peg, folder / f"qtool-{peg.recipe}-{form}.qdq.onnx", form)
-        graphs[f"qtool-{peg.recipe} {form} (ORT form)"] = ort_form(qdq, folder / f"qtool-{peg.recipe}-{form}.ort.onnx")
+    for layout in PEG_LAYOUTS:
+        qdq = write_calibrated_graph(fp32, peg, folder / f"qtool-{peg.recipe}-{layout}.qdq.onnx", layout)
+        graphs[f"qtool-{peg.recipe} {layout} (ONNX Runtime graph)"] = ort_form(qdq, folder / f"qtool-{peg.recipe}-{layout}.ort.onnx")
     folded = calibrate(stats, CalibrateConfig(method="peg", groups=PEG_GROUPS, scope="all", weights="folded"))
     qdq = write_calibrated_graph(fp32, folded, folder / f"qtool-{folded.recipe}.qdq.onnx")
-    graphs[f"qtool-{folded.recipe} (ORT form)"] = ort_form(qdq, folder / f"qtool-{folded.recipe}.ort.onnx")
+    graphs[f"qtool-{folded.recipe} (ONNX Runtime graph)"] = ort_form(qdq, folder / f"qtool-{folded.recipe}.ort.onnx")
     graphs[f"qtool-{folded.recipe} (QDQ{ON_OPENVINO}"] = qdq
     return graphs
 
@@ -183,7 +183,7 @@ def main() -> None:
 
     environment = {
         **cpu_description(),
-        **deployment_environment(args.threads),  # "cpu": the one-line summary; "int8_kernels": the ORT forms' below
+        **deployment_environment(args.threads),  # "cpu": the one-line summary; "int8_kernels": the ONNX Runtime graphs' below
         "transformers": transformers.__version__,
     }
     results = {
@@ -229,7 +229,7 @@ def main() -> None:
             results["models"][label] = rows
 
     print(
-        f"CPU {environment['cpu']}, qtool's ORT forms: {environment['int8_kernels']}; {args.threads} threads, "
+        f"CPU {environment['cpu']}, qtool's ONNX Runtime graphs: {environment['int8_kernels']}; {args.threads} threads, "
         f"onnxruntime {environment['onnxruntime']}, openvino {environment['openvino']}, torch {environment['torch']}; sequence {args.seq_len}, "
         f"{args.iterations} interleaved iterations after {args.warmup} warm-up; speedup = baseline p50 / p50"
     )

@@ -8,7 +8,8 @@ from this working tree and from an earlier revision, and the same accuracies in 
 one scratch folder per side, and runs `qtool calibrate` there for each recipe (statistics are
 collected on each side, so collection is compared too): max-all, peg-k4-all and the
 mixed-precision search max-all-mp-auto0.5 by default. It prints one line per file with both sha256
-and exits 1 if any differs. `results` compares the accuracy of every configuration two
+and exits 1 if any differs; for a file that differs it says where (the JSON fields, or whether an
+ONNX graph's nodes and weights or only its metadata differ). `results` compares the accuracy of every configuration two
 `qtool reproduce` runs share, and exits 1 if any differs.
 """
 
@@ -69,13 +70,39 @@ def compare_graphs(fp32: Path, before: str, after: str | None, data: str, recipe
         finally:
             for tree in trees:
                 subprocess.run(["git", "-C", str(REPOSITORY), "worktree", "remove", "--force", str(tree)], check=False)
-    differ = 0
-    for name in old:
-        same = old[name] == new[name]
-        differ += not same
-        print(f"{'same' if same else 'DIFFERENT'}  {name}  {before[:12]} {old[name][:16]}  {(after or 'now')[:12]} {new[name][:16]}")
+        differ = 0
+        for name in old:
+            same = old[name] == new[name]
+            differ += not same
+            print(f"{'same' if same else 'DIFFERENT'}  {name}  {before[:12]} {old[name][:16]}  "
+                  f"{(after or 'now')[:12]} {new[name][:16]}")
+            if not same:
+                print(f"    {_difference(Path(scratch) / 'old' / name, Path(scratch) / 'new' / name)}")
     print(f"{len(old) - differ} of {len(old)} files byte-identical")
     return 1 if differ else 0
+
+
+def _differing_fields(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        fields = []
+        for key in sorted(set(old) | set(new)):
+            fields += _differing_fields(old.get(key), new.get(key), f"{prefix}{key}.")
+        return fields
+    return [] if old == new else [prefix.rstrip(".") or "(the document)"]
+
+
+def _difference(old: Path, new: Path) -> str:
+    """Where two files that are not byte-identical differ: JSON fields, or an ONNX graph's nodes and
+    weights apart from its metadata."""
+    if old.suffix == ".json":
+        return "fields that differ: " + ", ".join(_differing_fields(*(json.loads(p.read_text()) for p in (old, new))))
+    import onnx
+
+    models = [onnx.load(str(p)) for p in (old, new)]
+    graph_same = models[0].graph.SerializeToString() == models[1].graph.SerializeToString()
+    metadata = [{m.key: m.value for m in model.metadata_props} for model in models]
+    return (f"nodes and weights {'identical' if graph_same else 'DIFFERENT'}; metadata that differs: "
+            + (", ".join(_differing_fields(*metadata)) or "none"))
 
 
 def compare_results(old_path: Path, new_path: Path) -> int:

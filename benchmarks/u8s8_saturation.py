@@ -1,16 +1,16 @@
-"""What ONNX Runtime's U8S8 kernels would do to a graph's ONNX Runtime form on an x86 CPU without VNNI.
+"""What ONNX Runtime's U8S8 kernels would do to a graph's ONNX Runtime graph on an x86 CPU without VNNI.
 
 There (AVX2, or AVX-512 without VNNI) ONNX Runtime's U8S8 GEMMs multiply uint8 activations by int8
 weights with VPMADDUBSW, which adds each pair of neighbouring products along the reduction axis
 (k = 2j, 2j + 1) in 16 bits with saturation, so a pair above 32767 or below -32768 is clipped
 (255 x 127 x 2 = 64770). This CPU has VNNI, whose kernels add in 32 bits, so the clipping is
-emulated: each MatMulIntegerToFloat of the U8S8 form (`qtool build --backend ort --int8-kernels
+emulated: each MatMulIntegerToFloat of the U8S8 build (`qtool build --backend ort --int8-kernels
 u8s8`) is replaced by the same product written with ONNX operators, each pair clipped to int16,
 then the activations' zero point taken off, scaled and biased as the kernel does. The emulated
-graph and the real U8S8 form are scored on the same pairs; `--int8-kernels u8u8` (what `auto`
-picks on such a CPU) computes the real form's values there.
+graph and the real U8S8 build are scored on the same pairs; `--int8-kernels u8u8` (what `auto`
+picks on such a CPU) computes the real build's values there.
 
-Not emulated: GEMMs that ONNX Runtime fuses itself from a QDQ pattern (the form fuses every
+Not emulated: GEMMs that ONNX Runtime fuses itself from a QDQ pattern (the ONNX Runtime CPU graph fuses every
 projection with a bias; the attention products multiply two uint8 activations, U8U8 kernels).
 
     python benchmarks/u8s8_saturation.py artifacts/<model>/max-all.qdq.onnx --data ../shared/data/QNLI \\

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from qtool.data.split import DataConfig  # qtool.DataConfig: data with its columns, task or splits named
-from qtool.defaults import BASE_METHOD, PEG_FORM
+from qtool.defaults import BASE_METHOD, PEG_LAYOUT
 from qtool.errors import QtoolError
 
 ARTIFACTS_ENV = "QTOOL_ARTIFACTS"
@@ -86,7 +86,7 @@ class Evaluation(Result):
 @dataclass(frozen=True)
 class Built(Result):
     backend: str
-    artifact: Path  # the ONNX Runtime form or the TensorRT engine
+    artifact: Path  # the ONNX Runtime graph or the TensorRT engine
 
 
 @dataclass(frozen=True)
@@ -388,11 +388,11 @@ def calibrate(graph, method=None, *, p=None, groups=None, grouping=None, permute
     )
 
 
-def quantize(graph, calibration, *, output=None, peg_form=PEG_FORM) -> Path:
+def quantize(graph, calibration, *, output=None, peg_layout=PEG_LAYOUT) -> Path:
     """The QDQ graph of an existing calibration file (refused if it was made for another model)."""
     from qtool.stages.calibrate import quantize_stage
 
-    return Path(quantize_stage(Path(graph), Path(calibration), Path(output) if output else None, peg_form))
+    return Path(quantize_stage(Path(graph), Path(calibration), Path(output) if output else None, peg_layout))
 
 
 def export_scales(calibration, fmt, *, output=None, model=None, trt_version=None) -> dict:
@@ -426,7 +426,7 @@ def evaluate(graph, *, data=None, seed=None, part=None, batch_size=None, limit=N
 
 def build(graph, backend=None, *, output=None, **options) -> Built:
     """A deployable artifact of `graph` for `backend` (default: the first registered, `ort`: the
-    ONNX Runtime CPU form; `trt`: a TensorRT engine). `options` are the backend's own (`backends()`
+    ONNX Runtime CPU graph; `trt`: a TensorRT engine). `options` are the backend's own (`backends()`
     lists them; ort: int8_kernels; trt: fp16, tf32, quantize_head, batch, sequence, workspace_mib,
     timing_cache, optimization_level); None keeps an option's default."""
     from qtool.deployment.backends import BACKENDS, backend_named

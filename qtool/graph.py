@@ -274,12 +274,15 @@ def graph_metadata(model_path: Path) -> dict[str, str]:
     return read_qtool_metadata(load_model(model_path, load_external_data=False))
 
 
-QDQ_PRECISION = "int8-qdq"  # the `precision` metadata of qtool's QDQ graphs (and of their runtime forms)
+QDQ_PRECISION = "int8-qdq"  # the `precision` metadata of qtool's QDQ graphs (and of their runtime graphs)
+RUNTIME_KEY = "runtime"  # metadata of a runtime graph: the runtime it was rewritten for
+OLD_RUNTIME_KEY = "runtime_form"  # the same, in runtime graphs written before December 2026
+PEG_LAYOUT_KEY = "peg_form"  # metadata of a QDQ graph: its PEG layout (the key keeps its first name, so graphs stay byte-identical)
 
 
 def is_recipe_graph(metadata: dict[str, str]) -> bool:
-    """A QDQ graph as qtool wrote it from a calibration (not a form rewritten for a runtime)."""
-    return metadata.get("precision") == QDQ_PRECISION and "runtime_form" not in metadata
+    """A QDQ graph as qtool wrote it from a calibration (not a runtime graph rewritten from one)."""
+    return metadata.get("precision") == QDQ_PRECISION and not {RUNTIME_KEY, OLD_RUNTIME_KEY} & metadata.keys()
 
 
 def save_derived_graph(model: onnx.ModelProto, source: Path, output: Path, metadata: dict[str, str]) -> Path:

@@ -19,7 +19,7 @@ from qtool import __version__, api
 from qtool.cli import options as o
 from qtool.cli import render
 from qtool.data.split import DataConfig
-from qtool.defaults import PEG_FORM
+from qtool.defaults import PEG_LAYOUT
 from qtool.errors import QtoolError
 
 # Click's usage errors, wherever this Typer takes Click from (Typer 0.29 vendors it).
@@ -343,12 +343,12 @@ def calibrate(
 @command()
 def quantize(
     model_path: o.Fp32Graph, calibration: o.CalibrationFile, output: o.QdqOutput = None,
-    peg_form: o.PegForm = PEG_FORM, as_json: o.Json = False,
+    peg_layout: o.PegLayout = PEG_LAYOUT, as_json: o.Json = False,
 ) -> None:
     """Write the QDQ graph of an existing calibration file (refused if it was made for another model).
 
-    For TensorRT, write PEG calibrations with `--peg-form gathered`."""
-    written = api.quantize(model_path, calibration, output=output, peg_form=peg_form)
+    For TensorRT, write PEG calibrations with `--peg-layout gathered`."""
+    written = api.quantize(model_path, calibration, output=output, peg_layout=peg_layout)
     if as_json:
         return render.print_json({"qdq_graph": str(written), "calibration": str(calibration)})
     render.note(f"wrote {written}")
@@ -403,12 +403,12 @@ def build(
     sequence: o.ProfileSequence = None, workspace_mib: o.WorkspaceMib = None, timing_cache: o.TimingCache = None,
     optimization_level: o.OptimizationLevel = None, int8_kernels: o.Int8Kernels = None, as_json: o.Json = False,
 ) -> None:
-    """Build a deployable artifact from a graph: the ONNX Runtime CPU form or a TensorRT engine.
+    """Build a deployable artifact from a graph: the ONNX Runtime CPU graph or a TensorRT engine.
 
-    ort: rewrites the TensorRT-style QDQ graph into the form ONNX Runtime's CPU kernels run fastest
+    ort: rewrites the TensorRT-style QDQ graph into the graph ONNX Runtime's CPU kernels run fastest
     (same quantized values: int8 zero point 0 stored as uint8 zero point 128, fused integer projections,
     U8S8 or U8U8 kernels: --int8-kernels) and reports which integer kernels ONNX Runtime fused. trt: writes the graph's
-    TensorRT form (<engine>.trt.onnx: FP16 around the Q/DQ pairs, float embedding tables and head)
+    TensorRT graph (<engine>.trt.onnx: FP16 around the Q/DQ pairs, float embedding tables and head)
     and builds engine.plan from it, strongly typed, with one optimization profile and a build
     manifest (needs TensorRT and an NVIDIA GPU: pip install 'qtool[trt]'). An FP32 export gives
     the FP16 baseline.

@@ -22,14 +22,14 @@ from qtool.defaults import (
     ORT_INT8_KERNELS,
     PEG_AUTO_MAX_GROUPS,
     PEG_AUTO_NOISE_FACTOR,
-    PEG_FORM,
+    PEG_LAYOUT,
 )
 from qtool.deployment.backends import BACKENDS
 from qtool.deployment.bench import INPUT_KINDS, BenchConfig
 from qtool.deployment.evaluate import EvalConfig
 from qtool.deployment.trt_build import TrtBuildConfig
 from qtool.executor import EXECUTORS, RAY_HINT, ExecutorConfig
-from qtool.exporter.qdq import PEG_FORMS, WEIGHT_MODES
+from qtool.exporter.qdq import PEG_LAYOUTS, WEIGHT_MODES
 from qtool.models.finetune import FinetuneConfig
 from qtool.models.onnx_export import ExportConfig
 from qtool.quantization.calibration import CalibrateConfig
@@ -301,13 +301,15 @@ EvaluateAccuracy = Annotated[
 ]
 
 # -- quantize and export-scales --------------------------------------------------------------------
-PegForm = Annotated[
+PegLayout = Annotated[
     str,
     typer.Option(
+        "--peg-layout",
         "--peg-form",
-        help=f"How PEG groups are written: {' or '.join(PEG_FORMS)} (scaled: per-channel scales around one "
-        "QuantizeLinear, fast on ONNX Runtime; gathered: per-tensor scales per group, the form TensorRT "
-        f"accepts). A calibration with --weights folded has one form of its own. Default: {PEG_FORM}.",
+        help=f"How PEG groups are laid out in the QDQ graph: {' or '.join(PEG_LAYOUTS)} (scaled: per-channel "
+        "scales around one QuantizeLinear, fast on ONNX Runtime; gathered: per-tensor scales per group, what "
+        "TensorRT accepts). A calibration with --weights folded has a layout of its own. --peg-form is the "
+        f"older name. Default: {PEG_LAYOUT}.",
     ),
 ]
 QdqOutput = Annotated[

@@ -23,12 +23,12 @@ from qtool.cache import cached_stage
 from qtool.defaults import ORT_INT8_KERNELS
 from qtool.deployment.trt_build import TrtBuildConfig, build_engine
 from qtool.errors import QtoolError
-from qtool.exporter.ort_cpu import FORM_VERSION as ORT_FORM_VERSION
+from qtool.exporter.ort_cpu import REWRITE_VERSION as ORT_REWRITE_VERSION
 from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu
 from qtool.exporter.ort_fused import check_fused
 from qtool.exporter.weight_codes import u8s8_exact_everywhere
 from qtool.fileio import distinct_output, manifest_path, read_json, sha256_file
-from qtool.graph import graph_metadata, load_model
+from qtool.graph import PEG_LAYOUT_KEY, graph_metadata, load_model
 from qtool.runners.base import Runner
 from qtool.runners.ort import INT8_KERNELS, cpu_summary, int8_kernels_for_this_cpu
 
@@ -154,7 +154,7 @@ def resolve_int8_kernels(choice: str, graph: Path | None = None) -> tuple[str, s
 
 
 def build_ort(graph: Path, output: Path | None = None, options: OrtBuildOptions | None = None) -> dict:
-    """The ONNX Runtime CPU form `<graph stem>.ort.onnx`, rebuilt only when the graph or the kernel
+    """The ONNX Runtime CPU graph `<graph stem>.ort.onnx`, rebuilt only when the graph or the kernel
     choice changed; the report says which integer kernels it is for and why, and what ONNX Runtime
     fused in it."""
     import onnxruntime
@@ -172,11 +172,11 @@ def build_ort(graph: Path, output: Path | None = None, options: OrtBuildOptions 
     key = {
         "source_sha256": sha256_file(graph),
         "qtool": __version__,
-        "form": ORT_FORM_VERSION,
+        "rewrite": ORT_REWRITE_VERSION,
         "int8_kernels": kernels,
         "onnxruntime": onnxruntime.__version__,
     }
-    report = cached_stage(manifest_path(target), key, run, artifact=target, stage="build ONNX Runtime form")
+    report = cached_stage(manifest_path(target), key, run, artifact=target, stage="build ONNX Runtime graph")
     # where it is now, not where it was built; why the kernels, as this CPU says now
     return {**report, "int8_kernels_reason": why, "graph": str(target), "model": str(target), "artifact": str(target)}
 
@@ -198,10 +198,10 @@ def build_trt(graph: Path, output: Path | None = None, options: TrtBuildConfig |
 
 
 def check_trt_graph(graph: Path) -> None:
-    if graph_metadata(graph).get("peg_form", "gathered") not in ("gathered", "folded"):
+    if graph_metadata(graph).get(PEG_LAYOUT_KEY, "gathered") not in ("gathered", "folded"):
         raise QtoolError(
             f"{graph} writes PEG groups with per-channel activation scales, which TensorRT does not take; "
-            "write the TensorRT form with `qtool quantize FP32.onnx CALIB.json --peg-form gathered`, "
+            "write the TensorRT graph with `qtool quantize FP32.onnx CALIB.json --peg-layout gathered`, "
             "or calibrate with --weights folded"
         )
 

@@ -56,7 +56,7 @@ def scoring_level(model_path: Path) -> str:
     """The ONNX Runtime optimization level a graph is scored at. A QDQ graph as qtool wrote it runs
     with optimizations off: its recipe accuracy, computed as the QDQ semantics (and the NumPy
     reference) say, so it does not depend on which integer kernels a CPU fuses and how they round.
-    Every other graph (FP32, a runtime form, a peer) runs as it is deployed, with all of them."""
+    Every other graph (FP32, a runtime graph, a peer) runs as it is deployed, with all of them."""
     return RECIPE_LEVEL if is_recipe_graph(graph_metadata(model_path)) else "all"
 
 

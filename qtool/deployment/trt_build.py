@@ -5,7 +5,7 @@ always created STRONGLY_TYPED: every tensor keeps the type the graph gives it, I
 the graph's QuantizeLinear/DequantizeLinear pairs, and no precision builder flag (FP16, INT8: deprecated
 since TensorRT 10.12, gone in 11) is ever set. So that the unquantized layers (LayerNorm, Softmax,
 GELU, residual Adds, attention) run in FP16 rather than FP32/TF32, the graph is first rewritten into
-its TensorRT form (`qtool.exporter.trt_form`, written beside the engine as `<engine>.trt.onnx`):
+its TensorRT graph (`qtool.exporter.trt_graph`, written beside the engine as `<engine>.trt.onnx`):
 float parts in FP16 with FP16 Q/DQ scales, int64 ids in and float32 logits out, embedding tables in
 float, no Q/DQ on the head GEMVs, the attention scale before the score MatMul. `fp16=False` keeps the
 float parts in FP32 (TF32 allowed or not by `tf32`). The FP16 baseline is the FP32 export built the
@@ -29,7 +29,7 @@ from qtool import __version__
 from qtool.defaults import TRT_FP16, TRT_QUANTIZE_HEAD, TRT_TF32
 from qtool.deployment.trt_layers import engine_precision, inspect_engine
 from qtool.errors import QtoolError
-from qtool.exporter.trt_form import TrtFormConfig, write_trt_form
+from qtool.exporter.trt_graph import TrtGraphConfig, write_trt_graph
 from qtool.fileio import atomic_path, manifest_path, sha256_file, write_json, write_text
 from qtool.graph import load_model, position_table_rows, read_qtool_metadata
 from qtool.runners.device import current_gpu, missing_gpu_reason
@@ -45,7 +45,7 @@ AXIS_OPTIONS = ("--batch", "--sequence")
 class TrtBuildConfig:
     """How an engine is built. `batch` and `sequence` are (min, opt, max) of its one optimization profile."""
 
-    fp16: bool = TRT_FP16  # the graph's float parts in FP16 (its TensorRT form), else FP32
+    fp16: bool = TRT_FP16  # the graph's float parts in FP16 (its TensorRT graph), else FP32
     tf32: bool = TRT_TF32  # FP32 layers may use TF32 (TensorRT's default)
     quantize_head: bool = TRT_QUANTIZE_HEAD  # keep Q/DQ on the pooler/classifier GEMVs
     batch: tuple[int, int, int] = (1, 1, 32)
@@ -211,13 +211,13 @@ def layers_path(plan_path: Path) -> Path:
     return Path(plan_path).with_name(f"{Path(plan_path).name}.layers.json")
 
 
-def trt_form_path(plan_path: Path) -> Path:
+def trt_graph_path(plan_path: Path) -> Path:
     """Where the graph TensorRT parses is written: `<engine stem>.trt.onnx` beside the engine."""
     return Path(plan_path).with_name(f"{Path(plan_path).stem}.trt.onnx")
 
 
-def _form_path(onnx_path: Path, plan_path: Path) -> Path:
-    path = trt_form_path(plan_path)
+def _parsed_graph_path(onnx_path: Path, plan_path: Path) -> Path:
+    path = trt_graph_path(plan_path)
     return path.with_name(f"{plan_path.name}.trt.onnx") if path.resolve() == onnx_path.resolve() else path
 
 
@@ -236,16 +236,16 @@ def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtB
     checked = preflight(gpu)
     if not facts.quantize_nodes:
         log.info("%s has no QuantizeLinear nodes: a %s engine without INT8 layers", onnx_path, _floats(config))
-    form_path = _form_path(onnx_path, plan_path)
-    form = write_trt_form(onnx_path, form_path, TrtFormConfig(fp16=config.fp16, quantize_head=config.quantize_head))
+    parsed_path = _parsed_graph_path(onnx_path, plan_path)
+    passes = write_trt_graph(onnx_path, parsed_path, TrtGraphConfig(fp16=config.fp16, quantize_head=config.quantize_head))
 
     logger = trt_logger(trt)
     logger.errors.clear()
     builder = _create_builder(trt, logger)
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(form_path)):
-        raise QtoolError(_parser_error_message(parser, form_path, trt.__version__))
+    if not parser.parse_from_file(str(parsed_path)):
+        raise QtoolError(_parser_error_message(parser, parsed_path, trt.__version__))
     graph_inputs = [network.get_input(index) for index in range(network.num_inputs)]
     input_dims = {tensor.name: tuple(tensor.shape) for tensor in graph_inputs}
     shapes = profile_shapes(config, list(input_dims))
@@ -266,7 +266,7 @@ def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtB
         )
     if config.timing_cache is not None:
         _save_timing_cache(builder_config, Path(config.timing_cache))
-    requested = precision_summary(form["quantize_nodes"], config.fp16)
+    requested = precision_summary(passes["quantize_nodes"], config.fp16)
 
     layers, inspector_json = inspect_engine(trt, trt.Runtime(logger), serialized)
     if layers["gemms_not_int8"]:
@@ -288,17 +288,17 @@ def build_engine(onnx_path: Path, plan_path: Path, config: TrtBuildConfig = TrtB
         "onnx": os.path.relpath(onnx_path.resolve(), plan_path.resolve().parent),
         "onnx_sha256": sha256_file(onnx_path),
         "onnx_metadata": facts.metadata,
-        "parsed_onnx": os.path.relpath(form_path.resolve(), plan_path.resolve().parent),
-        "parsed_onnx_sha256": sha256_file(form_path),
-        "graph_form": form,
+        "parsed_onnx": os.path.relpath(parsed_path.resolve(), plan_path.resolve().parent),
+        "parsed_onnx_sha256": sha256_file(parsed_path),
+        "trt_graph": passes,
         "tensorrt_version": trt.__version__,
         "gpu": gpu.to_manifest(),
         "preflight": checked,
         "precision": {
             "engine": engine_precision(layers, requested),
             "requested": requested,
-            "int8": "explicit: QuantizeLinear/DequantizeLinear pairs of the graph" if form["quantize_nodes"] else None,
-            "quantize_nodes": form["quantize_nodes"],
+            "int8": "explicit: QuantizeLinear/DequantizeLinear pairs of the graph" if passes["quantize_nodes"] else None,
+            "quantize_nodes": passes["quantize_nodes"],
             "float": _floats(config),
             "fp16": config.fp16,
             "strongly_typed": True,

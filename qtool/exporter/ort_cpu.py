@@ -1,4 +1,4 @@
-"""Rewrite a qtool QDQ graph into the form ONNX Runtime's CPU kernels run fastest, values unchanged.
+"""Rewrite a qtool QDQ graph into the graph ONNX Runtime's CPU kernels run fastest, values unchanged.
 
 qtool writes TensorRT-style QDQ graphs (int8 activations and weights, zero point 0), which ONNX
 Runtime on x86 runs slower than FP32: its QDQ fusions refuse int8 activations there
@@ -21,14 +21,14 @@ whose float result is the same up to rounding:
   or Gemm(DQ(x), DQ(W), b), becomes one com.microsoft MatMulIntegerToFloat(x_q, W_q, scales, zero
   points, b) (ONNX Runtime's own fusion leaves the Add, then makes a slow BiasGelu of it); the int32
   accumulation is exact, so only float rounding differs;
-- with `fuse_bias`, PEG's division of each channel by its scale (its `scaled` form, Div before
+- with `fuse_bias`, PEG's division of each channel by its scale (its `scaled` layout, Div before
   QuantizeLinear) moves into the producer where that is a biased MatMulIntegerToFloat or a
   LayerNormalization: the weight scales and bias, or the LayerNorm's scale and bias, are divided
   instead, which saves a pass over the tensor and changes float rounding only;
 - a Gather of some channels (last axis) of an activation, as PEG's split GEMMs read their groups'
   codes, becomes a Gather of rows of the transposed tensor (one Transpose per tensor, shared by its
   Gathers) and a Transpose back: ONNX Runtime copies a last-axis Gather element by element, rows as
-  blocks (`python benchmarks/ort_profile.py` on a PEG form shows the difference);
+  blocks (`python benchmarks/ort_profile.py` on a PEG layout shows the difference);
 - with `fuse_bias`, a projection whose input stays float reads its weight dequantized into a float
   initializer (the same values): ONNX Runtime would make MatMulNBits of DQ(W) -> MatMul, which
   quantizes the float input on the fly;
@@ -63,12 +63,20 @@ from qtool.exporter.ort_projections import (
     projections_to_matmul_integer_to_float,
 )
 from qtool.exporter.weight_codes import u8s8_exact_everywhere
-from qtool.graph import GraphIndex, attribute, prune_dead_nodes, save_derived_graph, set_attribute, tensor_ranks
+from qtool.graph import (
+    RUNTIME_KEY,
+    GraphIndex,
+    attribute,
+    prune_dead_nodes,
+    save_derived_graph,
+    set_attribute,
+    tensor_ranks,
+)
 from qtool.runners.ort import GEMM_WEIGHT_BITS_METADATA, INT8_KERNELS, INT8_KERNELS_METADATA
 
 log = logging.getLogger(__name__)
 
-FORM_VERSION = 7  # bumped whenever the rewrite changes, so cached ONNX Runtime forms are rebuilt
+REWRITE_VERSION = 7  # bumped whenever the rewrite changes, so cached ONNX Runtime graphs are rebuilt
 UINT8_OFFSET = 128  # uint8 code = int8 code + 128 for the same real value
 
 
@@ -182,7 +190,7 @@ def _weights_to_uint8(graph: GraphIndex) -> int:
 
 def _code_readers(graph: GraphIndex, codes: str) -> list[onnx.NodeProto] | None:
     """The DequantizeLinear nodes that read the codes `codes`, directly or through Gathers of some of
-    their channels (PEG's `scaled` form); None when anything else reads them."""
+    their channels (PEG's `scaled` layout); None when anything else reads them."""
     readers = graph.consumers[codes]
     if codes in graph.graph_outputs or not readers:
         return None
@@ -291,7 +299,7 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True, kerne
     try:
         ranks = tensor_ranks(model)
     except Exception as exc:  # onnx raises several types here; the rewrite only loses step 5
-        log.warning("no shapes for the ONNX Runtime form (%s); channel Gathers stay as they are", exc)
+        log.warning("no shapes for the ONNX Runtime graph (%s); channel Gathers stay as they are", exc)
         ranks = {}
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
@@ -321,12 +329,12 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True, kerne
 
 def rewrite_file_for_ort_cpu(source: Path, output: Path, *, fuse_bias: bool = True, kernels: str = "u8s8") -> Path:
     """`rewrite_for_ort_cpu` from one ONNX file to another; the tokenizer path in the metadata is
-    re-pointed from the output's folder, and `qtool.runtime_form`, `qtool.int8_kernels` and
+    re-pointed from the output's folder, and `qtool.runtime`, `qtool.int8_kernels` and
     `qtool.gemm_weight_bits` (7 when every GEMM weight fits [-64, 63], else 8) record the rewrite."""
     model = onnx.load(str(source))
     rewritten = rewrite_for_ort_cpu(model, fuse_bias=fuse_bias, kernels=kernels)
     metadata = {
-        "runtime_form": "onnxruntime-cpu" + ("" if fuse_bias else " (bias unfused)"),
+        RUNTIME_KEY: "onnxruntime-cpu" + ("" if fuse_bias else " (bias unfused)"),
         INT8_KERNELS_METADATA: kernels,
         GEMM_WEIGHT_BITS_METADATA: "7" if u8s8_exact_everywhere(model) else "8",
     }

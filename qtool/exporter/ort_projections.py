@@ -1,4 +1,4 @@
-"""The projection steps of the ONNX Runtime CPU form (`qtool.exporter.ort_cpu`): biased projections as
+"""The projection steps of the ONNX Runtime CPU graph (`qtool.exporter.ort_cpu`): biased projections as
 com.microsoft MatMulIntegerToFloat, PEG's channel division folded into its producer, and float inputs
 times dequantized weights."""
 
@@ -171,7 +171,7 @@ def _division_targets(graph: GraphIndex, node: onnx.NodeProto) -> list[tuple[onn
 
 
 def fold_channel_division(graph: GraphIndex) -> int:
-    """Div(X, s) of PEG's scaled form, with X computed by one of `_division_targets`' nodes and read by
+    """Div(X, s) of PEG's scaled layout, with X computed by one of `_division_targets`' nodes and read by
     nothing else (but Shape): those constants are divided by s instead, so X arrives divided. Only
     float rounding differs."""
     folded = 0

@@ -2,7 +2,7 @@
 
 Activations are quantized per tensor (symmetric INT8, zero point 0); weights per output channel
 or per tensor. A per-embedding-group (PEG) range has one scale per group of channels; its QDQ graph
-comes in two forms that compute the same quantized values (`PEG_FORMS`):
+comes in two layouts that compute the same quantized values (`PEG_LAYOUTS`):
 
 - `scaled` (default; what ONNX Runtime runs fast). Each channel's value is divided by its group's
   scale and quantized with scale 1, so the codes are those of the per-group quantizers:
@@ -24,8 +24,8 @@ comes in two forms that compute the same quantized values (`PEG_FORMS`):
 Both split GEMMs add partial products of the groups, which equals the GEMM of the fake-quantized
 X. K = 1 is plain per-tensor quantization.
 
-With `folded` weights (a weight policy, not a form: its values differ) every projection that reads a
-PEG point is one GEMM. The codes are the `scaled` form's, and the group scales move into the weight
+With `folded` weights (a weight policy, not a layout: its values differ) every projection that reads a
+PEG point is one GEMM. The codes are the `scaled` layout's, and the group scales move into the weight
 before it is quantized per output channel:
 
     MatMul(X, W)  becomes  MatMul(DQ(codes, 1), DQ(Q(diag(s_c) W)))
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from qtool.defaults import PEG_FORM
+from qtool.defaults import PEG_LAYOUT
 from qtool.exporter.grid import ActivationRange, ChannelGroup, quantize, weight_scales
 from qtool.exporter.points import PROJECTION_OPS, QuantPoint
 from qtool.graph import GraphIndex, attribute, live_nodes
@@ -52,7 +52,7 @@ from qtool.graph import GraphIndex, attribute, live_nodes
 log = logging.getLogger(__name__)
 
 WEIGHT_MODES = ("per-channel", "per-tensor", "folded")  # folded: per channel, PEG group scales folded in
-PEG_FORMS = ("scaled", "gathered")
+PEG_LAYOUTS = ("scaled", "gathered")
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class QdqPlan:
     # Add) keep the float tensor. A point with no MatMul/Gemm reader is quantized for all readers.
     gemm_edges_only: bool = False
     # How PEG points are written (see the module docstring); with switches always `gathered`.
-    peg_form: str = PEG_FORM
+    peg_layout: str = PEG_LAYOUT
 
 
 def switch_input(point_name: str) -> str:
@@ -203,13 +203,13 @@ class _Writer:
             for node, index in consumers:
                 self.rewire[(node.name, index)] = dequantized
             return
-        if self.plan.weights == "folded" or (self.plan.peg_form == "scaled" and not self.plan.switches):
+        if self.plan.weights == "folded" or (self.plan.peg_layout == "scaled" and not self.plan.switches):
             self.scale_groups(point, groups, self.readers(point.tensor))
         else:
             self.quantize_groups(point, groups, self.readers(point.tensor))
 
     def scale_groups(self, point: QuantPoint, groups: Sequence[ChannelGroup], consumers) -> None:
-        """The `scaled` PEG form: one code tensor at scale 1 after dividing each channel by its scale."""
+        """The `scaled` PEG layout: one code tensor at scale 1 after dividing each channel by its scale."""
         members = [np.asarray(group.channels, dtype=np.int64) for group in groups]
         scales = np.empty(sum(m.size for m in members), dtype=np.float32)
         for channels, group in zip(members, groups, strict=True):
@@ -372,8 +372,8 @@ def write_qdq_model(model: onnx.ModelProto, plan: QdqPlan) -> onnx.ModelProto:
     """A new model with the plan's Q/DQ nodes; the input model is not changed."""
     if plan.weights not in (None, *WEIGHT_MODES):
         raise ValueError(f"weights must be one of {WEIGHT_MODES} or None")
-    if plan.peg_form not in PEG_FORMS:
-        raise ValueError(f"peg_form must be one of {PEG_FORMS}")
+    if plan.peg_layout not in PEG_LAYOUTS:
+        raise ValueError(f"peg_layout must be one of {PEG_LAYOUTS}")
     if plan.weights == "folded" and plan.switches:
         raise ValueError("folded weights cannot be switched back to float point by point")
     result = _Writer(model, plan).run()

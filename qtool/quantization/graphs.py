@@ -10,13 +10,13 @@ import onnx
 from qtool.analysis.collect import ActivationStats
 from qtool.cache import cached_stage
 from qtool.calibrators.precision import check_scope
-from qtool.defaults import PEG_FORM
+from qtool.defaults import PEG_LAYOUT
 from qtool.errors import QtoolError
 from qtool.exporter.points import QuantPoint, find_quant_points, load_quant_points
 from qtool.exporter.qdq import QdqPlan, write_qdq_model
 from qtool.exporter.smooth import SmoothConfig, apply_smoothing, smooth_model
 from qtool.fileio import manifest_path, sha256_file
-from qtool.graph import QDQ_PRECISION, model_identity, save_derived_graph
+from qtool.graph import PEG_LAYOUT_KEY, QDQ_PRECISION, model_identity, save_derived_graph
 from qtool.quantization.calibration import Calibration
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,10 @@ def prepared_model(model_path: Path, calibration: Calibration) -> Prepared:
 
 
 def qdq_model(
-    prepared: Prepared, calibration: Calibration, switches: bool = False, peg_form: str = PEG_FORM
+    prepared: Prepared, calibration: Calibration, switches: bool = False, peg_layout: str = PEG_LAYOUT
 ) -> onnx.ModelProto:
     """The QDQ model of `calibration` on a `prepared_model` (which stays unchanged, so one preparation
-    serves many calibrations of the same model); PEG ranges in `peg_form` (see `qtool.exporter.qdq`)."""
+    serves many calibrations of the same model); PEG ranges in `peg_layout` (see `qtool.exporter.qdq`)."""
     model, points = prepared
     missing = sorted(set(calibration.tensors) - {p.name for p in points})
     if missing:
@@ -76,29 +76,29 @@ def qdq_model(
         embedding_tables=calibration.embedding_tables_quantized,
         points=points,
         switches=switches,
-        peg_form=peg_form,
+        peg_layout=peg_layout,
         gemm_edges_only=check_scope(calibration.scope).gemm_edges_only,
     )
     return write_qdq_model(model, plan)
 
 
 def calibrated_model(
-    model_path: Path, calibration: Calibration, switches: bool = False, peg_form: str = PEG_FORM
+    model_path: Path, calibration: Calibration, switches: bool = False, peg_layout: str = PEG_LAYOUT
 ) -> onnx.ModelProto:
     """The QDQ model of `calibration` applied to the FP32 graph at `model_path` (in memory)."""
-    return qdq_model(prepared_model(model_path, calibration), calibration, switches, peg_form)
+    return qdq_model(prepared_model(model_path, calibration), calibration, switches, peg_layout)
 
 
 def has_channel_groups(calibration: Calibration) -> bool:
     return any(entry.groups and len(entry.groups) > 1 for entry in calibration.tensors.values())
 
 
-def write_calibrated_graph(model_path: Path, calibration: Calibration, output: Path, peg_form: str = PEG_FORM) -> Path:
+def write_calibrated_graph(model_path: Path, calibration: Calibration, output: Path, peg_layout: str = PEG_LAYOUT) -> Path:
     """Write the QDQ graph of `calibration` applied to the FP32 graph at `model_path`."""
-    qdq = calibrated_model(model_path, calibration, peg_form=peg_form)
+    qdq = calibrated_model(model_path, calibration, peg_layout=peg_layout)
     metadata = {"precision": QDQ_PRECISION, "recipe": calibration.recipe, "scope": calibration.scope}
     if has_channel_groups(calibration):
-        metadata["peg_form"] = "folded" if calibration.weights == "folded" else peg_form
+        metadata[PEG_LAYOUT_KEY] = "folded" if calibration.weights == "folded" else peg_layout
     if calibration.smoothing:
         metadata["smoothing_alpha"] = f"{calibration.smoothing['alpha']:g}"
     return save_derived_graph(qdq, model_path, output, metadata)

@@ -47,7 +47,7 @@ def _paired_cell(row: dict, fp32: float, key: str = "vs_fp32") -> str:
 
 
 def _deployed_cell(row: dict) -> str:
-    """The deployed form's accuracy where it is another graph than the recipe's, `=` where equal."""
+    """The deployed graph's accuracy where it is another graph than the recipe's, `=` where equal."""
     deployed = row.get("deployed_accuracy")
     if deployed is None:
         return "-"
@@ -55,7 +55,7 @@ def _deployed_cell(row: dict) -> str:
 
 
 def _changed_cell(row: dict) -> str:
-    """Predictions of the deployed form that differ from the QDQ graph's, and the kernels it ran."""
+    """Predictions of the deployed graph that differ from the QDQ graph's, and the kernels it ran."""
     if row.get("deployed_changed") is None:
         return f"- | {row.get('deployed_kernels', '-')}"
     share = row["deployed_changed"] / row["examples"]
@@ -124,18 +124,18 @@ def deploy_paragraph(result: dict) -> list[str]:
     row = next(r for r in result["results"] if r["configuration"] == advice["configuration"])
     backend = row.get("backend", "ort")
     if row.get("peer"):
-        form = f"a peer: {peer_form(row['configuration'])}"
+        what = f"a peer: {peer_description(row['configuration'])}"
     elif advice["configuration"].partition("@")[0] == "fp32":
-        form = "FP32 graph" + ("" if backend == "ort" else f" on {backend}")
+        what = "FP32 graph" + ("" if backend == "ort" else f" on {backend}")
     elif backend == "ort":
-        form = "qtool's graph in its ONNX Runtime CPU form, `qtool build --backend ort`"
+        what = "qtool's QDQ graph as its ONNX Runtime CPU graph, `qtool build --backend ort`"
     else:
-        form = f"qtool's QDQ graph on {backend}, `qtool build --backend {backend}`"
+        what = f"qtool's QDQ graph on {backend}, `qtool build --backend {backend}`"
     metric = METRIC_NAMES[advice.get("metric", "accuracy")]
     lines = [
         f"Within {advice['max_drop_points']:g} {metric} point(s) of FP32, the fastest of the {advice['candidates']} "
         f"close calls on this machine (FP32 and the configurations in budget within {CLOSE_CALL:g}x of the fastest "
-        f"one-by-one p50, at most {CONTENDERS}) is `{advice['configuration']}` ({form}): "
+        f"one-by-one p50, at most {CONTENDERS}) is `{advice['configuration']}` ({what}): "
         f"{100 * advice['accuracy']:.2f} % accuracy ({-advice['drop_points']:+.2f} {metric} points vs FP32), "
         f"p50 {advice['p50_ms']:.1f} ms, "
         f"{advice['speedup_vs_fp32']:.2f}x the speed of FP32. The candidates ran interleaved (all sessions loaded, "
@@ -265,12 +265,12 @@ def _bounded(paired: dict | None) -> str:
 
 def eval_budget_sentence(row: dict, max_drop: float) -> str:
     """Where the chosen set stands on the eval part against the budget it met on the tuning pairs."""
-    forms = [(name, row.get(key)) for name, key in (("recipe", "vs_fp32"), ("deployed form", "deployed_vs_fp32"))]
-    forms = [(name, paired) for name, paired in forms if paired]
-    if not forms:
+    scored = [(name, row.get(key)) for name, key in (("recipe", "vs_fp32"), ("deployed graph", "deployed_vs_fp32"))]
+    scored = [(name, paired) for name, paired in scored if paired]
+    if not scored:
         return ""
-    parts = [f"its {name} {paired_points(p)} points vs FP32" for name, p in forms]
-    verdict = budget_verdict(max((p for _, p in forms), key=lambda p: p["drop"]), max_drop)
+    parts = [f"its {name} {paired_points(p)} points vs FP32" for name, p in scored]
+    verdict = budget_verdict(max((p for _, p in scored), key=lambda p: p["drop"]), max_drop)
     return f" On the eval part (paired 95 %): {' and '.join(parts)}, {verdict}."
 
 
@@ -292,17 +292,17 @@ SMOOTHING_NOTE = (
 )
 
 
-PEER_FORMS = {
+PEER_DESCRIPTIONS = {
     "ort": "its own graph on ONNX Runtime's CPU provider, where it is meant to be fast",
     "nncf": "its QDQ graph, meant for OpenVINO's CPU plugin; timed here on ONNX Runtime's CPU provider",
     "nncf@openvino": "its QDQ graph on OpenVINO's CPU plugin, where it is meant to be fast",
 }
 
 
-def peer_form(name: str) -> str:
+def peer_description(name: str) -> str:
     kind = "nncf" if name.startswith("nncf-") else "ort"
     _, on, backend = name.partition("@")
-    return PEER_FORMS.get(kind + on + backend, PEER_FORMS[kind])
+    return PEER_DESCRIPTIONS.get(kind + on + backend, PEER_DESCRIPTIONS[kind])
 
 
 def peer_lines(result: dict) -> list[str]:
@@ -316,11 +316,11 @@ def peer_lines(result: dict) -> list[str]:
         ]
     for row in peers:
         record = row.get("peer_record", {})
-        form = peer_form(row["configuration"])
+        description = peer_description(row["configuration"])
         seconds = record.get("seconds")
         kept = record.get("kept_in_float")
         lines.append(
-            f"| {row['configuration']} | {form} | {_pct(row['accuracy'])} | "
+            f"| {row['configuration']} | {description} | {_pct(row['accuracy'])} | "
             f"{(row.get('latency') or {}).get('p50_ms', float('nan')):.1f} | "
             f"{'-' if seconds is None else f'{seconds:.0f}'} | {record.get('quantized_ops', '-')} | "
             f"{'-' if kept is None else len(kept)} |"
@@ -378,7 +378,7 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "(FP32) or before `quantize_dynamic`; `nncf-transformer` = NNCF's transformer preset (projection inputs and "
         "weights; attention MatMuls in float). The ONNX Runtime peers deploy their own graph on ONNX Runtime's CPU "
         "provider, where they are meant to be fast; NNCF's graphs are meant for OpenVINO and are timed here on ONNX "
-        "Runtime; qtool's rows deploy their ONNX Runtime CPU form here and their QDQ graph on TensorRT. With OpenVINO "
+        "Runtime; qtool's rows deploy their ONNX Runtime CPU graph here and their QDQ graph on TensorRT. With OpenVINO "
         "installed, `NAME@openvino` rows are FP32, NNCF's graph and qtool's rows within the budget built with "
         "`qtool build --backend openvino` and scored and timed on OpenVINO's CPU plugin",
         f"- environment: CPU {environment.get('cpu', environment['processor'])}, {environment['platform']}, "
@@ -386,7 +386,7 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         f"torch {environment['torch']}, onnxruntime {environment['onnxruntime']}, "
         + (f"openvino {openvino}, " if (openvino := environment.get("openvino")) else "")
         + f"qtool {environment['qtool']}"
-        + (f"; qtool's ONNX Runtime forms use {kernels}" if (kernels := environment.get("int8_kernels")) else ""),
+        + (f"; qtool's ONNX Runtime graphs use {kernels}" if (kernels := environment.get("int8_kernels")) else ""),
         "",
         "## Accuracy",
         "",
@@ -395,16 +395,16 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "",
         "Accuracy % is the recipe's: qtool's QDQ graph scored with ONNX Runtime's graph optimizations off, as the "
         "QDQ semantics (and the NumPy reference of the tests) compute it, so it does not depend on how a CPU's fused "
-        "integer kernels round. Deployed % is the ONNX Runtime CPU form that the latency columns time, with every "
+        "integer kernels round. Deployed % is the ONNX Runtime CPU graph that the latency columns time, with every "
         "optimization on (`=`: the same accuracy). FP32, the peers and the `@openvino` rows are scored as deployed "
         "(an `@openvino` row's changed count is against its source graph: the QDQ graph, FP32's or the peer's). Deployed changed "
-        "counts the eval predictions of the deployed form that differ from the QDQ graph's; kernels are the integer "
+        "counts the eval predictions of the deployed graph that differ from the QDQ graph's; kernels are the integer "
         "GEMMs it runs (u8s8: int8 weights, u8u8: uint8 weights), as `qtool build --int8-kernels auto` chose them for "
         "this CPU and graph: U8S8 where it adds without saturating (x86 with VNNI, other architectures) or where "
         "every weight is within 7 bits, else U8U8. Another CPU can fuse and round differently: the counts are this "
         "CPU's.",
         "",
-        f"Latency: ONNX Runtime CPU form of each graph (an `@openvino` row: its OpenVINO model), batch x sequence "
+        f"Latency: ONNX Runtime CPU graph of each graph (an `@openvino` row: its OpenVINO model), batch x sequence "
         f"{_shape(result)}, {result['environment'].get('threads')} threads, p50 of timed runs after warm-up. Each "
         "configuration runs in a process of its own: session RSS is the resident memory that creating its ONNX Runtime "
         "session added (weights, buffers), peak RSS the most the process held above its baseline while running. "

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 INT8_KERNELS = ("u8s8", "u8u8")  # uint8 activations times int8 or uint8 weights
 INT8_KERNELS_METADATA = "int8_kernels"
-GEMM_WEIGHT_BITS_METADATA = "gemm_weight_bits"  # "7": no U8S8 kernel can saturate on this form
+GEMM_WEIGHT_BITS_METADATA = "gemm_weight_bits"  # "7": no U8S8 kernel can saturate on this graph
 X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})  # /proc/cpuinfo names
 # Integer dot-product features, as /proc/cpuinfo names them, and NumPy's runtime (CPUID) names.

@@ -10,12 +10,12 @@ from pathlib import Path
 from qtool.analysis.collect import ActivationStats, CollectConfig
 from qtool.cache import timed_stage
 from qtool.data import QnliSplit
-from qtool.defaults import PEG_FORM
+from qtool.defaults import PEG_LAYOUT
 from qtool.deployment.evaluate import EvalConfig, evaluate_graph, paired_against
 from qtool.errors import QtoolError
 from qtool.executor import ExecutorConfig
 from qtool.exporter.points import load_quant_points
-from qtool.exporter.qdq import PEG_FORMS
+from qtool.exporter.qdq import PEG_LAYOUTS
 from qtool.fileio import distinct_output
 from qtool.graph import model_identity
 from qtool.models.families import tokenizer_for
@@ -108,16 +108,16 @@ def calibrate_stage(
 
 
 def quantize_stage(
-    model_path: Path, calibration_file: Path, output: Path | None = None, peg_form: str = PEG_FORM
+    model_path: Path, calibration_file: Path, output: Path | None = None, peg_layout: str = PEG_LAYOUT
 ) -> Path:
     """`qtool quantize`: the QDQ graph of an existing calibration (refused for another model)."""
     check_onnx_file(model_path)
-    if peg_form not in PEG_FORMS:
-        raise QtoolError(f"unknown --peg-form {peg_form!r}; choose one of {', '.join(PEG_FORMS)}")
+    if peg_layout not in PEG_LAYOUTS:
+        raise QtoolError(f"unknown --peg-layout {peg_layout!r}; choose one of {', '.join(PEG_LAYOUTS)}")
     calibration = load_calibration(calibration_file, model_path)
     target = output or calibration_paths(Path(model_path).parent, calibration.recipe)[1]
     distinct_output(target, model_path, calibration_file)
-    return write_calibrated_graph(model_path, calibration, target, peg_form)
+    return write_calibrated_graph(model_path, calibration, target, peg_layout)
 
 
 TRT_CACHE_LAST_MAJOR = 10  # TensorRT 11 removed implicit quantization, and with it calibration caches

@@ -1,4 +1,4 @@
-"""The stages that deploy and measure a graph: build (ONNX Runtime CPU form, TensorRT engine),
+"""The stages that deploy and measure a graph: build (ONNX Runtime CPU graph, TensorRT engine),
 evaluate, and benchmark."""
 
 from __future__ import annotations
@@ -51,20 +51,20 @@ def build_stage(graph: Path, backend: str, output: Path | None = None, options=N
     return report
 
 
-def deployed_form(graph: Path) -> Path:
-    """What is deployed on a CPU for `graph`: the ONNX Runtime form of a QDQ graph, else the graph itself."""
+def deployed_graph(graph: Path) -> Path:
+    """What is deployed on a CPU for `graph`: the ONNX Runtime graph of a QDQ graph, else the graph itself."""
     if Path(graph).suffix == ".onnx" and is_recipe_graph(graph_metadata(graph)):
         return Path(build_ort(graph)["graph"])
     return Path(graph)
 
 
 def latency_stage(graph: Path, split: QnliSplit, config: BenchConfig) -> dict:
-    """Latency and memory of the deployed CPU form of `graph` at the first batch and sequence length
-    of `config`, on eval pairs, cached beside it (`<form>.bench.json`) by content and settings.
+    """Latency and memory of the deployed CPU graph of `graph` at the first batch and sequence length
+    of `config`, on eval pairs, cached beside it (`<deployed graph>.bench.json`) by content and settings.
 
-    Each form runs in a process of its own, so the resident memory its session adds (weights,
+    Each graph runs in a process of its own, so the resident memory its session adds (weights,
     buffers, ONNX Runtime's arena) and the peak are its own, not what earlier sessions left behind."""
-    deployed = deployed_form(graph)
+    deployed = deployed_graph(graph)
     batch, seq_len = config.batch_sizes[0], config.sequence_lengths[0]
 
     def run() -> dict:
@@ -176,5 +176,5 @@ def deployment_environment(threads: int | None) -> dict:
         **{package: version(package) for package in ("torch", "onnxruntime", "openvino")},
         "qtool": __version__,
         "threads": threads or os.cpu_count(),
-        "int8_kernels": ": ".join(int8_kernels_for_this_cpu()),  # of the ONNX Runtime forms deployed here
+        "int8_kernels": ": ".join(int8_kernels_for_this_cpu()),  # of the ONNX Runtime graphs deployed here
     }

@@ -2,7 +2,7 @@
 
 fine-tune (when the model has no classification head) -> export FP32 ONNX -> collect statistics ->
 analyze outliers -> for every configuration: calibrate, write the QDQ graph, evaluate, time its
-ONNX Runtime CPU form -> results.json, report.md and report.html. Every stage writes files that the
+ONNX Runtime CPU graph -> results.json, report.md and report.html. Every stage writes files that the
 next reads and each is cached by content (model hash, data fingerprint, recipe), so a rerun or an
 interrupted run redoes only what is missing.
 """
@@ -328,7 +328,7 @@ def _calibrated_row(
     made = calibrate_stage(fp32, split, stats, base, fp32.parent, search, config.collect, name, config.executor)
     calibration = made.calibration
     evaluation = evaluate_graph(made.qdq_graph, split, config.eval, config.export.max_length, predictions=True)
-    form = build_ort(made.qdq_graph)
+    built = build_ort(made.qdq_graph)
     extra = {
         "method": calibration.method,
         "params": calibration.params,
@@ -339,9 +339,9 @@ def _calibrated_row(
         "smoothing": (calibration.smoothing or {}).get("alpha"),
         "without_smoothing": None if base.smooth is None else replace(base, smooth=None).recipe_name(),
         "calibration": str(made.calibration_file),
-        "latency": latency_stage(Path(form["graph"]), split, config.bench),
+        "latency": latency_stage(Path(built["graph"]), split, config.bench),
     }
-    deployed = evaluate_graph(Path(form["graph"]), split, config.eval, config.export.max_length, predictions=True)
+    deployed = evaluate_graph(Path(built["graph"]), split, config.eval, config.export.max_length, predictions=True)
     changed = changed_predictions(deployed, evaluation)
     metrics = _metrics(split, config, evaluation)
     extra |= _vs_fp32(fp32, split, config, vs_fp32=evaluation, deployed_vs_fp32=deployed)
@@ -349,9 +349,9 @@ def _calibrated_row(
     extra |= {
         "deployed_accuracy": deployed["accuracy"],
         "deployed_correct": deployed["correct"],
-        "deployed_changed": changed,  # predictions of the deployed form that differ from the QDQ graph's
-        "deployed_kernels": form["int8_kernels"],
-        "deployed_kernels_reason": form["int8_kernels_reason"],
+        "deployed_changed": changed,  # predictions of the deployed graph that differ from the QDQ graph's
+        "deployed_kernels": built["int8_kernels"],
+        "deployed_kernels_reason": built["int8_kernels_reason"],
     }
     if made.search is not None:
         extra["search"] = made.search

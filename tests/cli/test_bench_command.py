@@ -103,7 +103,7 @@ def _build(graph: str, output, *options: str) -> dict:
 def test_build_ort_chooses_exact_int8_kernels_for_the_cpu(tiny_qdq, tiny_qdq_w7, tmp_path, monkeypatch, cpu_branch):
     """--int8-kernels auto, run as on a CPU whose U8S8 kernels saturate and as on one whose do not: U8U8
     for 8-bit weights where U8S8 saturates, U8S8 otherwise and for 7-bit weights on every CPU, each with
-    its reason; a U8S8 form of 8-bit weights opened where U8S8 saturates logs how to rebuild it."""
+    its reason; a U8S8 build of 8-bit weights opened where U8S8 saturates logs how to rebuild it."""
     import qtool.runners.ort as ort_runner
 
     saturating = cpu_branch == "saturating"

@@ -65,7 +65,7 @@ def test_help_paragraphs_reflow_and_keep_brackets():
     result = runner.invoke(app, ["build", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "pip install 'qtool[trt]'" in result.stdout  # not eaten as Rich markup
-    assert "ort: rewrites the TensorRT-style QDQ graph into the form ONNX Runtime's CPU kernels run fastest (same" in (
+    assert "ort: rewrites the TensorRT-style QDQ graph into the graph ONNX Runtime's CPU kernels run fastest (same" in (
         result.stdout
     )  # one paragraph, wrapped by the terminal rather than at the docstring's line breaks
 
@@ -266,10 +266,10 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         assert low <= row["accuracy"] <= high
     report = (artifacts / "report" / "report.md").read_text()
     assert "peg-k2-all" in report and summary["data_split"]["fingerprint"] in report
-    calibrated = [r for r in results if "calibration" in r]  # the recipe and its deployed form
+    calibrated = [r for r in results if "calibration" in r]  # the recipe and its deployed graph
     assert len(calibrated) == 7 and all(0 <= r["deployed_accuracy"] <= 1 for r in calibrated)
     assert not any("deployed_accuracy" in r for r in results if "calibration" not in r)
-    for row in calibrated:  # the deployed form against its QDQ graph, prediction by prediction
+    for row in calibrated:  # the deployed graph against its QDQ graph, prediction by prediction
         assert 0 <= row["deployed_changed"] <= row["examples"] and row["deployed_kernels"] in ("u8s8", "u8u8")
         assert abs(row["deployed_correct"] - row["correct"]) <= row["deployed_changed"]
         assert row["deployed_changed"] <= 0.01 * row["examples"] + 1, row["configuration"]  # this tiny model
@@ -281,7 +281,7 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     assert {"mixed-precision search", "peer quantization", "time deployed graph", "migration"} <= set(stages)
     assert 0 < sum(s["seconds"] for s in stages.values()) <= summary["stage_times"]["wall_seconds"] + 1
     assert summary["environment"]["cpu"] in report
-    assert "Deployed % is the ONNX Runtime CPU form" in report
+    assert "Deployed % is the ONNX Runtime CPU graph" in report
     migration = report.split("## Migrating activation range into the weights")[1].split("##")[0]
     assert "| max-all | all |" in migration and "| 0.5 |" in migration
     assert "## Automatic mixed precision" in report

@@ -150,11 +150,11 @@ def test_build_writes_plan_and_manifest_strongly_typed(use_fake, tiny_graph, tmp
         "builder_flags": [],
         "tf32_allowed": True,
     }
-    # TensorRT parsed the FP16 TensorRT form written beside the plan, not the graph it was given
-    form = tmp_path / "engines" / "int8.trt.onnx"
-    assert manifest["parsed_onnx"] == "int8.trt.onnx" and manifest["parsed_onnx_sha256"] == sha256_file(form)
-    assert manifest["graph_form"]["float"] == "fp16" and manifest["graph_form"]["opset"] == 19
-    assert graph_metadata(form)["runtime_form"] == "tensorrt"
+    # TensorRT parsed the FP16 TensorRT graph written beside the plan, not the graph it was given
+    parsed = tmp_path / "engines" / "int8.trt.onnx"
+    assert manifest["parsed_onnx"] == "int8.trt.onnx" and manifest["parsed_onnx_sha256"] == sha256_file(parsed)
+    assert manifest["trt_graph"]["float"] == "fp16" and manifest["trt_graph"]["opset"] == 19
+    assert graph_metadata(parsed)["runtime"] == "tensorrt"
     assert manifest["profiles"]["input_ids"] == {"min": [1, 1], "opt": [1, 128], "max": [32, 128]}
     assert json.loads(manifest["onnx_metadata"]["labels"]) == ["entailment", "not_entailment"]
     assert read_plan_manifest(plan) == manifest
@@ -287,10 +287,10 @@ def test_fp16_baseline_from_the_fp32_export_does_not_claim_int8(use_fake, tmp_pa
     assert manifest["precision"]["engine"] == "FP16 + FP32"  # as the inspector shows it: no INT8 GEMM, a float32 softmax
     assert manifest["layer_precision"]["gemms_int8"] == 0 and manifest["layer_precision"]["quantize_layers"] == 0
     assert manifest["precision"]["quantize_nodes"] == 0 and manifest["precision"]["float"] == "fp16"
-    form = onnx.load(str(tmp_path / "fp32.fp16.trt.onnx"))
-    assert [i.type.tensor_type.elem_type for i in form.graph.input] == [onnx.TensorProto.INT64] * 3
-    assert form.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert {i.data_type for i in form.graph.initializer if i.data_type in (1, 10)} == {onnx.TensorProto.FLOAT16}
+    parsed = onnx.load(str(tmp_path / "fp32.fp16.trt.onnx"))
+    assert [i.type.tensor_type.elem_type for i in parsed.graph.input] == [onnx.TensorProto.INT64] * 3
+    assert parsed.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert {i.data_type for i in parsed.graph.initializer if i.data_type in (1, 10)} == {onnx.TensorProto.FLOAT16}
 
 
 def test_fp32_build_without_tf32_records_it(use_fake, tiny_graph, tmp_path):
@@ -300,7 +300,7 @@ def test_fp32_build_without_tf32_records_it(use_fake, tiny_graph, tmp_path):
     precision = manifest["precision"]
     assert precision["engine"] == "INT8 GEMMs 2/3 + FP32" and precision["requested"] == "INT8 + FP32"
     assert precision["float"] == "fp32" and precision["tf32_allowed"] is False
-    assert manifest["graph_form"]["float"] == "fp32" and "fp16_converter" not in manifest["graph_form"]
+    assert manifest["trt_graph"]["float"] == "fp32" and "fp16_converter" not in manifest["trt_graph"]
 
 
 def test_form_never_overwrites_the_graph_it_was_given(use_fake, tmp_path):

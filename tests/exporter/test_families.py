@@ -1,5 +1,5 @@
 """BERT, RoBERTa, DistilBERT, MPNet and ELECTRA through export, quantization points, calibration,
-the QDQ graph and its ONNX Runtime CPU form, as tiny random models built here."""
+the QDQ graph and its ONNX Runtime CPU graph, as tiny random models built here."""
 
 from __future__ import annotations
 

@@ -189,7 +189,7 @@ def test_onnx_runtime_fuses_every_gemm_of_the_rewritten_graph(calibrated, recipe
 
 @pytest.mark.parametrize("recipe", ["peg-k3-all", "peg-k5-equal-all"])
 def test_onnx_runtime_runs_every_peg_projection_on_integer_kernels(calibrated, recipe, tmp_path):
-    """The scaled PEG form: every partial product of a projection is an integer GEMM; only the
+    """The scaled PEG layout: every partial product of a projection is an integer GEMM; only the
     attention MatMuls (scores and context), which read per-channel scaled values, stay float."""
     source = calibrated["graphs"][recipe]
     qdq = onnx.load(str(source))
@@ -228,7 +228,7 @@ def test_folded_peg_runs_one_integer_gemm_per_projection(calibrated, tmp_path):
 
 @pytest.mark.parametrize("recipe", ["peg-k3-all", "peg-k3-all-gathered"])
 def test_channel_groups_are_gathered_as_rows(calibrated, recipe):
-    """ONNX Runtime gathers a last axis element by element: the ORT form gathers PEG's channel groups
+    """ONNX Runtime gathers a last axis element by element: the ONNX Runtime graph gathers PEG's channel groups
     as rows of one transposed tensor per point and transposes each group back."""
     qdq = onnx.load(str(calibrated["graphs"][recipe]))
     channel_gathers = [n for n in qdq.graph.node if n.op_type == "Gather" and "/group" in n.name]
@@ -249,7 +249,7 @@ def test_channel_groups_are_gathered_as_rows(calibrated, recipe):
 
 @pytest.mark.parametrize("recipe", ["all", "gemm-inputs", "peg-k3-all", "peg-k3-all-gathered"])
 def test_u8u8_form_has_uint8_weights(calibrated, recipe):
-    """The U8U8 form (x86 without VNNI) stores each projection weight as uint8 with zero point 128:
+    """The U8U8 build (x86 without VNNI) stores each projection weight as uint8 with zero point 128:
     bit-exact against the QDQ graph without fusions (its fused codes: `test_fused_rewrite_keeps_quantized_codes`)."""
     qdq = onnx.load(str(calibrated["graphs"][recipe]))
     unfused = rewrite_for_ort_cpu(qdq, fuse_bias=False, kernels="u8u8")
@@ -276,7 +276,7 @@ def test_u8u8_form_has_uint8_weights(calibrated, recipe):
 @needs_exact_u8s8
 @pytest.mark.parametrize("recipe", ["all", "peg-k3-all"])
 def test_u8u8_and_u8s8_forms_agree_where_both_are_exact(calibrated, recipe):
-    """Where U8S8 kernels do not saturate, both forms accumulate exactly: the same logits."""
+    """Where U8S8 kernels do not saturate, both builds accumulate exactly: the same logits."""
     qdq = onnx.load(str(calibrated["graphs"][recipe]))
     np.testing.assert_array_equal(
         _logits(rewrite_for_ort_cpu(qdq, kernels="u8u8"), "all", calibrated["batches"]),
@@ -315,13 +315,13 @@ def test_seven_bit_weights_stay_within_64_codes_and_change_only_projections(cali
 
 
 def test_a_projection_whose_input_stays_float_reads_float_weights(calibrated, tmp_path):
-    """A point kept in float that feeds a projection: the ORT form gives that projection its weight's
+    """A point kept in float that feeds a projection: the ONNX Runtime graph gives that projection its weight's
     dequantized values as a float initializer (bit for bit DequantizeLinear's), so ONNX Runtime runs a float
     MatMul as the recipe says, and never MatMulNBits, which would quantize the float input on the fly."""
     source = calibrated["graphs"]["keep-ffn-activation"]
     qdq = onnx.load(str(source))
-    form = rewrite_for_ort_cpu(qdq)
-    index, initializers = GraphIndex(form.graph), {i.name: i for i in form.graph.initializer}
+    rewritten = rewrite_for_ort_cpu(qdq)
+    index, initializers = GraphIndex(rewritten.graph), {i.name: i for i in rewritten.graph.initializer}
     outputs = [n for n in index.nodes if n.op_type == "MatMul" and n.name.endswith("output/dense/MatMul")]
     assert len(outputs) == LAYERS
     qdq_index = GraphIndex(qdq.graph)
@@ -399,7 +399,7 @@ def test_rewritten_file_points_at_the_tokenizer(calibrated, tmp_path):
 
     target = rewrite_file_for_ort_cpu(calibrated["graphs"]["gemm"], tmp_path / "elsewhere" / "model.ort.onnx")
     metadata = read_qtool_metadata(onnx.load(str(target), load_external_data=False))
-    assert metadata["runtime_form"] == "onnxruntime-cpu"
+    assert metadata["runtime"] == "onnxruntime-cpu"
     assert (target.parent / metadata["tokenizer"]).resolve() == (calibrated["fp32"].parent / "tokenizer").resolve()
 
 

@@ -23,7 +23,7 @@ needs_exact_u8s8 = pytest.mark.skipif(
 
 
 def u8s8_exact_for(kernels: str, weight_bits: int) -> bool:
-    """Whether a form with these kernels and weights computes the QDQ graph's integers on this CPU."""
+    """Whether a build with these kernels and weights computes the QDQ graph's integers on this CPU."""
     return kernels == "u8u8" or weight_bits == 7 or U8S8_EXACT_HERE
 
 

@@ -130,9 +130,9 @@ RECIPES = {
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_qdq_graph_equals_numpy_fake_quantization(recipe, scaled_model, tmp_path):
-    config, peg_form = RECIPES[recipe] if isinstance(RECIPES[recipe], tuple) else (RECIPES[recipe], "scaled")
+    config, peg_layout = RECIPES[recipe] if isinstance(RECIPES[recipe], tuple) else (RECIPES[recipe], "scaled")
     document = calibrate(scaled_model["stats"], config)
-    graph = write_calibrated_graph(scaled_model["graph"], document, tmp_path / "model.qdq.onnx", peg_form)
+    graph = write_calibrated_graph(scaled_model["graph"], document, tmp_path / "model.qdq.onnx", peg_layout)
     activation, weight = _reference_hooks(document)
     assert_matches_reference(scaled_model, graph, activation, weight, document.scope == "gemm-inputs")
     with OrtRunner(graph) as optimized, OrtRunner(scaled_model["graph"]) as fp32:
@@ -188,9 +188,9 @@ def _folded_weight_hook(calibration):
 def test_folded_weights_equal_the_numpy_reference(config, scaled_model, tmp_path):
     folded = calibrate(scaled_model["stats"], replace(config, weights="folded"))
     graph = write_calibrated_graph(scaled_model["graph"], folded, tmp_path / "folded.qdq.onnx", "gathered")
-    assert graph_metadata(graph)["peg_form"] == "folded"  # one form, whatever --peg-form says
+    assert graph_metadata(graph)["peg_form"] == "folded"  # one layout, whatever --peg-layout says
     built = runner.invoke(app, ["build", str(graph), "--backend", "trt"])  # no TensorRT here: fails later
-    assert "--peg-form" not in built.stderr  # per-tensor activation scales: TensorRT's form as it is
+    assert "--peg-layout" not in built.stderr  # per-tensor activation scales: TensorRT's layout as it is
     activation, _ = _reference_hooks(folded)
     assert_matches_reference(scaled_model, graph, activation, _folded_weight_hook(folded))
     split = write_calibrated_graph(
@@ -285,7 +285,7 @@ def test_qdq_structure_scope_and_per_tensor_activation_scales(scaled_model, tmp_
     scales = _activation_q_scales(peg_path)
     assert len(scales) > len(_activation_q_scales(graph_path))  # several groups per PEG point
     assert all(scale.ndim == 0 for scale in scales)  # TensorRT takes per-tensor activation scales only
-    # The scaled form: one QuantizeLinear per point; only the codes of the small groups are gathered.
+    # The scaled layout: one QuantizeLinear per point; only the codes of the small groups are gathered.
     scaled_path = write_calibrated_graph(scaled_model["graph"], peg, tmp_path / "peg.scaled.qdq.onnx")
     scaled = onnx.load(str(scaled_path))
     onnx.checker.check_model(scaled, full_check=True)
@@ -426,10 +426,11 @@ def test_calibrate_cli_evaluates_and_refuses_bad_input(scaled_model, session_dat
         onnx.load(str(p)).graph for p in (tmp_path / "y.onnx", tmp_path / "out" / "peg-k3-all.qdq.onnx")
     )
     assert rebuilt.SerializeToString() == original.SerializeToString()
-    # The TensorRT form of the same calibration: per-tensor activation scales only; TensorRT refuses
-    # the scaled form with the command that writes the other one.
-    result = runner.invoke(app, ["quantize", str(graph), str(calibration), "--peg-form", "sideways", "-o", "z.onnx"])
-    assert result.exit_code == 2 and "--peg-form" in result.stderr and not (tmp_path / "z.onnx").exists()
+    # The gathered layout of the same calibration, for TensorRT: per-tensor activation scales only
+    # (`--peg-form` is the option's older name); TensorRT refuses the scaled layout with the command
+    # that writes the other one.
+    result = runner.invoke(app, ["quantize", str(graph), str(calibration), "--peg-layout", "sideways", "-o", "z.onnx"])
+    assert result.exit_code == 2 and "--peg-layout" in result.stderr and not (tmp_path / "z.onnx").exists()
     gathered = tmp_path / "gathered.onnx"
     result = runner.invoke(
         app, ["quantize", str(graph), str(calibration), "--peg-form", "gathered", "-o", str(gathered)]
@@ -441,14 +442,14 @@ def test_calibrate_cli_evaluates_and_refuses_bad_input(scaled_model, session_dat
         and graph_metadata(tmp_path / "y.onnx")["peg_form"] == "scaled"
     )
     result = runner.invoke(app, ["build", str(tmp_path / "y.onnx"), "--backend", "trt"])
-    assert result.exit_code == 2 and "--peg-form gathered" in result.stderr.strip().splitlines()[-1]
+    assert result.exit_code == 2 and "--peg-layout gathered" in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("recipe", ["max", "peg-k3-sorted"])
 def test_recipe_accuracy_is_scored_with_reference_semantics(recipe, scaled_model, tmp_path):
     """A QDQ graph is scored with ONNX Runtime's optimizations off: the values the QDQ semantics (and
     the NumPy reference) give, whatever integer kernels a CPU would fuse. ONNX Runtime's basic level,
-    which fuses none, gives the same logits bit for bit; the runtime form is scored as deployed."""
+    which fuses none, gives the same logits bit for bit; the runtime graph is scored as deployed."""
     from qtool.deployment.backends import build_ort
     from qtool.deployment.evaluate import EvalConfig, evaluate_graph
 

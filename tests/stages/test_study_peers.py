@@ -86,7 +86,7 @@ def test_report_says_when_the_search_budget_does_not_hold_on_the_eval_part():
         return "\n".join(search_lines({"results": [{"configuration": "fp32", "accuracy": 0.8655}, row]}))
 
     clearly = study(2.35, 0.7)
-    assert "its recipe -2.35 ± 0.70 points vs FP32 and its deployed form -2.35 ± 0.70" in clearly
+    assert "its recipe -2.35 ± 0.70 points vs FP32 and its deployed graph -2.35 ± 0.70" in clearly
     assert "beyond the 0.5-point budget by more than its paired interval" in clearly
     assert "at 90 % one-sided confidence on 787 tuning pairs (the data's tuning part: never fine-tuning" in clearly
     assert "| 0.25 (0.45) |" in clearly

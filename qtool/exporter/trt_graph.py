@@ -1,10 +1,10 @@
-"""The form of a graph that TensorRT builds as it recommends: explicit Q/DQ, strongly typed, FP16 around it.
+"""The graph TensorRT builds an engine from, written as TensorRT recommends: explicit Q/DQ, strongly typed, FP16 around it.
 
-`qtool build --backend trt` parses this form, written beside the engine as `<engine>.trt.onnx`, not
+`qtool build --backend trt` parses this graph, written beside the engine as `<engine>.trt.onnx`, not
 the graph it was given. Each pass is reported in the engine's manifest. Passes 1 and 3 compute the
 same function up to float rounding, but a rounding step can move a value that sits on an int8
 rounding boundary by one step; pass 2 removes the head's quantization noise and pass 4 rounds to
-FP16. So the form's accuracy is close to the recipe's, not equal (`benchmarks/trt_form_cpu.py`
+FP16. So this graph's accuracy is close to the recipe's, not equal (`benchmarks/trt_graph_cpu.py`
 measures it on a CPU):
 
 1. Embedding tables in float. A DequantizeLinear of a constant int8 table feeding a Gather (scope
@@ -39,20 +39,28 @@ import onnx
 from qtool.defaults import TRT_FP16, TRT_QUANTIZE_HEAD
 from qtool.errors import QtoolError
 from qtool.exporter.weight_codes import dequantized_constant
-from qtool.graph import GraphIndex, load_model, onnx_opset, prune_dead_nodes, save_derived_graph, tensor_ranks
+from qtool.graph import (
+    RUNTIME_KEY,
+    GraphIndex,
+    load_model,
+    onnx_opset,
+    prune_dead_nodes,
+    save_derived_graph,
+    tensor_ranks,
+)
 
 log = logging.getLogger(__name__)
 
 FP16_OPSET = 19  # QuantizeLinear/DequantizeLinear take FP16 scales from opset 19
 FP16_CONVERTER = "onnxruntime.transformers.float16.convert_float_to_float16"
-RUNTIME_FORM = "tensorrt"
+RUNTIME = "tensorrt"
 GEMM_OPS = ("MatMul", "Gemm")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-FP32_OPS = ("LayerNormalization",)  # kept FP32 in the FP16 form (see pass 4)
+FP32_OPS = ("LayerNormalization",)  # kept FP32 in the FP16 graph (see pass 4)
 
 
 @dataclass(frozen=True)
-class TrtFormConfig:
+class TrtGraphConfig:
     fp16: bool = TRT_FP16
     quantize_head: bool = TRT_QUANTIZE_HEAD
     float_embeddings: bool = True
@@ -66,7 +74,7 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     except Exception as exc:  # onnx raises several types here
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise QtoolError(
-            f"cannot infer the graph's shapes for its TensorRT form ({first}); check it with onnx.checker"
+            f"cannot infer the graph's shapes for its TensorRT graph ({first}); check it with onnx.checker"
         ) from None
 
 
@@ -215,7 +223,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def fp16_problems(model: onnx.ModelProto, io_types: dict[str, int]) -> list[str]:
-    """What keeps `model` from being the FP16 form: float32 Q/DQ scales, changed input/output types."""
+    """What keeps `model` from being the FP16 graph: float32 Q/DQ scales, changed input/output types."""
     index = GraphIndex(model.graph)
     problems = [
         f"a float32 scale at {node.name or node.output[0]}"
@@ -230,42 +238,42 @@ def fp16_problems(model: onnx.ModelProto, io_types: dict[str, int]) -> list[str]
     return problems
 
 
-# -- the whole form --------------------------------------------------------------------------------
-def trt_form(model: onnx.ModelProto, config: TrtFormConfig = TrtFormConfig()) -> tuple[onnx.ModelProto, dict]:
-    """The TensorRT form of `model` (a copy) and what each pass changed."""
-    form = onnx.ModelProto()
-    form.CopyFrom(model)
-    report: dict = {"runtime_form": RUNTIME_FORM, "float": "fp16" if config.fp16 else "fp32"}
-    report["embedding_tables_float"] = float_embedding_tables(form) if config.float_embeddings else []
-    report["head_gemms_float"] = [] if config.quantize_head else float_head_gemms(form)
-    report["attention_scale_moved"] = scale_query_first(form) if config.scale_query else []
-    prune_dead_nodes(form)
+# -- the whole graph -------------------------------------------------------------------------------
+def tensorrt_graph(model: onnx.ModelProto, config: TrtGraphConfig = TrtGraphConfig()) -> tuple[onnx.ModelProto, dict]:
+    """The TensorRT graph of `model` (a copy) and what each pass changed."""
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    report: dict = {RUNTIME_KEY: RUNTIME, "float": "fp16" if config.fp16 else "fp32"}
+    report["embedding_tables_float"] = float_embedding_tables(rewritten) if config.float_embeddings else []
+    report["head_gemms_float"] = [] if config.quantize_head else float_head_gemms(rewritten)
+    report["attention_scale_moved"] = scale_query_first(rewritten) if config.scale_query else []
+    prune_dead_nodes(rewritten)
     if config.fp16:
-        form = to_fp16(form)
+        rewritten = to_fp16(rewritten)
         report["fp16_converter"] = FP16_CONVERTER
-    report["opset"] = onnx_opset(form) or None
-    report["quantize_nodes"] = sum(node.op_type == "QuantizeLinear" for node in form.graph.node)
-    del form.metadata_props[:]
-    form.metadata_props.extend(model.metadata_props)
+    report["opset"] = onnx_opset(rewritten) or None
+    report["quantize_nodes"] = sum(node.op_type == "QuantizeLinear" for node in rewritten.graph.node)
+    del rewritten.metadata_props[:]
+    rewritten.metadata_props.extend(model.metadata_props)
     try:
-        onnx.checker.check_model(form)
+        onnx.checker.check_model(rewritten)
     except onnx.checker.ValidationError as exc:
         first = (str(exc).strip().splitlines() or ["invalid graph"])[0]
         raise QtoolError(
-            f"the TensorRT form of this graph is not valid ONNX ({first}); build with --fp32 or report it"
+            f"the TensorRT graph written from this graph is not valid ONNX ({first}); build with --fp32 or report it"
         ) from None
     log.info(
-        "TensorRT form: %s floats, %d float embedding tables, %d head GEMMs without Q/DQ, %d attention scales moved",
+        "TensorRT graph: %s floats, %d float embedding tables, %d head GEMMs without Q/DQ, %d attention scales moved",
         report["float"],
         len(report["embedding_tables_float"]),
         len(report["head_gemms_float"]),
         len(report["attention_scale_moved"]),
     )
-    return form, report
+    return rewritten, report
 
 
-def write_trt_form(source: Path, target: Path, config: TrtFormConfig = TrtFormConfig()) -> dict:
-    """Write the TensorRT form of the graph at `source` to `target`; return the pass report."""
-    form, report = trt_form(load_model(source), config)
-    save_derived_graph(form, source, target, {"runtime_form": RUNTIME_FORM, "float_precision": report["float"]})
+def write_trt_graph(source: Path, target: Path, config: TrtGraphConfig = TrtGraphConfig()) -> dict:
+    """Write the TensorRT graph of the QDQ or FP32 graph at `source` to `target`; return the pass report."""
+    rewritten, report = tensorrt_graph(load_model(source), config)
+    save_derived_graph(rewritten, source, target, {RUNTIME_KEY: RUNTIME, "float_precision": report["float"]})
     return report

@@ -1,14 +1,14 @@
-"""What TensorRT's form of a graph does to accuracy, as far as a CPU can show it.
+"""What the TensorRT graph qtool writes does to accuracy, as far as a CPU can show it.
 
-`qtool build --backend trt` parses the graph's TensorRT form (`qtool/exporter/trt_form.py`: float
+`qtool build --backend trt` parses the graph's TensorRT graph (`qtool/exporter/trt_graph.py`: float
 embedding tables, no Q/DQ on the head GEMVs, the attention scale moved before the score MatMul,
-float parts in FP16). This script writes that form for each graph given and scores it in ONNX
+float parts in FP16). This script writes that graph for each graph given and scores it in ONNX
 Runtime on the CPU (optimizations off, FP16 where the graph says FP16) beside the graph itself
 (a QDQ graph with optimizations off: its recipe accuracy; FP32 as deployed) on the same part.
 TensorRT's own kernels round differently, so this bounds nothing: it shows how sensitive each
-recipe is to the form's small perturbations before a GPU is at hand.
+recipe is to the TensorRT graph's small perturbations before a GPU is at hand.
 
-    python benchmarks/trt_form_cpu.py artifacts/<model> --data ../shared/data/QNLI \\
+    python benchmarks/trt_graph_cpu.py artifacts/<model> --data ../shared/data/QNLI \\
         -g fp32.onnx -g max-gemm-inputs.qdq.onnx -g max-all-mp-paper.qdq.onnx --json out.json
 """
 
@@ -34,7 +34,7 @@ def main() -> None:
 
     from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
     from qtool.deployment.evaluate import logit_to_label, predict_logits, scoring_level
-    from qtool.exporter.trt_form import write_trt_form
+    from qtool.exporter.trt_graph import write_trt_graph
     from qtool.models.families import tokenizer_for
     from qtool.runners.ort import OrtRunner
 
@@ -52,13 +52,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="qtool-trt-form-") as scratch:
         for name in args.graph:
             source = args.folder / name
-            form = Path(scratch) / f"{source.stem}.trt.onnx"
-            passes = write_trt_form(source, form)
-            before, after = logits(source, scoring_level(source)), logits(form, "disable")
+            trt_graph = Path(scratch) / f"{source.stem}.trt.onnx"
+            passes = write_trt_graph(source, trt_graph)
+            before, after = logits(source, scoring_level(source)), logits(trt_graph, "disable")
             rows[name] = {
                 "examples": len(part),
                 "graph_correct": int((mapping[before.argmax(-1)] == part.labels).sum()),
-                "trt_form_correct": int((mapping[after.argmax(-1)] == part.labels).sum()),
+                "trt_graph_correct": int((mapping[after.argmax(-1)] == part.labels).sum()),
                 "predictions_changed": int((before.argmax(-1) != after.argmax(-1)).sum()),
                 "max_abs_logit_diff": round(float(np.abs(before - after).max()), 4),
                 "passes": {k: len(v) if isinstance(v, list) else v for k, v in passes.items()},
@@ -70,11 +70,11 @@ def main() -> None:
     from qtool.runners.ort import cpu_summary
 
     print(f"CPU {cpu_summary()} (ONNX Runtime's CPU kernels: its fused integer kernels and FP16 fallbacks are this CPU's)")
-    print("| graph | examples | graph correct | TensorRT form correct | predictions changed | max abs logit diff |")
+    print("| graph | examples | graph correct | TensorRT graph correct | predictions changed | max abs logit diff |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, row in rows.items():
         print(
-            f"| {name} | {row['examples']} | {row['graph_correct']} | {row['trt_form_correct']} | "
+            f"| {name} | {row['examples']} | {row['graph_correct']} | {row['trt_graph_correct']} | "
             f"{row['predictions_changed']} | {row['max_abs_logit_diff']:.3f} |"
         )
 

@@ -1,4 +1,4 @@
-"""The TensorRT form of a graph: FP16 parity in ONNX Runtime, and each placement pass on the graph's structure.
+"""The TensorRT graph of a graph: FP16 parity in ONNX Runtime, and each placement pass on the graph's structure.
 
 No GPU is needed: ONNX Runtime's CPU kernels run the FP16 graphs (ONNX Runtime inserts casts to float32
 around the few ops it has no FP16 kernel for, so this checks the graph's FP16 rounding of weights,
@@ -6,7 +6,7 @@ scales and activations between ops, not TensorRT's kernels).
 
 Graphs run with ONNX Runtime's optimizations off, so both sides compute the QDQ semantics in float
 and a difference is the FP16 conversion's alone, on every CPU. With them on, ONNX Runtime fuses parts
-of the int8 QDQ graph into integer kernels (never the FP16 form's), which on x86 without VNNI add
+of the int8 QDQ graph into integer kernels (never the FP16 graph's), which on x86 without VNNI add
 pairs of products in 16 bits and saturate: measured on the tiny model, that moves the QDQ graph's
 logits by 0.11 under an AVX2 CPU model against 0.02 with VNNI, while the FP16 part stays 0.036.
 """
@@ -21,17 +21,17 @@ from onnx import TensorProto
 
 from qtool.data import make_batches, tokenize_part
 from qtool.errors import QtoolError
-from qtool.exporter.trt_form import (
+from qtool.exporter.trt_graph import (
     FP16_OPSET,
     FP32_OPS,
-    TrtFormConfig,
+    TrtGraphConfig,
     float_embedding_tables,
     float_head_gemms,
     fp16_problems,
     scale_query_first,
+    tensorrt_graph,
     to_fp16,
-    trt_form,
-    write_trt_form,
+    write_trt_graph,
 )
 from qtool.graph import GraphIndex, graph_metadata
 from qtool.models.resolve import load_tokenizer
@@ -40,13 +40,13 @@ from qtool.quantization.graphs import write_calibrated_graph
 
 # Stated tolerance of the FP16 conversion: the largest logit change at most this share of the largest |logit|.
 FP16_RELATIVE_TOLERANCE = 0.01
-ONLY_CONVERSION = TrtFormConfig(fp16=True, quantize_head=True, float_embeddings=False, scale_query=False)
+ONLY_CONVERSION = TrtGraphConfig(fp16=True, quantize_head=True, float_embeddings=False, scale_query=False)
 
 
 @pytest.fixture(scope="module")
 def graphs(scaled_model, tmp_path_factory) -> dict:
     """The scaled tiny classifier's FP32 export, its QDQ graphs (scopes gemm and all) and eval batches."""
-    root = tmp_path_factory.mktemp("trt-form")
+    root = tmp_path_factory.mktemp("trt-graph")
     fp32 = scaled_model["graph"]
     qdq = {
         scope: write_calibrated_graph(fp32, calibrate(scaled_model["stats"], CalibrateConfig(scope=scope)), root / f"{scope}.qdq.onnx")
@@ -80,7 +80,7 @@ def _value_types(model: onnx.ModelProto) -> dict[str, int]:
 def test_fp16_export_keeps_logits_within_one_percent_in_onnxruntime(graphs):
     """The FP16 baseline: the FP32 export in FP16 stays within 1 % of the largest |logit| (measured: 0.1 %)."""
     source = onnx.load(str(graphs["fp32"]))
-    converted, report = trt_form(source, ONLY_CONVERSION)
+    converted, report = tensorrt_graph(source, ONLY_CONVERSION)
     assert report["float"] == "fp16" and report["fp16_converter"].endswith("convert_float_to_float16")
     expected, actual = _logits(source, graphs["batches"]), _logits(converted, graphs["batches"])
     assert actual.dtype == np.float32 and actual.shape == expected.shape
@@ -106,7 +106,7 @@ def test_fp16_qdq_graph_quantizes_alike_and_stays_near_fp32(graphs, name):
     FP32 export at most 1.5 times as far as the FP32 QDQ graph does, plus 1 % of the largest |logit|.
     (Later points inherit the boundary steps; this deliberately outlier-heavy model amplifies them.)"""
     source = onnx.load(str(graphs[name]))
-    converted, _ = trt_form(source, ONLY_CONVERSION)
+    converted, _ = tensorrt_graph(source, ONLY_CONVERSION)
     expected, actual = _codes(source, graphs["batches"]), _codes(converted, graphs["batches"])
     assert list(actual) == list(expected)
     first = next(iter(expected))
@@ -200,7 +200,7 @@ def test_head_gemvs_lose_their_qdq_unless_asked(graphs):
     # the encoder's rank-3 MatMuls keep theirs
     assert all(after.producer[n.input[0]].op_type == "DequantizeLinear" for n in encoder)
 
-    kept, report = trt_form(onnx.load(str(graphs["all"])), TrtFormConfig(fp16=False, quantize_head=True))
+    kept, report = tensorrt_graph(onnx.load(str(graphs["all"])), TrtGraphConfig(fp16=False, quantize_head=True))
     assert report["head_gemms_float"] == []
     kept_index = GraphIndex(kept.graph)
     assert all(kept_index.producer[n.input[0]].op_type == "DequantizeLinear" for n in _head_gemms(kept))
@@ -246,29 +246,29 @@ def test_attention_scale_moves_before_the_matmul_in_a_float_graph(graphs):
 
 def test_folded_peg_takes_every_pass_with_per_tensor_activation_scales(graphs):
     """PEG with folded weights, the PEG graph TensorRT can take: one scale per activation Q/DQ, and the
-    TensorRT form (every pass, FP16) as close to its QDQ graph as the plain INT8 graph's form is to its own."""
+    TensorRT graph (every pass, FP16) as close to its QDQ graph as the plain INT8 graph's ONNX Runtime CPU graph is to its own."""
     calibration = calibrate(graphs["stats"], CalibrateConfig(method="peg", groups=3, weights="folded"))
     source_path = write_calibrated_graph(graphs["fp32"], calibration, graphs["root"] / "peg-folded.qdq.onnx")
     source = onnx.load(str(source_path))
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in source.graph.initializer}
     assert all(initializers[n.input[1]].ndim == 0 for n in source.graph.node if n.op_type == "QuantizeLinear")
     assert "Sum" not in {n.op_type for n in source.graph.node}
-    form, report = trt_form(source)
-    assert report["float"] == "fp16" and fp16_problems(form, {"logits": TensorProto.FLOAT}) == []
-    expected, actual = _logits(source, graphs["batches"]), _logits(form, graphs["batches"])
+    trt_graph, report = tensorrt_graph(source)
+    assert report["float"] == "fp16" and fp16_problems(trt_graph, {"logits": TensorProto.FLOAT}) == []
+    expected, actual = _logits(source, graphs["batches"]), _logits(trt_graph, graphs["batches"])
     assert np.abs(actual - expected).max() <= 5 * FP16_RELATIVE_TOLERANCE * np.abs(expected).max()
-    optimized = _logits(form, graphs["batches"], ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    np.testing.assert_array_equal(optimized, actual)  # no integer kernel of this CPU in the FP16 form
+    optimized = _logits(trt_graph, graphs["batches"], ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    np.testing.assert_array_equal(optimized, actual)  # no integer kernel of this CPU in the FP16 graph
 
 
-def test_write_trt_form_keeps_metadata_and_reports_every_pass(graphs):
+def test_write_trt_graph_keeps_metadata_and_reports_every_pass(graphs):
     target = graphs["root"] / "engines" / "all.trt.onnx"
     target.parent.mkdir(exist_ok=True)
-    report = write_trt_form(graphs["all"], target)
+    report = write_trt_graph(graphs["all"], target)
     assert len(report["embedding_tables_float"]) == 3 and len(report["head_gemms_float"]) == 2
     assert len(report["attention_scale_moved"]) == 2 and report["float"] == "fp16" and report["opset"] == FP16_OPSET
     metadata = graph_metadata(target)
-    assert metadata["runtime_form"] == "tensorrt" and metadata["float_precision"] == "fp16"
+    assert metadata["runtime"] == "tensorrt" and metadata["float_precision"] == "fp16"
     assert metadata["recipe"] == graph_metadata(graphs["all"])["recipe"]
     assert (target.parent / metadata["tokenizer"]).is_dir()
     expected, actual = _logits(onnx.load(str(graphs["all"])), graphs["batches"]), _logits(onnx.load(str(target)), graphs["batches"])
