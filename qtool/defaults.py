@@ -19,3 +19,5 @@ TRT_FP16 = True  # qtool build --backend trt: float parts of the graph in FP16 (
 TRT_TF32 = True  # qtool build --backend trt: FP32 layers may use TF32 (TensorRT's own default)
 ORT_INT8_KERNELS = "auto"  # qtool build --backend ort: u8s8 where it does not saturate (or 7-bit weights), else u8u8
 TRT_QUANTIZE_HEAD = False  # qtool build --backend trt: keep Q/DQ on the pooler/classifier GEMVs
+COMPARISON_BATCHES = (1, 8)  # qtool reproduce: batch sizes of the interleaved run of each tool's fastest configuration
+AHEAD_MARGIN = 0.10  # qtool reproduce: how much faster than the fastest peer counts as ahead (beyond the spread too)

@@ -15,10 +15,10 @@ from qtool.api import ARTIFACTS_ENV, AUTO_METHOD
 from qtool.calibrators.methods import CALIBRATORS, PEG_GROUPINGS
 from qtool.calibrators.precision import MIXED_PRECISION_PRESETS, SCOPES
 from qtool.cli.data_options import Data, LabelColumn, Split, Task, TextColumns, TuneData  # noqa: F401 (every option here)
+from qtool.cli.study_options import Backends, ConfigFile, Configurations, DeployMaxDrop  # noqa: F401 (every option here)
 from qtool.data.split import EVAL_PARTS, DataConfig
 from qtool.defaults import (
     BASE_METHOD,
-    DEPLOY_MAX_DROP,
     ORT_INT8_KERNELS,
     PEG_AUTO_MAX_GROUPS,
     PEG_AUTO_NOISE_FACTOR,
@@ -455,27 +455,7 @@ OptimizationLevel = Annotated[
     typer.Option(help=f"trt: builder optimization level 0-5. Default: {TrtBuildConfig.optimization_level}.", rich_help_panel=TRT_PANEL),
 ]
 
-# -- reproduce -------------------------------------------------------------------------------------
-Configurations = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="Run only this configuration (repeatable), e.g. fp32, max-all, peg-k4-all; 'all' adds the extended "
-        "rows to the default set, 'extended' runs only them. Default: the default set and the peers.",
-    ),
-]
-ConfigFile = Annotated[
-    Path | None,
-    typer.Option(
-        "--config-file", help=escape("TOML file with more configurations: [configurations.NAME] method = ..., groups = ...")
-    ),
-]
-DeployMaxDrop = Annotated[
-    float | None,
-    typer.Option(help="Budget of the 'what to deploy' advice, in points of the task's primary metric (accuracy; "
-                 f"F1 for MRPC and QQP, MCC for CoLA). Default: {DEPLOY_MAX_DROP:g}."),
-]
+# -- reproduce (its own options are in study_options.py) --------------------------------------
 Executor = Annotated[
     str | None,
     typer.Option(

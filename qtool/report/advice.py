@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import statistics
 
+from qtool.defaults import AHEAD_MARGIN
+
 
 def score(row: dict) -> float:
     """A row's value in the task's primary metric (accuracy unless its metrics name another)."""
@@ -30,6 +32,11 @@ def contenders(rows: list[dict], max_drop: float) -> list[dict]:
     return [rows[0], *close[:CONTENDERS]] if rows[0].get("latency") else close[:CONTENDERS]
 
 
+def repeat_spread(p50s: list[float]) -> float:
+    """How far apart the repeats of an interleaved run are: (slowest - fastest) / median."""
+    return (max(p50s) - min(p50s)) / statistics.median(p50s)
+
+
 def recommend(rows: list[dict], max_drop: float, comparison: dict | None) -> dict | None:
     """The winner, the runner-up and the margin between them, from `comparison`: the p50 of each
     candidate in every repeat of an interleaved run (`{"p50_ms": {name: [per repeat]}, ...}`).
@@ -40,7 +47,7 @@ def recommend(rows: list[dict], max_drop: float, comparison: dict | None) -> dic
         return None
     runs = comparison["p50_ms"]
     median = {name: statistics.median(values) for name, values in runs.items()}
-    spread = {name: (max(values) - min(values)) / median[name] for name, values in runs.items()}
+    spread = {name: repeat_spread(values) for name, values in runs.items()}
     ranked = sorted((r for r in eligible if r["configuration"] in median), key=lambda r: median[r["configuration"]])
     best = ranked[0]
     fp32 = rows[0]
@@ -66,3 +73,45 @@ def recommend(rows: list[dict], max_drop: float, comparison: dict | None) -> dic
             "margin_within_spread": margin <= max(spread[best["configuration"]], spread[second]),
         }
     return advice
+
+
+QTOOL = "qtool"  # the tool of every configuration that is not a peer's
+
+
+def tool_of(row: dict) -> str:
+    """Whose configuration a row is: qtool's, or the peer's (its name without the backend)."""
+    return row["configuration"].partition("@")[0] if row.get("peer") else QTOOL
+
+
+def fastest_per_tool(rows: list[dict], max_drop: float) -> list[dict]:
+    """qtool's and each peer's fastest timed configuration within the budget on each backend (by the
+    one-by-one p50), fastest first; FP32 on any backend is left out."""
+    best: dict[tuple[str, str], dict] = {}
+    for row in within_budget(rows, max_drop):
+        if row["configuration"].partition("@")[0] == rows[0]["configuration"]:
+            continue
+        key = (tool_of(row), row.get("backend", "ort"))
+        if key not in best or row["latency"]["p50_ms"] < best[key]["latency"]["p50_ms"]:
+            best[key] = row
+    return sorted(best.values(), key=lambda r: r["latency"]["p50_ms"])
+
+
+def tool_verdict(picks: list[dict], batch: str) -> dict | None:
+    """qtool's fastest pick against the fastest peer's at `batch` (a key of each pick's `p50_ms`):
+    how much faster qtool is, the larger of their spreads, and whether that makes qtool ahead (at
+    least AHEAD_MARGIN and beyond the spread), behind (the peer faster beyond the spread) or level."""
+    timed = [p for p in picks if batch in p["p50_ms"]]
+    ours = min((p for p in timed if p["tool"] == QTOOL), key=lambda p: p["p50_ms"][batch], default=None)
+    theirs = min((p for p in timed if p["tool"] != QTOOL), key=lambda p: p["p50_ms"][batch], default=None)
+    if ours is None or theirs is None:
+        return None
+    margin = theirs["p50_ms"][batch] / ours["p50_ms"][batch] - 1
+    spread = max(ours["spread"][batch], theirs["spread"][batch])
+    if margin >= AHEAD_MARGIN and margin > spread:
+        verdict = "ahead"
+    elif ours["p50_ms"][batch] / theirs["p50_ms"][batch] - 1 > spread:
+        verdict = "behind"
+    else:
+        verdict = "level"
+    return {"qtool": ours["configuration"], "peer": theirs["configuration"], "margin": margin, "spread": spread,
+            "verdict": verdict}

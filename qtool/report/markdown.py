@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qtool.defaults import AHEAD_MARGIN
 from qtool.fileio import write_text
 from qtool.report.advice import CLOSE_CALL, CONTENDERS
 from qtool.report.intervals import budget_verdict, paired_points
@@ -153,6 +154,47 @@ def deploy_paragraph(result: dict) -> list[str]:
             f"{verdict}."
         )
     return lines
+
+
+def tool_comparison_lines(result: dict) -> list[str]:
+    """Each tool's fastest configuration within the budget on each backend, interleaved per batch
+    size, and where qtool's fastest stands against the fastest peer's."""
+    comparison = result.get("tool_comparison")
+    if not comparison:
+        return []
+    batches = comparison["batches"]
+    lines = [
+        "| tool | backend | configuration | deployed % | vs FP32 (paired 95 %) | "
+        + " | ".join(f"b{b} p50 ms" for b in batches) + " |",
+        "| --- | --- | --- | --- | --- |" + " --- |" * len(batches),
+    ]
+    for pick in comparison["picks"]:
+        paired = paired_points(pick["deployed_vs_fp32"]) if pick["deployed_vs_fp32"] else "-"
+        timings = " | ".join(f"{pick['p50_ms'][b]:.1f} (±{50 * pick['spread'][b]:.0f} %)" for b in batches)
+        lines.append(f"| {pick['tool']} | {pick['backend']} | {pick['configuration']} | "
+                     f"{_pct(pick['deployed_accuracy'])} | {paired} | {timings} |")
+    lines.append("")
+    for batch, verdict in comparison["verdicts"].items():
+        if verdict is None:
+            lines.append(f"Batch {batch}: no peer (or no qtool configuration) within the budget to compare.")
+            continue
+        lead = (f"{100 * verdict['margin']:.1f} % faster than" if verdict["margin"] >= 0
+                else f"{100 * (1 / (1 + verdict['margin']) - 1):.1f} % slower than")
+        lines.append(f"Batch {batch}: qtool's `{verdict['qtool']}` is {lead} the fastest peer `{verdict['peer']}` "
+                     f"(spread of their repeats up to {100 * verdict['spread']:.1f} %): **{verdict['verdict']}**.")
+    return lines
+
+
+def tool_comparison_note(result: dict) -> str:
+    comparison = result.get("tool_comparison") or {}
+    return (
+        f"For a {comparison.get('max_drop_points', 0):g}-point budget, the fastest configuration (one-by-one p50) of "
+        "qtool and of each peer on each backend, with FP32, loaded side by side and timed round-robin on the same "
+        f"eval inputs, {comparison.get('repeats')} repeats per batch size at sequence length "
+        f"{comparison.get('sequence_length')}; p50 is the median of the repeats and ± half their spread. Deployed % "
+        f"is the timed graph's. Ahead means at least {100 * AHEAD_MARGIN:.0f} % faster and beyond the spread; behind, "
+        "the peer faster beyond the spread; anything else is level."
+    )
 
 
 def is_qnli(result: dict) -> bool:
@@ -415,6 +457,7 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         *_section("Automatic mixed precision", search_lines(result)),
         *_section("Peers", peer_lines(result), PEER_NOTE),
         *_section("Other metrics", metric_lines(result), METRIC_NOTE),
+        *_section("Each tool at its fastest", tool_comparison_lines(result), tool_comparison_note(result)),
         "## What to deploy",
         "",
         *deploy_paragraph(result),

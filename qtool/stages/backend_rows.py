@@ -28,16 +28,46 @@ log = logging.getLogger(__name__)
 ROW_BACKENDS = {"openvino": NNCF_PEERS}  # CPU backends the study also deploys on, and the peers meant for each
 
 
+def row_backend_names(backends) -> tuple[str, ...] | None:
+    """The backends besides ONNX Runtime in `backends` (names, or one comma-separated text); None stays None."""
+    if backends is None:
+        return None
+    names = backends.split(",") if isinstance(backends, str) else backends
+    return tuple(dict.fromkeys(n.strip() for n in names if n.strip() not in ("", "ort")))
+
+
+def check_row_backends(names: tuple[str, ...] | None) -> None:
+    """Refuse backends the study cannot deploy on: unknown ones, or ones whose library is missing."""
+    unknown = [name for name in names or () if name not in ROW_BACKENDS]
+    if unknown:
+        raise QtoolError(
+            f"--backends {','.join(unknown)}: the study deploys on ort and {', '.join(ROW_BACKENDS)}; "
+            "name those, or ort alone to leave the others out"
+        )
+    for name in names or ():
+        backend_named(name).require_library()
+
+
+def _left_out(name: str, asked: tuple[str, ...] | None) -> str | None:
+    """Why the study does not deploy on backend `name`: not asked for, or (by default) not installed."""
+    if asked is not None:
+        return None if name in asked else f"not asked for (--backends {','.join(('ort', *asked))})"
+    try:
+        backend_named(name).require_library()
+    except QtoolError as missing:
+        return missing.cli_message
+    return None
+
+
 def backend_rows(rows: list[dict], split: QnliSplit, config) -> tuple[list[dict], dict[str, str]]:
     """Rows of FP32 (`rows[0]`), the backends' own peers and qtool's configurations within
-    `config.max_drop` on each backend of ROW_BACKENDS whose library loads, and why a backend was left out."""
+    `config.max_drop` on each backend of `config.backends` (None: each of ROW_BACKENDS whose library
+    loads), and why a backend was left out."""
     added, skipped = [], {}
     for name, peers in ROW_BACKENDS.items():
-        backend = backend_named(name)
-        try:
-            backend.require_library()
-        except QtoolError as missing:
-            skipped[f"@{name} rows"] = missing.cli_message
+        left_out = _left_out(name, config.backends)
+        if left_out:
+            skipped[f"@{name} rows"] = left_out
             continue
         chosen = [rows[0]] + [
             row for row in within_budget(rows, config.max_drop)[1:]

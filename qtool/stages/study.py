@@ -56,11 +56,12 @@ from qtool.report.figures import write_study_figures
 from qtool.report.html import write_html_report
 from qtool.report.intervals import wilson_interval
 from qtool.report.markdown import write_markdown_report
-from qtool.stages.backend_rows import backend_rows
+from qtool.stages.backend_rows import backend_rows, check_row_backends
 from qtool.stages.calibrate import calibrate_stage
 from qtool.stages.deploy import deployment_environment, interleaved_comparison, latency_stage
 from qtool.stages.model import export_stage
 from qtool.stages.statistics import analyze_stage, collect_stage
+from qtool.stages.tool_comparison import tool_comparison
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ class ReproduceConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where the configurations run
     extra_configurations: tuple[tuple[str, CalibrateConfig], ...] = ()  # from a TOML file
     tune_data: DataConfig | str | None = None  # the searches' tuning pairs; None: the split's tuning part
+    backends: tuple[str, ...] | None = None  # CPU backends besides ONNX Runtime for @-rows; None: every one installed
 
     def validate(self) -> None:
         """Options a run needs, checked before any data or model is loaded."""
@@ -160,6 +162,7 @@ class ReproduceConfig:
             raise QtoolError(f"--max-drop must be a number of accuracy points in [0, 100), got {self.max_drop}")
         self.collect.validate()
         self.eval.validate()
+        check_row_backends(self.backends)
 
     def selected(self) -> dict[str, CalibrateConfig | AutoMixedPrecision | None]:
         """Configurations to run: a calibration recipe, or None for an ONNX Runtime peer."""
@@ -444,6 +447,7 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
     rows += on_backends
     with recording_stage_times() as closing:
         recommendation = _recommendation(rows, split, config, artifacts / "report")
+        comparison = tool_comparison(rows, split, config, artifacts / "report")
 
     result = {
         "model": exported.source.name,
@@ -461,6 +465,7 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
         "results": rows,
         "skipped": config.skipped() | left_out,
         "recommendation": recommendation,
+        "tool_comparison": comparison,
         "environment": deployment_environment(config.bench.threads),
         "stage_times": stage_time_summary(rows, closing, time.perf_counter() - started),
     }

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from qtool.cli import app
 from qtool.defaults import DEPLOY_MAX_DROP
-from qtool.report.advice import within_budget
+from qtool.report.advice import fastest_per_tool, within_budget
 from tests.helpers.cpu import U8S8_EXACT_HERE
 
 runner = CliRunner()
@@ -300,6 +300,16 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         assert f"| {name} |" in report
     if "nncf-ptq@openvino" in on_openvino:
         assert "| nncf-ptq@openvino | its QDQ graph on OpenVINO's CPU plugin" in report.split("## Peers")[1]
+    compared = summary["tool_comparison"]  # each tool's fastest in budget per backend, interleaved at b1 and b8
+    picks = compared["picks"]
+    assert compared["batches"] == ["1", "8"] and picks[0]["configuration"] == "fp32"
+    expected = fastest_per_tool(summary["results"], DEPLOY_MAX_DROP)
+    assert [p["configuration"] for p in picks[1:]] == [r["configuration"] for r in expected]
+    assert len({(p["tool"], p["backend"]) for p in picks[1:]}) == len(picks) - 1
+    assert all(p["p50_ms"][b] > 0 and p["spread"][b] >= 0 for p in picks for b in ("1", "8"))
+    for batch, verdict in compared["verdicts"].items():
+        assert verdict is None or verdict["verdict"] in ("ahead", "level", "behind"), batch
+    assert "## Each tool at its fastest" in report and "| tool | backend | configuration |" in report
     rerun = json.loads(_run(*args).stdout)
     searched_again = next(r for r in rerun["results"] if r["configuration"] == "max-all-mp-auto0.5")
     assert searched_again["search"]["evaluations"] == 0  # every search evaluation came from the cache
@@ -332,6 +342,10 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     assert "--tune-data" in report_text(artifacts) and "tune.tsv" in report_text(artifacts)
     unknown = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "-c", "nope")
     _one_line_error(unknown, "unknown configuration")
+    _one_line_error(_run("reproduce", "--data", tiny_data, "--artifacts", artifacts, "--backends", "ort,tpu"), "--backends tpu")
+    alone = json.loads(_run(*args[:-1], "-c", "fp32", "--backends", "ort", "--json").stdout)  # every stage cached
+    assert not any("@" in r["configuration"] for r in alone["results"])
+    assert alone["skipped"]["@openvino rows"] == "not asked for (--backends ort)"
     extra.write_text('[configurations.bad]\nmethod = "peg"\ngruops = 3\n')
     bad = _run(
         "reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--config-file", extra

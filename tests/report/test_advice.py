@@ -43,3 +43,45 @@ def test_only_close_calls_are_loaded_side_by_side():
     many = [ROWS[0]] + [{"configuration": f"q{i}", "accuracy": 0.819, "latency": {"p50_ms": 5.0}} for i in range(9)]
     assert len(contenders(many, 1.0)) == 1 + CONTENDERS
     assert [r["configuration"] for r in contenders([ROWS[0], ROWS[3]], 1.0)] == ["fp32"]
+
+
+def test_each_tool_keeps_its_fastest_configuration_in_budget_on_each_backend():
+    from qtool.report.advice import fastest_per_tool
+
+    rows = [
+        *ROWS,
+        {"configuration": "fp32@openvino", "accuracy": 0.82, "backend": "openvino", "latency": {"p50_ms": 9.0}},
+        {"configuration": "a@openvino", "accuracy": 0.819, "backend": "openvino", "latency": {"p50_ms": 4.0}},
+        {"configuration": "ort-dynamic", "accuracy": 0.82, "peer": True, "latency": {"p50_ms": 6.0}},
+        {"configuration": "ort-static", "accuracy": 0.80, "peer": True, "latency": {"p50_ms": 2.0}},  # out of budget
+        {"configuration": "nncf-ptq", "accuracy": 0.82, "peer": True, "latency": {"p50_ms": 12.0}},
+        {"configuration": "nncf-ptq@openvino", "accuracy": 0.82, "peer": True, "backend": "openvino",
+         "latency": {"p50_ms": 4.5}},
+    ]
+    picks = [(r["configuration"], r.get("backend", "ort")) for r in fastest_per_tool(rows, 1.0)]
+    assert picks == [("a@openvino", "openvino"), ("nncf-ptq@openvino", "openvino"), ("a", "ort"),
+                     ("ort-dynamic", "ort"), ("nncf-ptq", "ort")]
+
+
+def _pick(tool, name, b1, spread=0.02):
+    return {"tool": tool, "configuration": name, "p50_ms": {"1": b1}, "spread": {"1": spread}}
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "spread", "verdict"),
+    [
+        (5.0, 6.0, 0.02, "ahead"),  # 20 % faster, beyond a 2 % spread
+        (5.0, 5.4, 0.02, "level"),  # 8 %: short of the 10 % an advantage needs
+        (5.0, 6.0, 0.25, "level"),  # 20 %, inside a 25 % spread
+        (6.0, 5.0, 0.02, "behind"),
+        (5.2, 5.0, 0.10, "level"),  # the peer 4 % faster, inside the spread
+    ],
+)
+def test_qtool_against_the_fastest_peer(ours, theirs, spread, verdict):
+    from qtool.report.advice import tool_verdict
+
+    picks = [_pick("qtool", "q", ours, spread), _pick("ort-dynamic", "p", theirs), _pick("nncf-ptq", "n", theirs + 3)]
+    said = tool_verdict(picks, "1")
+    assert said["verdict"] == verdict and said["peer"] == "p" and said["qtool"] == "q"
+    assert said["margin"] == pytest.approx(theirs / ours - 1) and said["spread"] == spread
+    assert tool_verdict([_pick("qtool", "q", 5.0)], "1") is None  # no peer in budget: nothing to compare
