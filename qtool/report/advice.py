@@ -37,11 +37,18 @@ def repeat_spread(p50s: list[float]) -> float:
     return (max(p50s) - min(p50s)) / statistics.median(p50s)
 
 
+def ratio_spread(faster: list[float], slower: list[float]) -> float:
+    """How much the ratio slower / faster moves over the repeats of one interleaved run (each repeat's
+    pair of p50s): (largest - smallest ratio) / median ratio."""
+    return repeat_spread([b / a for a, b in zip(faster, slower, strict=True)])
+
+
 def recommend(rows: list[dict], max_drop: float, comparison: dict | None) -> dict | None:
     """The winner, the runner-up and the margin between them, from `comparison`: the p50 of each
     candidate in every repeat of an interleaved run (`{"p50_ms": {name: [per repeat]}, ...}`).
-    The spread of a candidate is (slowest - fastest repeat) / median: a margin inside the spread is
-    noise, and the advice says so."""
+    The margin is the ratio of the two medians; its spread is how far the ratio of the two in the
+    same repeat moves over the repeats (`ratio_spread`): a margin inside it is noise, and the advice
+    says so. (A drift that slows every candidate alike moves each one's p50 but not their ratio.)"""
     eligible = within_budget(rows, max_drop)
     if not eligible or not comparison:
         return None
@@ -66,11 +73,13 @@ def recommend(rows: list[dict], max_drop: float, comparison: dict | None) -> dic
     if len(ranked) > 1:
         second = ranked[1]["configuration"]
         margin = median[second] / median[best["configuration"]] - 1
+        margin_spread = ratio_spread(runs[best["configuration"]], runs[second])
         advice |= {
             "runner_up": second,
             "runner_up_p50_ms": median[second],
             "margin": margin,
-            "margin_within_spread": margin <= max(spread[best["configuration"]], spread[second]),
+            "margin_spread": margin_spread,
+            "margin_within_spread": margin <= margin_spread,
         }
     return advice
 
@@ -97,16 +106,17 @@ def fastest_per_tool(rows: list[dict], max_drop: float) -> list[dict]:
 
 
 def tool_verdict(picks: list[dict], batch: str) -> dict | None:
-    """qtool's fastest pick against the fastest peer's at `batch` (a key of each pick's `p50_ms`):
-    how much faster qtool is, the larger of their spreads, and whether that makes qtool ahead (at
-    least AHEAD_MARGIN and beyond the spread), behind (the peer faster beyond the spread) or level."""
+    """qtool's fastest pick against the fastest peer's at `batch` (a key of each pick's `p50_ms`, the
+    median of its `repeats_ms`): how much faster qtool is, how much the ratio of the two moved over
+    the repeats, and whether that makes qtool ahead (at least AHEAD_MARGIN and beyond that spread),
+    behind (the peer faster beyond it) or level."""
     timed = [p for p in picks if batch in p["p50_ms"]]
     ours = min((p for p in timed if p["tool"] == QTOOL), key=lambda p: p["p50_ms"][batch], default=None)
     theirs = min((p for p in timed if p["tool"] != QTOOL), key=lambda p: p["p50_ms"][batch], default=None)
     if ours is None or theirs is None:
         return None
     margin = theirs["p50_ms"][batch] / ours["p50_ms"][batch] - 1
-    spread = max(ours["spread"][batch], theirs["spread"][batch])
+    spread = ratio_spread(ours["repeats_ms"][batch], theirs["repeats_ms"][batch])
     if margin >= AHEAD_MARGIN and margin > spread:
         verdict = "ahead"
     elif ours["p50_ms"][batch] / theirs["p50_ms"][batch] - 1 > spread:

@@ -150,7 +150,8 @@ def deploy_paragraph(result: dict) -> list[str]:
         )
         lines.append(
             f"Runner-up: `{advice['runner_up']}`, p50 {advice['runner_up_p50_ms']:.1f} ms; the winner is "
-            f"{100 * advice['margin']:.1f} % faster (spread of the winner's repeats {100 * advice['spread']:.1f} %), "
+            f"{100 * advice['margin']:.1f} % faster (the ratio of the two moved by "
+            f"{100 * advice.get('margin_spread', advice['spread']):.1f} % over the repeats), "
             f"{verdict}."
         )
     return lines
@@ -181,7 +182,7 @@ def tool_comparison_lines(result: dict) -> list[str]:
         lead = (f"{100 * verdict['margin']:.1f} % faster than" if verdict["margin"] >= 0
                 else f"{100 * (1 / (1 + verdict['margin']) - 1):.1f} % slower than")
         lines.append(f"Batch {batch}: qtool's `{verdict['qtool']}` is {lead} the fastest peer `{verdict['peer']}` "
-                     f"(spread of their repeats up to {100 * verdict['spread']:.1f} %): **{verdict['verdict']}**.")
+                     f"(their ratio moved by {100 * verdict['spread']:.1f} % over the repeats): **{verdict['verdict']}**.")
     return lines
 
 
@@ -192,8 +193,8 @@ def tool_comparison_note(result: dict) -> str:
         "qtool and of each peer on each backend, with FP32, loaded side by side and timed round-robin on the same "
         f"eval inputs, {comparison.get('repeats')} repeats per batch size at sequence length "
         f"{comparison.get('sequence_length')}; p50 is the median of the repeats and ± half their spread. Deployed % "
-        f"is the timed graph's. Ahead means at least {100 * AHEAD_MARGIN:.0f} % faster and beyond the spread; behind, "
-        "the peer faster beyond the spread; anything else is level."
+        f"is the timed graph's. Ahead means at least {100 * AHEAD_MARGIN:.0f} % faster, and by more than the ratio of "
+        "the two moved over the repeats; behind, the peer faster by more than that; anything else is level."
     )
 
 

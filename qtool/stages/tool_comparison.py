@@ -52,5 +52,6 @@ def _summary(row: dict, runs: dict[str, dict], tool: str) -> dict:
         "deployed_accuracy": deployed,
         "deployed_vs_fp32": row.get("deployed_vs_fp32") or row.get("vs_fp32"),
         "p50_ms": {batch: statistics.median(run["p50_ms"][name]) for batch, run in runs.items()},
+        "repeats_ms": {batch: run["p50_ms"][name] for batch, run in runs.items()},
         "spread": {batch: repeat_spread(run["p50_ms"][name]) for batch, run in runs.items()},
     }

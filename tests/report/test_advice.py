@@ -63,25 +63,36 @@ def test_each_tool_keeps_its_fastest_configuration_in_budget_on_each_backend():
                      ("ort-dynamic", "ort"), ("nncf-ptq", "ort")]
 
 
-def _pick(tool, name, b1, spread=0.02):
-    return {"tool": tool, "configuration": name, "p50_ms": {"1": b1}, "spread": {"1": spread}}
+def _pick(tool, name, repeats):
+    return {"tool": tool, "configuration": name, "p50_ms": {"1": sorted(repeats)[1]}, "repeats_ms": {"1": repeats}}
 
 
 @pytest.mark.parametrize(
-    ("ours", "theirs", "spread", "verdict"),
+    ("ours", "theirs", "verdict"),
     [
-        (5.0, 6.0, 0.02, "ahead"),  # 20 % faster, beyond a 2 % spread
-        (5.0, 5.4, 0.02, "level"),  # 8 %: short of the 10 % an advantage needs
-        (5.0, 6.0, 0.25, "level"),  # 20 %, inside a 25 % spread
-        (6.0, 5.0, 0.02, "behind"),
-        (5.2, 5.0, 0.10, "level"),  # the peer 4 % faster, inside the spread
+        ([5.0, 5.0, 5.0], [6.0, 6.06, 5.94], "ahead"),  # 20 % faster; the ratio moved by 2 %
+        ([5.0, 6.0, 7.0], [6.0, 7.2, 8.4], "ahead"),  # both slowed alike over the repeats: the ratio held
+        ([5.0, 5.0, 5.0], [5.4, 5.4, 5.4], "level"),  # 8 %: short of the 10 % an advantage needs
+        ([5.0, 5.0, 5.0], [4.8, 6.0, 7.2], "level"),  # 20 %, but the ratio moved by 40 %
+        ([6.0, 6.0, 6.0], [5.0, 5.0, 5.0], "behind"),
+        ([5.2, 5.2, 5.2], [4.7, 5.0, 5.5], "level"),  # the peer 4 % faster, the ratio moved by 16 %
     ],
 )
-def test_qtool_against_the_fastest_peer(ours, theirs, spread, verdict):
+def test_qtool_against_the_fastest_peer(ours, theirs, verdict):
     from qtool.report.advice import tool_verdict
 
-    picks = [_pick("qtool", "q", ours, spread), _pick("ort-dynamic", "p", theirs), _pick("nncf-ptq", "n", theirs + 3)]
+    picks = [_pick("qtool", "q", ours), _pick("ort-dynamic", "p", theirs),
+             _pick("nncf-ptq", "n", [t + 3 for t in theirs])]
     said = tool_verdict(picks, "1")
     assert said["verdict"] == verdict and said["peer"] == "p" and said["qtool"] == "q"
-    assert said["margin"] == pytest.approx(theirs / ours - 1) and said["spread"] == spread
-    assert tool_verdict([_pick("qtool", "q", 5.0)], "1") is None  # no peer in budget: nothing to compare
+    assert said["margin"] == pytest.approx(sorted(theirs)[1] / sorted(ours)[1] - 1)
+    ratios = [t / o for o, t in zip(ours, theirs, strict=True)]
+    assert said["spread"] == pytest.approx((max(ratios) - min(ratios)) / sorted(ratios)[1])
+    assert tool_verdict([_pick("qtool", "q", ours)], "1") is None  # no peer in budget: nothing to compare
+
+
+def test_a_drift_that_slows_both_alike_is_not_noise_in_the_advice():
+    comparison = {"p50_ms": {"fp32": [10.0, 11.0, 12.0], "a": [5.5, 6.05, 6.6], "b": [5.0, 5.5, 6.0]}, "repeats": 3}
+    advice = recommend(ROWS, 1.0, comparison)
+    assert advice["configuration"] == "b" and advice["margin"] == pytest.approx(0.1)
+    assert advice["margin_spread"] == pytest.approx(0.0) and not advice["margin_within_spread"]
