@@ -1,6 +1,9 @@
-"""Where ONNX Runtime's CPU time goes in one graph: kernel time per op type, from its profiler.
+"""Where the CPU time goes in one deployed graph: kernel time per op type, from ONNX Runtime's
+profiler, or per layer type and kernel from OpenVINO's performance counters for an OpenVINO model
+(`qtool build --backend openvino`, `.ov.xml`).
 
     python benchmarks/ort_profile.py artifacts/<model>/peg-k4-all.qdq.ort.onnx --batch 1 --threads 2
+    python benchmarks/ort_profile.py artifacts/<model>/max-gemm-inputs.qdq.ov.xml --batch 1 --threads 2
 
 Random token ids (1000-1999), full attention mask, sequence 128; the profiler's own overhead
 inflates every op a little, so compare shares and counts between graphs, not milliseconds with
@@ -28,6 +31,56 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
 
+    if args.graph.suffix == ".xml":
+        total_us, count = _openvino_times(args.graph, args)
+    else:
+        total_us, count = _onnxruntime_times(args.graph, args)
+    overall = sum(total_us.values())
+    from qtool.runners.ort import cpu_summary
+
+    print(f"{args.graph.name}: batch {args.batch} x {args.seq_len}, {args.threads} threads, {args.runs} runs, CPU {cpu_summary()}")
+    print("| op | ms per run | share | nodes per run |\n| --- | --- | --- | --- |")
+    for op, micros in total_us.most_common(args.top):
+        print(f"| {op} | {micros / args.runs / 1000:.2f} | {micros / overall:.1%} | {count[op] / args.runs:.0f} |")
+    print(f"| all kernels | {overall / args.runs / 1000:.2f} | 100% | |")
+
+
+def _feeds(names: list[str], batch: int, seq_len: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    shape = (batch, seq_len)
+    feeds = {}
+    for name in names:
+        if name == "input_ids":
+            feeds[name] = rng.integers(1000, 2000, shape).astype(np.int64)
+        elif "mask" in name:
+            feeds[name] = np.ones(shape, np.int64)
+        else:
+            feeds[name] = np.zeros(shape, np.int64)
+    return feeds
+
+
+def _openvino_times(model: Path, args) -> tuple[collections.Counter, collections.Counter]:
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": args.threads,
+              "PERF_COUNT": True}  # the settings of qtool's OpenVINO runner, plus the counters
+    compiled = ov.Core().compile_model(str(model), "CPU", config)
+    request = compiled.create_infer_request()
+    feeds = _feeds([port.get_any_name() for port in compiled.inputs], args.batch, args.seq_len)
+    for _ in range(5):
+        request.infer(feeds)
+    total_us: collections.Counter = collections.Counter()
+    count: collections.Counter = collections.Counter()
+    for _ in range(args.runs):
+        request.infer(feeds)
+        for layer in request.get_profiling_info():
+            if layer.status == layer.Status.EXECUTED:
+                total_us[f"{layer.node_type} ({layer.exec_type})"] += layer.real_time.total_seconds() * 1e6
+                count[f"{layer.node_type} ({layer.exec_type})"] += 1
+    return total_us, count
+
+
+def _onnxruntime_times(graph: Path, args) -> tuple[collections.Counter, collections.Counter]:
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="qtool-profile-") as scratch:
@@ -36,17 +89,8 @@ def main() -> None:
         options.enable_profiling = True
         options.log_severity_level = 3
         options.profile_file_prefix = str(Path(scratch) / "profile")
-        session = ort.InferenceSession(str(args.graph), options, providers=["CPUExecutionProvider"])
-        rng = np.random.default_rng(0)
-        shape = (args.batch, args.seq_len)
-        feeds = {}
-        for graph_input in session.get_inputs():
-            if graph_input.name == "input_ids":
-                feeds[graph_input.name] = rng.integers(1000, 2000, shape).astype(np.int64)
-            elif "mask" in graph_input.name:
-                feeds[graph_input.name] = np.ones(shape, np.int64)
-            else:
-                feeds[graph_input.name] = np.zeros(shape, np.int64)
+        session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        feeds = _feeds([graph_input.name for graph_input in session.get_inputs()], args.batch, args.seq_len)
         for _ in range(args.runs):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
@@ -57,14 +101,7 @@ def main() -> None:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             total_us[event["args"]["op_name"]] += event["dur"]
             count[event["args"]["op_name"]] += 1
-    overall = sum(total_us.values())
-    from qtool.runners.ort import cpu_summary
-
-    print(f"{args.graph.name}: batch {args.batch} x {args.seq_len}, {args.threads} threads, {args.runs} runs, CPU {cpu_summary()}")
-    print("| op | ms per run | share | nodes per run |\n| --- | --- | --- | --- |")
-    for op, micros in total_us.most_common(args.top):
-        print(f"| {op} | {micros / args.runs / 1000:.2f} | {micros / overall:.1%} | {count[op] / args.runs:.0f} |")
-    print(f"| all kernels | {overall / args.runs / 1000:.2f} | 100% | |")
+    return total_us, count
 
 
 if __name__ == "__main__":
