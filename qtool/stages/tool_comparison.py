@@ -37,6 +37,10 @@ def tool_comparison(rows: list[dict], split: QnliSplit, config, folder: Path) ->
         "sequence_length": next(iter(runs.values()))["sequence_length"],
         "picks": summary,
         "verdicts": {batch: tool_verdict(summary[1:], batch) for batch in runs},
+        "verdicts_by_backend": {
+            backend: {batch: tool_verdict([p for p in summary[1:] if p["backend"] == backend], batch) for batch in runs}
+            for backend in dict.fromkeys(p["backend"] for p in summary[1:])
+        },
     }
 
 

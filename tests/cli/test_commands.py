@@ -309,6 +309,7 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     assert all(p["p50_ms"][b] > 0 and p["spread"][b] >= 0 for p in picks for b in ("1", "8"))
     for batch, verdict in compared["verdicts"].items():
         assert verdict is None or verdict["verdict"] in ("ahead", "level", "behind"), batch
+    assert list(compared["verdicts_by_backend"]) == list(dict.fromkeys(p["backend"] for p in picks[1:]))
     assert "## Each tool at its fastest" in report and "| tool | backend | configuration |" in report
     rerun = json.loads(_run(*args).stdout)
     searched_again = next(r for r in rerun["results"] if r["configuration"] == "max-all-mp-auto0.5")
