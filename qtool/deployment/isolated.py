@@ -36,7 +36,9 @@ def run_isolated(function: Callable[..., Any], *args: Any) -> Any:
         job_path.write_bytes(job)
         log.debug("running %s in a fresh process", getattr(function, "__qualname__", function))
         completed = subprocess.run(
-            [sys.executable, "-m", "qtool.deployment.isolated", str(job_path), str(result_path)],
+            # -P: the child's path is the parent's, without the working folder in front of it (which
+            # could hold another qtool than the one running here)
+            [sys.executable, "-P", "-m", "qtool.deployment.isolated", str(job_path), str(result_path)],
             env={**os.environ, "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)},
             stdin=subprocess.DEVNULL,
             stdout=2,  # whatever a backend prints goes to stderr, never into this process's stdout (--json)
