@@ -26,7 +26,7 @@ GPU_ARTIFACTS ?= $(firstword $(wildcard artifacts/*-qnli-*/fp32.onnx))
 AVX2_CPU ?= Haswell,-pcid,-x2apic,-tsc-deadline,-hle,-invpcid,-rtm
 AVX2_TESTS ?= tests/exporter/test_ort_cpu.py tests/exporter/test_trt_graph.py tests/cli/test_bench_command.py \
     tests/runners/test_openvino.py \
-    tests/exporter/test_families.py::test_peg_calibration_and_the_ort_form_give_the_qdq_logits
+    tests/exporter/test_families.py::test_peg_calibration_and_the_ort_graph_give_the_qdq_logits
 
 .PHONY: setup test test-avx2 reproduce reproduce-mpnet gpu-check lint clean
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+WARMUP = 5  # untimed runs first, on either runtime
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,12 +64,12 @@ def _feeds(names: list[str], batch: int, seq_len: int) -> dict[str, np.ndarray]:
 def _openvino_times(model: Path, args) -> tuple[collections.Counter, collections.Counter]:
     import openvino as ov
 
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": args.threads,
-              "PERF_COUNT": True}  # the settings of qtool's OpenVINO runner, plus the counters
-    compiled = ov.Core().compile_model(str(model), "CPU", config)
+    from qtool.runners.openvino import compile_properties
+
+    compiled = ov.Core().compile_model(str(model), "CPU", compile_properties(args.threads) | {"PERF_COUNT": True})
     request = compiled.create_infer_request()
     feeds = _feeds([port.get_any_name() for port in compiled.inputs], args.batch, args.seq_len)
-    for _ in range(5):
+    for _ in range(WARMUP):
         request.infer(feeds)
     total_us: collections.Counter = collections.Counter()
     count: collections.Counter = collections.Counter()
@@ -91,14 +93,16 @@ def _onnxruntime_times(graph: Path, args) -> tuple[collections.Counter, collecti
         options.profile_file_prefix = str(Path(scratch) / "profile")
         session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         feeds = _feeds([graph_input.name for graph_input in session.get_inputs()], args.batch, args.seq_len)
-        for _ in range(args.runs):
+        for _ in range(WARMUP + args.runs):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())
 
     total_us: collections.Counter = collections.Counter()
     count: collections.Counter = collections.Counter()
+    runs = sorted(event["ts"] for event in events if event.get("cat") == "Session" and event["name"] == "model_run")
+    timed_from = runs[WARMUP] if len(runs) > WARMUP else 0  # the profiler records the warm-up runs too
     for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= timed_from:
             total_us[event["args"]["op_name"]] += event["dur"]
             count[event["args"]["op_name"]] += 1
     return total_us, count

@@ -60,7 +60,7 @@ def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]
     from qtool.quantization.calibration import CalibrateConfig, calibrate
     from qtool.quantization.graphs import write_calibrated_graph
 
-    def ort_form(qdq: Path, target: Path) -> Path:  # with the kernels `auto` picks on this CPU
+    def ort_graph(qdq: Path, target: Path) -> Path:  # with the kernels `auto` picks on this CPU
         return Path(build_ort(qdq, target)["graph"])
 
     stats = collect_or_load(
@@ -71,17 +71,17 @@ def _qtool_graphs(fp32: Path, folder: Path, split, tokenizer) -> dict[str, Path]
         document = calibrate(stats, CalibrateConfig(method="max", scope=scope))
         qdq = write_calibrated_graph(fp32, document, folder / f"qtool-max-{scope}.qdq.onnx")
         if scope == "gemm":
-            graphs[f"qtool-w8a8-{scope} (QDQ, TensorRT graph)"] = qdq
-        graphs[f"qtool-w8a8-{scope} (ONNX Runtime graph)"] = ort_form(qdq, folder / f"qtool-max-{scope}.ort.onnx")
+            graphs[f"qtool-w8a8-{scope} (QDQ graph)"] = qdq
+        graphs[f"qtool-w8a8-{scope} (ONNX Runtime graph)"] = ort_graph(qdq, folder / f"qtool-max-{scope}.ort.onnx")
         if scope == "gemm-inputs":
             graphs[f"qtool-w8a8-{scope} (QDQ{ON_OPENVINO}"] = qdq
     peg = calibrate(stats, CalibrateConfig(method="peg", groups=PEG_GROUPS, scope="all"))
     for layout in PEG_LAYOUTS:
         qdq = write_calibrated_graph(fp32, peg, folder / f"qtool-{peg.recipe}-{layout}.qdq.onnx", layout)
-        graphs[f"qtool-{peg.recipe} {layout} (ONNX Runtime graph)"] = ort_form(qdq, folder / f"qtool-{peg.recipe}-{layout}.ort.onnx")
+        graphs[f"qtool-{peg.recipe} {layout} (ONNX Runtime graph)"] = ort_graph(qdq, folder / f"qtool-{peg.recipe}-{layout}.ort.onnx")
     folded = calibrate(stats, CalibrateConfig(method="peg", groups=PEG_GROUPS, scope="all", weights="folded"))
     qdq = write_calibrated_graph(fp32, folded, folder / f"qtool-{folded.recipe}.qdq.onnx")
-    graphs[f"qtool-{folded.recipe} (ONNX Runtime graph)"] = ort_form(qdq, folder / f"qtool-{folded.recipe}.ort.onnx")
+    graphs[f"qtool-{folded.recipe} (ONNX Runtime graph)"] = ort_graph(qdq, folder / f"qtool-{folded.recipe}.ort.onnx")
     graphs[f"qtool-{folded.recipe} (QDQ{ON_OPENVINO}"] = qdq
     return graphs
 

@@ -49,7 +49,7 @@ def main() -> None:
             return predict_logits(runner, batches, len(part))
 
     rows = {}
-    with tempfile.TemporaryDirectory(prefix="qtool-trt-form-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="qtool-trt-graph-") as scratch:
         for name in args.graph:
             source = args.folder / name
             trt_graph = Path(scratch) / f"{source.stem}.trt.onnx"

@@ -21,3 +21,4 @@ ORT_INT8_KERNELS = "auto"  # qtool build --backend ort: u8s8 where it does not s
 TRT_QUANTIZE_HEAD = False  # qtool build --backend trt: keep Q/DQ on the pooler/classifier GEMVs
 COMPARISON_BATCHES = (1, 8)  # qtool reproduce: batch sizes of the interleaved run of each tool's fastest configuration
 AHEAD_MARGIN = 0.10  # qtool reproduce: how much faster than the fastest peer counts as ahead (beyond the spread too)
+STUDY_BACKENDS = ("openvino",)  # qtool reproduce: CPU backends besides ONNX Runtime it deploys on (NAME@BACKEND rows)

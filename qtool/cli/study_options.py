@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from qtool.defaults import DEPLOY_MAX_DROP
-from qtool.stages.backend_rows import ROW_BACKENDS
+from qtool.defaults import DEPLOY_MAX_DROP, STUDY_BACKENDS
 
 Configurations = Annotated[
     list[str] | None,
@@ -36,7 +35,7 @@ Backends = Annotated[
     str | None,
     typer.Option(
         "--backends",
-        help=f"CPU backends the study deploys on, comma-separated: ort (always) and {', '.join(ROW_BACKENDS)} "
+        help=f"CPU backends the study deploys on, comma-separated: ort (always) and {', '.join(STUDY_BACKENDS)} "
         "(adds NAME@BACKEND rows: FP32, the peers meant for it and qtool's configurations within the budget, "
         "built, scored and timed there). --backends ort leaves the others out. Default: ort and every other one "
         "whose library is installed.",

@@ -32,6 +32,14 @@ def import_openvino():
     return openvino
 
 
+def compile_properties(threads: int | None = None) -> dict:
+    """How qtool compiles a model for OpenVINO's CPU plugin: float parts in f32 (as the graph was
+    scored), tuned for latency, on `threads` threads (None: OpenVINO's default)."""
+    return {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"} | (
+        {"INFERENCE_NUM_THREADS": threads} if threads else {}
+    )
+
+
 class OpenVinoRunner(Runner):
     """An OpenVINO model compiled for the CPU at latency (one request, `threads` inference threads)."""
 
@@ -49,9 +57,7 @@ class OpenVinoRunner(Runner):
         ov = import_openvino()
         if not self.model_path.is_file():
             raise QtoolError(f"{self.model_path} does not exist; build it with `qtool build GRAPH --backend openvino`")
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-        if self.threads:
-            config["INFERENCE_NUM_THREADS"] = self.threads
+        config = compile_properties(self.threads)
         try:
             core = ov.Core()
             self._compiled = core.compile_model(core.read_model(str(self.model_path)), "CPU", config)

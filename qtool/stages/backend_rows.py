@@ -15,6 +15,7 @@ from pathlib import Path
 
 from qtool.cache import recording_stage_times
 from qtool.data import QnliSplit
+from qtool.defaults import STUDY_BACKENDS
 from qtool.deployment.backends import backend_named
 from qtool.deployment.evaluate import changed_predictions, evaluate_graph, evaluation_metrics, paired_against
 from qtool.errors import QtoolError
@@ -25,15 +26,18 @@ from qtool.stages.deploy import build_stage, latency_stage
 
 log = logging.getLogger(__name__)
 
-ROW_BACKENDS = {"openvino": NNCF_PEERS}  # CPU backends the study also deploys on, and the peers meant for each
+PEERS_MEANT_FOR = {"openvino": NNCF_PEERS}  # the peers whose graphs are made for a backend
+ROW_BACKENDS = {name: PEERS_MEANT_FOR.get(name, ()) for name in STUDY_BACKENDS}  # and those the study deploys
 
 
 def row_backend_names(backends) -> tuple[str, ...] | None:
     """The backends besides ONNX Runtime in `backends` (names, or one comma-separated text); None stays None."""
     if backends is None:
         return None
-    names = backends.split(",") if isinstance(backends, str) else backends
-    return tuple(dict.fromkeys(n.strip() for n in names if n.strip() not in ("", "ort")))
+    names = [name.strip() for name in (backends.split(",") if isinstance(backends, str) else backends)]
+    if not any(names):
+        raise QtoolError(f"--backends names no backend; give ort, or ort,{','.join(STUDY_BACKENDS)}")
+    return tuple(dict.fromkeys(name for name in names if name not in ("", "ort")))
 
 
 def check_row_backends(names: tuple[str, ...] | None) -> None:
@@ -51,7 +55,7 @@ def check_row_backends(names: tuple[str, ...] | None) -> None:
 def _left_out(name: str, asked: tuple[str, ...] | None) -> str | None:
     """Why the study does not deploy on backend `name`: not asked for, or (by default) not installed."""
     if asked is not None:
-        return None if name in asked else f"not asked for (--backends {','.join(('ort', *asked))})"
+        return None if name in asked else f"not asked for (--backends {','.join(('ort', *asked))}; add {name} to deploy there)"
     try:
         backend_named(name).require_library()
     except QtoolError as missing:

@@ -5,6 +5,7 @@ and whether that is beyond the run-to-run spread."""
 
 from __future__ import annotations
 
+import logging
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,8 @@ from qtool.data import QnliSplit
 from qtool.defaults import COMPARISON_BATCHES
 from qtool.report.advice import fastest_per_tool, repeat_spread, tool_of, tool_verdict
 from qtool.stages.deploy import interleaved_comparison
+
+log = logging.getLogger(__name__)
 
 
 def tool_comparison(rows: list[dict], split: QnliSplit, config, folder: Path) -> dict | None:
@@ -23,12 +26,17 @@ def tool_comparison(rows: list[dict], split: QnliSplit, config, folder: Path) ->
         return None
     compared = [rows[0], *picks]
     graphs = {row["configuration"]: Path(row["latency"]["graph"]) for row in compared}
-    runs = {
-        str(batch): interleaved_comparison(
-            graphs, split, replace(config.bench, batch_sizes=(batch,)), folder / f"tool-comparison-b{batch}.json"
-        )
-        for batch in COMPARISON_BATCHES
-    }
+    log.info("timing %d configurations side by side at batch %s", len(graphs), ", ".join(map(str, COMPARISON_BATCHES)))
+    try:
+        runs = {
+            str(batch): interleaved_comparison(
+                graphs, split, replace(config.bench, batch_sizes=(batch,)), folder / f"tool-comparison-b{batch}.json"
+            )
+            for batch in COMPARISON_BATCHES
+        }
+    except Exception as failed:  # noqa: BLE001 (an optional section must not cost the study its report)
+        log.warning("the tool comparison did not run: %s", failed)
+        return {"skipped": f"{type(failed).__name__}: {failed}"}
     summary = [_summary(row, runs, "fp32" if row is rows[0] else tool_of(row)) for row in compared]
     return {
         "max_drop_points": config.max_drop,

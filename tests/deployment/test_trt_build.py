@@ -303,7 +303,7 @@ def test_fp32_build_without_tf32_records_it(use_fake, tiny_graph, tmp_path):
     assert manifest["trt_graph"]["float"] == "fp32" and "fp16_converter" not in manifest["trt_graph"]
 
 
-def test_form_never_overwrites_the_graph_it_was_given(use_fake, tmp_path):
+def test_trt_graph_never_overwrites_the_graph_it_was_given(use_fake, tmp_path):
     use_fake()
     graph = write_tiny_graph(tmp_path / "model.trt.onnx")
     before = graph.read_bytes()

@@ -105,7 +105,7 @@ def test_qdq_graph_quantizes_every_point_as_the_calibration_says(exported):
                 np.testing.assert_allclose(outputs[f"{name}/dequantized"], expected, rtol=0, atol=1e-6 * float(scale))
 
 
-def test_peg_calibration_and_the_ort_form_give_the_qdq_logits(exported, tmp_path):
+def test_peg_calibration_and_the_ort_graph_give_the_qdq_logits(exported, tmp_path):
     graph, data = exported["graph"], str(exported["data"])
     result = runner.invoke(
         app, ["calibrate", str(graph), "--method", "peg", "--groups", "3", "--no-eval", "--json", "-o", str(tmp_path),

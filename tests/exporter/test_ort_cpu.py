@@ -248,7 +248,7 @@ def test_channel_groups_are_gathered_as_rows(calibrated, recipe):
 
 
 @pytest.mark.parametrize("recipe", ["all", "gemm-inputs", "peg-k3-all", "peg-k3-all-gathered"])
-def test_u8u8_form_has_uint8_weights(calibrated, recipe):
+def test_u8u8_build_has_uint8_weights(calibrated, recipe):
     """The U8U8 build (x86 without VNNI) stores each projection weight as uint8 with zero point 128:
     bit-exact against the QDQ graph without fusions (its fused codes: `test_fused_rewrite_keeps_quantized_codes`)."""
     qdq = onnx.load(str(calibrated["graphs"][recipe]))
@@ -275,7 +275,7 @@ def test_u8u8_form_has_uint8_weights(calibrated, recipe):
 
 @needs_exact_u8s8
 @pytest.mark.parametrize("recipe", ["all", "peg-k3-all"])
-def test_u8u8_and_u8s8_forms_agree_where_both_are_exact(calibrated, recipe):
+def test_u8u8_and_u8s8_builds_agree_where_both_are_exact(calibrated, recipe):
     """Where U8S8 kernels do not saturate, both builds accumulate exactly: the same logits."""
     qdq = onnx.load(str(calibrated["graphs"][recipe]))
     np.testing.assert_array_equal(

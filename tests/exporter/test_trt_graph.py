@@ -118,7 +118,7 @@ def test_fp16_qdq_graph_quantizes_alike_and_stays_near_fp32(graphs, name):
 
 
 @pytest.mark.parametrize("name", ["fp32", "all"])
-def test_fp16_form_types_inputs_outputs_and_qdq_scales(graphs, name):
+def test_fp16_graph_types_inputs_outputs_and_qdq_scales(graphs, name):
     """int64 ids in, float32 logits out, every float initializer FP16 but LayerNorm's (which stays FP32
     between casts), every DequantizeLinear outputs FP16."""
     source = onnx.load(str(graphs[name]))
