@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 from qtool import __version__, api
 from qtool.cli import options as o
 from qtool.cli import render
+from qtool.cli.deferred_imports import load_deferred
 from qtool.data.split import DataConfig
 from qtool.defaults import PEG_LAYOUT
 from qtool.errors import QtoolError
@@ -136,6 +137,7 @@ def command(name: str | None = None):
     def register(function):
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
+            load_deferred()  # the command runs: its libraries load now, in their usual order
             try:
                 return function(*args, **kwargs)
             except QtoolError as exc:

@@ -5,6 +5,11 @@ A deferred module is a stand-in in `sys.modules` that imports the real module on
 attribute read and then holds its attributes, so `import onnx` at the top of a qtool module costs
 nothing until a function uses `onnx.<name>`. (`importlib.util.LazyLoader` cannot do this on Python
 3.11: re-importing the module reads `__spec__`, which loads it.)
+
+The stand-ins live only until a command starts (`load_deferred`, numpy before onnx). A stand-in
+loaded as a side effect of another import (onnxruntime's or onnx's import of numpy reading the
+stand-in's `__path__`) leaves `numpy._core` without members that the next importer needs, and
+`import scipy.linalg` (NNCF's first import) then fails.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import importlib.util
 import sys
 import types
 
-DEFERRED = ("onnx", "numpy")
+DEFERRED = ("numpy", "onnx")  # in the order they load: onnx imports numpy
 
 
 class DeferredModule(types.ModuleType):
@@ -42,3 +47,11 @@ def defer_imports(names: tuple[str, ...] = DEFERRED) -> None:
         stand_in = DeferredModule(name)
         stand_in.__spec__ = spec
         sys.modules[name] = stand_in
+
+
+def load_deferred(names: tuple[str, ...] = DEFERRED) -> None:
+    """Load the real module behind each stand-in still in place, before a command imports anything."""
+    for name in names:
+        module = sys.modules.get(name)
+        if isinstance(module, DeferredModule):
+            _load(module)

@@ -469,3 +469,19 @@ def test_a_deferred_module_loads_on_first_use():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_command_runs_with_its_libraries_loaded_in_their_usual_order(tmp_path):
+    """Stand-ins end when a command starts: onnxruntime imported under a numpy stand-in left numpy's
+    core half-visible and `import scipy.linalg` (NNCF's first import) failed."""
+    code = (
+        "import sys\n"
+        f"sys.argv = ['qtool', 'eval', {str(tmp_path / 'missing.onnx')!r}]\n"
+        "from qtool.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert exit.code == 2, exit.code\n"
+        "from qtool.cli.deferred_imports import DeferredModule\n"
+        "assert not any(isinstance(sys.modules.get(m), DeferredModule) for m in ('onnx', 'numpy'))\n"
+        "import onnxruntime\nimport scipy.linalg\nprint('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
