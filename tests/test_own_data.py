@@ -42,16 +42,17 @@ def three_way(tmp_path_factory, embedded_tokenizer):
     return folder
 
 
-def _study(model, data, tmp_path) -> dict:
+def _study(model, data, tmp_path, configurations=EVERY_CALIBRATOR, backends=None) -> dict:
     study = qtool.reproduce(
-        str(model), data=data, configurations=EVERY_CALIBRATOR, artifacts=tmp_path / "artifacts", samples=32, limit=48
+        str(model), data=data, configurations=configurations, artifacts=tmp_path / "artifacts", samples=32, limit=48,
+        backends=backends,
     )
     report = study.report.read_text()
     assert "Other metrics" in report and "macro-F1" in report and "MCC" in report
     rows = {row["configuration"]: row for row in study.rows if "backend" not in row}
-    assert set(rows) == set(EVERY_CALIBRATOR)
+    assert set(rows) == set(configurations)
     on_openvino = [row for row in study.rows if row.get("backend") == "openvino"]  # within the budget, these labels
-    assert "fp32@openvino" in {row["configuration"] for row in on_openvino}
+    assert ("fp32@openvino" in {row["configuration"] for row in on_openvino}) == (backends is None)
     for row in on_openvino:
         assert row["configuration"].removesuffix("@openvino") in rows and row["deployed_changed"] <= row["examples"]
         assert {"macro_f1", "mcc"} <= set(row["metrics"]) and row["latency"]["p50_ms"] > 0
@@ -76,8 +77,10 @@ def test_three_labels_of_pairs_from_jsonl_and_a_saved_dataset(three_way, tmp_pat
     assert details["data_split"]["labels"] == ["contradiction", "entailment", "neutral"]
     import datasets
 
-    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
-    _study(three_way, str(tmp_path / "saved"), tmp_path / "saved-run")
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))  # the same rows, read another way
+    saved = _study(three_way, str(tmp_path / "saved"), tmp_path / "saved-run", EVERY_CALIBRATOR[:3], ["ort"])
+    assert saved["data_split"]["labels"] == details["data_split"]["labels"]
+    assert saved["data_split"]["sizes"] == details["data_split"]["sizes"]
 
 
 def test_qtool_eval_predicts_what_transformers_predicts_in_another_label_order(three_way, tmp_path):
