@@ -5,9 +5,9 @@ profiler, or per layer type and kernel from OpenVINO's performance counters for 
     python benchmarks/ort_profile.py artifacts/<model>/peg-k4-all.qdq.ort.onnx --batch 1 --threads 2
     python benchmarks/ort_profile.py artifacts/<model>/max-gemm-inputs.qdq.ov.xml --batch 1 --threads 2
 
-Random token ids (1000-1999), full attention mask, sequence 128; the profiler's own overhead
-inflates every op a little, so compare shares and counts between graphs, not milliseconds with
-`qtool bench`.
+Random token ids over the vocabulary (`qtool bench --inputs random`), full attention mask, sequence
+128; the profiler's own overhead inflates every op a little, so compare shares and counts between
+graphs, not milliseconds with `qtool bench`.
 """
 
 from __future__ import annotations
@@ -47,18 +47,13 @@ def main() -> None:
     print(f"| all kernels | {overall / args.runs / 1000:.2f} | 100% | |")
 
 
-def _feeds(names: list[str], batch: int, seq_len: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    shape = (batch, seq_len)
-    feeds = {}
-    for name in names:
-        if name == "input_ids":
-            feeds[name] = rng.integers(1000, 2000, shape).astype(np.int64)
-        elif "mask" in name:
-            feeds[name] = np.ones(shape, np.int64)
-        else:
-            feeds[name] = np.zeros(shape, np.int64)
-    return feeds
+def _feeds(model: Path, names: list[str], batch: int, seq_len: int) -> dict[str, np.ndarray]:
+    """`qtool bench --inputs random` inputs for the graph's own input names."""
+    from qtool.deployment.bench import benchmark_inputs
+    from qtool.deployment.model_files import tokenizer_for_model
+
+    feeds = benchmark_inputs(tokenizer_for_model(model), [], batch, seq_len, "random")
+    return {name: feeds[name] for name in names}
 
 
 def _openvino_times(model: Path, args) -> tuple[collections.Counter, collections.Counter]:
@@ -68,7 +63,7 @@ def _openvino_times(model: Path, args) -> tuple[collections.Counter, collections
 
     compiled = ov.Core().compile_model(str(model), "CPU", compile_properties(args.threads) | {"PERF_COUNT": True})
     request = compiled.create_infer_request()
-    feeds = _feeds([port.get_any_name() for port in compiled.inputs], args.batch, args.seq_len)
+    feeds = _feeds(model, [port.get_any_name() for port in compiled.inputs], args.batch, args.seq_len)
     for _ in range(WARMUP):
         request.infer(feeds)
     total_us: collections.Counter = collections.Counter()
@@ -92,7 +87,7 @@ def _onnxruntime_times(graph: Path, args) -> tuple[collections.Counter, collecti
         options.log_severity_level = 3
         options.profile_file_prefix = str(Path(scratch) / "profile")
         session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        feeds = _feeds([graph_input.name for graph_input in session.get_inputs()], args.batch, args.seq_len)
+        feeds = _feeds(graph, [graph_input.name for graph_input in session.get_inputs()], args.batch, args.seq_len)
         for _ in range(WARMUP + args.runs):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())

@@ -1,6 +1,6 @@
 """What the TensorRT graph qtool writes does to accuracy, as far as a CPU can show it.
 
-`qtool build --backend trt` parses the graph's TensorRT graph (`qtool/exporter/trt_graph.py`: float
+`qtool build --backend trt` parses a TensorRT graph written from the graph (`qtool/exporter/trt_graph.py`: float
 embedding tables, no Q/DQ on the head GEMVs, the attention scale moved before the score MatMul,
 float parts in FP16). This script writes that graph for each graph given and scores it in ONNX
 Runtime on the CPU (optimizations off, FP16 where the graph says FP16) beside the graph itself

@@ -13,10 +13,24 @@ def score(row: dict) -> float:
     return metrics.get(metrics.get("primary_metric", "accuracy"), row["accuracy"])
 
 
+def deployed_accuracy(row: dict) -> float:
+    """The accuracy of what a row deploys: a qtool row's deployed graph's (peers and `@backend` rows
+    are scored as deployed already)."""
+    return row["accuracy"] if row.get("deployed_accuracy") is None else row["deployed_accuracy"]
+
+
+def deployed_score(row: dict) -> float:
+    """A row's primary metric as deployed: `deployed_accuracy` where accuracy is the metric, else
+    `score` (other metrics are the recipe's)."""
+    metric = (row.get("metrics") or {}).get("primary_metric", "accuracy")
+    return deployed_accuracy(row) if metric == "accuracy" else score(row)
+
+
 def within_budget(rows: list[dict], max_drop: float) -> list[dict]:
-    """The rows (FP32 first) within `max_drop` points of FP32 in the task's primary metric, and timed."""
-    fp32 = score(rows[0])
-    return [r for r in rows if r.get("latency") and 100 * (fp32 - score(r)) <= max_drop]
+    """The rows (FP32 first) within `max_drop` points of FP32 in the task's primary metric as deployed
+    (`deployed_score`: what runs is what must hold), and timed."""
+    fp32 = deployed_score(rows[0])
+    return [r for r in rows if r.get("latency") and 100 * (fp32 - deployed_score(r)) <= max_drop]
 
 
 CONTENDERS = 6  # the most configurations loaded side by side for the interleaved run
@@ -61,9 +75,9 @@ def recommend(rows: list[dict], max_drop: float, comparison: dict | None) -> dic
     advice = {
         "configuration": best["configuration"],
         "max_drop_points": max_drop,
-        "accuracy": best["accuracy"],
+        "accuracy": deployed_accuracy(best),
         "metric": (best.get("metrics") or {}).get("primary_metric", "accuracy"),
-        "drop_points": 100 * (score(fp32) - score(best)),
+        "drop_points": 100 * (deployed_score(fp32) - deployed_score(best)),
         "p50_ms": median[best["configuration"]],
         "speedup_vs_fp32": median[fp32["configuration"]] / median[best["configuration"]],
         "spread": spread[best["configuration"]],
@@ -95,22 +109,14 @@ def tool_of(row: dict) -> str:
 COMPARED = 8  # the most picks the tool comparison loads beside FP32 (the fastest ones), so big models fit
 
 
-def deployed_score(row: dict) -> float:
-    """A row's primary metric as deployed: a qtool row's deployed accuracy where accuracy is the
-    metric (peers and `@backend` rows are scored as deployed already); else `score`."""
-    metric = (row.get("metrics") or {}).get("primary_metric", "accuracy")
-    return row["deployed_accuracy"] if metric == "accuracy" and row.get("deployed_accuracy") is not None else score(row)
-
-
 def fastest_per_tool(rows: list[dict], max_drop: float) -> list[dict]:
     """qtool's and each peer's fastest timed configuration on each backend (by the one-by-one p50)
     whose deployed graph is within the budget, fastest first, at most COMPARED of them. FP32 (on any
     backend) is the baseline, not a pick; a peer that stays in float (ONNX Runtime's optimizer alone)
     is one, as a user could deploy it too."""
-    fp32 = deployed_score(rows[0])
     best: dict[tuple[str, str], dict] = {}
     for row in within_budget(rows, max_drop):
-        if row["configuration"].partition("@")[0] == rows[0]["configuration"] or 100 * (fp32 - deployed_score(row)) > max_drop:
+        if row["configuration"].partition("@")[0] == rows[0]["configuration"]:
             continue
         key = (tool_of(row), row.get("backend", "ort"))
         if key not in best or row["latency"]["p50_ms"] < best[key]["latency"]["p50_ms"]:

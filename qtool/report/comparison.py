@@ -26,22 +26,22 @@ def tool_comparison_lines(result: dict) -> list[str]:
         timings = " | ".join(f"{pick['p50_ms'][b]:.1f} (±{50 * pick['spread'][b]:.0f} %)" for b in batches)
         lines.append(f"| {pick['tool']} | {pick['backend']} | {pick['configuration']} | "
                      f"{100 * pick['deployed_accuracy']:.2f} | {paired} | {timings} |")
-    lines += ["", *_verdict_lines(comparison["verdicts"], "")]
+    lines += ["", *_verdict_lines(comparison["verdicts"], "Batch")]
     by_backend = comparison.get("verdicts_by_backend", {})
     for backend, verdicts in by_backend.items() if len(by_backend) > 1 else ():
-        lines += ["", *_verdict_lines(verdicts, f"On {backend} alone, b")]
+        lines += ["", *_verdict_lines(verdicts, f"On {backend} alone, batch")]
     return lines
 
 
-def _verdict_lines(verdicts: dict, prefix: str) -> list[str]:
+def _verdict_lines(verdicts: dict, label: str) -> list[str]:
     lines = []
     for batch, verdict in verdicts.items():
         if verdict is None:
-            lines.append(f"{prefix or 'B'}atch {batch}: no peer (or no qtool configuration) within the budget to compare.")
+            lines.append(f"{label} {batch}: no peer (or no qtool configuration) within the budget to compare.")
             continue
         lead = (f"{100 * verdict['margin']:.1f} % faster than" if verdict["margin"] >= 0
                 else f"{100 * (1 / (1 + verdict['margin']) - 1):.1f} % slower than")
-        lines.append(f"{prefix or 'B'}atch {batch}: qtool's `{verdict['qtool']}` is {lead} the fastest peer "
+        lines.append(f"{label} {batch}: qtool's `{verdict['qtool']}` is {lead} the fastest peer "
                      f"`{verdict['peer']}` (their ratio moved by {100 * verdict['spread']:.1f} % over the repeats): "
                      f"**{verdict['verdict']}**.")
     return lines

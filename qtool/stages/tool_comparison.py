@@ -12,7 +12,7 @@ from pathlib import Path
 
 from qtool.data import QnliSplit
 from qtool.defaults import COMPARISON_BATCHES
-from qtool.report.advice import fastest_per_tool, repeat_spread, tool_of, tool_verdict
+from qtool.report.advice import deployed_accuracy, fastest_per_tool, repeat_spread, tool_of, tool_verdict
 from qtool.stages.deploy import interleaved_comparison
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,11 @@ def _summary(row: dict, runs: dict[str, dict], tool: str) -> dict:
     """What the report shows of one compared configuration: the deployed graph's accuracy (the one
     that is timed) with its paired interval against FP32, and its median p50 and spread per batch."""
     name = row["configuration"]
-    deployed = row["accuracy"] if row.get("deployed_accuracy") is None else row["deployed_accuracy"]
     return {
         "tool": tool,
         "backend": row.get("backend", "ort"),
         "configuration": name,
-        "deployed_accuracy": deployed,
+        "deployed_accuracy": deployed_accuracy(row),
         "deployed_vs_fp32": row.get("deployed_vs_fp32") or row.get("vs_fp32"),
         "p50_ms": {batch: statistics.median(run["p50_ms"][name]) for batch, run in runs.items()},
         "repeats_ms": {batch: run["p50_ms"][name] for batch, run in runs.items()},
