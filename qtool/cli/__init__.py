@@ -1,7 +1,7 @@
 """The `qtool` command line: each command parses its options, calls one API function and renders
 the result."""
 
-from qtool.cli.deferred_imports import defer_imports
+from qtool.deferred_imports import defer_imports
 
 defer_imports()
 

@@ -18,9 +18,9 @@ from typer.core import TyperGroup
 from qtool import __version__, api
 from qtool.cli import options as o
 from qtool.cli import render
-from qtool.cli.deferred_imports import load_deferred
 from qtool.data.split import DataConfig
 from qtool.defaults import PEG_LAYOUT
+from qtool.deferred_imports import load_deferred
 from qtool.errors import QtoolError
 
 # Click's usage errors, wherever this Typer takes Click from (Typer 0.29 vendors it).

@@ -41,6 +41,7 @@ from qtool.deployment.model_files import (
 )
 from qtool.errors import QtoolError
 from qtool.runners.base import Runner
+from qtool.runners.ort import saturation_for_children
 
 log = logging.getLogger(__name__)
 
@@ -204,18 +205,16 @@ def _timing_stats(timings: Sequence[tuple[float, float | None]], batch: int) -> 
     return stats | ({"device": summarize(device, batch)} if device and None not in device else {})
 
 
-def _runner_file(runner: Runner) -> Path | None:
-    path = getattr(runner, "model_path", None) or getattr(runner, "plan_path", None)
-    return Path(path) if isinstance(path, str | Path) else None  # None for a graph held in memory
-
-
 def _describe(runner: Runner) -> dict:
-    path = _runner_file(runner)
-    return {
-        "runner": runner.name,
-        "model": str(path) if path is not None else None,
-        "model_bytes": model_size_bytes(path) if path is not None and path.is_file() else None,
-    }
+    path = getattr(runner, "model_path", None) or getattr(runner, "plan_path", None)  # bytes: a graph in memory
+    return {"runner": runner.name, "model": str(path) if isinstance(path, str | Path) else None, "model_bytes": None}
+
+
+def _with_model_bytes(result: dict) -> dict:
+    """The model's size on disk, read here (not in an isolated child, which then needs no onnx)."""
+    path = Path(result["model"]) if result.get("model") else None
+    result["model_bytes"] = model_size_bytes(path) if path is not None and path.is_file() else None
+    return result
 
 
 # -- timing ----------------------------------------------------------------------------------------
@@ -252,8 +251,10 @@ def run_benchmark(
     process (needs a picklable `make_runner`, e.g. `runner_factory(path)`), so its baseline and
     peak RSS belong to this runner alone.
     """
-    if isolated:
-        return _run_isolated(make_runner, feeds, config)
+    return _with_model_bytes(_run_isolated(make_runner, feeds, config) if isolated else _measure(make_runner, feeds, config))
+
+
+def _measure(make_runner: RunnerFactory, feeds: Mapping[str, np.ndarray], config: BenchConfig) -> dict:
     batch, seq_len = _feeds_shape(feeds)
     runner = make_runner()
     import_backend(runner)
@@ -296,8 +297,8 @@ def run_benchmark(
 
 
 def _isolated_benchmark(make_runner: RunnerFactory, feeds: Feeds, config: BenchConfig) -> dict:
-    """run_benchmark as the fresh process of `run_isolated` runs it."""
-    result = run_benchmark(make_runner, feeds, config)
+    """run_benchmark's measurement as the fresh process of `run_isolated` runs it."""
+    result = _measure(make_runner, feeds, config)
     result["memory"]["scope"] = "isolated process"
     return result
 
@@ -309,7 +310,7 @@ def _run_isolated(make_runner: RunnerFactory, feeds: Mapping[str, np.ndarray], c
         raise TypeError(
             f"isolated benchmarks need a picklable runner factory such as runner_factory(path), got {make_runner!r}"
         ) from exc
-    return run_isolated(_isolated_benchmark, make_runner, dict(feeds), config)
+    return run_isolated(_isolated_benchmark, make_runner, dict(feeds), config, env=saturation_for_children())
 
 
 def _in_shared_process(record: dict, loaded: int) -> dict:
@@ -365,7 +366,7 @@ def compare(
                 timings[name].append(runner.timed(feeds))
         device = {name: _in_shared_process(runner_device_memory(runner), len(runners)) for name, runner in runners}
         nvml_loaded = nvml_change(nvml_before, nvml_memory())
-    described = {name: _describe(runner) for name, runner in runners}  # reads the files: outside the peak
+    described = {name: _with_model_bytes(_describe(runner)) for name, runner in runners}  # outside the peak
 
     results = []
     first_p50 = None

@@ -4,6 +4,8 @@ A plain subprocess (not multiprocessing) never re-imports the caller's main modu
 without a `__main__` guard work too. The call and its outcome go through pickle files; the child
 gets this process's sys.path as PYTHONPATH, so qtool and functions or classes defined outside the
 package (tests) import there. A benchmark measured this way has a clean baseline and peak memory.
+The child imports onnx only if the call uses it: a runtime does not, and onnx's import (about 0.6 s
+and its memory) would otherwise be in every timed process.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,10 @@ from qtool.errors import QtoolError
 log = logging.getLogger(__name__)
 
 
-def run_isolated(function: Callable[..., Any], *args: Any) -> Any:
-    """`function(*args)` in a fresh process; its QtoolError is raised here again, any other failure as
-    RuntimeError with the child's traceback. `function` and `args` must be picklable (TypeError)."""
+def run_isolated(function: Callable[..., Any], *args: Any, env: Mapping[str, str] | None = None) -> Any:
+    """`function(*args)` in a fresh process, with `env` added to its environment; its QtoolError is
+    raised here again, any other failure as RuntimeError with the child's traceback. `function` and
+    `args` must be picklable (TypeError)."""
     try:
         job = pickle.dumps((function, args))
     except Exception as exc:
@@ -39,7 +42,7 @@ def run_isolated(function: Callable[..., Any], *args: Any) -> Any:
             # -P: the child's path is the parent's, without the working folder in front of it (which
             # could hold another qtool than the one running here)
             [sys.executable, "-P", "-m", "qtool.deployment.isolated", str(job_path), str(result_path)],
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)},
+            env={**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)},
             stdin=subprocess.DEVNULL,
             stdout=2,  # whatever a backend prints goes to stderr, never into this process's stdout (--json)
             check=False,
@@ -70,6 +73,9 @@ def _child_main(job_path: Path, result_path: Path) -> None:
 
 
 if __name__ == "__main__":  # the child: python -m qtool.deployment.isolated JOB RESULT
+    from qtool.deferred_imports import defer_imports
+
+    defer_imports(("onnx",))  # a runtime needs no onnx; it loads here only if the call reads onnx.<name>
     from qtool.deployment.isolated import _child_main as child_main  # the package's copy, not __main__'s
 
     child_main(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -26,6 +27,8 @@ VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})  # /proc/cpuinfo names
 DOT_PRODUCT_FLAGS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
 NUMPY_FEATURES = {"AVX2": "avx2", "AVX512BW": "avx512bw", "AVX512VNNI": "avx512_vnni", "ASIMDDP": "asimddp"}
 PROBE_DEPTH = 64  # products per output of the saturation probe
+# The probe's answer, handed by qtool to the benchmark processes it starts on the same CPU ("0" or "1").
+SATURATION_ENV = "QTOOL_U8S8_SATURATES"
 
 
 def _cpu_flags() -> set[str] | None:
@@ -81,7 +84,11 @@ def cpu_summary() -> str:
 def u8s8_saturates() -> bool | None:
     """Whether ONNX Runtime's U8S8 integer GEMM on this CPU clips sums of products: a MatMulInteger
     of 255 x 127 over PROBE_DEPTH products, which saturates where pairs of products are added in
-    16 bits (x86 without VNNI: 255 x 127 x 2 > 32767). None if the probe cannot run."""
+    16 bits (x86 without VNNI: 255 x 127 x 2 > 32767). None if the probe cannot run. A process that
+    qtool started on this machine takes its parent's answer from SATURATION_ENV instead."""
+    handed = os.environ.get(SATURATION_ENV)
+    if handed in ("0", "1"):
+        return handed == "1"
     try:
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
@@ -103,6 +110,13 @@ def u8s8_saturates() -> bool | None:
         log.debug("U8S8 saturation probe failed: %s", exc)
         return None
     return bool((result != 255 * 127 * PROBE_DEPTH).any())
+
+
+def saturation_for_children() -> dict[str, str]:
+    """The environment that hands this process's probe answer to a child on the same CPU, which then
+    need not import onnx to build the probe again (empty if the probe could not run)."""
+    saturates = u8s8_saturates()
+    return {} if saturates is None else {SATURATION_ENV: str(int(saturates))}
 
 
 @cache
@@ -188,8 +202,8 @@ class OrtRunner(Runner):
         import onnxruntime as ort
 
         in_memory = isinstance(self.model_path, bytes)
-        if not in_memory:
-            check_onnx_file(self.model_path)
+        if not in_memory and not Path(self.model_path).is_file():
+            check_onnx_file(self.model_path)  # a missing file or a folder: the one-line error
         available = ort.get_available_providers()
         unknown = [p for p in self.providers if p not in available]
         if unknown:
@@ -206,6 +220,8 @@ class OrtRunner(Runner):
             model = self.model_path if in_memory else str(self.model_path)
             self.session = ort.InferenceSession(model, options, providers=self.providers)
         except Exception as exc:
+            if not in_memory:  # an empty or unreadable file has its own one-line error; the graph is parsed only then
+                check_onnx_file(self.model_path)
             where = "the graph in memory" if in_memory else self.model_path
             raise QtoolError(f"ONNX Runtime cannot load {where}: {str(exc).splitlines()[0]}") from None
         self._warn_on_saturating_kernels()

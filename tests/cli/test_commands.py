@@ -434,7 +434,7 @@ def test_help_and_usage_errors_load_no_heavy_library(args):
         f"sys.argv = ['qtool', *{args!r}]\n"
         "from qtool.cli import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "from qtool.cli.deferred_imports import DeferredModule\n"
+        "from qtool.deferred_imports import DeferredModule\n"
         "heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'ml_dtypes') if m in sys.modules]\n"
         "heavy += [m for m in ('onnx', 'numpy') if not isinstance(sys.modules.get(m), DeferredModule)]\n"
         "print('HEAVY', heavy, file=sys.stderr)\n"
@@ -461,7 +461,7 @@ def test_a_command_run_with_its_libraries_deferred_writes_what_an_imported_one_d
 
 def test_a_deferred_module_loads_on_first_use():
     code = (
-        "import sys\nfrom qtool.cli.deferred_imports import DeferredModule, defer_imports\n"
+        "import sys\nfrom qtool.deferred_imports import DeferredModule, defer_imports\n"
         "sys.modules.pop('colorsys', None)\ndefer_imports(('colorsys',))\nimport colorsys\n"
         "assert isinstance(colorsys, DeferredModule) and 'rgb_to_hsv' not in vars(colorsys)\n"
         "assert colorsys.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)\n"
@@ -479,7 +479,7 @@ def test_a_command_runs_with_its_libraries_loaded_in_their_usual_order(tmp_path)
         f"sys.argv = ['qtool', 'eval', {str(tmp_path / 'missing.onnx')!r}]\n"
         "from qtool.cli import main\n"
         "try:\n    main()\nexcept SystemExit as exit:\n    assert exit.code == 2, exit.code\n"
-        "from qtool.cli.deferred_imports import DeferredModule\n"
+        "from qtool.deferred_imports import DeferredModule\n"
         "assert not any(isinstance(sys.modules.get(m), DeferredModule) for m in ('onnx', 'numpy'))\n"
         "import onnxruntime\nimport scipy.linalg\nprint('ok')\n"
     )

@@ -1,12 +1,13 @@
-"""Libraries the command line imports only when a command uses them, so `qtool --help` and usage
-errors answer at once. `onnx` imports `ml_dtypes`, whose extension alone takes about 0.6 s to load.
+"""Libraries imported only when something uses them: the command line defers numpy and onnx, so
+`qtool --help` and usage errors answer at once, and an isolated benchmark process defers onnx, which
+a runtime does not need. `onnx` imports `ml_dtypes`, whose extension alone takes about 0.6 s to load.
 
 A deferred module is a stand-in in `sys.modules` that imports the real module on the first
 attribute read and then holds its attributes, so `import onnx` at the top of a qtool module costs
 nothing until a function uses `onnx.<name>`. (`importlib.util.LazyLoader` cannot do this on Python
 3.11: re-importing the module reads `__spec__`, which loads it.)
 
-The stand-ins live only until a command starts (`load_deferred`, numpy before onnx). A stand-in
+The command line's stand-ins live only until a command starts (`load_deferred`, numpy before onnx). A stand-in
 loaded as a side effect of another import (onnxruntime's or onnx's import of numpy reading the
 stand-in's `__path__`) leaves `numpy._core` without members that the next importer needs, and
 `import scipy.linalg` (NNCF's first import) then fails.
