@@ -12,6 +12,7 @@ from qtool.calibrators.histogram import (
     MseCalibrator,
     coarse_histogram,
     kl_divergence_of_clipping,
+    kl_divergences,
     quantization_mse,
 )
 from qtool.calibrators.methods import CALIBRATORS, make_calibrator
@@ -50,6 +51,32 @@ def test_kl_divergence_matches_the_loop_reference(seed):
     histogram = np.floor(rng.exponential(50.0, size=512) * (rng.random(512) > 0.3))
     for edge in (128, 129, 200, 333, 511, 512):
         assert kl_divergence_of_clipping(histogram, edge) == pytest.approx(_reference_kl(histogram, edge), rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_edges_divergence_at_once_matches_the_per_edge_definition(seed):
+    rng = np.random.default_rng(seed)
+    size = (100, 300, 777, 2048, 512, 1024)[seed]
+    histogram = np.floor(rng.exponential(50.0, size=size) * (rng.random(size) > rng.random()))
+    histogram[rng.integers(0, size, 2)] += 1e6 * (seed % 2)  # outliers, on every other histogram
+    histogram[size // 2 : size // 2 + 40 * (seed % 3)] = 0  # an empty stretch, on some
+    edges = np.arange(min(LEVELS, size), size + 1)
+    expected = np.array([kl_divergence_of_clipping(histogram, int(edge)) for edge in edges])
+    divergences = kl_divergences(histogram, edges)
+    assert np.array_equal(np.isinf(divergences), np.isinf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(divergences[finite], expected[finite], rtol=0, atol=1e-12)
+    # the chosen edge is a loop's over every edge: the first of the least divergences
+    chosen = EntropyCalibrator().clipping_point(_stats_of(rng.random(10)), histogram, 1.0)
+    assert chosen == edges[int(np.argmin(expected))]
+
+
+def test_equal_divergences_choose_the_first_edge():
+    histogram = np.zeros(600)
+    histogram[3] = 10.0  # every edge past the one occupied bin keeps it whole: all divergences are 0
+    edges = np.arange(LEVELS, 601)
+    assert not kl_divergences(histogram, edges).any()
+    assert EntropyCalibrator().clipping_point(_stats_of(np.full(10, 3.5)), histogram, 0.5) == LEVELS * 0.5
 
 
 def test_kl_is_infinite_when_the_clipped_mass_lands_in_an_empty_bin():
