@@ -7,10 +7,11 @@ attribute read and then holds its attributes, so `import onnx` at the top of a q
 nothing until a function uses `onnx.<name>`. (`importlib.util.LazyLoader` cannot do this on Python
 3.11: re-importing the module reads `__spec__`, which loads it.)
 
-The command line's stand-ins live only until a command starts (`load_deferred`, numpy before onnx). A stand-in
-loaded as a side effect of another import (onnxruntime's or onnx's import of numpy reading the
-stand-in's `__path__`) leaves `numpy._core` without members that the next importer needs, and
-`import scipy.linalg` (NNCF's first import) then fails.
+The command line's stand-ins live only until a command starts (`load_deferred`, numpy before
+onnx): a numpy stand-in loaded as a side effect of another import (onnxruntime's or onnx's import of
+numpy reading the stand-in's `__path__`) leaves `numpy._core` without members that the next importer
+needs, and `import scipy.linalg` (NNCF's first import) then fails. A benchmark process keeps its onnx
+stand-in for the whole call: numpy is real there, and onnx loads whole on its first use.
 """
 
 from __future__ import annotations

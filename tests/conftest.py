@@ -22,9 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_QNLI = Path(os.environ.get("QTOOL_DATA", REPO.parent / "shared" / "data" / "QNLI"))
 
 os.environ.setdefault("QTOOL_PROGRESS", "0")
-# OpenVINO's model conversion and NNCF send usage telemetry unless CI is set (openvino_telemetry's
+# OpenVINO's model conversion and NNCF send usage telemetry unless CI is "true" (openvino_telemetry's
 # `disable_in_ci`); a test run sends nothing, and offline each conversion would wait about a second on it.
-os.environ.setdefault("CI", "true")
+# (CI also makes pytest print whole assertion diffs and transformers' logger propagate to the root.)
+os.environ["CI"] = "true"
 
 
 def pytest_report_header(config) -> list[str]:

@@ -59,32 +59,34 @@ def kl_divergence_of_clipping(histogram: np.ndarray, edge: int, levels: int = LE
 
 
 def kl_divergences(histogram: np.ndarray, edges: np.ndarray, levels: int = LEVELS) -> np.ndarray:
-    """`kl_divergence_of_clipping` at each of `edges` at once, from cumulative sums: each slice's mass
+    """`kl_divergence_of_clipping` at each of `edges` at once, from running sums: each slice's mass
     and occupied bins are differences of running totals, and KL(P || Q) = sum p log p - sum p log q
-    needs only each slice's total. Exact up to float rounding (about 1e-14 here), O(edges x levels)."""
+    needs only each slice's total. Equal up to float rounding (under 1e-10), O(edges x levels)."""
     histogram = np.asarray(histogram, dtype=np.float64)
     edges = np.asarray(edges, dtype=np.int64)
-    total = histogram.sum()
-    if total == 0:
-        return np.full(edges.size, np.inf)
     present = histogram > 0
     running = np.concatenate([[0.0], np.cumsum(histogram)])
+    total = running[-1]  # the same sum as every running total, so a tail of zeros is exactly 0
+    if total == 0:
+        return np.full(edges.size, np.inf)
     running_occupied = np.concatenate([[0], np.cumsum(present)])
     running_plogp = np.concatenate([[0.0], np.cumsum(histogram * np.log(np.where(present, histogram, 1.0)))])
-    bounds = -(-np.outer(edges, np.arange(levels + 1)) // levels)  # slice j of edge e: bins ceil(je/L) .. ceil((j+1)e/L)
+    # slice j of edge e holds the bins ceil(j e / L) .. ceil((j + 1) e / L) - 1
+    bounds = -(-np.outer(edges, np.arange(levels + 1)) // levels)
     mass = np.diff(running[bounds], axis=1)
     occupied = np.diff(running_occupied[bounds], axis=1)
     kept = running[edges]
-    tail = total - kept  # the counts beyond the edge, added to its last bin (in the last slice)
+    tail = total - kept  # the counts beyond the edge, which P adds to its last bin
     last = histogram[edges - 1] + tail
     plogp = running_plogp[edges - 1] + last * np.log(np.where(last > 0, last, 1.0))
     weight = mass.copy()
-    weight[:, -1] += tail
+    weight[np.arange(edges.size), (edges - 1) * levels // edges] += tail  # into the last bin's slice
     with np.errstate(divide="ignore", invalid="ignore"):
         log_q = np.log(mass / (occupied * kept[:, None]))
         plogq = np.where(weight > 0, weight * log_q, 0.0).sum(axis=1)
-    divergences = (plogp - plogq) / total - np.log(total)
-    divergences[(kept == 0) | ((histogram[edges - 1] == 0) & (tail > 0))] = np.inf  # Q misses P's clipped mass
+        divergences = (plogp - plogq) / total - np.log(total)
+    missed = (kept == 0) | ((histogram[edges - 1] == 0) & (tail > 0))  # Q has nothing where P has mass
+    divergences[missed | np.isnan(divergences)] = np.inf
     return divergences
 
 
@@ -124,8 +126,9 @@ class EntropyCalibrator(HistogramObjectiveCalibrator):
         if not np.isfinite(divergences).any():
             return stats.absmax
         # The edges within rounding of the least divergence, decided by the per-edge definition: the
-        # first (smallest) of equal divergences, as a loop over every edge would choose.
-        close = edges[divergences <= divergences.min() + SCREEN_TOLERANCE]
+        # first (smallest) of equal divergences, as a loop over every edge would choose. (Where the
+        # divergence is flat, e.g. one occupied bin, that is every edge, at the loop's cost.)
+        close = edges[divergences <= divergences[np.isfinite(divergences)].min() + SCREEN_TOLERANCE]
         exact = [kl_divergence_of_clipping(histogram, int(edge)) for edge in close]
         return int(close[int(np.argmin(exact))]) * width
 

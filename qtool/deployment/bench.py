@@ -41,7 +41,7 @@ from qtool.deployment.model_files import (
 )
 from qtool.errors import QtoolError
 from qtool.runners.base import Runner
-from qtool.runners.ort import saturation_for_children
+from qtool.runners.ort import adopt_saturation, u8s8_saturates
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,8 @@ class BenchConfig:
             raise QtoolError(f"--inputs must be one of {', '.join(INPUT_KINDS)}, got {self.inputs!r}")
 
     def to_record(self) -> dict:
-        record = asdict(self)
-        record.update(
-            batch_sizes=list(self.batch_sizes),
-            sequence_lengths=list(self.sequence_lengths),
-            providers=list(self.providers),
-        )
-        return record
+        listed = ("batch_sizes", "sequence_lengths", "providers")
+        return asdict(self) | {name: list(getattr(self, name)) for name in listed}
 
 
 # -- inputs ----------------------------------------------------------------------------------------
@@ -206,7 +201,7 @@ def _timing_stats(timings: Sequence[tuple[float, float | None]], batch: int) -> 
 
 
 def _describe(runner: Runner) -> dict:
-    path = getattr(runner, "model_path", None) or getattr(runner, "plan_path", None)  # bytes: a graph in memory
+    path = getattr(runner, "model_path", None) or getattr(runner, "plan_path", None)  # or a serialized graph: no file
     return {"runner": runner.name, "model": str(path) if isinstance(path, str | Path) else None, "model_bytes": None}
 
 
@@ -251,7 +246,8 @@ def run_benchmark(
     process (needs a picklable `make_runner`, e.g. `runner_factory(path)`), so its baseline and
     peak RSS belong to this runner alone.
     """
-    return _with_model_bytes(_run_isolated(make_runner, feeds, config) if isolated else _measure(make_runner, feeds, config))
+    measured = _run_isolated(make_runner, feeds, config) if isolated else _measure(make_runner, feeds, config)
+    return _with_model_bytes(measured)
 
 
 def _measure(make_runner: RunnerFactory, feeds: Mapping[str, np.ndarray], config: BenchConfig) -> dict:
@@ -296,8 +292,10 @@ def _measure(make_runner: RunnerFactory, feeds: Mapping[str, np.ndarray], config
     }
 
 
-def _isolated_benchmark(make_runner: RunnerFactory, feeds: Feeds, config: BenchConfig) -> dict:
-    """run_benchmark's measurement as the fresh process of `run_isolated` runs it."""
+def _isolated_benchmark(make_runner: RunnerFactory, feeds: Feeds, config: BenchConfig, saturates: bool | None) -> dict:
+    """run_benchmark's measurement as the fresh process of `run_isolated` runs it, given the parent's
+    probe of this CPU (so an ONNX Runtime runner's kernel check needs no onnx here)."""
+    adopt_saturation(saturates)
     result = _measure(make_runner, feeds, config)
     result["memory"]["scope"] = "isolated process"
     return result
@@ -310,7 +308,7 @@ def _run_isolated(make_runner: RunnerFactory, feeds: Mapping[str, np.ndarray], c
         raise TypeError(
             f"isolated benchmarks need a picklable runner factory such as runner_factory(path), got {make_runner!r}"
         ) from exc
-    return run_isolated(_isolated_benchmark, make_runner, dict(feeds), config, env=saturation_for_children())
+    return run_isolated(_isolated_benchmark, make_runner, dict(feeds), config, u8s8_saturates())
 
 
 def _in_shared_process(record: dict, loaded: int) -> dict:
@@ -393,7 +391,7 @@ def compare(
             duration_seconds=None,
         )
         for result, (_, make_runner) in zip(results, candidates, strict=True):
-            result["isolated_memory"] = run_benchmark(make_runner, feeds, memory_config, isolated=True)["memory"]
+            result["isolated_memory"] = _run_isolated(make_runner, feeds, memory_config)["memory"]
     process_memory = {
         "scope": "in-process, all candidates loaded",
         "rss_peak_bytes": peak.peak_bytes,

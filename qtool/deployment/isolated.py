@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,9 @@ from qtool.errors import QtoolError
 log = logging.getLogger(__name__)
 
 
-def run_isolated(function: Callable[..., Any], *args: Any, env: Mapping[str, str] | None = None) -> Any:
-    """`function(*args)` in a fresh process, with `env` added to its environment; its QtoolError is
-    raised here again, any other failure as RuntimeError with the child's traceback. `function` and
-    `args` must be picklable (TypeError)."""
+def run_isolated(function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)` in a fresh process; its QtoolError is raised here again, any other failure as
+    RuntimeError with the child's traceback. `function` and `args` must be picklable (TypeError)."""
     try:
         job = pickle.dumps((function, args))
     except Exception as exc:
@@ -42,7 +41,7 @@ def run_isolated(function: Callable[..., Any], *args: Any, env: Mapping[str, str
             # -P: the child's path is the parent's, without the working folder in front of it (which
             # could hold another qtool than the one running here)
             [sys.executable, "-P", "-m", "qtool.deployment.isolated", str(job_path), str(result_path)],
-            env={**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)},
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(entry for entry in sys.path if entry)},
             stdin=subprocess.DEVNULL,
             stdout=2,  # whatever a backend prints goes to stderr, never into this process's stdout (--json)
             check=False,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import platform
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -27,8 +26,6 @@ VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})  # /proc/cpuinfo names
 DOT_PRODUCT_FLAGS = ("avx2", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
 NUMPY_FEATURES = {"AVX2": "avx2", "AVX512BW": "avx512bw", "AVX512VNNI": "avx512_vnni", "ASIMDDP": "asimddp"}
 PROBE_DEPTH = 64  # products per output of the saturation probe
-# The probe's answer, handed by qtool to the benchmark processes it starts on the same CPU ("0" or "1").
-SATURATION_ENV = "QTOOL_U8S8_SATURATES"
 
 
 def _cpu_flags() -> set[str] | None:
@@ -80,15 +77,17 @@ def cpu_summary() -> str:
     return f"{described['cpu']} ({described['machine']}; {listed})"
 
 
+_adopted: dict[str, bool] = {}  # a parent process's probe answer, taken by a benchmark process on its CPU
+
+
 @cache
 def u8s8_saturates() -> bool | None:
     """Whether ONNX Runtime's U8S8 integer GEMM on this CPU clips sums of products: a MatMulInteger
     of 255 x 127 over PROBE_DEPTH products, which saturates where pairs of products are added in
-    16 bits (x86 without VNNI: 255 x 127 x 2 > 32767). None if the probe cannot run. A process that
-    qtool started on this machine takes its parent's answer from SATURATION_ENV instead."""
-    handed = os.environ.get(SATURATION_ENV)
-    if handed in ("0", "1"):
-        return handed == "1"
+    16 bits (x86 without VNNI: 255 x 127 x 2 > 32767). None if the probe cannot run. A benchmark
+    process that qtool started takes its parent's answer (`adopt_saturation`) instead."""
+    if "saturates" in _adopted:
+        return _adopted["saturates"]
     try:
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
@@ -112,11 +111,13 @@ def u8s8_saturates() -> bool | None:
     return bool((result != 255 * 127 * PROBE_DEPTH).any())
 
 
-def saturation_for_children() -> dict[str, str]:
-    """The environment that hands this process's probe answer to a child on the same CPU, which then
-    need not import onnx to build the probe again (empty if the probe could not run)."""
-    saturates = u8s8_saturates()
-    return {} if saturates is None else {SATURATION_ENV: str(int(saturates))}
+def adopt_saturation(saturates: bool | None) -> None:
+    """Take the probe answer of the process that started this one on the same CPU (an isolated
+    benchmark), which then need not import onnx to build the probe again. None: probe here."""
+    if saturates is not None:
+        _adopted["saturates"] = saturates
+        u8s8_saturates.cache_clear()
+        int8_kernels_for_this_cpu.cache_clear()
 
 
 @cache
@@ -216,14 +217,17 @@ class OrtRunner(Runner):
         if not self.spinning:  # idle sessions must not busy-wait while another one runs (interleaved benchmarks)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        failure = None
         try:
             model = self.model_path if in_memory else str(self.model_path)
             self.session = ort.InferenceSession(model, options, providers=self.providers)
         except Exception as exc:
-            if not in_memory:  # an empty or unreadable file has its own one-line error; the graph is parsed only then
+            failure = str(exc).splitlines()[0]
+        if failure is not None:
+            if not in_memory:  # an empty or unreadable file has its own one-line error: onnx parses it only then
                 check_onnx_file(self.model_path)
             where = "the graph in memory" if in_memory else self.model_path
-            raise QtoolError(f"ONNX Runtime cannot load {where}: {str(exc).splitlines()[0]}") from None
+            raise QtoolError(f"ONNX Runtime cannot load {where}: {failure}")
         self._warn_on_saturating_kernels()
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]

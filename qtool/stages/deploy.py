@@ -84,7 +84,7 @@ def latency_stage(graph: Path, split: QnliSplit, config: BenchConfig) -> dict:
     key = {
         **artifact_key(deployed),
         "bench": config.to_record(),
-        "memory": "isolated process",
+        "memory": "isolated process, runtime only",  # since 2026-12-07 no onnx import or graph parse in the RSS
         "cpu": cpu_summary(),  # a time from another CPU is not this one's
     }
     record = deployed.with_name(deployed.name + ".bench.json")
