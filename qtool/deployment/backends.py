@@ -59,6 +59,7 @@ class Backend:
     check_artifact: Callable[[Path], None] | None = None  # refuse a file of its suffix that it cannot run
     metadata: Callable[[Path], dict] = graph_metadata  # qtool's metadata of the graph an artifact was built from
     companions: tuple[str, ...] = ()  # suffixes of the files beside an artifact that are part of it (weights)
+    run_settings: Callable[[], dict] | None = None  # how its runner runs an artifact, in the key of cached results
 
     def option_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in fields(self.options)) if self.options is not type(None) else ()
@@ -266,6 +267,12 @@ def build_openvino(graph: Path, output: Path | None = None, options: None = None
     return {**report, "graph": str(target), "model": str(target), "artifact": str(target)}
 
 
+def openvino_run_settings() -> dict:
+    from qtool.runners.openvino import compile_properties
+
+    return compile_properties()
+
+
 def openvino_runner(path: Path, threads: int | None = None, providers: Sequence[str] = ()) -> Runner:
     from qtool.runners.openvino import OpenVinoRunner
 
@@ -307,6 +314,6 @@ register_backend(
     Backend(
         name="openvino", summary="OpenVINO CPU model", suffixes=(".xml",), companions=(".bin",), runner=openvino_runner,
         build=build_openvino, library="openvino", install="pip install 'qtool[peers]' (or pip install openvino)",
-        metadata=openvino_metadata, source_graph=openvino_source,
+        metadata=openvino_metadata, source_graph=openvino_source, run_settings=openvino_run_settings,
     )
 )

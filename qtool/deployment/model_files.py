@@ -85,13 +85,16 @@ def _source_onnx(model_path: Path) -> Path | None:
 
 def artifact_key(model_path: Path) -> dict:
     """What a cached result of running `model_path` is keyed by: its bytes, and for another backend's
-    artifact also those of its companion files (an OpenVINO model's weights) and of its build record
-    (the graph it was built from and the library's version)."""
+    artifact also those of its companion files (an OpenVINO model's weights), of its build record
+    (the graph it was built from and the library's version) and how its runner runs it."""
     model_path = Path(model_path)
     key = {"graph_sha256": sha256_file(model_path)}
     if model_path.suffix in ONNX_SUFFIXES:
         return key
-    companions = [model_path.with_suffix(suffix) for suffix in backend_for_file(model_path).companions]
+    backend = backend_for_file(model_path)
+    if backend.run_settings is not None:
+        key["run_settings"] = backend.run_settings()
+    companions = [model_path.with_suffix(suffix) for suffix in backend.companions]
     key |= {f"{path.suffix[1:]}_sha256": sha256_file(path) for path in companions if path.is_file()}
     record = manifest_path(model_path)
     if record.is_file():

@@ -3,8 +3,9 @@ OpenVINO's CPU plugin behind the runner protocol.
 
 OpenVINO turns a QDQ graph's QuantizeLinear/DequantizeLinear pairs into FakeQuantize operations and
 runs the GEMMs between them in INT8 where the CPU has integer kernels (VNNI, AMX). The float parts
-run in float32: the CPU plugin would otherwise pick bfloat16 on CPUs with native bf16, which is not
-the graph's arithmetic (`INFERENCE_PRECISION_HINT`).
+run in float32: the CPU plugin would otherwise pick bfloat16 on CPUs with native bf16
+(`INFERENCE_PRECISION_HINT`), and quantize float inputs of GEMMs with 8-bit weights at run time
+(`DYNAMIC_QUANTIZATION_GROUP_SIZE`); neither is the graph's arithmetic.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ def import_openvino():
 
 
 def compile_properties(threads: int | None = None) -> dict:
-    """How qtool compiles a model for OpenVINO's CPU plugin: float parts in f32 (as the graph was
-    scored), tuned for latency, on `threads` threads (None: OpenVINO's default)."""
-    return {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"} | (
-        {"INFERENCE_NUM_THREADS": threads} if threads else {}
-    )
+    """How qtool compiles a model for OpenVINO's CPU plugin: the graph's arithmetic, tuned for latency,
+    on `threads` threads (None: OpenVINO's default). Float parts run in f32 (as the graph was scored),
+    and a GEMM whose input the graph keeps in float stays float: by default the plugin quantizes the
+    input of a GEMM with 8-bit weights in groups of 32 at run time (dynamic quantization)."""
+    settings = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
+    return settings | ({"INFERENCE_NUM_THREADS": threads} if threads else {})
 
 
 class OpenVinoRunner(Runner):

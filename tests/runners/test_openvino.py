@@ -14,6 +14,7 @@ from qtool.cli import app
 from qtool.data import make_batches, tokenize_part
 from qtool.deployment.backends import backend_named
 from qtool.deployment.evaluate import logit_to_label
+from qtool.deployment.model_files import artifact_key
 from qtool.errors import QtoolError
 from qtool.quantization.calibration import CalibrateConfig, calibrate
 from qtool.quantization.graphs import write_calibrated_graph
@@ -57,6 +58,22 @@ def test_openvino_runs_the_fp32_graph_as_onnx_runtime_does(graphs, tmp_path):
     assert logit_to_label(qdq_ir, ("entailment", "not_entailment")).tolist() == logit_to_label(
         graphs["qdq"], ("entailment", "not_entailment")
     ).tolist()
+
+
+def test_a_gemm_input_the_graph_keeps_in_float_stays_float_on_openvino(scaled_model, graphs, tmp_path):
+    """With every activation kept in float and only the weights in 8 bits, OpenVINO computes what the
+    graph says, as for FP32; by default its CPU plugin would quantize those GEMM inputs at run time
+    (here about 1 % of the logits' scale on a VNNI CPU)."""
+    from qtool.runners.openvino import OpenVinoRunner, compile_properties
+
+    calibration = calibrate(scaled_model["stats"], CalibrateConfig(method="max", scope="gemm-inputs", keep_fp=("*",)))
+    weights_only = write_calibrated_graph(scaled_model["graph"], calibration, tmp_path / "weights.qdq.onnx", "gathered")
+    ir = backend_named("openvino").build(weights_only)["model"]
+    assert artifact_key(Path(ir))["run_settings"] == compile_properties()  # cached results follow the settings
+    batches = graphs["batches"]
+    reference = _logits(lambda: OrtRunner(weights_only, optimization_level="disable"), batches)
+    ours = _logits(lambda: OpenVinoRunner(ir, threads=1), batches)
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
 
 
 @pytest.mark.skipif(
