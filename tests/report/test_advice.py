@@ -45,6 +45,18 @@ def test_only_close_calls_are_loaded_side_by_side():
     assert [r["configuration"] for r in contenders([ROWS[0], ROWS[3]], 1.0)] == ["fp32"]
 
 
+def test_each_tools_fastest_contends_even_when_its_one_by_one_timing_ranks_it_past_the_cap():
+    from qtool.report.advice import CONTENDERS, contenders
+
+    ours = [{"configuration": f"q{i}", "accuracy": 0.819, "latency": {"p50_ms": 5.0 + 0.1 * i}} for i in range(9)]
+    peer = {"configuration": "nncf-ptq@openvino", "accuracy": 0.82, "peer": True, "backend": "openvino",
+            "latency": {"p50_ms": 6.5}}  # within 1.5x of the fastest, but ninth or later by its noisy p50
+    chosen = [r["configuration"] for r in contenders([ROWS[0], *ours, peer], 1.0)]
+    assert len(chosen) == 1 + CONTENDERS and "nncf-ptq@openvino" in chosen and chosen[1] == "q0"
+    slow = {**peer, "latency": {"p50_ms": 9.0}}  # beyond the close call: a leader, but not a contender
+    assert "nncf-ptq@openvino" not in [r["configuration"] for r in contenders([ROWS[0], *ours, slow], 1.0)]
+
+
 def test_each_tool_keeps_its_fastest_configuration_in_budget_on_each_backend():
     from qtool.report.advice import fastest_per_tool
 
