@@ -37,6 +37,7 @@ def main() -> None:
     import qtool
     import qtool.runners.openvino as openvino_runner
     from qtool.data import DataConfig, load_qnli
+    from qtool.defaults import MAX_LENGTH
     from qtool.deployment.evaluate import EvalConfig, changed_predictions, evaluate_artifact, evaluate_graph
     from qtool.runners.ort import cpu_summary
 
@@ -52,13 +53,15 @@ def main() -> None:
         model = qtool.build(made.qdq_graph, "openvino").artifact
         recipe = evaluate_graph(made.qdq_graph, split, config, predictions=True)
         row = {"variant": name, "keep_fp": VARIANTS[name], "recipe_accuracy": recipe["accuracy"]}
-        for label, group_size in (("dynamic_quantization_off", 0), ("dynamic_quantization_32", 32)):
-            openvino_runner.compile_properties = lambda threads=None, g=group_size: qtools(threads) | {
-                "DYNAMIC_QUANTIZATION_GROUP_SIZE": g
-            }
-            on_openvino = evaluate_artifact(model, split, config, 128)
-            row[label] = {"accuracy": on_openvino["accuracy"], "changed": changed_predictions(recipe, on_openvino)}
-        openvino_runner.compile_properties = qtools
+        try:
+            for label, group_size in (("dynamic_quantization_off", 0), ("dynamic_quantization_32", 32)):
+                openvino_runner.compile_properties = lambda threads=None, g=group_size: qtools(threads) | {
+                    "DYNAMIC_QUANTIZATION_GROUP_SIZE": g
+                }
+                on_openvino = evaluate_artifact(model, split, config, MAX_LENGTH)
+                row[label] = {"accuracy": on_openvino["accuracy"], "changed": changed_predictions(recipe, on_openvino)}
+        finally:
+            openvino_runner.compile_properties = qtools
         row["seconds"] = round(time.perf_counter() - started, 1)
         rows.append(row)
         print(f"{name}: changed {row['dynamic_quantization_off']['changed']} (dynamic quantization off), "

@@ -41,11 +41,14 @@ def contenders(rows: list[dict], max_drop: float) -> list[dict]:
     """What the interleaved run times: FP32 (the baseline) and the configurations within the budget
     whose one-by-one p50 is within CLOSE_CALL of the fastest's, at most CONTENDERS of them, so that a
     big model's sessions still fit in memory side by side. Each tool's fastest on each backend comes
-    first: a one-by-one timing can be 20 % off, and the cap must not leave out another tool's best."""
-    eligible = sorted(within_budget(rows, max_drop)[1:], key=lambda r: r["latency"]["p50_ms"])
+    first (up to CONTENDERS): a one-by-one timing can be 20 % off, and the cap must not leave out
+    another tool's best."""
+    eligible = [r for r in within_budget(rows, max_drop) if r is not rows[0]]  # FP32 is the baseline
+    eligible.sort(key=lambda r: r["latency"]["p50_ms"])
     close = [r for r in eligible if r["latency"]["p50_ms"] <= CLOSE_CALL * eligible[0]["latency"]["p50_ms"]]
-    leaders = [r for r in fastest_per_tool(rows, max_drop) if r in close]
-    chosen = (leaders + [r for r in close if r not in leaders])[:CONTENDERS]
+    leaders = {r["configuration"] for r in fastest_per_tool(rows, max_drop)}
+    first = [r for r in close if r["configuration"] in leaders]
+    chosen = (first + [r for r in close if r["configuration"] not in leaders])[:CONTENDERS]
     chosen.sort(key=lambda r: r["latency"]["p50_ms"])
     return [rows[0], *chosen] if rows[0].get("latency") else chosen
 

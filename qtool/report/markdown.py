@@ -136,7 +136,7 @@ def deploy_paragraph(result: dict) -> list[str]:
     lines = [
         f"Within {advice['max_drop_points']:g} {metric} point(s) of FP32, the fastest of the {advice['candidates']} "
         f"close calls on this machine (FP32 and the configurations in budget within {CLOSE_CALL:g}x of the fastest "
-        f"one-by-one p50, at most {CONTENDERS}, each tool's fastest on each backend among them) is "
+        f"one-by-one p50, at most {CONTENDERS}, each tool's fastest on each backend first) is "
         f"`{advice['configuration']}` ({what}): "
         f"{100 * advice['accuracy']:.2f} % accuracy as deployed ({-advice['drop_points']:+.2f} {metric} points vs FP32), "
         f"p50 {advice['p50_ms']:.1f} ms, "

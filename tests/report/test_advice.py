@@ -55,6 +55,8 @@ def test_each_tools_fastest_contends_even_when_its_one_by_one_timing_ranks_it_pa
     assert len(chosen) == 1 + CONTENDERS and "nncf-ptq@openvino" in chosen and chosen[1] == "q0"
     slow = {**peer, "latency": {"p50_ms": 9.0}}  # beyond the close call: a leader, but not a contender
     assert "nncf-ptq@openvino" not in [r["configuration"] for r in contenders([ROWS[0], *ours, slow], 1.0)]
+    untimed = {"configuration": "fp32", "accuracy": 0.82}  # FP32 without a timing: every other row still contends
+    assert [r["configuration"] for r in contenders([untimed, *ours[:3]], 1.0)] == ["q0", "q1", "q2"]
 
 
 def test_each_tool_keeps_its_fastest_configuration_in_budget_on_each_backend():
