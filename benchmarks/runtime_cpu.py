@@ -11,7 +11,8 @@ per-channel weights, MinMax on the same calibration pairs), quantize_dynamic, th
 optimizer alone and before quantize_dynamic, and NNCF's nncf.quantize (when qtool[peers] is
 installed), each written as `qtool reproduce` writes its peers. With OpenVINO installed (qtool[peers]),
 also on OpenVINO's CPU plugin as `qtool build --backend openvino` converts them: the FP32 graph,
-NNCF's graph (where NNCF means it to run) and qtool's gemm-inputs and folded PEG QDQ graphs.
+NNCF's graph (where NNCF means it to run) and qtool's gemm-inputs and folded PEG QDQ graphs, these
+also converted as written (without the OpenVINO graph's pass that moves Q/DQ pairs to the GEMMs).
 
 Models: the classifier whose FP32 graph is given (named by its model folder) and a BERT-base-shaped model
 (12 layers, 768 wide, 12 heads, random weights built here; --skip-bert-base leaves it out). Usage:
@@ -102,7 +103,21 @@ def _on_openvino(graphs: dict[str, Path], folder: Path) -> dict[str, Path]:
                for name, path in graphs.items() if name.startswith("nncf-")}
     chosen |= {name: path for name, path in graphs.items() if ON_OPENVINO in name}
     converted = {name: Path(build(path, folder / f"{path.stem}.ov.xml")["model"]) for name, path in chosen.items()}
+    converted |= _as_written_on_openvino({name: path for name, path in chosen.items() if name.startswith("qtool-")}, folder)
     return {name: path for name, path in graphs.items() if ON_OPENVINO not in name} | converted
+
+
+def _as_written_on_openvino(graphs: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """qtool's QDQ graphs converted as written, without the OpenVINO graph's pass
+    (qtool/exporter/openvino_graph.py), to time what the pass gains in the same run."""
+    import openvino as ov
+
+    written = {}
+    for name, path in graphs.items():
+        target = folder / f"{path.stem}.as-written.ov.xml"
+        ov.save_model(ov.convert_model(str(path)), str(target), compress_to_fp16=False)
+        written[name.replace(ON_OPENVINO, f", as written{ON_OPENVINO}")] = target
+    return written
 
 
 def _bert_base_shape(folder: Path, tokenizer_dir: Path, split) -> tuple[Path, Path]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import io
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +25,8 @@ from qtool.cache import cached_stage
 from qtool.defaults import ORT_INT8_KERNELS
 from qtool.deployment.trt_build import TrtBuildConfig, build_engine
 from qtool.errors import QtoolError
+from qtool.exporter.openvino_graph import VERSION as OPENVINO_GRAPH_VERSION
+from qtool.exporter.openvino_graph import openvino_graph
 from qtool.exporter.ort_cpu import REWRITE_VERSION as ORT_REWRITE_VERSION
 from qtool.exporter.ort_cpu import rewrite_file_for_ort_cpu
 from qtool.exporter.ort_fused import check_fused
@@ -33,6 +37,8 @@ from qtool.runners.base import Runner
 from qtool.runners.ort import INT8_KERNELS, cpu_summary, int8_kernels_for_this_cpu
 
 log = logging.getLogger(__name__)
+
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: the largest ONNX graph that serializes as one message
 
 
 def _flag(name: str) -> str:
@@ -256,15 +262,31 @@ def build_openvino(graph: Path, output: Path | None = None, options: None = None
         raise QtoolError(f"an OpenVINO model is an .xml file (with its .bin beside it), got {target}; name it *.xml")
 
     def run() -> dict:
-        ov.save_model(ov.convert_model(str(graph)), str(target), compress_to_fp16=False)
+        rewritten, passes = openvino_graph(load_model(graph))
+        ov.save_model(_convert(ov, rewritten, graph), str(target), compress_to_fp16=False)
         source = os.path.relpath(graph.resolve(), target.resolve().parent)  # found again wherever both move
-        return {"backend": "openvino", "source": source, "onnx_metadata": metadata, "openvino": ov.__version__}
+        return {"backend": "openvino", "source": source, "onnx_metadata": metadata, "openvino": ov.__version__,
+                "graph_passes": {name: len(changed) for name, changed in passes.items()}}
 
-    key = {"source_sha256": sha256_file(graph), "qtool": __version__, "openvino": ov.__version__}
+    key = {"source_sha256": sha256_file(graph), "qtool": __version__, "openvino": ov.__version__,
+           "graph_passes": OPENVINO_GRAPH_VERSION}
     weights = target.with_suffix(".bin")
     report = cached_stage(manifest_path(target), key, run, artifact=target, force=not weights.is_file(),
                           stage="build OpenVINO model")
     return {**report, "graph": str(target), "model": str(target), "artifact": str(target)}
+
+
+def _convert(ov, model, graph: Path):
+    """OpenVINO's model of an in-memory ONNX graph (through a temporary file when it is too large for
+    one protobuf message, as a graph whose weights live beside it can be)."""
+    if model.ByteSize() < PROTOBUF_LIMIT:
+        return ov.convert_model(io.BytesIO(model.SerializeToString()))
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="qtool-openvino-") as folder:
+        path = Path(folder) / graph.name
+        onnx.save(model, str(path), save_as_external_data=True, location=f"{graph.name}.data")
+        return ov.convert_model(str(path))
 
 
 def openvino_run_settings() -> dict:

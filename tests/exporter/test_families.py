@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from qtool.cli import app
 from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
+from qtool.exporter.openvino_graph import openvino_graph
 from qtool.exporter.points import find_quant_points
+from qtool.graph import SAME_VALUE_OPS, GraphIndex
 from qtool.models import resolve_model
 from qtool.models.onnx_export import ExportConfig, export_onnx
 from qtool.quantization.calibration import CalibrateConfig, calibrate
@@ -123,6 +125,25 @@ def test_peg_calibration_and_the_ort_graph_give_the_qdq_logits(exported, tmp_pat
         for batch in _batches(exported):
             expected, got = reference.infer(batch.feeds)["logits"], deployed.infer(batch.feeds)["logits"]
             np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * float(np.abs(expected).max()))
+
+
+def test_the_openvino_graph_moves_per_tensor_pairs_and_computes_the_same_values(exported):
+    """Each family's attention reshapes its projections before the Q/DQ pairs of `gemm-inputs`; the
+    OpenVINO graph moves those pairs to the projections, and the graph's logits stay bit for bit."""
+    stats, _ = collect_stage(exported["graph"], exported["split"])
+    qdq = calibrated_model(exported["graph"], calibrate(stats, CalibrateConfig(method="max", scope="gemm-inputs")))
+    moved_graph, passes = openvino_graph(qdq)
+    assert passes["quantize_at_producers"], "no pair moved"
+    index = GraphIndex(moved_graph.graph)
+    for node in index.nodes:
+        if (node.name or node.output[0]) in passes["quantize_at_producers"]:
+            assert index.producer[node.input[0]].op_type not in SAME_VALUE_OPS
+    with (
+        OrtRunner(qdq.SerializeToString(), optimization_level="disable") as before,
+        OrtRunner(moved_graph.SerializeToString(), optimization_level="disable") as after,
+    ):
+        for batch in _batches(exported, count=16):
+            np.testing.assert_array_equal(after.infer(batch.feeds)["logits"], before.infer(batch.feeds)["logits"])
 
 
 def test_peers_quantize_every_family(exported, tmp_path):

@@ -1,0 +1,121 @@
+"""The graph OpenVINO converts: the QDQ graph with each per-tensor Q/DQ pair at the op that computes its values.
+
+A QDQ graph quantizes an activation where a GEMM reads it: the attention's query, key and value after
+the Reshape/Transpose that split heads, its context after the Transpose/Reshape that merges them.
+OpenVINO turns a Q/DQ pair into a FakeQuantize and fuses it into the op before it as an output
+post-op (the projection writes int8), except across such shape ops: there the FakeQuantize runs on
+its own, one pass over the tensor each (36 of them in the 6-layer default classifier, about 5 % of its
+time on a VNNI CPU; `benchmarks/runtime_cpu.py` measures it).
+
+So each QuantizeLinear with one scale and zero point, whose DequantizeLinear is its only reader,
+moves with it up a chain of ops that only rearrange values (Reshape, Transpose, Squeeze, Unsqueeze,
+Flatten, Identity) to the tensor the chain starts from, when no other node reads inside the chain and
+that tensor comes out of an INT8 GEMM (all its inputs dequantized, its bias added or not). After a
+float GEMM OpenVINO converts to int8 in a separate reorder, slower than the FakeQuantize was.
+Quantizing per tensor commutes with rearranging, so the graph computes the same values bit for bit;
+a pair with per-channel scales stays where it is (its axis would move).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+
+from qtool.graph import SAME_VALUE_OPS, GraphIndex
+
+log = logging.getLogger(__name__)
+
+VERSION = "quantize-at-producers-2"  # part of a built model's cache key: a changed pass rebuilds it
+GEMM_OPS = ("MatMul", "Gemm")
+
+
+def _single_scale(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    scale = index.constant_value(node.input[1])
+    zero_point = index.constant_value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    return scale is not None and scale.size == 1 and (zero_point is None or zero_point.size == 1)
+
+
+def _rearranging_chain(index: GraphIndex, tensor: str) -> list[onnx.NodeProto]:
+    """The value-rearranging ops that lead to `tensor`, first to last, whose values only the next reads
+    (a Shape reader is fine: shapes do not change)."""
+    chain: list[onnx.NodeProto] = []
+    while True:
+        node = index.producer.get(tensor)
+        if (
+            node is None
+            or node.op_type not in SAME_VALUE_OPS
+            or len(index.value_consumers(tensor)) != 1
+            or tensor in index.graph_outputs
+            or tensor in index.subgraph_uses
+        ):
+            return chain
+        chain.insert(0, node)
+        tensor = node.input[0]
+
+
+def _movable_pair(index: GraphIndex, quantize: onnx.NodeProto):
+    """(DequantizeLinear, chain) when `quantize`'s pair can move up a chain, else None."""
+    if quantize.op_type != "QuantizeLinear" or not _single_scale(index, quantize):
+        return None
+    readers = index.consumers.get(quantize.output[0], [])
+    if len(readers) != 1 or readers[0][0].op_type != "DequantizeLinear" or quantize.output[0] in index.graph_outputs:
+        return None
+    dequantize = readers[0][0]
+    if dequantize.output[0] in index.graph_outputs | index.subgraph_uses:
+        return None
+    chain = _rearranging_chain(index, quantize.input[0])
+    return (dequantize, chain) if chain and _integer_gemm_output(index, chain[0].input[0]) else None
+
+
+def _integer_gemm_output(index: GraphIndex, tensor: str) -> bool:
+    """Whether `tensor` is a GEMM's output (its bias added or not) whose inputs are all dequantized: an
+    INT8 GEMM on OpenVINO, which writes int8 with the FakeQuantize fused. After a float GEMM (an input
+    kept in float) OpenVINO converts in a separate reorder, slower than the FakeQuantize where it was."""
+    node = index.producer.get(tensor)
+    if node is not None and node.op_type == "Add":
+        summands = [name for name in node.input if not index.is_constant(name)]
+        if len(summands) != 1 or len(index.value_consumers(summands[0])) != 1:
+            return False
+        node = index.producer.get(summands[0])
+    return node is not None and node.op_type in GEMM_OPS and all(_dequantized(index, name) for name in node.input[:2])
+
+
+def _dequantized(index: GraphIndex, tensor: str) -> bool:
+    """Whether `tensor` holds a DequantizeLinear's values, rearranged or not."""
+    node = index.producer.get(tensor)
+    while node is not None and node.op_type in SAME_VALUE_OPS:
+        node = index.producer.get(node.input[0])
+    return node is not None and node.op_type == "DequantizeLinear"
+
+
+def quantize_at_producers(model: onnx.ModelProto) -> list[str]:
+    """Move each movable Q/DQ pair of `model` (in place) up to its chain's start; return the moved
+    QuantizeLinear nodes' names. The node list stays topologically sorted."""
+    moved: list[str] = []
+    while True:
+        index = GraphIndex(model.graph)
+        found = next(((q, *pair) for q in index.nodes if (pair := _movable_pair(index, q))), None)
+        if found is None:
+            break
+        quantize, dequantize, chain = found
+        chain_end = quantize.input[0]
+        for reader, position in index.consumers[dequantize.output[0]]:
+            reader.input[position] = chain_end  # the chain's end now holds the dequantized values
+        dequantize.output[0] = index.unique_name(f"{dequantize.output[0]}_at_source")
+        quantize.input[0] = chain[0].input[0]
+        chain[0].input[0] = dequantize.output[0]
+        moved.append(quantize.name or quantize.output[0])
+    if moved:
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
+        OnnxModel(model).topological_sort()  # each moved pair now comes before the chain it was after
+    log.info("OpenVINO graph: %d Q/DQ pairs moved to the op that computes their values", len(moved))
+    return moved
+
+
+def openvino_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+    """The graph OpenVINO converts for `model` (a copy) and what the pass changed."""
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    return rewritten, {"quantize_at_producers": quantize_at_producers(rewritten)}
