@@ -114,21 +114,20 @@ def tool_of(row: dict) -> str:
 
 
 COMPARED = 8  # the most picks the tool comparison loads beside FP32 (the fastest ones), so big models fit
+PER_TOOL_COMPARED = 2  # each tool's fastest configurations on a backend that the tool comparison times
 
 
-def fastest_per_tool(rows: list[dict], max_drop: float) -> list[dict]:
-    """qtool's and each peer's fastest timed configuration on each backend (by the one-by-one p50)
-    whose deployed graph is within the budget, fastest first, at most COMPARED of them. FP32 (on any
-    backend) is the baseline, not a pick; a peer that stays in float (ONNX Runtime's optimizer alone)
-    is one, as a user could deploy it too."""
-    best: dict[tuple[str, str], dict] = {}
-    for row in within_budget(rows, max_drop):
-        if row["configuration"].partition("@")[0] == rows[0]["configuration"]:
-            continue
-        key = (tool_of(row), row.get("backend", "ort"))
-        if key not in best or row["latency"]["p50_ms"] < best[key]["latency"]["p50_ms"]:
-            best[key] = row
-    return sorted(best.values(), key=lambda r: r["latency"]["p50_ms"])[:COMPARED]
+def fastest_per_tool(rows: list[dict], max_drop: float, per_backend: int = 1) -> list[dict]:
+    """qtool's and each peer's `per_backend` fastest timed configurations on each backend (by the
+    one-by-one p50) whose deployed graph is within the budget, fastest first, at most COMPARED of them.
+    FP32 (on any backend) is the baseline, not a pick; a peer that stays in float (ONNX Runtime's
+    optimizer alone) is one, as a user could deploy it too."""
+    ranked: dict[tuple[str, str], list[dict]] = {}
+    for row in sorted(within_budget(rows, max_drop), key=lambda r: r["latency"]["p50_ms"]):
+        if row["configuration"].partition("@")[0] != rows[0]["configuration"]:
+            ranked.setdefault((tool_of(row), row.get("backend", "ort")), []).append(row)
+    picks = [row for fastest in ranked.values() for row in fastest[:per_backend]]
+    return sorted(picks, key=lambda r: r["latency"]["p50_ms"])[:COMPARED]
 
 
 def tool_verdict(picks: list[dict], batch: str) -> dict | None:

@@ -4,6 +4,7 @@ within the budget on each backend, timed side by side, and where qtool stands.""
 from __future__ import annotations
 
 from qtool.defaults import AHEAD_MARGIN
+from qtool.report.advice import PER_TOOL_COMPARED
 from qtool.report.intervals import paired_points
 
 
@@ -50,10 +51,11 @@ def _verdict_lines(verdicts: dict, label: str) -> list[str]:
 def tool_comparison_note(result: dict) -> str:
     comparison = result.get("tool_comparison") or {}
     return (
-        f"For a {comparison.get('max_drop_points', 0):g}-point budget, the fastest configuration (one-by-one p50) of "
-        "qtool and of each peer on each backend, with FP32, loaded side by side and timed round-robin on the same "
-        f"eval inputs, {comparison.get('repeats')} repeats per batch size at sequence length "
+        f"For a {comparison.get('max_drop_points', 0):g}-point budget, the {PER_TOOL_COMPARED} fastest configurations "
+        "(one-by-one p50) of qtool and of each peer on each backend, with FP32, loaded side by side and timed "
+        f"round-robin on the same eval inputs, {comparison.get('repeats')} repeats per batch size at sequence length "
         f"{comparison.get('sequence_length')}; p50 is the median of the repeats and ± half their spread. Deployed % "
-        f"is the timed graph's. Ahead means at least {100 * AHEAD_MARGIN:.0f} % faster, and by more than the ratio of "
+        "is the timed graph's. Each tool's fastest in this run is the one compared. "
+        f"Ahead means at least {100 * AHEAD_MARGIN:.0f} % faster, and by more than the ratio of "
         "the two moved over the repeats; behind, the peer faster by more than that; anything else is level."
     )

@@ -75,6 +75,20 @@ def test_each_tool_keeps_its_fastest_configuration_in_budget_on_each_backend():
     picks = [(r["configuration"], r.get("backend", "ort")) for r in fastest_per_tool(rows, 1.0)]
     assert picks == [("a@openvino", "openvino"), ("nncf-ptq@openvino", "openvino"), ("a", "ort"),
                      ("ort-dynamic", "ort"), ("nncf-ptq", "ort")]
+    two = [r["configuration"] for r in fastest_per_tool(rows, 1.0, per_backend=2)]
+    assert two == ["a@openvino", "nncf-ptq@openvino", "a", "b", "ort-dynamic", "nncf-ptq"]  # qtool's runner-up on ORT
+
+
+def test_the_tool_comparison_takes_each_tools_fastest_in_the_interleaved_run():
+    """The one-by-one timing put `a` first; side by side `b` is qtool's fastest, and the verdict uses it."""
+    from qtool.report.advice import tool_verdict
+
+    def pick(tool, name, repeats):
+        return {"tool": tool, "configuration": name, "p50_ms": {"1": sorted(repeats)[1]}, "repeats_ms": {"1": repeats}}
+
+    picks = [pick("qtool", "a", [7.0, 7.1, 6.9]), pick("qtool", "b", [5.0, 5.1, 4.9]), pick("nncf-ptq", "p", [6.0, 6.1, 5.9])]
+    verdict = tool_verdict(picks, "1")
+    assert verdict["qtool"] == "b" and verdict["peer"] == "p" and verdict["verdict"] == "ahead"
 
 
 def _pick(tool, name, repeats):
