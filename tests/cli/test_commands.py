@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from typer.testing import CliRunner
 
 from qtool.cli import app
 from qtool.defaults import DEPLOY_MAX_DROP
-from qtool.report.advice import fastest_per_tool, within_budget
+from qtool.report.advice import PER_TOOL_COMPARED, fastest_per_tool, within_budget
 from tests.helpers.cpu import U8S8_EXACT_HERE
 
 runner = CliRunner()
@@ -300,12 +301,12 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         assert f"| {name} |" in report
     if "nncf-ptq@openvino" in on_openvino:
         assert "| nncf-ptq@openvino | its QDQ graph on OpenVINO's CPU plugin" in report.split("## Peers")[1]
-    compared = summary["tool_comparison"]  # each tool's fastest in budget per backend, interleaved at b1 and b8
+    compared = summary["tool_comparison"]  # each tool's fastest two in budget per backend, interleaved at b1 and b8
     picks = compared["picks"]
     assert compared["batches"] == ["1", "8"] and picks[0]["configuration"] == "fp32"
-    expected = fastest_per_tool(summary["results"], DEPLOY_MAX_DROP)
+    expected = fastest_per_tool(summary["results"], DEPLOY_MAX_DROP, per_backend=PER_TOOL_COMPARED)
     assert [p["configuration"] for p in picks[1:]] == [r["configuration"] for r in expected]
-    assert len({(p["tool"], p["backend"]) for p in picks[1:]}) == len(picks) - 1
+    assert max(Counter((p["tool"], p["backend"]) for p in picks[1:]).values()) <= PER_TOOL_COMPARED
     assert all(p["p50_ms"][b] > 0 and p["spread"][b] >= 0 for p in picks for b in ("1", "8"))
     for batch, verdict in compared["verdicts"].items():
         assert verdict is None or verdict["verdict"] in ("ahead", "level", "behind"), batch
