@@ -180,7 +180,8 @@ def evaluate_artifact(
             runner, tokenizer_for_model(model_path, tokenizer_path), split, config, labels, max_length,
             description=f"eval {Path(model_path).name}",
         )
-    return {"model": str(model_path), **result}
+        kernels = runner.kernels()
+    return {"model": str(model_path), **result} | ({"kernels": kernels} if kernels else {})
 
 
 def evaluate_graph(
@@ -232,6 +233,8 @@ def evaluate_graph(
     }
     if level != RECIPE_LEVEL:  # fused kernels round (integer ones may saturate) as this CPU's do
         key["cpu"] = cpu_summary()
+    if not graph:
+        key["records"] = "kernels"  # records before the runner named its kernels are scored again
     record = model_path.with_name(model_path.name + f".eval-{config.part}.json")
     stage = "score QDQ graph" if level == RECIPE_LEVEL else "score deployed graph"
     result = cached_stage(record, key, run, description=f"the evaluation of {model_path}", stage=stage)

@@ -411,8 +411,8 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "counts the eval predictions of the deployed graph that differ from the QDQ graph's; kernels are the integer "
         "GEMMs it runs (u8s8: int8 weights, u8u8: uint8 weights), as `qtool build --int8-kernels auto` chose them for "
         "this CPU and graph: U8S8 where it adds without saturating (x86 with VNNI, other architectures) or where "
-        "every weight is within 7 bits, else U8U8. Another CPU can fuse and round differently: the counts are this "
-        "CPU's.",
+        "every weight is within 7 bits, else U8U8; for an `@openvino` row, how many of its GEMMs OpenVINO ran in "
+        "int8 and with which primitives. Another CPU can fuse and round differently: the counts are this CPU's.",
         "",
         f"Latency: ONNX Runtime CPU graph of each graph (an `@openvino` row: its OpenVINO model), batch x sequence "
         f"{_shape(result)}, {result['environment'].get('threads')} threads, p50 of timed runs after warm-up. Each "

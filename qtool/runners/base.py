@@ -63,6 +63,11 @@ class Runner(ABC):
         self.infer(feeds)
         return time.perf_counter() - started, None
 
+    def kernels(self) -> str | None:
+        """Which kernels ran the model's GEMMs, as the runtime reports them after an inference (None:
+        this runtime does not say)."""
+        return None
+
     def _select(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The feeds `_infer` gets: the model's inputs, in its order."""
         return {name: feeds[name] for name in self.input_names()}

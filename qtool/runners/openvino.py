@@ -78,3 +78,33 @@ class OpenVinoRunner(Runner):
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._request.infer(dict(feeds))
         return {port.get_any_name(): np.array(results[port]) for port in self._compiled.outputs}
+
+    def kernels(self) -> str | None:
+        """How many of the compiled model's GEMMs (projections and attention blocks) OpenVINO runs in
+        int8 on this CPU, and which primitives it chose for them, once the model has run: for example
+        `openvino: 44/44 GEMMs int8 (brgemm_avx512_i8, jit_avx512_i8)`."""
+        if self._compiled is None:
+            return None
+        gemms = [layer for layer in map(_layer_info, self._compiled.get_runtime_model().get_ordered_ops()) if layer]
+        if not gemms:
+            return None
+        integer = sorted({p for p in gemms if _is_integer(p) and not p.startswith("undef")})  # undef: not run yet
+        count = sum(_is_integer(primitive) for primitive in gemms)
+        return f"openvino: {count}/{len(gemms)} GEMMs int8" + (f" ({', '.join(integer)})" if integer else "")
+
+
+def _layer_info(op) -> str | None:
+    """The primitive that runs a GEMM layer of OpenVINO's runtime model (a fully connected layer, a
+    MatMul, or a fused block holding MatMuls), lower-cased; None for any other layer."""
+    info = op.get_rt_info()
+    layer = info["layerType"].astype(str) if "layerType" in info else ""
+    merged = info["originalLayersNames"].astype(str) if "originalLayersNames" in info else ""
+    is_gemm = "FullyConnected" in layer or layer in ("MatMul", "ScaledDotProductAttention") or (
+        layer == "Subgraph" and "MatMul" in merged
+    )
+    return info["primitiveType"].astype(str).lower() if is_gemm and "primitiveType" in info else None
+
+
+def _is_integer(primitive: str) -> bool:
+    return primitive.rsplit("_", 1)[-1] in ("i8", "u8")
+

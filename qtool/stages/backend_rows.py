@@ -112,7 +112,7 @@ def _deployed_on(name: str, row: dict, fp32: dict, split: QnliSplit, config) -> 
         "deployed_accuracy": scored["accuracy"],
         "deployed_correct": scored["correct"],
         "deployed_changed": changed_predictions(scored, reference),  # against the source graph's predictions
-        "deployed_kernels": name,
+        "deployed_kernels": scored.get("kernels") or name,  # what the backend's runtime ran, where it says
         "deployed_vs_fp32": paired,
     }
     dropped = ("search", "peer_record", "stage_times", "deployed_kernels_reason")

@@ -296,6 +296,7 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         source = next(r for r in results if r["configuration"] == name.removesuffix("@openvino"))
         assert row["latency"]["graph"].endswith(".ov.xml") and row["latency"]["p50_ms"] > 0 and row["graph"] == source["graph"]
         assert 0 <= row["deployed_changed"] <= row["examples"], name  # against the source graph, same pairs
+        assert row["deployed_kernels"].startswith("openvino: "), name  # how many GEMMs ran in int8, and how
         if U8S8_EXACT_HERE:  # OpenVINO's INT8 is near the QDQ graph where integer kernels are exact (VNNI)
             assert row["deployed_changed"] <= 0.05 * row["examples"] + 1, name
         assert f"| {name} |" in report

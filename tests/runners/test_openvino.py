@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -40,6 +41,16 @@ def _logits(make, batches) -> np.ndarray:
         return np.concatenate([model.infer(batch.feeds)["logits"] for batch in batches])
 
 
+def _kernels(ir, feeds):
+    """What the OpenVINO runner says ran the GEMMs of model `ir` after one inference, parsed."""
+    from qtool.runners.openvino import OpenVinoRunner
+
+    with OpenVinoRunner(ir, threads=1) as model:
+        model.infer(feeds)
+        said = model.kernels()
+    return re.fullmatch(r"openvino: (\d+)/(\d+) GEMMs int8(?: \((.+)\))?", said)
+
+
 def test_openvino_runs_the_fp32_graph_as_onnx_runtime_does(graphs, tmp_path):
     from qtool.runners.openvino import OpenVinoRunner
 
@@ -57,6 +68,10 @@ def test_openvino_runs_the_fp32_graph_as_onnx_runtime_does(graphs, tmp_path):
     reference = _logits(lambda: OrtRunner(graphs["fp32"], optimization_level="disable"), batches)
     ours = _logits(lambda: OpenVinoRunner(fp32_ir, threads=1), batches)
     np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    float_kernels, int8_kernels = (_kernels(ir, batches[0].feeds) for ir in (fp32_ir, qdq_ir))
+    assert float_kernels.group(1) == "0" and int8_kernels.group(2) == float_kernels.group(2) != "0"  # the same GEMMs
+    if U8S8_EXACT_HERE:  # VNNI: OpenVINO runs the quantized GEMMs in int8 (on other CPUs it may choose float)
+        assert int(int8_kernels.group(1)) > 0 and "i8" in int8_kernels.group(0), int8_kernels.group(0)
     assert logit_to_label(qdq_ir, ("entailment", "not_entailment")).tolist() == logit_to_label(
         graphs["qdq"], ("entailment", "not_entailment")
     ).tolist()
@@ -108,6 +123,7 @@ def test_openvino_through_the_cli_build_and_an_interleaved_benchmark(graphs, ses
     scored = runner.invoke(app, ["eval", model, "--data", str(session_data), "--limit", "24", "--json"])
     assert scored.exit_code == 0, scored.output
     assert json.loads(scored.stdout)["model"] == model and json.loads(scored.stdout)["examples"] == 24
+    assert json.loads(scored.stdout)["kernels"].startswith("openvino: ")  # what ran the GEMMs on this CPU
     compared = runner.invoke(app, ["bench", str(graphs["fp32"]), model, "--compare", "--seq-len", "16", "--iterations",
                                    "3", "--warmup", "1", "--data", str(session_data), "--json"])
     assert compared.exit_code == 0, compared.output
