@@ -263,7 +263,7 @@ def build_openvino(graph: Path, output: Path | None = None, options: None = None
 
     def run() -> dict:
         rewritten, passes = openvino_graph(load_model(graph))
-        ov.save_model(_convert(ov, rewritten, graph), str(target), compress_to_fp16=False)
+        _save_openvino(ov, rewritten, graph, target)
         source = os.path.relpath(graph.resolve(), target.resolve().parent)  # found again wherever both move
         return {"backend": "openvino", "source": source, "onnx_metadata": metadata, "openvino": ov.__version__,
                 "graph_passes": {name: len(changed) for name, changed in passes.items()}}
@@ -276,17 +276,19 @@ def build_openvino(graph: Path, output: Path | None = None, options: None = None
     return {**report, "graph": str(target), "model": str(target), "artifact": str(target)}
 
 
-def _convert(ov, model, graph: Path):
-    """OpenVINO's model of an in-memory ONNX graph (through a temporary file when it is too large for
-    one protobuf message, as a graph whose weights live beside it can be)."""
+def _save_openvino(ov, model, graph: Path, target: Path) -> None:
+    """Convert an in-memory ONNX graph and save it as the OpenVINO model `target` (through a temporary
+    file when it is too large for one protobuf message, as a graph whose weights live beside it can be;
+    saved before that file goes, as the converted model may still read its weights from it)."""
     if model.ByteSize() < PROTOBUF_LIMIT:
-        return ov.convert_model(io.BytesIO(model.SerializeToString()))
+        ov.save_model(ov.convert_model(io.BytesIO(model.SerializeToString())), str(target), compress_to_fp16=False)
+        return
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="qtool-openvino-") as folder:
         path = Path(folder) / graph.name
         onnx.save(model, str(path), save_as_external_data=True, location=f"{graph.name}.data")
-        return ov.convert_model(str(path))
+        ov.save_model(ov.convert_model(str(path)), str(target), compress_to_fp16=False)
 
 
 def openvino_run_settings() -> dict:

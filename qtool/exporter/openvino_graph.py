@@ -7,7 +7,8 @@ post-op (the projection writes int8), except across such shape ops: there the Fa
 its own, one pass over the tensor each (24 of the 36 FakeQuantize layers of the default classifier's
 gemm-inputs graph; `benchmarks/runtime_cpu.py` times the graph with and without this pass).
 
-So each QuantizeLinear with one scale and zero point, whose DequantizeLinear is its only reader,
+So each QuantizeLinear with one scale and zero point, whose DequantizeLinear (with the same scale
+and zero point) is its only reader,
 moves with it up a chain of ops that only rearrange values (Reshape, Transpose, Squeeze, Unsqueeze,
 Flatten, Identity) to the tensor the chain starts from, when no other node reads inside the chain and
 that tensor comes out of an INT8 GEMM (all its inputs dequantized, its bias added or not). After a
@@ -26,8 +27,9 @@ from qtool.graph import SAME_VALUE_OPS, GraphIndex
 
 log = logging.getLogger(__name__)
 
-VERSION = "quantize-at-producers-2"  # part of a built model's cache key: a changed pass rebuilds it
+VERSION = "quantize-at-producers-3"  # part of a built model's cache key: a changed pass rebuilds it
 GEMM_OPS = ("MatMul", "Gemm")
+SUBGRAPH_TYPES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
 def _single_scale(index: GraphIndex, node: onnx.NodeProto) -> bool:
@@ -62,7 +64,11 @@ def _movable_pair(index: GraphIndex, quantize: onnx.NodeProto):
     if len(readers) != 1 or readers[0][0].op_type != "DequantizeLinear" or quantize.output[0] in index.graph_outputs:
         return None
     dequantize = readers[0][0]
-    if dequantize.output[0] in index.graph_outputs | index.subgraph_uses:
+    if (
+        list(dequantize.input[1:]) != list(quantize.input[1:])  # the same scale and zero point, so one per tensor
+        or quantize.output[0] in index.subgraph_uses
+        or dequantize.output[0] in index.graph_outputs | index.subgraph_uses
+    ):
         return None
     chain = _rearranging_chain(index, quantize.input[0])
     return (dequantize, chain) if chain and _integer_gemm_output(index, chain[0].input[0]) else None
@@ -91,8 +97,12 @@ def _dequantized(index: GraphIndex, tensor: str) -> bool:
 
 def quantize_at_producers(model: onnx.ModelProto) -> list[str]:
     """Move each movable Q/DQ pair of `model` (in place) up to its chain's start; return the moved
-    QuantizeLinear nodes' names. The node list stays topologically sorted."""
+    QuantizeLinear nodes' names. The node list stays topologically sorted. A graph with subgraphs
+    (If, Loop, Scan) is left as it is: the sort would not see what their bodies read."""
     moved: list[str] = []
+    if any(attribute.type in SUBGRAPH_TYPES for node in model.graph.node for attribute in node.attribute):
+        log.info("OpenVINO graph: the graph has subgraphs; no Q/DQ pair moved")
+        return moved
     while True:
         index = GraphIndex(model.graph)
         found = next(((q, *pair) for q in index.nodes if (pair := _movable_pair(index, q))), None)
@@ -102,9 +112,13 @@ def quantize_at_producers(model: onnx.ModelProto) -> list[str]:
         chain_end = quantize.input[0]
         for reader, position in index.consumers[dequantize.output[0]]:
             reader.input[position] = chain_end  # the chain's end now holds the dequantized values
+        stale = {quantize.output[0], dequantize.output[0]}  # their shapes are now the chain start's
         dequantize.output[0] = index.unique_name(f"{dequantize.output[0]}_at_source")
         quantize.input[0] = chain[0].input[0]
         chain[0].input[0] = dequantize.output[0]
+        kept = [value for value in model.graph.value_info if value.name not in stale]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(kept)
         moved.append(quantize.name or quantize.output[0])
     if moved:
         from onnxruntime.transformers.onnx_model import OnnxModel

@@ -107,4 +107,3 @@ def _layer_info(op) -> str | None:
 
 def _is_integer(primitive: str) -> bool:
     return primitive.rsplit("_", 1)[-1] in ("i8", "u8")
-

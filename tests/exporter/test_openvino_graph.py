@@ -12,14 +12,24 @@ from qtool.exporter.openvino_graph import openvino_graph
 from qtool.graph import GraphIndex
 from qtool.runners.ort import OrtRunner
 
+PER_TENSOR = np.array(0.05, np.float32)
+PER_CHANNEL = np.array([0.05, 0.1, 0.2, 0.4], np.float32)
+
 
 def _graph(
-    scale: np.ndarray, extra_reader: bool = False, scale_as_constant_node: bool = False, float_input: bool = False
+    scale: np.ndarray = PER_TENSOR,
+    dequantize_scale: np.ndarray | None = None,
+    scale_as_constant_node: bool = False,
+    float_input: bool = False,
+    extra_outputs: tuple[str, ...] = (),
+    subgraph: bool = False,
 ) -> onnx.ModelProto:
     """x -> Q/DQ -> MatMul(dequantized weight) -> Add(bias) -> Reshape(2, 3, 4) -> Transpose -> Q/DQ ->
-    MatMul(w) -> y: an INT8 projection, then heads split; optionally a second reader (Relu) of the
-    Reshape's values, or the first MatMul's input in float."""
-    axis = [helper.make_attribute("axis", 1)] if scale.size > 1 else []
+    MatMul(w) -> y: an INT8 projection, then heads split. Options: the pair's DequantizeLinear with
+    another scale, the first MatMul's input in float, more outputs ("relu": a Relu of the Reshape's
+    values; "shaped": the Reshape's output itself; "shape": a Shape of it; "second": a Relu of the
+    pair's dequantized values), an If node elsewhere."""
+    dequantize_scale = scale if dequantize_scale is None else dequantize_scale
     initializers = [
         numpy_helper.from_array(np.array(0.02, np.float32), "input_scale"),
         numpy_helper.from_array(np.array(0, np.int8), "input_zero"),
@@ -28,6 +38,8 @@ def _graph(
         numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32), "bias"),
         numpy_helper.from_array(np.array([2, 3, 4], dtype=np.int64), "shape"),
         numpy_helper.from_array(np.zeros(scale.shape, np.int8), "zero"),
+        numpy_helper.from_array(np.zeros(dequantize_scale.shape, np.int8), "dequantize_zero"),
+        numpy_helper.from_array(dequantize_scale, "dequantize_scale"),
         numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(3, 4) / 7, "w"),
     ]
     nodes = [
@@ -43,17 +55,36 @@ def _graph(
         nodes.append(helper.make_node("Constant", [], ["scale"], value=numpy_helper.from_array(scale, "scale")))
     else:
         initializers.append(numpy_helper.from_array(scale, "scale"))
-    quantize = helper.make_node("QuantizeLinear", ["moved", "scale", "zero"], ["codes"], name="point/QuantizeLinear")
-    dequantize = helper.make_node("DequantizeLinear", ["codes", "scale", "zero"], ["dequantized"], name="point/DequantizeLinear")
-    quantize.attribute.extend(axis)
-    dequantize.attribute.extend(axis)
-    nodes += [quantize, dequantize, helper.make_node("MatMul", ["dequantized", "w"], ["y"], name="matmul")]
+    same = dequantize_scale is scale
+    axis = {"axis": 1} if scale.size > 1 else {}
+    dequantize_inputs = ["codes", "scale", "zero"] if same else ["codes", "dequantize_scale", "dequantize_zero"]
+    nodes += [
+        helper.make_node("QuantizeLinear", ["moved", "scale", "zero"], ["codes"], name="point/QuantizeLinear", **axis),
+        helper.make_node("DequantizeLinear", dequantize_inputs, ["dequantized"], name="point/DequantizeLinear",
+                         **({"axis": 1} if dequantize_scale.size > 1 else {})),
+        helper.make_node("MatMul", ["dequantized", "w"], ["y"], name="matmul"),
+    ]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 4])]
-    if extra_reader:
-        nodes.append(helper.make_node("Relu", ["shaped"], ["side"], name="side"))
-        outputs.append(helper.make_tensor_value_info("side", TensorProto.FLOAT, [2, 3, 4]))
+    extras = {
+        "relu": (helper.make_node("Relu", ["shaped"], ["side"]), "side", TensorProto.FLOAT),
+        "shaped": (None, "shaped", TensorProto.FLOAT),
+        "shape": (helper.make_node("Shape", ["shaped"], ["dims"]), "dims", TensorProto.INT64),
+        "second": (helper.make_node("Relu", ["dequantized"], ["second"]), "second", TensorProto.FLOAT),
+    }
+    for name in extra_outputs:
+        node, output, kind = extras[name]
+        nodes += [node] if node else []
+        outputs.append(helper.make_tensor_value_info(output, kind, None))
+    if subgraph:
+        branch = helper.make_graph(
+            [helper.make_node("Constant", [], ["branch_value"], value=numpy_helper.from_array(np.ones(1, np.float32)))],
+            "branch", [], [helper.make_tensor_value_info("branch_value", TensorProto.FLOAT, [1])],
+        )
+        initializers.append(numpy_helper.from_array(np.array(True), "condition"))
+        nodes.append(helper.make_node("If", ["condition"], ["chosen"], then_branch=branch, else_branch=branch))
+        outputs.append(helper.make_tensor_value_info("chosen", TensorProto.FLOAT, [1]))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 12])], outputs, initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
@@ -61,31 +92,41 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
         return list(runner.infer({"x": x}).values())
 
 
-@pytest.mark.parametrize("constant_node", [False, True])
-def test_a_per_tensor_pair_moves_to_the_add_and_the_values_stay(constant_node):
-    model = _graph(np.array(0.05, np.float32), scale_as_constant_node=constant_node)
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"scale_as_constant_node": True}, {"extra_outputs": ("shape",)}, {"extra_outputs": ("second",)}],
+    ids=["initializer-scale", "constant-node-scale", "shape-reader", "two-readers-of-the-pair"],
+)
+def test_a_per_tensor_pair_moves_to_the_add_and_the_values_stay(options):
+    model = _graph(**options)
+    before = model.SerializeToString()
     moved, passes = openvino_graph(model)
     assert passes == {"quantize_at_producers": ["point/QuantizeLinear"]}
-    onnx.checker.check_model(moved)
+    onnx.checker.check_model(moved, full_check=True)  # value_info still agrees with the moved tensors
     index = GraphIndex(moved.graph)
     quantize = next(node for node in index.nodes if node.name == "point/QuantizeLinear")
     assert index.producer[quantize.input[0]].name == "add"
     assert index.producer[next(n for n in index.nodes if n.name == "reshape").input[0]].op_type == "DequantizeLinear"
     assert index.producer[next(n for n in index.nodes if n.name == "matmul").input[0]].name == "transpose"
     x = np.random.default_rng(0).normal(scale=3, size=(2, 12)).astype(np.float32)
-    np.testing.assert_array_equal(_run(moved, x)[0], _run(model, x)[0])
-    assert len(model.graph.node) == len(moved.graph.node)  # the input is a copy, left as it was
+    for ours, theirs in zip(_run(moved, x), _run(model, x), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert model.SerializeToString() == before  # the input is a copy, left as it was
 
 
 @pytest.mark.parametrize(
-    "model",
+    "options",
     [
-        _graph(np.array([0.05, 0.1, 0.2, 0.4], np.float32)),  # per channel: its axis would move with it
-        _graph(np.array(0.05, np.float32), float_input=True),  # a float GEMM: OpenVINO would add a reorder
-        _graph(np.array(0.05, np.float32), extra_reader=True),  # a Relu reads the Reshape's float values
+        {"scale": PER_CHANNEL},  # per channel: its axis would move with it
+        {"dequantize_scale": PER_CHANNEL},  # a per-tensor Q read by a per-channel DQ
+        {"float_input": True},  # a float GEMM: OpenVINO would add a reorder
+        {"extra_outputs": ("relu",)},  # a Relu reads the Reshape's float values
+        {"extra_outputs": ("shaped",)},  # the Reshape's float values are a graph output
+        {"subgraph": True},  # the sort cannot see what an If's branches read
     ],
-    ids=["per-channel", "after-a-float-gemm", "second-reader"],
+    ids=["per-channel", "per-channel-dequantize", "after-a-float-gemm", "second-reader", "graph-output", "subgraph"],
 )
-def test_a_pair_stays(model):
+def test_a_pair_stays(options):
+    model = _graph(**options)
     moved, passes = openvino_graph(model)
-    assert passes == {"quantize_at_producers": []} and moved.graph.node == model.graph.node
+    assert passes == {"quantize_at_producers": []} and moved.SerializeToString() == model.SerializeToString()

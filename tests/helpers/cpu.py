@@ -7,12 +7,15 @@ skipped elsewhere; U8U8, and U8S8 with 7-bit weights, are asserted exact everywh
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 
 from qtool.runners import ort as ort_runner
 
 HERE = ort_runner.int8_kernels_for_this_cpu()  # (kernels, reason) of the real CPU
 U8S8_EXACT_HERE = HERE[0] == "u8s8"
+X86_WITH_VNNI_HERE = U8S8_EXACT_HERE and platform.machine().lower() in ("x86_64", "amd64")  # exact U8S8 on x86
 CPU = ort_runner.cpu_summary()
 
 needs_exact_u8s8 = pytest.mark.skipif(

@@ -79,6 +79,18 @@ def test_each_tool_keeps_its_fastest_configuration_in_budget_on_each_backend():
     assert two == ["a@openvino", "nncf-ptq@openvino", "a", "b", "ort-dynamic", "nncf-ptq"]  # qtool's runner-up on ORT
 
 
+def test_every_tools_fastest_is_compared_before_any_tools_second():
+    from qtool.report.advice import COMPARED, fastest_per_tool
+
+    ours = [{"configuration": f"q{i}", "accuracy": 0.819, "latency": {"p50_ms": 4.0 + 0.1 * i}} for i in range(3)]
+    peers = [{"configuration": f"peer{i}", "accuracy": 0.82, "peer": True, "latency": {"p50_ms": 5.0 + i}}
+             for i in range(COMPARED)]  # one configuration each, all slower than qtool's second
+    picks = [r["configuration"] for r in fastest_per_tool([ROWS[0], *ours, *peers], 1.0, per_backend=2)]
+    assert picks == ["q0", *[f"peer{i}" for i in range(COMPARED - 1)]]  # q1 would have pushed out a peer's only pick
+    fewer = [r["configuration"] for r in fastest_per_tool([ROWS[0], *ours, *peers[:2]], 1.0, per_backend=2)]
+    assert fewer == ["q0", "q1", "peer0", "peer1"]  # room left: qtool's second is timed too
+
+
 def test_the_tool_comparison_takes_each_tools_fastest_in_the_interleaved_run():
     """The one-by-one timing put `a` first; side by side `b` is qtool's fastest, and the verdict uses it."""
     from qtool.report.advice import tool_verdict
