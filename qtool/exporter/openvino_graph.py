@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 VERSION = "quantize-at-producers-3"  # part of a built model's cache key: a changed pass rebuilds it
 GEMM_OPS = ("MatMul", "Gemm")
-SUBGRAPH_TYPES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
 def _single_scale(index: GraphIndex, node: onnx.NodeProto) -> bool:
@@ -100,7 +99,8 @@ def quantize_at_producers(model: onnx.ModelProto) -> list[str]:
     QuantizeLinear nodes' names. The node list stays topologically sorted. A graph with subgraphs
     (If, Loop, Scan) is left as it is: the sort would not see what their bodies read."""
     moved: list[str] = []
-    if any(attribute.type in SUBGRAPH_TYPES for node in model.graph.node for attribute in node.attribute):
+    subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)  # onnx stays deferred until used
+    if any(attribute.type in subgraph_types for node in model.graph.node for attribute in node.attribute):
         log.info("OpenVINO graph: the graph has subgraphs; no Q/DQ pair moved")
         return moved
     while True:
