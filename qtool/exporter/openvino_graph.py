@@ -7,12 +7,12 @@ post-op (the projection writes int8), except across such shape ops: there the Fa
 its own, one pass over the tensor each (24 of the 36 FakeQuantize layers of the default classifier's
 gemm-inputs graph; `benchmarks/runtime_cpu.py` times the graph with and without this pass).
 
-So each QuantizeLinear with one scale and zero point, whose DequantizeLinear (with the same scale
-and zero point) is its only reader,
-moves with it up a chain of ops that only rearrange values (Reshape, Transpose, Squeeze, Unsqueeze,
-Flatten, Identity) to the tensor the chain starts from, when no other node reads inside the chain and
-that tensor comes out of an INT8 GEMM (all its inputs dequantized, its bias added or not). After a
-float GEMM OpenVINO converts to int8 in a separate reorder, slower than the FakeQuantize was.
+So each QuantizeLinear with one scale and zero point, whose only reader is a DequantizeLinear with
+the same scale and zero point, moves with it up a chain of ops that only rearrange values (Reshape,
+Transpose, Squeeze, Unsqueeze, Flatten, Identity) to the tensor the chain starts from, when no other
+node reads inside the chain and that tensor comes out of an INT8 GEMM (all its inputs dequantized,
+its bias added or not). After a float GEMM OpenVINO converts to int8 in a separate reorder, slower
+than the FakeQuantize was.
 Quantizing per tensor commutes with rearranging, so the graph computes the same values bit for bit;
 a pair with per-channel scales stays where it is (its axis would move).
 """
