@@ -85,7 +85,7 @@ class OpenVinoRunner(Runner):
         `openvino: 44/44 GEMMs int8 (brgemm_avx512_i8, jit_avx512_i8)`."""
         if self._compiled is None:
             return None
-        gemms = [layer for layer in map(_layer_info, self._compiled.get_runtime_model().get_ordered_ops()) if layer]
+        gemms = [layer for layer in map(_gemm_primitive, self._compiled.get_runtime_model().get_ordered_ops()) if layer]
         if not gemms:
             return None
         integer = sorted({p for p in gemms if _is_integer(p) and not p.startswith("undef")})  # undef: not run yet
@@ -93,7 +93,7 @@ class OpenVinoRunner(Runner):
         return f"openvino: {count}/{len(gemms)} GEMMs int8" + (f" ({', '.join(integer)})" if integer else "")
 
 
-def _layer_info(op) -> str | None:
+def _gemm_primitive(op) -> str | None:
     """The primitive that runs a GEMM layer of OpenVINO's runtime model (a fully connected layer, a
     MatMul, or a fused block holding MatMuls), lower-cased; None for any other layer."""
     info = op.get_rt_info()
