@@ -473,10 +473,12 @@ def bench(models: Sequence, *, compare=False, batch_sizes=None, sequence_lengths
 
 def reproduce(model=None, *, data=None, seed=None, configurations=None, config_file=None, max_drop=None,
               samples=None, limit=None, max_length=None, artifacts=None, executor=None, address=None,
-              cpus_per_task=None, tune_data=None, backends=None) -> Study:
+              cpus_per_task=None, tune_data=None, backends=None, warmup=None, iterations=None) -> Study:
     """The study end to end (every stage cached): ARTIFACTS/report/ with results.json, report.md and
     report.html. `configurations` picks a subset by name (see `qtool reproduce --help`); `backends`
-    the CPU backends it deploys on (`["ort"]`: ONNX Runtime alone; None: every one installed)."""
+    the CPU backends it deploys on (`["ort"]`: ONNX Runtime alone; None: every one installed);
+    `warmup` and `iterations` the untimed and timed runs of each latency measurement."""
+    from qtool.deployment.bench import BenchConfig
     from qtool.models.onnx_export import ExportConfig
     from qtool.stages.backend_rows import row_backend_names
     from qtool.stages.study import ReproduceConfig, load_configuration_file, run_reproduce
@@ -489,6 +491,7 @@ def reproduce(model=None, *, data=None, seed=None, configurations=None, config_f
         extra_configurations=load_configuration_file(Path(config_file)) if config_file else None,
         executor=executor_config(executor, address, cpus_per_task), tune_data=tune_data,
         backends=row_backend_names(backends),
+        bench=configured(BenchConfig, ReproduceConfig().bench, warmup=warmup, iterations=iterations),
     )
     config.validate()
     split = load_data(data, seed, max_length)[1]

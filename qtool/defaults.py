@@ -22,3 +22,5 @@ TRT_QUANTIZE_HEAD = False  # qtool build --backend trt: keep Q/DQ on the pooler/
 COMPARISON_BATCHES = (1, 8)  # qtool reproduce: batch sizes of the interleaved run of each tool's fastest configuration
 AHEAD_MARGIN = 0.10  # qtool reproduce: how much faster than the fastest peer counts as ahead (beyond the spread too)
 STUDY_BACKENDS = ("openvino",)  # qtool reproduce: CPU backends besides ONNX Runtime it deploys on (NAME@BACKEND rows)
+STUDY_WARMUP = 5  # qtool reproduce: untimed runs before each latency measurement
+STUDY_ITERATIONS = 30  # qtool reproduce: timed runs of each latency measurement (their p50 is reported)

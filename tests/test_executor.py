@@ -63,7 +63,7 @@ def test_reproduce_on_ray_gives_the_local_files(local_ray, tmp_path, tiny_data, 
     from qtool.stages import backend_rows
 
     monkeypatch.setattr(backend_rows, "ROW_BACKENDS", {})  # OpenVINO's rows run in the driver either way
-    common = ["reproduce", "--model", str(tiny_classifier), "--data", str(tiny_data), "--samples", "16", "--json"]
+    common = ["reproduce", "--model", str(tiny_classifier), "--data", str(tiny_data), "--samples", "16", "--iterations", "5", "--json"]
     configurations = ["-c", "max-all", "-c", "peg-k2-all", "-c", "ort-dynamic", "-c", "max-all-mp-auto0.5"]
     results = {}
     for kind in ("local", "ray"):

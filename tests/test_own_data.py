@@ -45,7 +45,7 @@ def three_way(tmp_path_factory, embedded_tokenizer):
 def _study(model, data, tmp_path, configurations=EVERY_CALIBRATOR, backends=None) -> dict:
     study = qtool.reproduce(
         str(model), data=data, configurations=configurations, artifacts=tmp_path / "artifacts", samples=32, limit=48,
-        backends=backends,
+        backends=backends, warmup=1, iterations=5,
     )
     report = study.report.read_text()
     assert "Other metrics" in report and "macro-F1" in report and "MCC" in report

@@ -432,6 +432,7 @@ def reproduce(
     config_file: o.ConfigFile = None, max_drop: o.DeployMaxDrop = None, tune_data: o.TuneData = None, samples: o.Samples = None,
     limit: o.Limit = None, max_length: o.MaxLength = None, artifacts: o.Artifacts = None, as_json: o.Json = False,
     executor: o.Executor = None, address: o.RayAddress = None, cpus_per_task: o.CpusPerTask = None, backends: o.Backends = None,
+    warmup: o.StudyWarmup = None, iterations: o.StudyIterations = None,
 ) -> None:
     """Run the study end to end: fine-tune if needed, export, collect, analyze, then calibrate and
     evaluate every configuration; writes ARTIFACTS/report/results.json and report.md.
@@ -450,7 +451,7 @@ def reproduce(
         model,
         data=data_source(data, text_columns, label_column, task, split), seed=seed, configurations=configs, config_file=config_file, max_drop=max_drop,
         samples=samples, limit=limit, max_length=max_length, artifacts=artifacts, executor=executor,
-        address=address, cpus_per_task=cpus_per_task, backends=backends,
+        address=address, cpus_per_task=cpus_per_task, backends=backends, warmup=warmup, iterations=iterations,
         tune_data=data_source(tune_data, text_columns, label_column, task, None) if tune_data else None,
     )
     if as_json:

@@ -15,7 +15,14 @@ from qtool.api import ARTIFACTS_ENV, AUTO_METHOD
 from qtool.calibrators.methods import CALIBRATORS, PEG_GROUPINGS
 from qtool.calibrators.precision import MIXED_PRECISION_PRESETS, SCOPES
 from qtool.cli.data_options import Data, LabelColumn, Split, Task, TextColumns, TuneData  # noqa: F401 (every option here)
-from qtool.cli.study_options import Backends, ConfigFile, Configurations, DeployMaxDrop  # noqa: F401 (every option here)
+from qtool.cli.study_options import (  # noqa: F401 (every option here)
+    Backends,
+    ConfigFile,
+    Configurations,
+    DeployMaxDrop,
+    StudyIterations,
+    StudyWarmup,
+)
 from qtool.data.split import EVAL_PARTS, DataConfig
 from qtool.defaults import (
     BASE_METHOD,

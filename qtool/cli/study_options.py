@@ -1,5 +1,5 @@
-"""The options of `qtool reproduce` alone: which configurations run, the deploy budget, and the
-backends the study deploys on."""
+"""The options of `qtool reproduce` alone: which configurations run, the deploy budget, the backends
+the study deploys on and how long it times each graph."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from qtool.defaults import DEPLOY_MAX_DROP, STUDY_BACKENDS
+from qtool.defaults import DEPLOY_MAX_DROP, STUDY_BACKENDS, STUDY_ITERATIONS, STUDY_WARMUP
 
 Configurations = Annotated[
     list[str] | None,
@@ -40,4 +40,12 @@ Backends = Annotated[
         "built, scored and timed there). --backends ort leaves the others out. Default: ort and every other one "
         "whose library is installed.",
     ),
+]
+StudyWarmup = Annotated[
+    int | None, typer.Option("--warmup", help=f"Untimed runs before each latency measurement. Default: {STUDY_WARMUP}.")
+]
+StudyIterations = Annotated[
+    int | None,
+    typer.Option("--iterations", help=f"Timed runs of each latency measurement (fewer: a quicker, noisier run). "
+                 f"Default: {STUDY_ITERATIONS}."),
 ]

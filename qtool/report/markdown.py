@@ -361,6 +361,13 @@ def _shape(result: dict) -> str:
     return f"{latency.get('batch', '-')} x {latency.get('sequence_length', '-')}"
 
 
+def _timing(result: dict) -> str:
+    timing = result["environment"].get("timing")  # absent from studies before 2026-12-07
+    if not timing:
+        return "p50 of timed runs after warm-up"
+    return f"p50 of {timing['iterations']} timed runs after {timing['warmup']} warm-up runs"
+
+
 def _section(title: str, body: list[str], note: str | None = None) -> list[str]:
     """A `##` section, or nothing when `body` is empty (the configurations it covers did not run)."""
     if not body:
@@ -415,7 +422,7 @@ def write_markdown_report(result: dict, path: Path) -> Path:
         "int8 and with which primitives. Another CPU can fuse and round differently: the counts are this CPU's.",
         "",
         f"Latency: ONNX Runtime CPU graph of each graph (an `@openvino` row: its OpenVINO model), batch x sequence "
-        f"{_shape(result)}, {result['environment'].get('threads')} threads, p50 of timed runs after warm-up. Each "
+        f"{_shape(result)}, {result['environment'].get('threads')} threads, {_timing(result)}. Each "
         "configuration runs in a process of its own: session RSS is the resident memory that creating its ONNX Runtime "
         "session added (weights, buffers), peak RSS the most the process held above its baseline while running. "
         "Measured one configuration after another, so machine noise is not shared; use `qtool bench --compare` for "

@@ -22,7 +22,7 @@ from qtool.analysis.outliers import OutlierConfig
 from qtool.cache import cached_stage, recording_stage_times, timed_stage
 from qtool.calibrators.methods import AUTO_GROUPS
 from qtool.data import DataConfig, QnliSplit
-from qtool.defaults import DEPLOY_MAX_DROP, SEARCH_MAX_DROP, SEED, SMOOTH_ALPHA
+from qtool.defaults import DEPLOY_MAX_DROP, SEARCH_MAX_DROP, SEED, SMOOTH_ALPHA, STUDY_ITERATIONS, STUDY_WARMUP
 from qtool.deployment.backends import build_ort
 from qtool.deployment.bench import BenchConfig
 from qtool.deployment.evaluate import (
@@ -149,7 +149,7 @@ class ReproduceConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    bench: BenchConfig = field(default_factory=lambda: BenchConfig(warmup=5, iterations=30))
+    bench: BenchConfig = field(default_factory=lambda: BenchConfig(warmup=STUDY_WARMUP, iterations=STUDY_ITERATIONS))
     max_drop: float = DEPLOY_MAX_DROP  # accuracy points: the "what to deploy" budget
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where the configurations run
     extra_configurations: tuple[tuple[str, CalibrateConfig], ...] = ()  # from a TOML file
@@ -162,6 +162,7 @@ class ReproduceConfig:
             raise QtoolError(f"--max-drop must be a number of accuracy points in [0, 100), got {self.max_drop}")
         self.collect.validate()
         self.eval.validate()
+        self.bench.validate()
         check_row_backends(self.backends)
 
     def selected(self) -> dict[str, CalibrateConfig | AutoMixedPrecision | None]:
@@ -466,7 +467,8 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
         "skipped": config.skipped() | left_out,
         "recommendation": recommendation,
         "tool_comparison": comparison,
-        "environment": deployment_environment(config.bench.threads),
+        "environment": deployment_environment(config.bench.threads)
+        | {"timing": {"warmup": config.bench.warmup, "iterations": config.bench.iterations}},
         "stage_times": stage_time_summary(rows, closing, time.perf_counter() - started),
     }
     write_study_report(result, artifacts / "report", analysis_paths)

@@ -225,6 +225,10 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
         extra,
         "--samples",
         "16",
+        "--warmup",
+        "1",
+        "--iterations",
+        "5",
         "--json",
     ]
     result = _run(*args)
@@ -282,6 +286,7 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     assert {"mixed-precision search", "peer quantization", "time deployed graph", "migration"} <= set(stages)
     assert 0 < sum(s["seconds"] for s in stages.values()) <= summary["stage_times"]["wall_seconds"] + 1
     assert summary["environment"]["cpu"] in report
+    assert summary["environment"]["timing"] == {"warmup": 1, "iterations": 5} and "p50 of 5 timed runs after 1 warm-up" in report
     assert "Deployed % is the ONNX Runtime CPU graph" in report
     migration = report.split("## Migrating activation range into the weights")[1].split("##")[0]
     assert "| max-all | all |" in migration and "| 0.5 |" in migration
@@ -339,7 +344,7 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
 
     write_glue_tsv(tmp_path / "tune.tsv", rows=60, seed=7)
     tuned = _run("reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--samples", "16",
-                 "-c", "max-all-mp-auto0.5", "--tune-data", tmp_path / "tune.tsv", "--json")
+                 "-c", "max-all-mp-auto0.5", "--tune-data", tmp_path / "tune.tsv", *args[-5:])
     search = next(r for r in json.loads(tuned.stdout)["results"] if "search" in r)["search"]
     assert search["tuning"]["tune_data"]["rows"] == 60 and search["evaluations"] > 0
     assert "--tune-data" in report_text(artifacts) and "tune.tsv" in report_text(artifacts)
@@ -350,6 +355,7 @@ def test_reproduce_on_a_tiny_classifier(tmp_path, tiny_data, tiny_classifier):
     assert not any("@" in r["configuration"] for r in alone["results"])
     assert alone["skipped"]["@openvino rows"] == "not asked for (--backends ort; add openvino to deploy there)"
     _one_line_error(_run("reproduce", "--data", tiny_data, "--artifacts", artifacts, "--backends", " "), "names no backend")
+    _one_line_error(_run("reproduce", "--data", tiny_data, "--artifacts", artifacts, "--iterations", "0"), "--iterations must be")
     extra.write_text('[configurations.bad]\nmethod = "peg"\ngruops = 3\n')
     bad = _run(
         "reproduce", "--model", tiny_classifier, "--data", tiny_data, "--artifacts", artifacts, "--config-file", extra
