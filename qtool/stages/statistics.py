@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 from qtool.analysis.collect import ActivationStats, CollectConfig, collect_or_load, default_stats_path
 from qtool.analysis.outliers import OutlierConfig
 from qtool.analysis.writer import analysis_document, write_analysis
+from qtool.cache import cached_stage
 from qtool.data import QnliSplit
 from qtool.errors import QtoolError
-from qtool.fileio import distinct_output
+from qtool.fileio import distinct_output, sha256_file
 from qtool.models.families import tokenizer_for
 from qtool.runners.ort import check_onnx_file
 
@@ -53,3 +56,21 @@ def analyze_stage(
     config.validate()
     document = analysis_document(stats, config)
     return document, write_analysis(stats, document, folder, figures=figures)
+
+
+def cached_analysis(
+    stats: ActivationStats, stats_path: Path, config: OutlierConfig, folder: Path
+) -> tuple[dict, dict[str, str]]:
+    """`analyze_stage` of `stats` (read from `stats_path`), cached by that file and `config`: a rerun
+    reads analysis.json instead of drawing the figures again (it draws them when a file is missing)."""
+    folder = Path(folder)
+    key = {"statistics_sha256": sha256_file(stats_path), "config": asdict(config)}
+    paths = None
+    for force in (False, True):
+        paths = cached_stage(
+            folder / "analysis.record.json", key, lambda: analyze_stage(stats, config, folder)[1],
+            artifact=folder / "analysis.json", force=force, description="the outlier analysis", stage="analysis",
+        )
+        if all(Path(path).is_file() for path in paths.values()):
+            break
+    return json.loads((folder / "analysis.json").read_text(encoding="utf-8")), paths

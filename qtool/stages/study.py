@@ -60,7 +60,7 @@ from qtool.stages.backend_rows import backend_rows, check_row_backends
 from qtool.stages.calibrate import calibrate_stage
 from qtool.stages.deploy import deployment_environment, interleaved_comparison, latency_stage
 from qtool.stages.model import export_stage
-from qtool.stages.statistics import analyze_stage, collect_stage
+from qtool.stages.statistics import cached_analysis, collect_stage
 from qtool.stages.tool_comparison import tool_comparison
 
 log = logging.getLogger(__name__)
@@ -430,8 +430,7 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
             exported = export_stage(model, split, artifacts, config.export, finetune_config, allow_finetune=True)
         fp32 = exported.graph
         stats, stats_path = collect_stage(fp32, split, config.collect)
-        with timed_stage("analysis"):
-            analysis, analysis_paths = analyze_stage(stats, OutlierConfig(), fp32.parent / "analysis")
+        analysis, analysis_paths = cached_analysis(stats, stats_path, OutlierConfig(), fp32.parent / "analysis")
         fp32_evaluation = evaluate_graph(fp32, split, config.eval, config.export.max_length, predictions=True)
         fp32_row = {"latency": latency_stage(fp32, split, config.bench)}
     fp32_row |= _metrics(split, config, fp32_evaluation)

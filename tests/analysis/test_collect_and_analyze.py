@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -177,3 +178,25 @@ def test_analyze_bad_inputs(tiny_onnx, session_data, tmp_path):
     )
     result = runner.invoke(app, ["analyze", str(plain), "--stats", str(tmp_path / "none.npz")])
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+def test_the_studys_analysis_is_drawn_once_and_again_when_a_figure_is_missing(scaled_model, tmp_path, monkeypatch):
+    from qtool.analysis import writer
+    from qtool.stages.statistics import analyze_stage, cached_analysis
+
+    stats = scaled_model["stats"]
+    stats_path = stats.save(tmp_path / "fp32.stats.npz")
+    drawn = []
+    draw = writer.write_figures
+    monkeypatch.setattr(writer, "write_figures", lambda *args: drawn.append(1) or draw(*args))
+    folder = tmp_path / "analysis"
+    first, paths = cached_analysis(stats, stats_path, OutlierConfig(), folder)
+    again, paths_again = cached_analysis(stats, stats_path, OutlierConfig(), folder)
+    assert drawn == [1] and again == first and paths_again == paths and len(paths) == 6
+    direct = analyze_stage(stats, OutlierConfig(), tmp_path / "direct", figures=False)[0]
+    assert first == json.loads(json.dumps(direct))
+    Path(paths["residual_heatmap"]).unlink()
+    cached_analysis(stats, stats_path, OutlierConfig(), folder)
+    assert drawn == [1, 1] and Path(paths["residual_heatmap"]).is_file()
+    cached_analysis(stats, stats_path, OutlierConfig(sigma=4.0), folder)  # other settings: drawn again
+    assert drawn == [1, 1, 1]
