@@ -41,7 +41,7 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
-	QTOOL_DATA=$(DATA) $(BIN)/python -m pytest -q
+	QTOOL_DATA=$(DATA) $(BIN)/python -m pytest -q -n logical --maxprocesses 4 --dist loadfile
 
 test-avx2: $(STAMP)
 	@command -v qemu-x86_64 >/dev/null || { echo "error: qemu-x86_64 not found; install it (apt-get install qemu-user)" >&2; exit 2; }

@@ -21,6 +21,21 @@ from tests.helpers.models import (
 REPO = Path(__file__).resolve().parents[1]
 SHARED_QNLI = Path(os.environ.get("QTOOL_DATA", REPO.parent / "shared" / "data" / "QNLI"))
 
+
+
+def _share_the_cpus_between_workers() -> None:
+    """Under pytest-xdist (`make test`: a worker per CPU, at most 4), each worker keeps its own share of
+    the CPUs, so that ONNX Runtime's thread pools (sized by the CPUs a process may use) do not spin
+    against each other's on the same cores."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if count <= len(cpus):
+        os.sched_setaffinity(0, cpus[int(worker.removeprefix("gw")) % count :: count])
+
+
+_share_the_cpus_between_workers()
 os.environ.setdefault("QTOOL_PROGRESS", "0")
 # OpenVINO's model conversion and NNCF send usage telemetry unless CI is "true" (openvino_telemetry's
 # `disable_in_ci`); a test run sends nothing, and offline each conversion would wait about a second on it.
