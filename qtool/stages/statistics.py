@@ -6,10 +6,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from qtool import __version__
 from qtool.analysis.collect import ActivationStats, CollectConfig, collect_or_load, default_stats_path
 from qtool.analysis.outliers import OutlierConfig
 from qtool.analysis.writer import analysis_document, write_analysis
-from qtool.cache import cached_stage
+from qtool.cache import cached_stage, read_record
 from qtool.data import QnliSplit
 from qtool.errors import QtoolError
 from qtool.fileio import distinct_output, sha256_file
@@ -61,16 +62,20 @@ def analyze_stage(
 def cached_analysis(
     stats: ActivationStats, stats_path: Path, config: OutlierConfig, folder: Path
 ) -> tuple[dict, dict[str, str]]:
-    """`analyze_stage` of `stats` (read from `stats_path`), cached by that file and `config`: a rerun
-    reads analysis.json instead of drawing the figures again (it draws them when a file is missing)."""
+    """`analyze_stage` of `stats` (read from `stats_path`), cached by that file, `config` and qtool's
+    version: a rerun reads analysis.json instead of drawing the figures again (it draws them when a
+    file is missing). The paths are `folder`'s, wherever the cache was written."""
     folder = Path(folder)
-    key = {"statistics_sha256": sha256_file(stats_path), "config": asdict(config)}
-    paths = None
-    for force in (False, True):
-        paths = cached_stage(
-            folder / "analysis.record.json", key, lambda: analyze_stage(stats, config, folder)[1],
-            artifact=folder / "analysis.json", force=force, description="the outlier analysis", stage="analysis",
-        )
-        if all(Path(path).is_file() for path in paths.values()):
-            break
-    return json.loads((folder / "analysis.json").read_text(encoding="utf-8")), paths
+    record = folder / "analysis.record.json"
+    key = {"statistics_sha256": sha256_file(stats_path), "config": asdict(config), "qtool": __version__}
+
+    def located(paths: dict[str, str]) -> dict[str, str]:
+        return {name: str(folder / Path(path).name) for name, path in paths.items()}
+
+    recorded = read_record(record, key)
+    missing = recorded is not None and not all(Path(p).is_file() for p in located(recorded["result"]).values())
+    paths = cached_stage(
+        record, key, lambda: analyze_stage(stats, config, folder)[1], artifact=folder / "analysis.json",
+        force=missing, description="the outlier analysis", stage="analysis",
+    )
+    return json.loads((folder / "analysis.json").read_text(encoding="utf-8")), located(paths)

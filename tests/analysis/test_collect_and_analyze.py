@@ -200,3 +200,9 @@ def test_the_studys_analysis_is_drawn_once_and_again_when_a_figure_is_missing(sc
     assert drawn == [1, 1] and Path(paths["residual_heatmap"]).is_file()
     cached_analysis(stats, stats_path, OutlierConfig(sigma=4.0), folder)  # other settings: drawn again
     assert drawn == [1, 1, 1]
+    moved = folder.rename(tmp_path / "moved")  # a copied or moved artifacts folder: its own files, not drawn again
+    paths_moved = cached_analysis(stats, stats_path, OutlierConfig(sigma=4.0), moved)[1]
+    assert drawn == [1, 1, 1] and all(Path(path).parent == moved and Path(path).is_file() for path in paths_moved.values())
+    stats_path.write_bytes(stats_path.read_bytes() + b"\0")  # other statistics in the same file: drawn again
+    cached_analysis(stats, stats_path, OutlierConfig(sigma=4.0), moved)
+    assert drawn == [1, 1, 1, 1]
