@@ -88,10 +88,10 @@ class BenchConfig:
                 raise QtoolError(
                     f"--seq-len {length} exceeds the model's {max_positions} positions; use at most {max_positions}"
                 )
-        if self.warmup < 0:
-            raise QtoolError(f"--warmup must be 0 or more, got {self.warmup}")
-        if self.iterations < 1:
-            raise QtoolError(f"--iterations must be at least 1, got {self.iterations}")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise QtoolError(f"--warmup must be a whole number of runs, 0 or more, got {self.warmup!r}")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 1:
+            raise QtoolError(f"--iterations must be a whole number of runs, at least 1, got {self.iterations!r}")
         if self.duration_seconds is not None and not self.duration_seconds > 0:
             raise QtoolError(f"--duration must be more than 0 seconds, got {self.duration_seconds}")
         if self.threads is not None and self.threads < 1:

@@ -362,10 +362,13 @@ def _shape(result: dict) -> str:
 
 
 def _timing(result: dict) -> str:
-    timing = result["environment"].get("timing")  # absent from studies before 2026-12-07
+    timing = result.get("timing")  # absent from studies before 2026-12-07
     if not timing:
         return "p50 of timed runs after warm-up"
-    return f"p50 of {timing['iterations']} timed runs after {timing['warmup']} warm-up runs"
+    def runs(count: int, kind: str) -> str:
+        return f"{count} {kind} run{'' if count == 1 else 's'}"
+
+    return f"p50 of {runs(timing['iterations'], 'timed')} after {runs(timing['warmup'], 'warm-up')}"
 
 
 def _section(title: str, body: list[str], note: str | None = None) -> list[str]:

@@ -466,8 +466,8 @@ def run_reproduce(model: str | None, split: QnliSplit, config: ReproduceConfig, 
         "skipped": config.skipped() | left_out,
         "recommendation": recommendation,
         "tool_comparison": comparison,
-        "environment": deployment_environment(config.bench.threads)
-        | {"timing": {"warmup": config.bench.warmup, "iterations": config.bench.iterations}},
+        "environment": deployment_environment(config.bench.threads),
+        "timing": {"warmup": config.bench.warmup, "iterations": config.bench.iterations},
         "stage_times": stage_time_summary(rows, closing, time.perf_counter() - started),
     }
     write_study_report(result, artifacts / "report", analysis_paths)

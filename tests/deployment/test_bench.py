@@ -91,6 +91,8 @@ def test_default_config_is_valid_and_frozen():
         ({"sequence_lengths": (128, 513)}, 512, "--seq-len 513 exceeds the model's 512 positions"),
         ({"iterations": 0}, None, "--iterations"),
         ({"warmup": -1}, None, "--warmup"),
+        ({"iterations": 2.5}, None, "--iterations must be a whole number"),
+        ({"warmup": True}, None, "--warmup must be a whole number"),
         ({"duration_seconds": 0.0}, None, "--duration"),
         ({"threads": 0}, None, "--threads"),
         ({"inputs": "squad"}, None, "--inputs"),
