@@ -7,6 +7,8 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 DATA ?= ../shared/data/QNLI
 ARGS ?=
+# pytest workers for make test: the CPUs this process may use (nproc honours affinity and cgroups), at most 4.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qtool-installed
@@ -41,7 +43,7 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/lint-imports --no-cache
-	QTOOL_DATA=$(DATA) $(BIN)/python -m pytest -q -n logical --maxprocesses 4 --dist loadfile
+	QTOOL_DATA=$(DATA) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-avx2: $(STAMP)
 	@command -v qemu-x86_64 >/dev/null || { echo "error: qemu-x86_64 not found; install it (apt-get install qemu-user)" >&2; exit 2; }

@@ -7,10 +7,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 
-from tests.helpers.cpu import cpu_branch  # noqa: F401 (a fixture for every test)
-from tests.helpers.models import (
+def _share_the_cpus_between_workers() -> None:
+    """Under pytest-xdist (`make test`: a worker per CPU, at most 4), each worker keeps its own share of
+    the CPUs, before any library starts a thread pool, so that ONNX Runtime's pools (sized by the CPUs
+    a process may use) do not spin against each other's on the same cores."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    index = int(worker.removeprefix("gw")) % count
+    os.sched_setaffinity(0, cpus[index::count] if count <= len(cpus) else [cpus[index % len(cpus)]])
+
+
+_share_the_cpus_between_workers()
+
+import pytest  # noqa: E402 (after the CPUs are shared out)
+
+from tests.helpers.cpu import cpu_branch  # noqa: E402, F401 (a fixture for every test)
+from tests.helpers.models import (  # noqa: E402
     build_bert_classifier,
     export_tiny,
     outlier_classifier,
@@ -22,20 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_QNLI = Path(os.environ.get("QTOOL_DATA", REPO.parent / "shared" / "data" / "QNLI"))
 
 
-
-def _share_the_cpus_between_workers() -> None:
-    """Under pytest-xdist (`make test`: a worker per CPU, at most 4), each worker keeps its own share of
-    the CPUs, so that ONNX Runtime's thread pools (sized by the CPUs a process may use) do not spin
-    against each other's on the same cores."""
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if not worker or not hasattr(os, "sched_setaffinity"):
-        return
-    cpus = sorted(os.sched_getaffinity(0))
-    if count <= len(cpus):
-        os.sched_setaffinity(0, cpus[int(worker.removeprefix("gw")) % count :: count])
-
-
-_share_the_cpus_between_workers()
 os.environ.setdefault("QTOOL_PROGRESS", "0")
 # OpenVINO's model conversion and NNCF send usage telemetry unless CI is "true" (openvino_telemetry's
 # `disable_in_ci`); a test run sends nothing, and offline each conversion would wait about a second on it.
