@@ -365,6 +365,7 @@ def _timing(result: dict) -> str:
     timing = result.get("timing")  # absent from studies before 2026-12-07
     if not timing:
         return "p50 of timed runs after warm-up"
+
     def runs(count: int, kind: str) -> str:
         return f"{count} {kind} run{'' if count == 1 else 's'}"
 
