@@ -280,15 +280,15 @@ def _save_openvino(ov, model, graph: Path, target: Path) -> None:
     """Convert an in-memory ONNX graph and save it as the OpenVINO model `target` (through a temporary
     file when it is too large for one protobuf message, as a graph whose weights live beside it can be;
     saved before that file goes, as the converted model may still read its weights from it)."""
-    if model.ByteSize() < PROTOBUF_LIMIT:
-        ov.save_model(ov.convert_model(io.BytesIO(model.SerializeToString())), str(target), compress_to_fp16=False)
-        return
-    import onnx
-
     with tempfile.TemporaryDirectory(prefix="qtool-openvino-") as folder:
-        path = Path(folder) / graph.name
-        onnx.save(model, str(path), save_as_external_data=True, location=f"{graph.name}.data")
-        ov.save_model(ov.convert_model(str(path)), str(target), compress_to_fp16=False)
+        if model.ByteSize() < PROTOBUF_LIMIT:
+            source = io.BytesIO(model.SerializeToString())
+        else:
+            import onnx
+
+            source = str(Path(folder) / graph.name)
+            onnx.save(model, source, save_as_external_data=True, location=f"{graph.name}.data")
+        ov.save_model(ov.convert_model(source), str(target), compress_to_fp16=False)
 
 
 def openvino_run_settings() -> dict:

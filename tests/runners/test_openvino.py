@@ -20,7 +20,7 @@ from qtool.errors import QtoolError
 from qtool.quantization.calibration import CalibrateConfig, calibrate
 from qtool.quantization.graphs import write_calibrated_graph
 from qtool.runners.ort import OrtRunner
-from tests.helpers.cpu import HERE, U8S8_EXACT_HERE, X86_WITH_VNNI_HERE
+from tests.helpers.cpu import HERE, X86_WITH_VNNI_HERE
 
 pytest.importorskip("openvino")
 runner = CliRunner()
@@ -116,9 +116,10 @@ def test_a_gemm_input_the_graph_keeps_in_float_stays_float_on_openvino(scaled_mo
 
 
 @pytest.mark.skipif(
-    not U8S8_EXACT_HERE,
-    reason=f"OpenVINO's INT8 kernels are not exact on this CPU ({HERE[1]}): under QEMU's Haswell emulation its "
-    "logits of a QDQ graph were about 10 times further from the graph's than FP32's are",
+    not X86_WITH_VNNI_HERE,
+    reason=f"OpenVINO's INT8 kernels are near the QDQ graph only where measured, x86 with VNNI; not this CPU "
+    f"({HERE[1]}): under QEMU's Haswell emulation its logits of a QDQ graph were about 10 times further from the "
+    "graph's than FP32's are",
 )
 def test_openvino_runs_a_qdq_graph_in_int8_close_to_the_graph(graphs):
     from qtool.runners.openvino import OpenVinoRunner
