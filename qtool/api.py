@@ -454,20 +454,20 @@ def register_backend(backend) -> None:
 
 def bench(models: Sequence, *, compare=False, batch_sizes=None, sequence_lengths=None, warmup=None,
           iterations=None, duration=None, threads=None, inputs=None, providers=None, isolated=False,
-          with_eval=False, data=None, seed=None, part=None, limit=None) -> Benchmark:
-    """Latency, throughput and memory of each model (ONNX graphs or TensorRT engines); with
-    `compare`, interleaved so that machine noise hits all alike; with `with_eval`, accuracy too."""
+          with_eval=False, data=None, seed=None, part=None, limit=None, tokenizer=None) -> Benchmark:
+    """Latency, throughput and memory of each model (ONNX graphs or TensorRT engines); with `compare`, interleaved
+    so that machine noise hits all alike; with `with_eval`, accuracy too; `tokenizer`: overrides the exported one."""
     from qtool.deployment.bench import BenchConfig
     from qtool.stages.deploy import bench_stage
 
     config = configured(
-        BenchConfig, batch_sizes=tuple(batch_sizes) if batch_sizes else None,
-        sequence_lengths=tuple(sequence_lengths) if sequence_lengths else None, warmup=warmup,
-        iterations=iterations, duration_seconds=duration, threads=threads, inputs=inputs,
-        providers=tuple(providers) if providers else None,
+        BenchConfig, batch_sizes=tuple(batch_sizes) if batch_sizes else None, warmup=warmup, iterations=iterations,
+        sequence_lengths=tuple(sequence_lengths) if sequence_lengths else None, duration_seconds=duration,
+        threads=threads, inputs=inputs, providers=tuple(providers) if providers else None,
     )
     evaluation = eval_config(limit=limit, threads=threads, part=part) if with_eval else None
-    result = bench_stage([Path(m) for m in models], config, data_config(data, seed), compare, isolated, evaluation)
+    result = bench_stage([Path(m) for m in models], config, data_config(data, seed), compare, isolated, evaluation,
+                         Path(tokenizer) if tokenizer else None)
     return Benchmark(result, runs=result.get("runs", []))
 
 

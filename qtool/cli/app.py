@@ -379,7 +379,7 @@ def bench(
     inputs: o.Inputs = None, provider: o.Provider = None, isolated: o.Isolated = False, with_eval: o.WithEval = False,
     data: o.Data = None,
     text_columns: o.TextColumns = None, label_column: o.LabelColumn = None, task: o.Task = None, split: o.Split = None, seed: o.Seed = None, part: o.Part = None, limit: o.Limit = None, as_json: o.Json = False,
-    wide: o.Wide = False,
+    wide: o.Wide = False, tokenizer: o.Tokenizer = None,
 ) -> None:
     """Latency (mean, p50, p90, p99, min, max), throughput, host memory and size of engines.
 
@@ -391,7 +391,7 @@ def bench(
         sequence_lengths=int_list(seq_len, "--seq-len"), warmup=warmup, iterations=iterations, duration=duration,
         threads=threads, inputs=inputs, providers=provider, isolated=isolated, with_eval=with_eval,
         data=data_source(data, text_columns, label_column, task, split),
-        seed=seed, part=part, limit=limit,
+        seed=seed, part=part, limit=limit, tokenizer=tokenizer,
     )
     if as_json:
         return render.print_json(result.to_dict())

@@ -21,10 +21,9 @@ whose float result is the same up to rounding:
   or Gemm(DQ(x), DQ(W), b), becomes one com.microsoft MatMulIntegerToFloat(x_q, W_q, scales, zero
   points, b) (ONNX Runtime's own fusion leaves the Add, then makes a slow BiasGelu of it); the int32
   accumulation is exact, so only float rounding differs;
-- with `fuse_bias`, PEG's division of each channel by its scale (its `scaled` layout, Div before
-  QuantizeLinear) moves into the producer where that is a biased MatMulIntegerToFloat or a
-  LayerNormalization: the weight scales and bias, or the LayerNorm's scale and bias, are divided
-  instead, which saves a pass over the tensor and changes float rounding only;
+- PEG's division of each channel by its scale (its `scaled` layout, Div before QuantizeLinear)
+  stays: folded into the producer (its weight scales and bias, or a LayerNorm's scale and bias) it
+  saved 0-3 % of the time but rounded the quantizer's input differently (docs/calibration.md);
 - a Gather of some channels (last axis) of an activation, as PEG's split GEMMs read their groups'
   codes, becomes a Gather of rows of the transposed tensor (one Transpose per tensor, shared by its
   Gathers) and a Transpose back: ONNX Runtime copies a last-axis Gather element by element, rows as
@@ -58,7 +57,6 @@ from qtool.exporter.ort_projections import (
     MS_DOMAIN,
     activation_dequantize,
     float_input_weights_dequantized,
-    fold_channel_division,
     gemm_bias_to_add,
     projections_to_matmul_integer_to_float,
 )
@@ -76,7 +74,7 @@ from qtool.runners.ort import GEMM_WEIGHT_BITS_METADATA, INT8_KERNELS, INT8_KERN
 
 log = logging.getLogger(__name__)
 
-REWRITE_VERSION = 7  # bumped whenever the rewrite changes, so cached ONNX Runtime graphs are rebuilt
+REWRITE_VERSION = 8  # bumped whenever the rewrite changes, so cached ONNX Runtime graphs are rebuilt
 UINT8_OFFSET = 128  # uint8 code = int8 code + 128 for the same real value
 
 
@@ -317,7 +315,6 @@ def rewrite_for_ort_cpu(model: onnx.ModelProto, *, fuse_bias: bool = True, kerne
             o.domain == MS_DOMAIN for o in rewritten.opset_import
         ):
             rewritten.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
-        counts["peg_divisions_folded"] = fold_channel_division(GraphIndex(rewritten.graph))
         counts["float_input_weights_dequantized"] = float_input_weights_dequantized(GraphIndex(rewritten.graph))
     counts["gemm_bias_to_add"] = gemm_bias_to_add(GraphIndex(rewritten.graph))
     prune_dead_nodes(rewritten)

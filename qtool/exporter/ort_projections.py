@@ -1,6 +1,5 @@
 """The projection steps of the ONNX Runtime CPU graph (`qtool.exporter.ort_cpu`): biased projections as
-com.microsoft MatMulIntegerToFloat, PEG's channel division folded into its producer, and float inputs
-times dequantized weights."""
+com.microsoft MatMulIntegerToFloat, and float inputs times dequantized weights."""
 
 from __future__ import annotations
 
@@ -148,59 +147,6 @@ def gemm_bias_to_add(graph: GraphIndex) -> int:
         graph.replace_node(node, [node, add])
         rewritten += 1
     return rewritten
-
-
-# -- step 4: PEG's channel division folded into its producer ---------------------------------------
-def _division_targets(graph: GraphIndex, node: onnx.NodeProto) -> list[tuple[onnx.NodeProto, int]] | None:
-    """The per-channel constants to divide so that `node`'s output arrives divided: the weight scales
-    and bias of a biased MatMulIntegerToFloat (or of every partial of a PEG split GEMM's Sum), or a
-    LayerNormalization's scale and bias over the last axis; None when there is no such fold."""
-    if node.op_type == "LayerNormalization" and len(node.input) == 3 and attribute(node, "axis", -1) == -1:
-        return [(node, 1), (node, 2)]
-    if node.op_type == "MatMulIntegerToFloat" and len(node.input) > 6 and node.input[6]:
-        return [(node, 3), (node, 6)]
-    if node.op_type != "Sum":
-        return None
-    partials = [graph.producer.get(name) for name in node.input]
-    if any(
-        p is None or p.op_type != "MatMulIntegerToFloat" or len(graph.consumers[p.output[0]]) != 1 for p in partials
-    ):
-        return None
-    biased = [p for p in partials if len(p.input) > 6 and p.input[6]]
-    return [(p, 3) for p in partials] + [(p, 6) for p in biased] if len(biased) == 1 else None
-
-
-def fold_channel_division(graph: GraphIndex) -> int:
-    """Div(X, s) of PEG's scaled layout, with X computed by one of `_division_targets`' nodes and read by
-    nothing else (but Shape): those constants are divided by s instead, so X arrives divided. Only
-    float rounding differs."""
-    folded = 0
-    for div in list(graph.graph.node):
-        producer = graph.producer.get(div.input[0]) if div.op_type == "Div" else None
-        scales = graph.array(div.input[1]) if producer is not None else None
-        if scales is None or scales.ndim != 1 or scales.dtype != np.float32 or not np.all(scales > 0):
-            continue
-        targets = _division_targets(graph, producer)
-        readers = graph.consumers[div.input[0]]
-        if (
-            targets is None
-            or div.input[0] in graph.graph_outputs
-            or any(reader is not div and reader.op_type != "Shape" for reader, _ in readers)
-        ):
-            continue
-        values = [graph.constant_value(node.input[index]) for node, index in targets]
-        if any(v is None or v.dtype != np.float32 or v.size not in (1, scales.size) for v in values):
-            continue
-        for (node, index), value in zip(targets, values, strict=True):
-            divided = (np.broadcast_to(value.reshape(-1), scales.shape) / scales).astype(np.float32)
-            node.input[index] = graph.add_initializer(f"{node.input[index]}/divided", divided)
-        for reader, index in readers:
-            if reader is not div:
-                reader.input[index] = div.output[0]  # the same shape
-        graph.replace_node(div, [])  # first: nodes are found by their first output
-        producer.output[0] = div.output[0]
-        folded += 1
-    return folded
 
 
 # -- step 6: float activations times dequantized weights ----------------------------------------------

@@ -43,5 +43,8 @@ def tokenizer_for(model_path: Path, tokenizer_path: Path | None = None):
             )
         tokenizer_path = Path(model_path).parent / relative
     if not Path(tokenizer_path).is_dir():
-        raise QtoolError(f"tokenizer folder {tokenizer_path} is missing; re-export the model or pass --tokenizer")
+        raise QtoolError(
+            f"tokenizer folder {tokenizer_path} (recorded in {Path(model_path).name}) is missing; keep the exported "
+            "tokenizer folder there, re-export the model, or pass --tokenizer FOLDER (qtool eval, qtool bench)"
+        )
     return load_tokenizer(tokenizer_path)

@@ -119,13 +119,17 @@ def interleaved_comparison(
 
 
 def engine_accuracy(
-    models: Sequence[Path], data_config: DataConfig, config: EvalConfig, providers: Sequence[str]
+    models: Sequence[Path],
+    data_config: DataConfig,
+    config: EvalConfig,
+    providers: Sequence[str],
+    tokenizer_path: Path | None = None,
 ) -> dict[str, dict]:
     """Eval-part accuracy of each graph or engine through the runner that benchmarks it."""
     split = load_qnli(data_config)
     accuracy = {}
     for model in models:
-        result = evaluate_artifact(model, split, config, data_config.max_length, providers)
+        result = evaluate_artifact(model, split, config, data_config.max_length, providers, tokenizer_path)
         accuracy[str(model)] = {k: v for k, v in result.items() if k not in ("predictions", "model")}
     return accuracy
 
@@ -137,19 +141,21 @@ def bench_stage(
     compare: bool = False,
     isolated: bool = False,
     evaluation: EvalConfig | None = None,
+    tokenizer_path: Path | None = None,
 ) -> dict:
     """`qtool bench`: latency, throughput and memory of each model (interleaved with `compare`), and
-    with `evaluation` the accuracy of the same runners."""
+    with `evaluation` the accuracy of the same runners; `tokenizer_path` overrides the tokenizer
+    exported beside the models."""
     config.validate()
     if evaluation is not None:
         evaluation.validate()
     if compare:
-        result = bench_compare(models, config, data_config, isolated_memory=isolated)
+        result = bench_compare(models, config, data_config, tokenizer_path, isolated_memory=isolated)
     else:
-        result = {"runs": [bench_model(model, config, data_config, isolated=isolated) for model in models]}
+        result = {"runs": [bench_model(m, config, data_config, tokenizer_path, isolated=isolated) for m in models]}
     if evaluation is not None:
         evaluation = replace(evaluation, threads=evaluation.threads or config.threads)
-        result["accuracy"] = engine_accuracy(models, data_config, evaluation, config.providers)
+        result["accuracy"] = engine_accuracy(models, data_config, evaluation, config.providers, tokenizer_path)
     kernels, why = int8_kernels_for_this_cpu()
     result["environment"] = {
         **cpu_description(),

@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qtool.cli import app
+from qtool.graph import graph_metadata
 
 runner = CliRunner()
 
@@ -58,6 +59,18 @@ def test_bench_refuses_a_plan_that_is_not_an_engine(tmp_path, session_data):
     result = _bench(plan, "--data", session_data)
     assert result.exit_code == 2
     assert "not a TensorRT engine" in result.stderr.strip().splitlines()[-1]
+
+
+def test_bench_of_a_graph_moved_from_its_tokenizer_says_what_to_do(tiny_onnx, session_data, tmp_path):
+    moved = tmp_path / "moved.onnx"
+    moved.write_bytes(tiny_onnx.read_bytes())
+    result = _bench(moved, "--data", session_data, "--iterations", "2")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert "is missing" in line and "re-export" in line and "--tokenizer FOLDER" in line
+    tokenizer = tiny_onnx.parent / graph_metadata(tiny_onnx)["tokenizer"]
+    given = _bench(moved, "--data", session_data, "--iterations", "2", "--warmup", "1", "--tokenizer", tokenizer)
+    assert given.exit_code == 0, given.output
 
 
 def _calibrated(tiny_onnx, session_data, folder, *options: str) -> str:

@@ -197,9 +197,7 @@ def test_onnx_runtime_runs_every_peg_projection_on_integer_kernels(calibrated, r
     plain = sum(n.op_type in ("MatMul", "Gemm") and "/group" not in n.name for n in qdq.graph.node)
     path = rewrite_file_for_ort_cpu(source, tmp_path / f"{recipe}.ort.onnx")
     divisions = [sum(n.op_type == "Div" for n in m.graph.node) for m in (qdq, onnx.load(str(path)))]
-    grouped_projections = 5 * LAYERS  # Q, K, V, attention output, FFN output: biased, then divided
-    grouped_layer_norms = 1 + 2 * LAYERS
-    assert divisions[0] - divisions[1] == grouped_projections + grouped_layer_norms
+    assert divisions[0] == divisions[1] > 0  # each channel division stays where the QDQ graph rounds it
     report = check_fused(path)
     assert report["float_matmuls_two_dequantized_inputs"] == 0
     assert report["float_matmuls_one_dequantized_input"] == LAYERS  # quantized probabilities x scaled values
