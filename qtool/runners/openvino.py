@@ -54,6 +54,7 @@ class OpenVinoRunner(Runner):
         self.threads = threads
         self._compiled = self._request = None
         self._inputs: list[str] = []
+        self._layer_types: dict[str, str] = {}
 
     def _activate(self) -> None:
         ov = import_openvino()
@@ -62,7 +63,9 @@ class OpenVinoRunner(Runner):
         config = compile_properties(self.threads)
         try:
             core = ov.Core()
-            self._compiled = core.compile_model(core.read_model(str(self.model_path)), "CPU", config)
+            model = core.read_model(str(self.model_path))
+            self._layer_types = {op.get_friendly_name(): op.get_type_name() for op in model.get_ordered_ops()}
+            self._compiled = core.compile_model(model, "CPU", config)
         except RuntimeError as exc:
             reason = " ".join(str(exc).split())[:200]
             raise QtoolError(f"OpenVINO cannot compile {self.model_path} ({reason}); rebuild it from its graph") from None
@@ -85,7 +88,8 @@ class OpenVinoRunner(Runner):
         `openvino: 44/44 GEMMs int8 (brgemm_avx512_i8, jit_avx512_i8)`."""
         if self._compiled is None:
             return None
-        gemms = [layer for layer in map(_gemm_primitive, self._compiled.get_runtime_model().get_ordered_ops()) if layer]
+        layers = self._compiled.get_runtime_model().get_ordered_ops()
+        gemms = [primitive for op in layers if (primitive := _gemm_primitive(op, self._layer_types))]
         if not gemms:
             return None
         integer = sorted({p for p in gemms if _is_integer(p) and not p.startswith("undef")})  # undef: not run yet
@@ -93,14 +97,16 @@ class OpenVinoRunner(Runner):
         return f"openvino: {count}/{len(gemms)} GEMMs int8" + (f" ({', '.join(integer)})" if integer else "")
 
 
-def _gemm_primitive(op) -> str | None:
+def _gemm_primitive(op, layer_types: Mapping[str, str]) -> str | None:
     """The primitive that runs a GEMM layer of OpenVINO's runtime model (a fully connected layer, a
-    MatMul, or a fused block holding MatMuls), lower-cased; None for any other layer."""
+    MatMul, or a fused block holding MatMuls), lower-cased; None for any other layer. A fused block is
+    known by the types its original layers had in the model as read (`layer_types`): a MatMul, or a
+    Softmax, the middle of an attention block, whose MatMuls' names OpenVINO may have replaced."""
     info = op.get_rt_info()
     layer = info["layerType"].astype(str) if "layerType" in info else ""
-    merged = info["originalLayersNames"].astype(str) if "originalLayersNames" in info else ""
+    merged = info["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in info else []
     is_gemm = "FullyConnected" in layer or layer in ("MatMul", "ScaledDotProductAttention") or (
-        layer == "Subgraph" and "MatMul" in merged
+        layer == "Subgraph" and any(layer_types.get(name) in ("MatMul", "Softmax") for name in merged)
     )
     return info["primitiveType"].astype(str).lower() if is_gemm and "primitiveType" in info else None
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qtool.exporter.openvino_graph import openvino_graph
+from qtool.exporter.openvino_graph import openvino_graph, quantize_at_producers
 from qtool.graph import GraphIndex
 from qtool.runners.ort import OrtRunner
 
@@ -100,17 +100,20 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
 def test_a_per_tensor_pair_moves_to_the_add_and_the_values_stay(options):
     model = _graph(**options)
     before = model.SerializeToString()
-    moved, passes = openvino_graph(model)
-    assert passes == {"quantize_at_producers": ["point/QuantizeLinear"]}
+    moved = _copy(model)
+    assert quantize_at_producers(moved) == ["point/QuantizeLinear"]
     onnx.checker.check_model(moved, full_check=True)  # value_info still agrees with the moved tensors
     index = GraphIndex(moved.graph)
     quantize = next(node for node in index.nodes if node.name == "point/QuantizeLinear")
     assert index.producer[quantize.input[0]].name == "add"
     assert index.producer[next(n for n in index.nodes if n.name == "reshape").input[0]].op_type == "DequantizeLinear"
     assert index.producer[next(n for n in index.nodes if n.name == "matmul").input[0]].name == "transpose"
+    converted, passes = openvino_graph(model)
+    assert passes["quantize_at_producers"] == ["point/QuantizeLinear"]
     x = np.random.default_rng(0).normal(scale=3, size=(2, 12)).astype(np.float32)
-    for ours, theirs in zip(_run(moved, x), _run(model, x), strict=True):
-        np.testing.assert_array_equal(ours, theirs)
+    for graph in (moved, converted):
+        for ours, theirs in zip(_run(graph, x), _run(model, x), strict=True):
+            np.testing.assert_array_equal(ours, theirs)
     assert model.SerializeToString() == before  # the input is a copy, left as it was
 
 
@@ -128,5 +131,41 @@ def test_a_per_tensor_pair_moves_to_the_add_and_the_values_stay(options):
 )
 def test_a_pair_stays(options):
     model = _graph(**options)
-    moved, passes = openvino_graph(model)
-    assert passes == {"quantize_at_producers": []} and moved.SerializeToString() == model.SerializeToString()
+    moved = _copy(model)
+    assert quantize_at_producers(moved) == [] and moved.SerializeToString() == model.SerializeToString()
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+@pytest.mark.parametrize("scale", [PER_TENSOR, np.array(1.0, np.float32), PER_CHANNEL], ids=["s", "one", "per-channel"])
+def test_each_per_tensor_quantizer_reads_whole_codes_and_the_values_stay(scale):
+    """Round(x / s) quantized with scale 1 (Round alone where s is 1): the same codes, bit for bit, also
+    for values on a half step; a per-channel quantizer stays as it is."""
+    model = _graph(scale=scale)
+    converted, passes = openvino_graph(model)
+    per_tensor = ["x_codes"] + (["point/QuantizeLinear"] if scale.size == 1 else [])
+    assert passes["quantize_whole_codes"] == per_tensor
+    onnx.checker.check_model(converted, full_check=True)
+    index = GraphIndex(converted.graph)
+    for quantize in (node for node in index.nodes if node.op_type == "QuantizeLinear"):
+        named = quantize.name or quantize.output[0]
+        if named not in per_tensor:
+            assert index.producer[quantize.input[0]].op_type != "Round"
+            continue
+        rounding = index.producer[quantize.input[0]]
+        assert rounding.op_type == "Round" and index.constant_value(quantize.input[1]) == 1
+        original = next(n for n in model.graph.node if (n.name or n.output[0]) == named)
+        division = index.producer.get(rounding.input[0])
+        if index.constant_value(original.input[1]).reshape(()) == 1:
+            assert division is None or division.op_type != "Div"
+        else:
+            assert division.op_type == "Div" and division.input[1] == original.input[1]
+    halves = (np.arange(24, dtype=np.float32).reshape(2, 12) - 12 + 0.5) * np.float32(0.02)
+    noise = np.random.default_rng(1).normal(scale=3, size=(2, 12)).astype(np.float32)
+    for x in (halves, noise):
+        for ours, theirs in zip(_run(converted, x), _run(model, x), strict=True):
+            np.testing.assert_array_equal(ours, theirs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import re
 import sys
 from pathlib import Path
@@ -135,6 +136,58 @@ def test_openvino_runs_a_qdq_graph_in_int8_close_to_the_graph(graphs):
     # to it than FP32 is; its prediction changes are what `qtool bench --eval` reports.
     assert np.median(np.abs(int8 - qdq)) < 0.25 * np.median(np.abs(qdq - reference))
     assert (int8.argmax(-1) == qdq.argmax(-1)).mean() >= 0.9
+
+
+def _quantized_identity(path: Path, scale: float, width: int) -> Path:
+    """x -> Q/DQ (int8, one scale) -> MatMul by the identity (int8 codes, scale 1) -> y: y shows the codes."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    initializers = [
+        numpy_helper.from_array(np.array(scale, np.float32), "scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "zero"),
+        numpy_helper.from_array(np.eye(width, dtype=np.int8), "identity_codes"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "unit"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["codes"], name="x/QuantizeLinear"),
+        helper.make_node("DequantizeLinear", ["codes", "scale", "zero"], ["dequantized"]),
+        helper.make_node("DequantizeLinear", ["identity_codes", "unit"], ["identity"]),
+        helper.make_node("MatMul", ["dequantized", "identity"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "identity", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, width])], initializers)
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_openvino_quantizes_codes_near_a_rounding_boundary_as_the_graph_does(tmp_path):
+    """Small codes a few millionths of a step from a half step: ONNX's round(x / s) puts them on the right
+    side, OpenVINO's FakeQuantize as converted (x / s + 128 in float32) often does not; the graph qtool
+    builds for OpenVINO rounds the codes first and matches ONNX Runtime exactly."""
+    import openvino as ov
+
+    from qtool.runners.openvino import compile_properties
+
+    scale, width = 0.0173, 64
+    graph = _quantized_identity(tmp_path / "identity.onnx", scale, width)
+    rng = np.random.default_rng(0)
+    steps = rng.integers(-6, 6, size=(256, width)) + 0.5 + rng.choice([-1, 1], size=(256, width)) * rng.uniform(
+        1e-6, 6e-6, size=(256, width))
+    x = (steps * np.float32(scale)).astype(np.float32)
+    with OrtRunner(graph, optimization_level="disable") as model:
+        reference = model.infer({"x": x})["y"]
+    core = ov.Core()
+
+    def run(model) -> np.ndarray:
+        compiled = core.compile_model(model, "CPU", compile_properties(1))
+        return compiled({"x": x})[compiled.outputs[0]]
+
+    built = backend_named("openvino").build(graph, tmp_path / "identity.ov.xml")
+    assert built["graph_passes"]["quantize_whole_codes"] == 1
+    np.testing.assert_array_equal(run(core.read_model(built["model"])), reference)
+    steps_off = np.abs(run(ov.convert_model(str(graph))) - reference) > scale / 2
+    if platform.machine().lower() in ("x86_64", "amd64"):  # measured with VNNI and under Haswell emulation
+        assert steps_off.mean() > 0.05, steps_off.mean()  # what the pass is for
 
 
 def test_openvino_through_the_cli_build_and_an_interleaved_benchmark(graphs, session_data):
