@@ -1,4 +1,5 @@
-"""The graph OpenVINO converts: the QDQ graph with each per-tensor Q/DQ pair at the op that computes its values.
+"""The graph OpenVINO converts: the QDQ graph with each per-tensor Q/DQ pair at the op that computes its
+values, and each quantizer reading whole codes.
 
 A QDQ graph quantizes an activation where a GEMM reads it: the attention's query, key and value after
 the Reshape/Transpose that split heads, its context after the Transpose/Reshape that merges them.
@@ -139,17 +140,34 @@ def quantize_at_producers(model: onnx.ModelProto) -> list[str]:
     return moved
 
 
+def _integer_codes(index: GraphIndex, quantize: onnx.NodeProto) -> bool:
+    """Whether `quantize` writes integer codes (its zero point's type, uint8 without one): a float8
+    QuantizeLinear does not round to whole numbers."""
+    if len(quantize.input) < 3 or not quantize.input[2]:
+        return True
+    zero_point = index.constant_value(quantize.input[2])
+    return zero_point is not None and np.issubdtype(zero_point.dtype, np.integer)
+
+
 def quantize_whole_codes(model: onnx.ModelProto) -> list[str]:
-    """Each QuantizeLinear of `model` (in place) that quantizes an activation with one scale s reads
-    Round(x / s) (no Div where s is 1) and quantizes with scale 1, the same codes; return their names."""
+    """Each QuantizeLinear of `model` (in place) that quantizes a float32 activation to integers with one
+    scale s reads Round(x / s) (no Div where s is 1) and quantizes with scale 1, the same codes; return
+    their names. (In float16 the Div would round x / s before QuantizeLinear's float32 division would.)
+    A graph with subgraphs is left as it is, as by `quantize_at_producers`."""
+    subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    if any(attribute.type in subgraph_types for node in model.graph.node for attribute in node.attribute):
+        log.info("OpenVINO graph: the graph has subgraphs; no QuantizeLinear rewritten")
+        return []
     index = GraphIndex(model.graph)
     rounded: list[str] = []
     unit_scales: dict[tuple, str] = {}
     for quantize in list(index.nodes):
-        if quantize.op_type != "QuantizeLinear" or index.constant_value(quantize.input[0]) is not None:
+        if quantize.op_type != "QuantizeLinear" or index.is_constant(quantize.input[0]):
             continue
         scale = index.constant_value(quantize.input[1])
-        if scale is None or scale.size != 1 or not np.issubdtype(scale.dtype, np.floating) or not scale > 0:
+        if scale is None or scale.size != 1 or scale.dtype != np.float32 or not scale > 0:
+            continue
+        if not _integer_codes(index, quantize):
             continue
         name = quantize.name or quantize.output[0]
         steps = []
@@ -163,7 +181,8 @@ def quantize_whole_codes(model: onnx.ModelProto) -> list[str]:
             quantize.input[1] = unit_scales[key]
             quantize.input[0] = divided
         codes = index.unique_name(f"{quantize.input[0]}/rounded")
-        steps.append(onnx.helper.make_node("Round", [quantize.input[0]], [codes], name=index.unique_name(f"{name}/Round")))
+        round_name = index.unique_name(f"{name}/Round")
+        steps.append(onnx.helper.make_node("Round", [quantize.input[0]], [codes], name=round_name))
         quantize.input[0] = codes
         index.replace_node(quantize, [*steps, quantize])
         rounded.append(name)

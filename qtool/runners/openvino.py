@@ -42,6 +42,9 @@ def compile_properties(threads: int | None = None) -> dict:
     return settings | ({"INFERENCE_NUM_THREADS": threads} if threads else {})
 
 
+FUSED_GEMM_TYPES = ("MatMul", "Softmax", "ScaledDotProductAttention")  # a fused block holding these holds GEMMs
+
+
 class OpenVinoRunner(Runner):
     """An OpenVINO model compiled for the CPU at latency (one request, `threads` inference threads)."""
 
@@ -100,13 +103,14 @@ class OpenVinoRunner(Runner):
 def _gemm_primitive(op, layer_types: Mapping[str, str]) -> str | None:
     """The primitive that runs a GEMM layer of OpenVINO's runtime model (a fully connected layer, a
     MatMul, or a fused block holding MatMuls), lower-cased; None for any other layer. A fused block is
-    known by the types its original layers had in the model as read (`layer_types`): a MatMul, or a
-    Softmax, the middle of an attention block, whose MatMuls' names OpenVINO may have replaced."""
+    known by the types its original layers had in the model as read (`layer_types`): a MatMul, a
+    Softmax (the middle of an attention block, whose MatMuls' names OpenVINO may have replaced), or the
+    ScaledDotProductAttention that OpenVINO makes of a float attention block when it reads the model."""
     info = op.get_rt_info()
     layer = info["layerType"].astype(str) if "layerType" in info else ""
     merged = info["originalLayersNames"].astype(str).split(",") if "originalLayersNames" in info else []
     is_gemm = "FullyConnected" in layer or layer in ("MatMul", "ScaledDotProductAttention") or (
-        layer == "Subgraph" and any(layer_types.get(name) in ("MatMul", "Softmax") for name in merged)
+        layer == "Subgraph" and any(layer_types.get(name) in FUSED_GEMM_TYPES for name in merged)
     )
     return info["primitiveType"].astype(str).lower() if is_gemm and "primitiveType" in info else None
 

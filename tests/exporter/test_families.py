@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from qtool.cli import app
 from qtool.data import DataConfig, load_qnli, make_batches, tokenize_part
-from qtool.exporter.openvino_graph import openvino_graph
+from qtool.exporter.openvino_graph import openvino_graph, quantize_at_producers
 from qtool.exporter.points import find_quant_points
 from qtool.graph import SAME_VALUE_OPS, GraphIndex
 from qtool.models import resolve_model
@@ -134,7 +134,10 @@ def test_the_openvino_graph_moves_per_tensor_pairs_and_computes_the_same_values(
     qdq = calibrated_model(exported["graph"], calibrate(stats, CalibrateConfig(method="max", scope="gemm-inputs")))
     moved_graph, passes = openvino_graph(qdq)
     assert passes["quantize_at_producers"], "no pair moved"
-    index = GraphIndex(moved_graph.graph)
+    only_moved = onnx.ModelProto()
+    only_moved.CopyFrom(qdq)
+    assert quantize_at_producers(only_moved) == passes["quantize_at_producers"]
+    index = GraphIndex(only_moved.graph)
     for node in index.nodes:
         if (node.name or node.output[0]) in passes["quantize_at_producers"]:
             assert index.producer[node.input[0]].op_type not in SAME_VALUE_OPS

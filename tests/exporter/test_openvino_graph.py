@@ -169,3 +169,55 @@ def test_each_per_tensor_quantizer_reads_whole_codes_and_the_values_stay(scale):
     for x in (halves, noise):
         for ours, theirs in zip(_run(converted, x), _run(model, x), strict=True):
             np.testing.assert_array_equal(ours, theirs)
+
+
+def _one_quantizer(zero_point: np.ndarray | None, scale: np.ndarray, constant_scale: bool = False) -> onnx.ModelProto:
+    """x -> Q(scale, zero point) -> DQ -> y, the scale an initializer or a Constant node's output."""
+    kind = TensorProto.FLOAT16 if scale.dtype == np.float16 else TensorProto.FLOAT
+    initializers = [] if zero_point is None else [numpy_helper.from_array(zero_point, "zero")]
+    nodes = []
+    if constant_scale:
+        nodes.append(helper.make_node("Constant", [], ["scale"], value=numpy_helper.from_array(scale, "scale")))
+    else:
+        initializers.append(numpy_helper.from_array(scale, "scale"))
+    point = ["scale"] + ([] if zero_point is None else ["zero"])
+    nodes += [helper.make_node("QuantizeLinear", ["x", *point], ["codes"], name="q"),
+              helper.make_node("DequantizeLinear", ["codes", *point], ["y"])]
+    graph = helper.make_graph(nodes, "one", [helper.make_tensor_value_info("x", kind, [3, 40])],
+                              [helper.make_tensor_value_info("y", kind, [3, 40])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+@pytest.mark.parametrize(
+    "zero_point, scale, constant_scale",
+    [
+        (np.array(-3, np.int8), np.array(0.037, np.float32), False),
+        (np.array(100, np.uint8), np.array([0.037], np.float32), False),
+        (None, np.array(0.037, np.float32), True),
+    ],
+    ids=["int8-zero-point", "uint8-zero-point-scale-of-shape-1", "constant-node-scale-no-zero-point"],
+)
+def test_whole_codes_keep_zero_points_saturation_and_halves(zero_point, scale, constant_scale):
+    model = _one_quantizer(zero_point, scale, constant_scale)
+    converted, passes = openvino_graph(model)
+    assert passes["quantize_whole_codes"] == ["q"]
+    onnx.checker.check_model(converted, full_check=True)
+    halves = (np.arange(120, dtype=np.float32).reshape(3, 40) - 60 + 0.5) * scale.reshape(())
+    extremes = np.array([[-1e4, 1e4, -np.inf, np.inf] * 10] * 3, np.float32)
+    noise = np.random.default_rng(2).normal(scale=3, size=(3, 40)).astype(np.float32)
+    for x in (halves, extremes, noise):
+        for ours, theirs in zip(_run(converted, x), _run(model, x), strict=True):
+            np.testing.assert_array_equal(ours, theirs)
+
+
+def test_whole_codes_leave_float16_and_float8_quantizers_as_they_are():
+    """Div in float16 would round x / s before QuantizeLinear's float32 division; a float8 quantizer does
+    not round to whole numbers."""
+    half = _one_quantizer(np.array(0, np.int8), np.array(0.037, np.float16))
+    float8 = _one_quantizer(None, np.array(0.037, np.float32))
+    # a zero point of a float type marks a float8 quantizer (NumPy has no float8: float32 stands in)
+    float8.graph.initializer.append(numpy_helper.from_array(np.array(0, np.float32), "zero_float"))
+    float8.graph.node[0].input.append("zero_float")
+    for model in (half, float8):
+        converted, passes = openvino_graph(model)
+        assert passes["quantize_whole_codes"] == [] and converted.SerializeToString() == model.SerializeToString()

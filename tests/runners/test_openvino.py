@@ -216,3 +216,31 @@ def test_without_openvino_build_and_run_are_one_line(graphs, tmp_path, monkeypat
         with pytest.raises(QtoolError) as raised:
             action()
         assert raised.value.cli_message == "OpenVINO is not installed; pip install 'qtool[peers]' (or pip install openvino)"
+
+
+class _Info:
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def astype(self, _kind):
+        return self.value
+
+
+class _Layer:
+    def __init__(self, layer_type: str, primitive: str, merged: str = "") -> None:
+        self.info = {"layerType": _Info(layer_type), "primitiveType": _Info(primitive), "originalLayersNames": _Info(merged)}
+
+    def get_rt_info(self):
+        return self.info
+
+
+def test_the_kernels_line_knows_a_fused_attention_block_by_the_types_it_was_made_of():
+    """OpenVINO may rename a fused block's MatMuls; the types of the model as read decide, whatever the names."""
+    from qtool.runners.openvino import _gemm_primitive
+
+    types = {"m": "MatMul", "sm": "Softmax", "sdpa": "ScaledDotProductAttention", "t": "Transpose", "d": "Divide"}
+    assert _gemm_primitive(_Layer("FullyConnected", "brgemm_avx512_I8"), types) == "brgemm_avx512_i8"
+    for merged in ("t,m,d", "t,sm,d", "t,sdpa"):
+        assert _gemm_primitive(_Layer("Subgraph", "jit_avx512_i8", merged), types) == "jit_avx512_i8", merged
+    assert _gemm_primitive(_Layer("Subgraph", "jit_avx512_f32", "t,d"), types) is None  # element-wise only
+    assert _gemm_primitive(_Layer("MVN", "jit_avx512_f32", "m"), types) is None
