@@ -106,13 +106,18 @@ def _dequantized(index: GraphIndex, tensor: str) -> bool:
     return node is not None and node.op_type == "DequantizeLinear"
 
 
+def _has_subgraphs(model: onnx.ModelProto) -> bool:
+    """Whether a node of `model` has a body (If, Loop, Scan), whose reads a rewrite here would not see."""
+    subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)  # onnx stays deferred until used
+    return any(attribute.type in subgraph_types for node in model.graph.node for attribute in node.attribute)
+
+
 def quantize_at_producers(model: onnx.ModelProto) -> list[str]:
     """Move each movable Q/DQ pair of `model` (in place) up to its chain's start; return the moved
     QuantizeLinear nodes' names. The node list stays topologically sorted. A graph with subgraphs
     (If, Loop, Scan) is left as it is: the sort would not see what their bodies read."""
     moved: list[str] = []
-    subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)  # onnx stays deferred until used
-    if any(attribute.type in subgraph_types for node in model.graph.node for attribute in node.attribute):
+    if _has_subgraphs(model):
         log.info("OpenVINO graph: the graph has subgraphs; no Q/DQ pair moved")
         return moved
     while True:
@@ -154,13 +159,12 @@ def quantize_whole_codes(model: onnx.ModelProto) -> list[str]:
     scale s reads Round(x / s) (no Div where s is 1) and quantizes with scale 1, the same codes; return
     their names. (In float16 the Div would round x / s before QuantizeLinear's float32 division would.)
     A graph with subgraphs is left as it is, as by `quantize_at_producers`."""
-    subgraph_types = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-    if any(attribute.type in subgraph_types for node in model.graph.node for attribute in node.attribute):
+    if _has_subgraphs(model):
         log.info("OpenVINO graph: the graph has subgraphs; no QuantizeLinear rewritten")
         return []
     index = GraphIndex(model.graph)
     rounded: list[str] = []
-    unit_scales: dict[tuple, str] = {}
+    unit_scales: dict[tuple, str] = {}  # by shape: () or (1,)
     for quantize in list(index.nodes):
         if quantize.op_type != "QuantizeLinear" or index.is_constant(quantize.input[0]):
             continue
@@ -175,10 +179,9 @@ def quantize_whole_codes(model: onnx.ModelProto) -> list[str]:
             divided = index.unique_name(f"{quantize.input[0]}/in_steps")
             steps.append(onnx.helper.make_node("Div", [quantize.input[0], quantize.input[1]], [divided],
                                                name=index.unique_name(f"{name}/Div")))
-            key = (scale.dtype.str, scale.shape)
-            if key not in unit_scales:
-                unit_scales[key] = index.add_initializer("openvino/unit_scale", np.ones_like(scale))
-            quantize.input[1] = unit_scales[key]
+            if scale.shape not in unit_scales:
+                unit_scales[scale.shape] = index.add_initializer("openvino/unit_scale", np.ones_like(scale))
+            quantize.input[1] = unit_scales[scale.shape]
             quantize.input[0] = divided
         codes = index.unique_name(f"{quantize.input[0]}/rounded")
         round_name = index.unique_name(f"{name}/Round")

@@ -15,7 +15,8 @@ from qtool.runners import ort as ort_runner
 
 HERE = ort_runner.int8_kernels_for_this_cpu()  # (kernels, reason) of the real CPU
 U8S8_EXACT_HERE = HERE[0] == "u8s8"
-X86_WITH_VNNI_HERE = U8S8_EXACT_HERE and platform.machine().lower() in ("x86_64", "amd64")  # exact U8S8 on x86
+X86_HERE = platform.machine().lower() in ("x86_64", "amd64")
+X86_WITH_VNNI_HERE = U8S8_EXACT_HERE and X86_HERE  # exact U8S8 on x86
 CPU = ort_runner.cpu_summary()
 
 needs_exact_u8s8 = pytest.mark.skipif(
